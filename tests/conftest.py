@@ -1,0 +1,162 @@
+"""Shared fixtures: databases (SQLite, and PostgreSQL where it answers) and live servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from worklist_mpps.db import migrate
+from worklist_mpps.db.engine import Database
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data" / "worklist.yaml"
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+PG_BASE = f"postgresql+psycopg://postgres@{PG_HOST}:{PG_PORT}/test"
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    return port_open(PG_HOST, PG_PORT)
+
+
+def _pg_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL on a fresh schema of database 'test', dropped afterwards."""
+    if not port_open(PG_HOST, PG_PORT):
+        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} (trust auth, db 'test')")
+    schema = "wm_" + uuid.uuid4().hex[:12]
+    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """Each database test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'worklist.db'}"
+    else:
+        yield from _pg_schema_url()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from _pg_schema_url()
+
+
+@pytest.fixture
+def db(db_url) -> Iterator[Database]:
+    database = Database(db_url)
+    migrate.upgrade(database.engine)
+    yield database
+    database.dispose()
+
+
+# --- live servers ---------------------------------------------------------------------
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (DCMTK; 'make test' installs it as root)")
+    return path
+
+
+class LiveServer:
+    """A ``worklist-mpps serve`` subprocess on a loopback port, stopped by PID."""
+
+    def __init__(self, workdir: Path, database_url: str, *extra: str, env: dict | None = None):
+        self.workdir = workdir
+        self.database_url = database_url
+        self.extra = list(extra)
+        self.env = env or {}
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / f"serve-{self.port}.log"
+
+    def start(self, timeout: float = 20.0) -> LiveServer:
+        cmd = [
+            sys.executable, "-m", "worklist_mpps", "serve",
+            "--bind", "127.0.0.1", "--port", str(self.port),
+            "--database-url", self.database_url, *self.extra,
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKLIST_MPPS_")}
+        env.update(self.env)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            if port_open("127.0.0.1", self.port, 0.2):
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not listen within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = None
+            return
+        os.kill(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+        self._log.close()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def live_server(tmp_path) -> Iterator:
+    """Factory: live_server(database_url=None, *extra_flags) -> started LiveServer."""
+    servers: list[LiveServer] = []
+
+    def start(database_url: str | None = None, *extra: str, env: dict | None = None
+              ) -> LiveServer:
+        url = database_url or f"sqlite:///{tmp_path / 'live.db'}"
+        server = LiveServer(tmp_path, url, *extra, env=env)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,140 @@
+"""``worklist-mpps``: serve, manage the database, load worklists."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from ..config import Config, ConfigError, add_cli_flags, config_from_args, describe_defaults
+from ..db import migrate
+from ..db.engine import Database
+from ..loader import LoadError, load_file, load_sample_once
+
+log = logging.getLogger("worklist_mpps")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pynetdicom logs every PDU at INFO; its own lines are for debugging.
+    logging.getLogger("pynetdicom").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    )
+
+
+def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:
+    """The process's Database, its schema upgraded or checked."""
+    db = Database(cfg.database_url, cfg.sqlite_synchronous)
+    if cfg.migrate_on_start if migrate_now is None else migrate_now:
+        migrate.upgrade(db.engine)
+    elif not migrate.is_up_to_date(db.engine):
+        raise ConfigError(
+            "database schema is not up to date: run 'worklist-mpps db upgrade' "
+            "(or set auto_migrate: true)"
+        )
+    return db
+
+
+def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
+    from ..dimse.context import ServerContext
+    from ..dimse.server import DicomServer
+
+    db = open_database(cfg)
+    if cfg.load_sample_data:
+        loaded = load_sample_once(db, cfg.sample_file, cfg.uid_prefix)
+        if loaded:
+            log.info("Sample worklist loaded from %s: %d items", cfg.sample_file, loaded[0])
+    ctx = ServerContext(cfg, db)
+    server = DicomServer(ctx)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        log.info("Shutting down")
+        server.stop()
+        db.dispose()
+    return 0
+
+
+def cmd_db(cfg: Config, args: argparse.Namespace) -> int:
+    db = Database(cfg.database_url, cfg.sqlite_synchronous)
+    try:
+        if args.action == "upgrade":
+            migrate.upgrade(db.engine)
+            print(f"database at revision {migrate.current_revision(db.engine)}")
+        else:
+            current = migrate.current_revision(db.engine)
+            head = migrate.head_revision()
+            print(f"current {current or '(empty)'}, head {head}")
+            return 0 if current == head else 1
+    finally:
+        db.dispose()
+    return 0
+
+
+def cmd_load(cfg: Config, args: argparse.Namespace) -> int:
+    db = open_database(cfg, migrate_now=cfg.migrate_on_start)
+    try:
+        created, updated = load_file(db, args.file, cfg.uid_prefix)
+    finally:
+        db.dispose()
+    print(f"{args.file}: {created} created, {updated} updated")
+    return 0
+
+
+def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
+    width = max(len(k) for k, _, _ in describe_defaults())
+    for key, _default, help_text in describe_defaults():
+        print(f"{key:<{width}}  {getattr(cfg, key)!r}    # {help_text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worklist-mpps",
+        description="DICOM Modality Worklist and MPPS server for Orthanc sites.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the DICOM server")
+    add_cli_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("db", help="database schema (Alembic migrations)")
+    p.add_argument("action", choices=["upgrade", "current"])
+    add_cli_flags(p)
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("load", help="load worklist items from a YAML file (idempotent)")
+    p.add_argument("file")
+    add_cli_flags(p)
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("config", help="print the effective configuration")
+    add_cli_flags(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        setup_logging(cfg.log_level)
+        return args.func(cfg, args)
+    except (ConfigError, LoadError) as exc:
+        print(f"worklist-mpps: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

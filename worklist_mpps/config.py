@@ -1,0 +1,214 @@
+"""One configuration object, loaded from YAML, then environment, then CLI flags.
+
+Precedence (highest last): dataclass defaults < YAML file (``--config``) <
+environment variables ``WORKLIST_MPPS_<KEY>`` < command-line flags ``--<key>``.
+A key that does not exist or a value of the wrong type fails at start with a
+message naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+ENV_PREFIX = "WORKLIST_MPPS_"
+DEFAULT_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "worklist.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+@dataclass
+class Config:
+    """Every setting of the server, with its documented default (see README)."""
+
+    ae_title: str = field(default="WORKLISTS", metadata={"help": "AE title of the server"})
+    port: int = field(default=5243, metadata={"help": "DICOM port"})
+    bind: str = field(default="0.0.0.0", metadata={"help": "address the DICOM port binds to"})
+    database_url: str = field(
+        default="sqlite:///data/worklist.db",
+        metadata={"help": "SQLAlchemy URL; the default is a SQLite file under ./data/"},
+    )
+    auto_migrate: bool | None = field(
+        default=None,
+        metadata={"help": "upgrade the schema at start; default: yes for SQLite, no otherwise"},
+    )
+    sqlite_synchronous: str = field(
+        default="FULL", metadata={"help": "SQLite synchronous pragma (FULL, NORMAL)"}
+    )
+    load_sample_data: bool = field(
+        default=True, metadata={"help": "load sample_file on first start (empty database)"}
+    )
+    sample_file: str = field(
+        default=str(DEFAULT_SAMPLE), metadata={"help": "YAML worklist loaded on first start"}
+    )
+    uid_prefix: str = field(
+        default="", metadata={"help": "root for generated UIDs; empty: UUID-derived 2.25.x"}
+    )
+    worklist_default_statuses: list[str] = field(
+        default_factory=lambda: ["SCHEDULED", "IN PROGRESS"],
+        metadata={"help": "step statuses returned when a query does not ask for a status"},
+    )
+    worklist_filter_by_calling_ae: bool = field(
+        default=False,
+        metadata={"help": "return only items whose Scheduled Station AE Title is the caller's"},
+    )
+    max_associations: int = field(default=32, metadata={"help": "concurrent associations"})
+    network_timeout: float = field(default=60.0, metadata={"help": "idle network timeout (s)"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
+
+    def validate(self) -> None:
+        """Check values that have a type but also a range."""
+        if not (1 <= len(self.ae_title.strip()) <= 16):
+            raise ConfigError(f"ae_title: must be 1 to 16 characters, got {self.ae_title!r}")
+        if not (0 <= self.port <= 65535):
+            raise ConfigError(f"port: must be 0..65535, got {self.port}")
+        if self.max_associations < 1:
+            raise ConfigError(f"max_associations: must be >= 1, got {self.max_associations}")
+        if self.network_timeout <= 0:
+            raise ConfigError(f"network_timeout: must be > 0, got {self.network_timeout}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+        if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"sqlite_synchronous: unknown value {self.sqlite_synchronous!r}")
+        from .db.models import STEP_STATUSES  # late import: models import nothing from here
+
+        for status in self.worklist_default_statuses:
+            if status not in STEP_STATUSES:
+                raise ConfigError(
+                    f"worklist_default_statuses: unknown status {status!r} "
+                    f"(one of {', '.join(STEP_STATUSES)})"
+                )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def migrate_on_start(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _field_type(name: str) -> tuple[Any, bool]:
+    """(base type, optional) of a Config field: ``bool | None`` -> (bool, True)."""
+    hint = typing.get_type_hints(Config)[name]
+    if typing.get_origin(hint) is list:
+        return list, False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert ``value`` to the type of field ``name``; strings are parsed."""
+    kind, optional = _field_type(name)
+    where = f"{name} (from {source})"
+    if optional and (value is None or str(value).strip().lower() in ("", "auto")):
+        return None
+    if value is None:
+        raise ConfigError(f"{where}: a value is required")
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(f"not an integer: {value!r}")
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            raise ValueError(f"not a list: {value!r}")
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"not a string: {value!r}")
+        return str(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration from YAML file, environment and explicit overrides."""
+    env = os.environ if env is None else env
+    known = _fields()
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: must be a mapping of keys to values")
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"config file {path}: unknown key {key!r}")
+            values[key] = _coerce(key, value, str(path))
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        key = var[len(ENV_PREFIX):].lower()
+        if key not in known:
+            raise ConfigError(f"environment variable {var}: unknown key {key!r}")
+        values[key] = _coerce(key, value, var)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r}")
+        values[key] = _coerce(key, value, "--" + key.replace("_", "-"))
+    config = Config(**values)
+    config.validate()
+    return config
+
+
+def add_cli_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one ``--<key>`` flag per configuration key."""
+    parser.add_argument("--config", help="YAML configuration file")
+    for name, f in _fields().items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE",
+            help=f.metadata.get("help", ""),
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {name: getattr(args, name, None) for name in _fields()}
+    return load_config(getattr(args, "config", None), overrides=overrides)
+
+
+def describe_defaults() -> list[tuple[str, str, str]]:
+    """(key, default, help) rows, for the README table and ``--help``."""
+    cfg = Config()
+    return [
+        (name, repr(getattr(cfg, name)), f.metadata.get("help", ""))
+        for name, f in _fields().items()
+    ]

@@ -1,0 +1,89 @@
+"""One engine and one session factory per process.
+
+SQLite gets WAL mode, a busy timeout, foreign keys, case-sensitive LIKE
+(DICOM single value and wildcard matching are case-sensitive, PS3.4 C.2.2.2)
+and explicit ``BEGIN``: pysqlite's own implicit transactions are switched off
+so that a write transaction can start with ``BEGIN IMMEDIATE`` and serialize
+against other writers instead of failing on lock upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def _prepare_sqlite_path(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    _prepare_sqlite_path(url)
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=10, max_overflow=20,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA case_sensitive_like=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """The process's engine and session factory."""
+
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL") -> None:
+        self.url = url
+        self.engine = make_engine(url, sqlite_synchronous)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit of work: one transaction, rolled back at the end."""
+        with self.sessions() as session:
+            yield session  # closing the session rolls the transaction back
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed on success.
+
+        On SQLite it starts with ``BEGIN IMMEDIATE`` so concurrent writers queue
+        on the database lock; on PostgreSQL rows are locked with
+        ``SELECT ... FOR UPDATE`` where a change depends on what was read.
+        """
+        with self.sessions() as session, session.begin():
+            if self.is_sqlite:
+                # options apply before the connection's BEGIN is emitted
+                session.connection(execution_options={"sqlite_immediate": True})
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,189 @@
+"""SQLAlchemy 2 typed models.
+
+One ``WorklistItem`` row is one Scheduled Procedure Step (PS3.4 K.6.1: each
+C-FIND response carries one item of the Scheduled Procedure Step Sequence)
+together with its Requested Procedure and Imaging Service Request attributes.
+Empty DICOM values are stored as NULL, so SQL comparison never matches them
+against a non-empty key (PS3.4 K.2.2.1.1.1 / C.2.2.2).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STEP_STATUSES = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED")
+FINAL_STATUSES = ("COMPLETED", "DISCONTINUED")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Patient(Base):
+    """Patient Identification and Demographic modules (Table K.6-1)."""
+
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    # Case- and accent-folded name for Person Name matching (see matching.fold_pn).
+    patient_name_folded: Mapped[str | None] = mapped_column(String(324), index=True)
+    birth_date: Mapped[str | None] = mapped_column(String(8))
+    sex: Mapped[str | None] = mapped_column(String(16))
+    weight: Mapped[str | None] = mapped_column(String(16))
+    medical_alerts: Mapped[str | None] = mapped_column(String(64))
+    allergies: Mapped[str | None] = mapped_column(String(64))
+    pregnancy_status: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    items: Mapped[list[WorklistItem]] = relationship(back_populates="patient")
+
+
+class WorklistItem(Base):
+    """One Scheduled Procedure Step with its Requested Procedure (PS3.4 K.6.1)."""
+
+    __tablename__ = "worklist_items"
+    __table_args__ = (
+        UniqueConstraint("accession_number", "sps_id"),
+        # The selective query of a modality: status + modality + station + start.
+        Index(
+            "ix_worklist_items_selective",
+            "sps_status", "modality", "scheduled_station_ae_title", "sps_start",
+        ),
+        Index("ix_worklist_items_status_start", "sps_status", "sps_start"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+
+    # Imaging Service Request
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    referring_physician_name: Mapped[str | None] = mapped_column(String(324))
+    referring_physician_name_folded: Mapped[str | None] = mapped_column(String(324), index=True)
+    requesting_physician: Mapped[str | None] = mapped_column(String(324))
+    requesting_physician_folded: Mapped[str | None] = mapped_column(String(324), index=True)
+    # Requested Procedure
+    requested_procedure_id: Mapped[str | None] = mapped_column(String(16), index=True)
+    requested_procedure_description: Mapped[str | None] = mapped_column(String(64))
+    requested_procedure_priority: Mapped[str | None] = mapped_column(String(16))
+    requested_procedure_codes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    # Visit
+    admission_id: Mapped[str | None] = mapped_column(String(64))
+    current_patient_location: Mapped[str | None] = mapped_column(String(64))
+    # Scheduled Procedure Step
+    sps_id: Mapped[str | None] = mapped_column(String(16), index=True)
+    sps_description: Mapped[str | None] = mapped_column(String(64))
+    sps_status: Mapped[str] = mapped_column(String(16), default="SCHEDULED", index=True)
+    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    scheduled_station_ae_title: Mapped[str | None] = mapped_column(String(16), index=True)
+    scheduled_station_name: Mapped[str | None] = mapped_column(String(16))
+    sps_location: Mapped[str | None] = mapped_column(String(16))
+    sps_start_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    sps_start_time: Mapped[str | None] = mapped_column(String(6))
+    # YYYYMMDDHHMMSS, for combined date+time range matching (PS3.4 C.2.2.2.5.1).
+    sps_start: Mapped[str | None] = mapped_column(String(14), index=True)
+    scheduled_performing_physician_name: Mapped[str | None] = mapped_column(String(324))
+    scheduled_performing_physician_name_folded: Mapped[str | None] = mapped_column(
+        String(324), index=True
+    )
+    scheduled_protocol_codes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    pre_medication: Mapped[str | None] = mapped_column(String(64))
+    requested_contrast_agent: Mapped[str | None] = mapped_column(String(64))
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    patient: Mapped[Patient] = relationship(back_populates="items")
+    mpps: Mapped[list[MPPSTracking]] = relationship(
+        secondary="mpps_worklist_links", back_populates="worklist_items"
+    )
+
+
+mpps_worklist_links = Table(
+    "mpps_worklist_links",
+    Base.metadata,
+    Column("mpps_pk", ForeignKey("mpps.id", ondelete="CASCADE"), primary_key=True),
+    Column("item_pk", ForeignKey("worklist_items.id", ondelete="CASCADE"), primary_key=True,
+           index=True),
+)
+
+
+class MPPSTracking(Base):
+    """One Modality Performed Procedure Step (PS3.4 Annex F).
+
+    ``dataset`` holds the whole attribute list as DICOM (Explicit VR Little
+    Endian, with its Specific Character Set); the other columns are indexed
+    copies for listing and linking.
+    """
+
+    __tablename__ = "mpps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    station_ae_title: Mapped[str | None] = mapped_column(String(16), index=True)
+    pps_id: Mapped[str | None] = mapped_column(String(16))
+    start_datetime: Mapped[str | None] = mapped_column(String(14), index=True)
+    end_datetime: Mapped[str | None] = mapped_column(String(14), index=True)
+    dataset: Mapped[bytes] = mapped_column(LargeBinary)
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    # Incremented on every change; used for optimistic checks and ordering.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    worklist_items: Mapped[list[WorklistItem]] = relationship(
+        secondary="mpps_worklist_links", back_populates="mpps"
+    )
+
+
+class AppState(Base):
+    """Small key/value facts about this database (e.g. sample data loaded once)."""
+
+    __tablename__ = "app_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str | None] = mapped_column(String(255))

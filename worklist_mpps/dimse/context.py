@@ -1,0 +1,24 @@
+"""What every DIMSE handler needs: configuration and database, plus logging helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Config
+from ..db.engine import Database
+
+
+@dataclass
+class ServerContext:
+    config: Config
+    db: Database
+
+
+def peer(assoc) -> str:  # noqa: ANN001
+    """'CALLING_AE@address:port' for log lines."""
+    req = assoc.requestor
+    return f"{req.ae_title}@{req.address}:{req.port}"
+
+
+def count_request(assoc) -> None:  # noqa: ANN001
+    assoc.wm_requests = getattr(assoc, "wm_requests", 0) + 1

@@ -1,0 +1,105 @@
+"""The one pynetdicom AE: Verification and Modality Worklist FIND.
+
+Handlers are bound here with the server context; their logic lives in the
+handler modules and in the service layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import time
+
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+
+from .context import ServerContext, count_request, peer
+from .worklist import handle_find
+
+log = logging.getLogger("worklist_mpps.dimse")
+
+
+def _on_conn_open(event) -> None:  # noqa: ANN001
+    """Disable Nagle: small DIMSE responses must not wait for a delayed ACK."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    event.assoc.wm_opened = time.monotonic()
+
+
+def _on_accepted(event) -> None:  # noqa: ANN001
+    event.assoc.wm_opened = getattr(event.assoc, "wm_opened", time.monotonic())
+
+
+def _on_closed(how: str, event) -> None:  # noqa: ANN001
+    assoc = event.assoc
+    if not getattr(assoc, "wm_logged", False):
+        assoc.wm_logged = True
+        log.info(
+            "Association %s from %s to %s: %d requests, %.1f ms",
+            how, peer(assoc), assoc.acceptor.ae_title, getattr(assoc, "wm_requests", 0),
+            (time.monotonic() - getattr(assoc, "wm_opened", time.monotonic())) * 1000,
+        )
+
+
+def _on_rejected(event) -> None:  # noqa: ANN001
+    log.warning("Association rejected from %s", peer(event.assoc))
+
+
+def _on_echo(event) -> int:  # noqa: ANN001
+    count_request(event.assoc)
+    return 0x0000
+
+
+def build_ae(ctx: ServerContext) -> AE:
+    cfg = ctx.config
+    ae = AE(ae_title=cfg.ae_title)
+    ae.maximum_associations = cfg.max_associations
+    ae.network_timeout = cfg.network_timeout
+    ae.acse_timeout = min(30.0, cfg.network_timeout)
+    ae.dimse_timeout = cfg.network_timeout
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(ModalityWorklistInformationFind)
+    return ae
+
+
+def handlers(ctx: ServerContext) -> list:
+    return [
+        (evt.EVT_CONN_OPEN, _on_conn_open),
+        (evt.EVT_ACCEPTED, _on_accepted),
+        (evt.EVT_REJECTED, _on_rejected),
+        (evt.EVT_RELEASED, functools.partial(_on_closed, "released")),
+        (evt.EVT_ABORTED, functools.partial(_on_closed, "aborted")),
+        (evt.EVT_C_ECHO, _on_echo),
+        (evt.EVT_C_FIND, handle_find, [ctx]),
+    ]
+
+
+class DicomServer:
+    """Starts and stops the AE's listener."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.ae = build_ae(ctx)
+        self._server = None
+
+    def start(self) -> None:
+        cfg = self.ctx.config
+        self._server = self.ae.start_server(
+            (cfg.bind, cfg.port), block=False, evt_handlers=handlers(self.ctx)
+        )
+        log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.bind, self.port)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self.ctx.config.port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()

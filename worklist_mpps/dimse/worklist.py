@@ -1,0 +1,73 @@
+"""Modality Worklist C-FIND handler (PS3.4 K.4.1): thin, the logic is in worklist.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterator
+
+from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import worklist
+from ..matching import MatchError
+from .context import ServerContext, count_request, peer
+
+log = logging.getLogger("worklist_mpps.dimse.worklist")
+
+PENDING = 0xFF00
+PENDING_WARNING = 0xFF01  # optional keys not supported (K.4.1.1.4)
+CANCEL = 0xFE00
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC001
+
+
+def failure(status: int, comment: str, offending: list[str] | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]  # LO
+    tags = [tag_for_keyword(k) for k in offending or [] if tag_for_keyword(k)]
+    if tags:
+        ds.OffendingElement = tags
+    return ds
+
+
+def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | None]]:  # noqa: ANN001
+    """Answer one worklist C-FIND: pending responses, then success (sent by pynetdicom)."""
+    started = time.perf_counter()
+    who = peer(event.assoc)
+    count_request(event.assoc)
+    try:
+        identifier = event.identifier
+        query = worklist.parse_identifier(identifier)
+        calling = event.assoc.requestor.ae_title if ctx.config.worklist_filter_by_calling_ae else None
+        rows = worklist.search(ctx.db, query, ctx.config.worklist_default_statuses, calling)
+    except MatchError as exc:
+        log.warning("C-FIND from %s: 0xA900 identifier does not match SOP class: %s", who, exc)
+        yield failure(IDENTIFIER_DOES_NOT_MATCH, str(exc), [exc.keyword]), None
+        return
+    except SQLAlchemyError as exc:
+        log.error("C-FIND from %s: 0xC001 database error: %s", who, exc.__class__.__name__,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        yield failure(UNABLE_TO_PROCESS, f"Database error: {exc.__class__.__name__}"), None
+        return
+    except Exception as exc:  # a bad identifier pydicom cannot decode, for example
+        log.exception("C-FIND from %s: 0xC001 unable to process", who)
+        yield failure(UNABLE_TO_PROCESS, f"Unable to process: {exc.__class__.__name__}"), None
+        return
+
+    status = PENDING_WARNING if query.optional_keys_unsupported else PENDING
+    sent = 0
+    for row in rows:
+        if event.is_cancelled:
+            log.info("C-FIND from %s: cancelled after %d of %d matches", who, sent, len(rows))
+            yield CANCEL, None
+            return
+        yield status, worklist.response(row, query)
+        sent += 1
+    log.info(
+        "C-FIND from %s: %d matches in %.1f ms%s", who, sent,
+        (time.perf_counter() - started) * 1000,
+        f" (unsupported keys: {', '.join(query.unsupported)})" if query.unsupported else "",
+    )

@@ -1,0 +1,393 @@
+"""Modality Worklist query service (PS3.4 Annex K), independent of the network.
+
+``parse_identifier`` turns a C-FIND identifier into a :class:`WorklistQuery`,
+``statement`` turns that into one SQL SELECT over the indexed columns, and
+``response`` builds the response identifier of one matching row, holding
+exactly the requested keys (K.4.1.1.3.2). The DIMSE handler and the DICOMweb
+search both call :func:`search`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from pydicom import Dataset
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
+from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy.engine import Row
+
+from . import matching
+from .db.models import Patient, WorklistItem
+from .matching import MatchError
+
+log = logging.getLogger(__name__)
+
+SPS_SEQUENCE = "ScheduledProcedureStepSequence"
+CODE_KEYWORDS = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning")
+# Attributes that are part of the response structure, never matched (K.4.1.1.3.2).
+NEVER_MATCHED = frozenset({"SpecificCharacterSet", "TimezoneOffsetFromUTC"})
+
+
+@dataclass(frozen=True)
+class Key:
+    """A supported key: where its value is stored and how it is matched."""
+
+    keyword: str
+    column: Any = None  # ORM attribute holding the value; None: known, never stored
+    match: str = "string"  # string | pn | uid | date | time | code | none
+    folded: Any = None  # folded column for Person Name matching
+
+    @property
+    def vr(self) -> str:
+        return dictionary_VR(self.keyword)
+
+
+def _keys(*keys: Key) -> dict[str, Key]:
+    return {k.keyword: k for k in keys}
+
+
+# Table K.6-1 and the IHE Scheduled Workflow return keys, top level.
+TOP_KEYS = _keys(
+    Key("PatientName", Patient.patient_name, "pn", Patient.patient_name_folded),
+    Key("PatientID", Patient.patient_id),
+    Key("IssuerOfPatientID", Patient.issuer_of_patient_id),
+    Key("PatientBirthDate", Patient.birth_date, "date"),
+    Key("PatientSex", Patient.sex),
+    Key("PatientWeight", Patient.weight, "none"),
+    Key("MedicalAlerts", Patient.medical_alerts),
+    Key("Allergies", Patient.allergies),
+    Key("PregnancyStatus", Patient.pregnancy_status, "none"),
+    Key("AccessionNumber", WorklistItem.accession_number),
+    Key("ReferringPhysicianName", WorklistItem.referring_physician_name, "pn",
+        WorklistItem.referring_physician_name_folded),
+    Key("RequestingPhysician", WorklistItem.requesting_physician, "pn",
+        WorklistItem.requesting_physician_folded),
+    Key("RequestedProcedureID", WorklistItem.requested_procedure_id),
+    Key("RequestedProcedureDescription", WorklistItem.requested_procedure_description),
+    Key("RequestedProcedurePriority", WorklistItem.requested_procedure_priority),
+    Key("RequestedProcedureCodeSequence", WorklistItem.requested_procedure_codes, "code"),
+    Key("StudyInstanceUID", WorklistItem.study_instance_uid, "uid"),
+    Key("AdmissionID", WorklistItem.admission_id),
+    Key("CurrentPatientLocation", WorklistItem.current_patient_location),
+    Key("ReferencedStudySequence", None, "none"),
+    Key("ReferencedPatientSequence", None, "none"),
+)
+
+# Keys inside the one Scheduled Procedure Step Sequence item.
+SPS_KEYS = _keys(
+    Key("ScheduledStationAETitle", WorklistItem.scheduled_station_ae_title),
+    Key("ScheduledProcedureStepStartDate", WorklistItem.sps_start_date, "date"),
+    Key("ScheduledProcedureStepStartTime", WorklistItem.sps_start_time, "time"),
+    Key("Modality", WorklistItem.modality),
+    Key("ScheduledPerformingPhysicianName", WorklistItem.scheduled_performing_physician_name,
+        "pn", WorklistItem.scheduled_performing_physician_name_folded),
+    Key("ScheduledProcedureStepDescription", WorklistItem.sps_description),
+    Key("ScheduledStationName", WorklistItem.scheduled_station_name),
+    Key("ScheduledProcedureStepLocation", WorklistItem.sps_location),
+    Key("ScheduledProtocolCodeSequence", WorklistItem.scheduled_protocol_codes, "code"),
+    Key("PreMedication", WorklistItem.pre_medication),
+    Key("ScheduledProcedureStepID", WorklistItem.sps_id),
+    Key("RequestedContrastAgent", WorklistItem.requested_contrast_agent),
+    Key("ScheduledProcedureStepStatus", WorklistItem.sps_status),
+)
+
+
+@dataclass
+class RequestedKey:
+    """One key of the request: a supported Key, or an unknown element echoed empty."""
+
+    tag: int
+    vr: str
+    key: Key | None
+    sub_keys: list[RequestedKey] | None = None  # for a sequence with one item
+    all_items: bool = False  # zero-length sequence key: return the whole item
+
+
+@dataclass
+class WorklistQuery:
+    """A parsed C-FIND identifier."""
+
+    keys: list[RequestedKey]
+    filters: list[ColumnElement] = field(default_factory=list)
+    asks_status: bool = False
+    unsupported: list[str] = field(default_factory=list)  # keys not supported for matching
+    charset: list[str] = field(default_factory=list)
+
+    @property
+    def optional_keys_unsupported(self) -> bool:
+        """True when the response status is 0xFF01 (PS3.4 K.4.1.1.4)."""
+        return bool(self.unsupported)
+
+
+def _values(elem: DataElement) -> list[str]:
+    """The key's values as strings ('' for zero-length)."""
+    value = elem.value
+    if value is None or value == "":
+        return [""]
+    if isinstance(value, (MultiValue, list, tuple)):
+        return [str(v) for v in value] or [""]
+    return [str(value)]
+
+
+def _key_filter(key: Key, elem: DataElement) -> ColumnElement | None:
+    """The SQL clause for one non-sequence key (None: universal)."""
+    values = _values(elem)
+    if key.match == "uid":
+        return matching.uid_list(key.column, values)
+    if key.match == "date":
+        return matching.any_of([matching.date_match(key.column, key.keyword, v) for v in values])
+    if key.match == "time":
+        return matching.any_of([matching.time_match(key.column, key.keyword, v) for v in values])
+    if key.match == "pn":
+        return matching.any_of([matching.person_name(key.folded, v) for v in values])
+    return matching.any_of([matching.string_match(key.column, v, key.vr) for v in values])
+
+
+def _is_empty(elem: DataElement) -> bool:
+    return len(elem.value) == 0 if elem.VR == "SQ" else elem.is_empty
+
+
+def _parse_level(
+    items: Iterable[DataElement], table: dict[str, Key], query: WorklistQuery, level: str
+) -> list[RequestedKey]:
+    """Requested keys and filters of one level (top or SPS item)."""
+    requested: list[RequestedKey] = []
+    elems = {(keyword_for_tag(e.tag) or str(e.tag)): e for e in items}
+    for name, elem in elems.items():
+        if elem.tag.element == 0 or name in NEVER_MATCHED:
+            continue  # group lengths; Specific Character Set is handled apart
+        if name == SPS_SEQUENCE and level == "top":
+            requested.append(_parse_sps(elem, query))
+            continue
+        key = table.get(name)
+        if key is None:
+            # not in the model: returned zero-length, status FF01 (K.2.2.1.1.2)
+            query.unsupported.append(name)
+            requested.append(RequestedKey(elem.tag, elem.VR, None))
+            continue
+        if (key.vr == "SQ") != (elem.VR == "SQ"):
+            raise MatchError(name, f"has VR {elem.VR}, the model defines {key.vr}")
+        if key.match == "code":
+            requested.append(_parse_code_key(key, elem, query))
+            continue
+        if key.match == "none":
+            if not _is_empty(elem):
+                query.unsupported.append(name)
+            requested.append(RequestedKey(elem.tag, key.vr, key))
+            continue
+        if name in ("ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime"):
+            pass  # combined below
+        else:
+            clause = _key_filter(key, elem)
+            if clause is not None:
+                query.filters.append(clause)
+            if name == "ScheduledProcedureStepStatus" and clause is not None:
+                query.asks_status = True
+        requested.append(RequestedKey(elem.tag, key.vr, key))
+    if level == "sps":
+        date = elems.get("ScheduledProcedureStepStartDate")
+        time = elems.get("ScheduledProcedureStepStartTime")
+        clause = matching.combined_datetime(
+            WorklistItem.sps_start_date, WorklistItem.sps_start_time, WorklistItem.sps_start,
+            _single(date), _single(time),
+        )
+        if clause is not None:
+            query.filters.append(clause)
+    return requested
+
+
+def _single(elem: DataElement | None) -> str:
+    if elem is None:
+        return ""
+    values = _values(elem)
+    if len(values) > 1:
+        raise MatchError(keyword_for_tag(elem.tag), "a date or time key takes one value or range")
+    return values[0]
+
+
+def _parse_code_key(key: Key, elem: DataElement, query: WorklistQuery) -> RequestedKey:
+    """A code sequence is a return key: item keys with values are not matched."""
+    if len(elem.value) > 1:
+        raise MatchError(key.keyword, "a sequence key holds at most one item")
+    if len(elem.value) == 0:
+        return RequestedKey(elem.tag, "SQ", key, all_items=True)
+    sub = []
+    for item_elem in elem.value[0]:
+        name = keyword_for_tag(item_elem.tag)
+        if name not in CODE_KEYWORDS or not item_elem.is_empty:
+            query.unsupported.append(f"{key.keyword}>{name or item_elem.tag}")
+        sub.append(RequestedKey(item_elem.tag, item_elem.VR, None))
+    return RequestedKey(elem.tag, "SQ", key, sub_keys=sub)
+
+
+def _parse_sps(elem: DataElement, query: WorklistQuery) -> RequestedKey:
+    """Sequence matching on the Scheduled Procedure Step Sequence (C.2.2.2.6)."""
+    if elem.VR != "SQ":
+        raise MatchError(SPS_SEQUENCE, f"has VR {elem.VR}, the model defines SQ")
+    if len(elem.value) > 1:
+        raise MatchError(SPS_SEQUENCE, "sequence matching takes exactly one item")
+    if len(elem.value) == 0:  # universal: the whole item is returned
+        return RequestedKey(elem.tag, "SQ", None, all_items=True)
+    sub = _parse_level(list(elem.value[0]), SPS_KEYS, query, "sps")
+    return RequestedKey(elem.tag, "SQ", None, sub_keys=sub)
+
+
+def parse_identifier(identifier: Dataset) -> WorklistQuery:
+    """Validate and parse a Modality Worklist C-FIND identifier.
+
+    Raises MatchError when the identifier does not fit the model (0xA900):
+    a sequence key with more than one item (C.2.2.2.6), a key with the wrong
+    VR, an invalid date, time or range.
+    """
+    query = WorklistQuery(keys=[])
+    if "SpecificCharacterSet" in identifier:
+        query.charset = [v for v in _values(identifier["SpecificCharacterSet"]) if v]
+    query.keys = _parse_level(list(identifier), TOP_KEYS, query, "top")
+    return query
+
+
+def _columns(query: WorklistQuery) -> dict[str, Any]:
+    """The columns to select: only what the response needs."""
+    wanted: dict[str, Any] = {}
+
+    def add(req: RequestedKey, table: dict[str, Key]) -> None:
+        if req.key is not None and req.key.column is not None:
+            wanted[req.key.keyword] = req.key.column
+        if req.all_items and req.key is None:  # whole SPS item
+            for k in table.values():
+                if k.column is not None:
+                    wanted[k.keyword] = k.column
+        for sub in req.sub_keys or []:
+            add(sub, SPS_KEYS)
+
+    for req in query.keys:
+        add(req, SPS_KEYS)
+    return wanted
+
+
+def statement(
+    query: WorklistQuery,
+    default_statuses: Sequence[str] = ("SCHEDULED", "IN PROGRESS"),
+    calling_ae: str | None = None,
+    limit: int | None = None,
+) -> Select:
+    """One SELECT for the query; every filter runs in SQL on indexed columns."""
+    columns = _columns(query)
+    cols = [c.label(name) for name, c in columns.items()] or [WorklistItem.id.label("id_")]
+    stmt = select(*cols).select_from(WorklistItem).join(Patient, WorklistItem.patient)
+    for clause in query.filters:
+        stmt = stmt.where(clause)
+    if not query.asks_status:
+        stmt = stmt.where(WorklistItem.sps_status.in_(list(default_statuses)))
+    if calling_ae is not None:
+        stmt = stmt.where(WorklistItem.scheduled_station_ae_title == calling_ae)
+    stmt = stmt.order_by(WorklistItem.sps_start, WorklistItem.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return stmt
+
+
+# --- responses ------------------------------------------------------------------------
+
+
+def _code_items(codes: list[dict[str, Any]] | None, sub_keys: list[RequestedKey] | None
+                ) -> list[Dataset]:
+    items = []
+    for code in codes or []:
+        item = Dataset()
+        if sub_keys is None:
+            for name in CODE_KEYWORDS:
+                if code.get(name):
+                    setattr(item, name, code[name])
+        else:
+            for sub in sub_keys:
+                name = keyword_for_tag(sub.tag)
+                item.add_new(sub.tag, sub.vr, code.get(name) or None)
+        items.append(item)
+    return items
+
+
+def _add(ds: Dataset, req: RequestedKey, row: Row, table: dict[str, Key]) -> None:
+    key = req.key
+    if key is None and req.vr == "SQ" and Tag(req.tag) == tag_for_keyword(SPS_SEQUENCE):
+        item = Dataset()
+        if req.all_items:
+            for k in SPS_KEYS.values():
+                _add(item, RequestedKey(tag_for_keyword(k.keyword), k.vr, k), row, SPS_KEYS)
+        for sub in req.sub_keys or []:
+            _add(item, sub, row, SPS_KEYS)
+        ds.add_new(req.tag, "SQ", DicomSequence([item]))
+        return
+    if key is None or key.column is None:
+        ds.add_new(req.tag, req.vr, DicomSequence() if req.vr == "SQ" else None)
+        return
+    value = row._mapping.get(key.keyword)
+    if key.match == "code":
+        ds.add_new(req.tag, "SQ", DicomSequence(
+            _code_items(value, None if req.all_items else req.sub_keys)))
+        return
+    ds.add_new(req.tag, key.vr, value if value not in ("",) else None)
+
+
+def _text_values(ds: Dataset) -> Iterable[str]:
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                yield from _text_values(item)
+        elif isinstance(elem.value, str):
+            yield elem.value
+        elif elem.VR == "PN" and elem.value is not None:
+            yield str(elem.value)
+
+
+def choose_charset(ds: Dataset, requested: list[str]) -> str | None:
+    """The Specific Character Set of a response.
+
+    The request's single-byte set is kept when it can encode the response;
+    otherwise plain ASCII, ISO_IR 100 (Latin-1) or ISO_IR 192 (UTF-8), the
+    first that can (the SCP need not answer in the requested set, K.4.1.1.3.2).
+    """
+    text = "".join(_text_values(ds))
+
+    def fits(term: str) -> bool:
+        if term in ("", "ISO_IR 6"):
+            return text.isascii()
+        codec = python_encoding.get(term)
+        if codec is None:
+            return False
+        try:
+            text.encode(codec)
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    if len(requested) == 1 and fits(requested[0]):
+        return requested[0]
+    if text.isascii():
+        return None
+    return "ISO_IR 100" if fits("ISO_IR 100") else "ISO_IR 192"
+
+
+def response(row: Row, query: WorklistQuery) -> Dataset:
+    """The response identifier for one matching row: exactly the requested keys."""
+    ds = Dataset()
+    for req in query.keys:
+        _add(ds, req, row, TOP_KEYS)
+    charset = choose_charset(ds, query.charset)
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    return ds
+
+
+def search(db, query: WorklistQuery, default_statuses: Sequence[str],  # noqa: ANN001
+           calling_ae: str | None = None, limit: int | None = None) -> list[Row]:
+    """Run the query in one short read transaction; rows of the selected columns."""
+    with db.read() as session:
+        return list(session.execute(statement(query, default_statuses, calling_ae, limit)))
