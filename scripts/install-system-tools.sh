@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests talk to, from Debian's packages, when missing:
+# DCMTK (findscu, echoscu, wlmscpfs) and Orthanc. Needs root for apt-get; without
+# root it says what is missing and the tests that need it skip with that reason.
+set -euo pipefail
+
+missing=()
+command -v findscu >/dev/null 2>&1 || missing+=(dcmtk)
+command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-system-tools: missing ${missing[*]} (needs root and apt-get); dependent tests will skip" >&2
+    exit 0
+fi
+echo "install-system-tools: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# policy-rc.d keeps the orthanc package from starting a system service of its own
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.wm && chmod +x /usr/sbin/policy-rc.d.wm
+had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+[ $had_policy -eq 1 ] || cp /usr/sbin/policy-rc.d.wm /usr/sbin/policy-rc.d
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+[ $had_policy -eq 1 ] || rm -f /usr/sbin/policy-rc.d
+rm -f /usr/sbin/policy-rc.d.wm

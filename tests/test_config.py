@@ -1,0 +1,77 @@
+"""Configuration: YAML < environment < CLI flags; wrong keys and values name themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from worklist_mpps.config import Config, ConfigError, load_config
+
+
+def test_defaults_follow_the_orthanc_deployment():
+    cfg = load_config(env={})
+    assert (cfg.ae_title, cfg.port) == ("WORKLISTS", 5243)
+    assert cfg.database_url.startswith("sqlite:///data/")
+    assert cfg.migrate_on_start and cfg.load_sample_data
+    assert cfg.worklist_default_statuses == ["SCHEDULED", "IN PROGRESS"]
+
+
+def test_precedence_yaml_env_cli(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("port: 1111\nae_title: FROMYAML\nlog_level: DEBUG\n")
+    cfg = load_config(path, env={"WORKLIST_MPPS_PORT": "2222"}, overrides={"ae_title": "CLI"})
+    assert (cfg.port, cfg.ae_title, cfg.log_level) == (2222, "CLI", "DEBUG")
+
+
+def test_types_are_parsed_from_strings():
+    cfg = load_config(env={
+        "WORKLIST_MPPS_WORKLIST_FILTER_BY_CALLING_AE": "yes",
+        "WORKLIST_MPPS_WORKLIST_DEFAULT_STATUSES": "SCHEDULED, IN PROGRESS, COMPLETED",
+        "WORKLIST_MPPS_AUTO_MIGRATE": "false",
+        "WORKLIST_MPPS_NETWORK_TIMEOUT": "5.5",
+    })
+    assert cfg.worklist_filter_by_calling_ae is True
+    assert cfg.worklist_default_statuses == ["SCHEDULED", "IN PROGRESS", "COMPLETED"]
+    assert cfg.auto_migrate is False and not cfg.migrate_on_start
+    assert cfg.network_timeout == 5.5
+
+
+@pytest.mark.parametrize("yaml_text,names", [
+    ("prot: 1\n", "'prot'"),
+    ("port: eleven\n", "port"),
+    ("port: 70000\n", "port"),
+    ("ae_title: THIS_TITLE_IS_TOO_LONG\n", "ae_title"),
+    ("load_sample_data: maybe\n", "load_sample_data"),
+    ("worklist_default_statuses: [SCHEDULED, DONE]\n", "'DONE'"),
+    ("log_level: LOUD\n", "log_level"),
+    ("- a list\n", "mapping"),
+])
+def test_wrong_key_or_value_is_named(tmp_path, yaml_text, names):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    assert names in str(exc.value)
+
+
+def test_unknown_environment_variable_is_named():
+    with pytest.raises(ConfigError, match="WORKLIST_MPPS_PORTT"):
+        load_config(env={"WORKLIST_MPPS_PORTT": "1"})
+
+
+def test_serve_fails_at_start_naming_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("port: 5243\nmax_associatons: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "max_associatons" in proc.stderr
+
+
+def test_every_key_has_help_text():
+    import dataclasses
+    assert all(f.metadata.get("help") for f in dataclasses.fields(Config))

@@ -1,0 +1,33 @@
+"""The README's findscu examples run against a live server with the sample data."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import ROOT, SAMPLE, require_tool
+
+
+def readme_findscu_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return [line for line in re.findall(r"^findscu .*$", text, re.M)]
+
+
+def test_readme_has_the_examples():
+    commands = readme_findscu_commands()
+    assert len(commands) >= 5
+    for word in ("AccessionNumber=", "Modality=", "StartDate=", "StartTime="):
+        assert any(word in c for c in commands), word
+
+
+def test_readme_findscu_examples_work(live_server):
+    require_tool("findscu")
+    server = live_server(None, "--sample-file", str(SAMPLE))
+    for command in readme_findscu_commands():
+        command = command.replace(" localhost 5243 ", f" 127.0.0.1 {server.port} ")
+        # the COMPLETED example needs a finished step: none in fresh sample data
+        expect_matches = "COMPLETED" not in command
+        proc = subprocess.run(["bash", "-c", command], capture_output=True, timeout=60)
+        output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+        assert proc.returncode == 0, f"{command}\n{output}"
+        assert ("Find Response" in output) == expect_matches, f"{command}\n{output}"
