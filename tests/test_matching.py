@@ -90,6 +90,10 @@ def test_person_name_is_case_and_accent_insensitive(loaded):
     assert accessions(db, identifier({"PatientName": "müller*"})) == {"A001", "A_02"}
     assert accessions(db, identifier({"PatientName": "SANCHEZ*"})) == {"A%03"}
     assert accessions(db, identifier({"PatientName": "山田^太郎"})) == {"A004"}
+    # trailing empty components do not change a name (PS3.5 6.2.1)
+    assert accessions(db, identifier({"PatientName": "DOE^JANE^^^"})) == {"A006"}
+    assert accessions(db, identifier({"PatientName": "smith^john^^^"}),
+                      statuses=("COMPLETED",)) == {"A005"}
 
 
 def test_wildcards_star_and_question_mark(loaded):

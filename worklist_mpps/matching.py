@@ -38,9 +38,13 @@ def fold_pn(value: str | None) -> str | None:
 
     Used both when storing a name and when matching a key, so the two agree
     on every database (SQL lower() does not fold non-ASCII letters on SQLite).
+    Trailing empty components are dropped: 'Smith^John^^^' is 'Smith^John'
+    (PS3.5 6.2.1).
     """
     if value is None:
         return None
+    groups = [g.rstrip("^ ") for g in value.split("=")]
+    value = "=".join(groups).rstrip("=")
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return unicodedata.normalize("NFC", stripped).casefold()

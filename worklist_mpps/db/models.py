@@ -54,15 +54,15 @@ class Patient(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
-    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_name: Mapped[str | None] = mapped_column(String(324))
     # Case- and accent-folded name for Person Name matching (see matching.fold_pn).
     patient_name_folded: Mapped[str | None] = mapped_column(String(324), index=True)
-    birth_date: Mapped[str | None] = mapped_column(String(8))
-    sex: Mapped[str | None] = mapped_column(String(16))
+    birth_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    sex: Mapped[str | None] = mapped_column(String(16), index=True)
     weight: Mapped[str | None] = mapped_column(String(16))
-    medical_alerts: Mapped[str | None] = mapped_column(String(64))
-    allergies: Mapped[str | None] = mapped_column(String(64))
+    medical_alerts: Mapped[str | None] = mapped_column(String(64), index=True)
+    allergies: Mapped[str | None] = mapped_column(String(64), index=True)
     pregnancy_status: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -97,23 +97,23 @@ class WorklistItem(Base):
     requesting_physician_folded: Mapped[str | None] = mapped_column(String(324), index=True)
     # Requested Procedure
     requested_procedure_id: Mapped[str | None] = mapped_column(String(16), index=True)
-    requested_procedure_description: Mapped[str | None] = mapped_column(String(64))
-    requested_procedure_priority: Mapped[str | None] = mapped_column(String(16))
+    requested_procedure_description: Mapped[str | None] = mapped_column(String(64), index=True)
+    requested_procedure_priority: Mapped[str | None] = mapped_column(String(16), index=True)
     requested_procedure_codes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
-    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
     # Visit
-    admission_id: Mapped[str | None] = mapped_column(String(64))
-    current_patient_location: Mapped[str | None] = mapped_column(String(64))
+    admission_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    current_patient_location: Mapped[str | None] = mapped_column(String(64), index=True)
     # Scheduled Procedure Step
     sps_id: Mapped[str | None] = mapped_column(String(16), index=True)
-    sps_description: Mapped[str | None] = mapped_column(String(64))
+    sps_description: Mapped[str | None] = mapped_column(String(64), index=True)
     sps_status: Mapped[str] = mapped_column(String(16), default="SCHEDULED", index=True)
     modality: Mapped[str | None] = mapped_column(String(16), index=True)
     scheduled_station_ae_title: Mapped[str | None] = mapped_column(String(16), index=True)
-    scheduled_station_name: Mapped[str | None] = mapped_column(String(16))
-    sps_location: Mapped[str | None] = mapped_column(String(16))
+    scheduled_station_name: Mapped[str | None] = mapped_column(String(16), index=True)
+    sps_location: Mapped[str | None] = mapped_column(String(16), index=True)
     sps_start_date: Mapped[str | None] = mapped_column(String(8), index=True)
-    sps_start_time: Mapped[str | None] = mapped_column(String(6))
+    sps_start_time: Mapped[str | None] = mapped_column(String(6), index=True)
     # YYYYMMDDHHMMSS, for combined date+time range matching (PS3.4 C.2.2.2.5.1).
     sps_start: Mapped[str | None] = mapped_column(String(14), index=True)
     scheduled_performing_physician_name: Mapped[str | None] = mapped_column(String(324))
@@ -121,8 +121,8 @@ class WorklistItem(Base):
         String(324), index=True
     )
     scheduled_protocol_codes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
-    pre_medication: Mapped[str | None] = mapped_column(String(64))
-    requested_contrast_agent: Mapped[str | None] = mapped_column(String(64))
+    pre_medication: Mapped[str | None] = mapped_column(String(64), index=True)
+    requested_contrast_agent: Mapped[str | None] = mapped_column(String(64), index=True)
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -166,6 +166,9 @@ class MPPSTracking(Base):
     pps_id: Mapped[str | None] = mapped_column(String(16))
     start_datetime: Mapped[str | None] = mapped_column(String(14), index=True)
     end_datetime: Mapped[str | None] = mapped_column(String(14), index=True)
+    series_count: Mapped[int] = mapped_column(Integer, default=0)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    discontinuation_reason: Mapped[str | None] = mapped_column(String(64))
     dataset: Mapped[bytes] = mapped_column(LargeBinary)
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     # Incremented on every change; used for optimistic checks and ordering.
