@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -21,10 +22,10 @@ def setup_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # pynetdicom logs every PDU at INFO; its own lines are for debugging.
-    logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
-    )
+    # pynetdicom logs every PDU at INFO, alembic every step: lines for debugging.
+    for noisy in ("pynetdicom", "alembic"):
+        logging.getLogger(noisy).setLevel(
+            logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
 
 
 def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:
@@ -91,6 +92,56 @@ def cmd_load(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A plain text table: columns are (key, heading)."""
+    cells = [[h for _, h in columns]] + [
+        ["" if r.get(k) is None else str(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                     for row in cells)
+
+
+MPPS_COLUMNS = [
+    ("status", "STATUS"), ("start", "START"), ("end", "END"), ("modality", "MOD"),
+    ("station_ae_title", "STATION"), ("accession_number", "ACCESSION"),
+    ("patient_id", "PATIENT ID"), ("patient_name", "PATIENT"), ("series", "SERIES"),
+    ("instances", "IMAGES"), ("sop_instance_uid", "MPPS UID"),
+]
+
+
+def cmd_mpps(cfg: Config, args: argparse.Namespace) -> int:
+    from .. import mpps
+
+    db = open_database(cfg)
+    try:
+        if args.action == "list":
+            rows = mpps.list_steps(db, args.status, args.limit)
+            print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json
+                  else _table(rows, MPPS_COLUMNS))
+            return 0
+        if not args.uid:
+            raise ConfigError("mpps show needs the MPPS SOP Instance UID")
+        try:
+            summary, ds = mpps.show_step(db, args.uid)
+        except mpps.MPPSError as exc:
+            print(f"worklist-mpps: {exc.comment}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps({**summary, "dataset": ds.to_json_dict()}, indent=2,
+                             ensure_ascii=False))
+        else:
+            width = max(len(k) for k in summary)
+            for key, value in summary.items():
+                if isinstance(value, list):
+                    value = ", ".join(value) or "-"
+                print(f"{key:<{width}}  {'-' if value is None else value}")
+            print()
+            print(ds)
+        return 0
+    finally:
+        db.dispose()
+
+
 def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
     width = max(len(k) for k, _, _ in describe_defaults())
     for key, _default, help_text in describe_defaults():
@@ -118,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     add_cli_flags(p)
     p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("mpps", help="list or show performed procedure steps")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("uid", nargs="?", help="MPPS SOP Instance UID (show)")
+    p.add_argument("--status", choices=["IN PROGRESS", "COMPLETED", "DISCONTINUED"])
+    p.add_argument("--limit", type=int, default=50, help="newest N (list; default 50)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_cli_flags(p)
+    p.set_defaults(func=cmd_mpps)
 
     p = sub.add_parser("config", help="print the effective configuration")
     add_cli_flags(p)

@@ -1,4 +1,4 @@
-"""The one pynetdicom AE: Verification and Modality Worklist FIND.
+"""The one pynetdicom AE: Verification, Modality Worklist FIND and MPPS.
 
 Handlers are bound here with the server context; their logic lives in the
 handler modules and in the service layer.
@@ -12,9 +12,15 @@ import socket
 import time
 
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityPerformedProcedureStepRetrieve,
+    ModalityWorklistInformationFind,
+    Verification,
+)
 
 from .context import ServerContext, count_request, peer
+from .mpps import handle_n_create, handle_n_get, handle_n_set
 from .worklist import handle_find
 
 log = logging.getLogger("worklist_mpps.dimse")
@@ -64,6 +70,8 @@ def build_ae(ctx: ServerContext) -> AE:
     ae.dimse_timeout = cfg.network_timeout
     ae.add_supported_context(Verification)
     ae.add_supported_context(ModalityWorklistInformationFind)
+    ae.add_supported_context(ModalityPerformedProcedureStep)
+    ae.add_supported_context(ModalityPerformedProcedureStepRetrieve)
     return ae
 
 
@@ -76,6 +84,9 @@ def handlers(ctx: ServerContext) -> list:
         (evt.EVT_ABORTED, functools.partial(_on_closed, "aborted")),
         (evt.EVT_C_ECHO, _on_echo),
         (evt.EVT_C_FIND, handle_find, [ctx]),
+        (evt.EVT_N_CREATE, handle_n_create, [ctx]),
+        (evt.EVT_N_SET, handle_n_set, [ctx]),
+        (evt.EVT_N_GET, handle_n_get, [ctx]),
     ]
 
 

@@ -1,0 +1,90 @@
+"""MPPS N-CREATE / N-SET / N-GET handlers (PS3.4 F.7, F.8): thin, logic in mpps.py."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pydicom import Dataset
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import mpps
+from ..mpps import MPPSError
+from .context import ServerContext, count_request, peer
+
+log = logging.getLogger("worklist_mpps.dimse.mpps")
+
+
+def _status(code: int, comment: str | None = None, error_id: int | None = None,
+            attributes: list[int] | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]  # LO
+    if error_id is not None:
+        ds.ErrorID = error_id
+    if attributes:
+        ds.AttributeIdentifierList = attributes
+    return ds
+
+
+def _failure(exc: Exception, op: str, who: str, uid: str | None, started: float) -> Dataset:
+    ms = (time.perf_counter() - started) * 1000
+    if isinstance(exc, MPPSError):
+        log.warning("%s from %s for %s: 0x%04X %s (%.1f ms)", op, who, uid, exc.status,
+                    exc.comment, ms)
+        return _status(exc.status, exc.comment, exc.error_id, exc.attributes)
+    if isinstance(exc, SQLAlchemyError):
+        log.error("%s from %s for %s: 0x0110 database error %s (%.1f ms)", op, who, uid,
+                  exc.__class__.__name__, ms)
+        return _status(mpps.PROCESSING_FAILURE, f"Database error: {exc.__class__.__name__}")
+    log.exception("%s from %s for %s: 0x0110 processing failure", op, who, uid)
+    return _status(mpps.PROCESSING_FAILURE, f"Processing failure: {exc.__class__.__name__}")
+
+
+def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
+    started, who = time.perf_counter(), peer(event.assoc)
+    count_request(event.assoc)
+    uid = event.request.AffectedSOPInstanceUID
+    try:
+        outcome = mpps.create(ctx.db, event.attribute_list, uid,
+                              event.assoc.requestor.ae_title, ctx.config.uid_prefix)
+    except Exception as exc:  # noqa: BLE001 - every failure gets a status
+        return _failure(exc, "N-CREATE", who, uid, started), None
+    log.info("N-CREATE from %s: %s IN PROGRESS%s, linked %s (%.1f ms)", who, outcome.uid,
+             " (UID assigned)" if outcome.generated_uid else "",
+             ", ".join(outcome.linked) or "nothing (unscheduled)",
+             (time.perf_counter() - started) * 1000)
+    reply = None
+    if outcome.generated_uid:  # pynetdicom moves it into the response's Affected SOP Instance UID
+        reply = Dataset()
+        reply.AffectedSOPInstanceUID = outcome.uid
+    return _status(mpps.SUCCESS), reply
+
+
+def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
+    started, who = time.perf_counter(), peer(event.assoc)
+    count_request(event.assoc)
+    uid = event.request.RequestedSOPInstanceUID
+    try:
+        outcome = mpps.update(ctx.db, uid, event.modification_list,
+                              event.assoc.requestor.ae_title)
+    except Exception as exc:  # noqa: BLE001
+        return _failure(exc, "N-SET", who, uid, started), None
+    log.info("N-SET from %s: %s %s%s (%.1f ms)", who, uid, outcome.pps_status,
+             f", warning 0x{outcome.status:04X} {outcome.comment}" if outcome.status else "",
+             (time.perf_counter() - started) * 1000)
+    return _status(outcome.status, outcome.comment, attributes=outcome.attributes), None
+
+
+def handle_n_get(event, ctx: ServerContext):  # noqa: ANN001, ANN201
+    started, who = time.perf_counter(), peer(event.assoc)
+    count_request(event.assoc)
+    uid = event.request.RequestedSOPInstanceUID
+    try:
+        status, ds = mpps.get(ctx.db, uid, event.request.AttributeIdentifierList)
+    except Exception as exc:  # noqa: BLE001
+        return _failure(exc, "N-GET", who, uid, started), None
+    log.info("N-GET from %s: %s, %d attributes (%.1f ms)", who, uid, len(ds),
+             (time.perf_counter() - started) * 1000)
+    return _status(status), ds
