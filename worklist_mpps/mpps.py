@@ -202,7 +202,11 @@ def _is_empty(elem: DataElement) -> bool:
 
 
 def _require(ds: Dataset, keyword: str, path: str = "", why: str = "") -> None:
-    """0x0120 when the attribute is absent, 0x0121 when it has no value."""
+    """0x0120 when the attribute is absent, 0x0121 when it has no value.
+
+    Nested attributes are named by the sequence tag and item number, so the
+    comment fits the 64 characters of Error Comment (LO).
+    """
     name = f"{path}{keyword}"
     if keyword not in ds:
         raise MPPSError(MISSING_ATTRIBUTE, f"{why}Missing attribute {name}", [keyword])
@@ -348,7 +352,7 @@ def validate_create(ds: Dataset) -> None:
     for keyword in CREATE_TYPE1:
         _require(ds, keyword)
     for n, item in enumerate(ds.ScheduledStepAttributesSequence, start=1):
-        _require(item, "StudyInstanceUID", f"ScheduledStepAttributesSequence item {n} > ")
+        _require(item, "StudyInstanceUID", f"(0040,0270)[{n}] > ")
     status = _text(ds, "PerformedProcedureStepStatus")
     if status != "IN PROGRESS":
         raise MPPSError(
@@ -424,7 +428,7 @@ def _check_final_state(ds: Dataset) -> None:
                     "PerformedSeriesSequence"):
         _require(ds, keyword, why=why)
     for n, series in enumerate(ds.PerformedSeriesSequence, start=1):
-        _require(series, "SeriesInstanceUID", f"PerformedSeriesSequence item {n} > ", why)
+        _require(series, "SeriesInstanceUID", f"(0040,0340)[{n}] > ", why)
 
 
 def update(db: Database, uid: str, modifications: Dataset,
@@ -484,7 +488,7 @@ def update(db: Database, uid: str, modifications: Dataset,
 # --- N-GET ------------------------------------------------------------------------------------
 
 
-def get(db: Database, uid: str, tags: Iterable[int] | None = None) -> tuple[int, Dataset]:
+def get(db: Database, uid: str, tags: Iterable[int] | int | None = None) -> tuple[int, Dataset]:
     """N-GET (F.8): (status, attributes); all attributes when ``tags`` is empty."""
     with db.read() as session:
         record = session.scalars(
@@ -492,7 +496,9 @@ def get(db: Database, uid: str, tags: Iterable[int] | None = None) -> tuple[int,
         if record is None:
             raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
         stored = decode_dataset(record.dataset)
-    tags = [Tag(t) for t in tags or []]
+    if tags is None or isinstance(tags, int):  # one tag arrives bare from pydicom
+        tags = [] if tags is None else [tags]
+    tags = [Tag(t) for t in tags]
     if not tags:
         return SUCCESS, stored
     result = Dataset()

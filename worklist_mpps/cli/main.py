@@ -23,9 +23,13 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # pynetdicom logs every PDU at INFO, alembic every step: lines for debugging.
+    debug = level.upper() == "DEBUG"
     for noisy in ("pynetdicom", "alembic"):
-        logging.getLogger(noisy).setLevel(
-            logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    # pynetdicom's standard DIMSE log handlers fail on some valid N-GET requests
+    # (empty or one-tag Attribute Identifier List) and log a traceback: off unless debugging.
+    from pynetdicom import _config as pynetdicom_config
+    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
 
 
 def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:
