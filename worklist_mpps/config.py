@@ -62,6 +62,10 @@ class Config:
         default=False,
         metadata={"help": "return only items whose Scheduled Station AE Title is the caller's"},
     )
+    require_called_ae_title: bool = field(
+        default=False,
+        metadata={"help": "reject associations whose Called AE Title is not ae_title"},
+    )
     max_associations: int = field(default=32, metadata={"help": "concurrent associations"})
     network_timeout: float = field(default=60.0, metadata={"help": "idle network timeout (s)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})

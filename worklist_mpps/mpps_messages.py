@@ -184,24 +184,29 @@ def n_set_progress(series: list[Series]) -> Dataset:
     return ds
 
 
-def n_set_completed(series: list[Series], end: dt.datetime | None = None) -> Dataset:
-    """The final N-SET of a completed step (RAD-7): end time and every series."""
+def _final(status: str, series: list[Series] | None, end: dt.datetime | None) -> Dataset:
     ds = Dataset()
-    ds.PerformedProcedureStepStatus = "COMPLETED"
+    ds.PerformedProcedureStepStatus = status
     ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = _date_time(
         end or dt.datetime.now())
-    ds.PerformedSeriesSequence = Sequence([s.item() for s in series])
+    if series is not None:  # None: keep the series the SCP already has
+        ds.PerformedSeriesSequence = Sequence([s.item() for s in series])
     return ds
+
+
+def n_set_completed(series: list[Series] | None, end: dt.datetime | None = None) -> Dataset:
+    """The final N-SET of a completed step (RAD-7): end time and every series.
+
+    A sequence in an N-SET replaces the stored one whole (F.7.2.2.2), so the
+    final list of all series is sent; None leaves out the sequence.
+    """
+    return _final("COMPLETED", series, end)
 
 
 def n_set_discontinued(series: list[Series] | None = None, reason: Code | None = None,
                        end: dt.datetime | None = None) -> Dataset:
     """The final N-SET of a discontinued step, with its reason (CID 9300)."""
-    ds = Dataset()
-    ds.PerformedProcedureStepStatus = "DISCONTINUED"
-    ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = _date_time(
-        end or dt.datetime.now())
-    ds.PerformedSeriesSequence = Sequence([s.item() for s in series or []])
+    ds = _final("DISCONTINUED", series, end)
     ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence(
         [reason.item()] if reason else [])
     return ds

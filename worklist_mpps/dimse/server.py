@@ -65,6 +65,7 @@ def build_ae(ctx: ServerContext) -> AE:
     cfg = ctx.config
     ae = AE(ae_title=cfg.ae_title)
     ae.maximum_associations = cfg.max_associations
+    ae.require_called_aet = cfg.require_called_ae_title
     ae.network_timeout = cfg.network_timeout
     ae.acse_timeout = min(30.0, cfg.network_timeout)
     ae.dimse_timeout = cfg.network_timeout
