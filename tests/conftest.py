@@ -95,12 +95,13 @@ def require_tool(name: str) -> str:
 class LiveServer:
     """A ``worklist-mpps serve`` subprocess on a loopback port, stopped by PID."""
 
-    def __init__(self, workdir: Path, database_url: str, *extra: str, env: dict | None = None):
+    def __init__(self, workdir: Path, database_url: str, *extra: str, env: dict | None = None,
+                 port: int | None = None):
         self.workdir = workdir
         self.database_url = database_url
         self.extra = list(extra)
         self.env = env or {}
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"serve-{self.port}.log"
 
@@ -150,10 +151,10 @@ def live_server(tmp_path) -> Iterator:
     """Factory: live_server(database_url=None, *extra_flags) -> started LiveServer."""
     servers: list[LiveServer] = []
 
-    def start(database_url: str | None = None, *extra: str, env: dict | None = None
-              ) -> LiveServer:
+    def start(database_url: str | None = None, *extra: str, env: dict | None = None,
+              port: int | None = None) -> LiveServer:
         url = database_url or f"sqlite:///{tmp_path / 'live.db'}"
-        server = LiveServer(tmp_path, url, *extra, env=env)
+        server = LiveServer(tmp_path, url, *extra, env=env, port=port)
         servers.append(server)
         return server.start()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -25,6 +26,49 @@ DEFAULT_SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "workl
 
 class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class ForwardPeer:
+    """A downstream Performed Procedure Step Manager (RIS, PACS) MPPS is forwarded to."""
+
+    name: str
+    host: str
+    port: int
+    ae_title: str = "ANY-SCP"  # called AE title
+    enabled: bool = True
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> ForwardPeer:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: each peer is a mapping name/host/port/ae_title/enabled")
+        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        try:
+            peer = cls(name=str(value["name"]), host=str(value["host"]), port=int(value["port"]),
+                       ae_title=str(value.get("ae_title", "ANY-SCP")),
+                       enabled=_coerce_bool(value.get("enabled", True)))
+        except KeyError as exc:
+            raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if not peer.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{where}: name {peer.name!r}: letters, digits, - and _ only")
+        if not (1 <= peer.port <= 65535) or not (1 <= len(peer.ae_title) <= 16):
+            raise ConfigError(f"{where}: port 1..65535 and an AE title of 1 to 16 characters")
+        return peer
+
+
+def _coerce_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
 
 
 @dataclass
@@ -66,6 +110,24 @@ class Config:
         default=False,
         metadata={"help": "reject associations whose Called AE Title is not ae_title"},
     )
+    orthanc_url: str = field(
+        default="", metadata={"help": "Orthanc REST API base URL; empty: no Orthanc hook"})
+    orthanc_username: str = field(default="", metadata={"help": "Orthanc user (basic auth)"})
+    orthanc_password: str = field(
+        default="", metadata={"help": "Orthanc password (never logged)", "secret": True})
+    orthanc_study_timeout: float = field(
+        default=21600.0,
+        metadata={"help": "seconds to wait for an MPPS's study to appear in Orthanc"})
+    completeness_timeout: float = field(
+        default=3600.0,
+        metadata={"help": "seconds to re-check that every referenced image reached Orthanc"})
+    forward_peers: list[ForwardPeer] = field(
+        default_factory=list,
+        metadata={"help": "downstream MPPS peers: name, host, port, ae_title, enabled"})
+    outbox_retry_min: float = field(
+        default=2.0, metadata={"help": "first retry delay of a failed delivery (s)"})
+    outbox_retry_max: float = field(
+        default=300.0, metadata={"help": "longest retry delay (s), doubling up to it"})
     max_associations: int = field(default=32, metadata={"help": "concurrent associations"})
     network_timeout: float = field(default=60.0, metadata={"help": "idle network timeout (s)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
@@ -82,6 +144,13 @@ class Config:
             raise ConfigError(f"network_timeout: must be > 0, got {self.network_timeout}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+        for name in ("orthanc_study_timeout", "completeness_timeout", "outbox_retry_min",
+                     "outbox_retry_max"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.orthanc_url and not self.orthanc_url.startswith(("http://", "https://")):
+            raise ConfigError(f"orthanc_url: must start with http:// or https://, got "
+                              f"{self.orthanc_url!r}")
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite_synchronous: unknown value {self.sqlite_synchronous!r}")
         from .db.models import STEP_STATUSES  # late import: models import nothing from here
@@ -110,7 +179,8 @@ def _field_type(name: str) -> tuple[Any, bool]:
     """(base type, optional) of a Config field: ``bool | None`` -> (bool, True)."""
     hint = typing.get_type_hints(Config)[name]
     if typing.get_origin(hint) is list:
-        return list, False
+        item = typing.get_args(hint)[0]
+        return (ForwardPeer, False) if item is ForwardPeer else (list, False)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         return next(a for a in args if a is not type(None)), type(None) in args
@@ -125,16 +195,21 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return None
     if value is None:
         raise ConfigError(f"{where}: a value is required")
+    if kind is ForwardPeer:
+        if isinstance(value, str):  # from the environment or a flag: JSON
+            try:
+                value = json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: not JSON: {exc}") from None
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: a list of peers")
+        peers = [ForwardPeer.parse(v, f"{where}[{n}]") for n, v in enumerate(value)]
+        if len({p.name for p in peers}) != len(peers):
+            raise ConfigError(f"{where}: peer names must be unique")
+        return peers
     try:
         if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"not a boolean: {value!r}")
+            return _coerce_bool(value)
         if kind is int:
             if isinstance(value, bool):
                 raise ValueError(f"not an integer: {value!r}")
@@ -216,3 +291,7 @@ def describe_defaults() -> list[tuple[str, str, str]]:
         (name, repr(getattr(cfg, name)), f.metadata.get("help", ""))
         for name, f in _fields().items()
     ]
+
+
+def is_secret(name: str) -> bool:
+    return bool(_fields()[name].metadata.get("secret"))

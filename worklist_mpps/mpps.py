@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import outbox
 from .db.engine import Database
 from .db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
 from .items import new_study_uid
@@ -364,13 +365,24 @@ def validate_create(ds: Dataset) -> None:
     _datetime(ds, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime")
 
 
+def _payload(ds: Dataset, targets: Sequence[str]) -> bytes | None:
+    """The request's attributes as they will be forwarded (only when there are targets)."""
+    if not targets:
+        return None
+    _charset_for_storage(ds)
+    return encode_dataset(ds)
+
+
 def create(db: Database, attributes: Dataset, uid: str | None = None,
-           calling_ae: str | None = None, uid_prefix: str = "") -> Outcome:
-    """N-CREATE: store the instance, link and start its worklist items, commit."""
+           calling_ae: str | None = None, uid_prefix: str = "",
+           targets: Sequence[str] = ()) -> Outcome:
+    """N-CREATE: store the instance, link and start its worklist items, queue the
+    notifications for ``targets`` (outbox), commit."""
     ds = _unicode(attributes)
     validate_create(ds)
     generated = not uid
     uid = uid or new_study_uid(uid_prefix)
+    payload = _payload(ds, targets)
     ds.SOPClassUID = MPPS_SOP_CLASS
     ds.SOPInstanceUID = uid
     _charset_for_storage(ds)
@@ -391,6 +403,7 @@ def create(db: Database, attributes: Dataset, uid: str | None = None,
             session.add(record)
             session.flush()
             refresh_item_statuses(session, [i.id for i in items])
+            outbox.enqueue(session, targets, uid, "N-CREATE", "IN PROGRESS", payload)
             linked = _link_labels(items)
     except IntegrityError:  # a concurrent N-CREATE with the same UID won
         raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists") from None
@@ -432,7 +445,7 @@ def _check_final_state(ds: Dataset) -> None:
 
 
 def update(db: Database, uid: str, modifications: Dataset,
-           calling_ae: str | None = None) -> Outcome:
+           calling_ae: str | None = None, targets: Sequence[str] = ()) -> Outcome:
     """N-SET: apply what Table F.7.2-1 allows to an IN PROGRESS instance, commit.
 
     A changed value of an N-CREATE-only attribute, or an attribute the MPPS
@@ -442,6 +455,7 @@ def update(db: Database, uid: str, modifications: Dataset,
     accepted silently.
     """
     mods = _unicode(modifications)
+    payload = _payload(mods, targets)
     with db.write() as session:
         record = _load_for_update(session, uid)
         if record.status in FINAL_STATUSES:
@@ -475,6 +489,7 @@ def update(db: Database, uid: str, modifications: Dataset,
         record.version += 1
         session.flush()
         refresh_item_statuses(session, [i.id for i in record.worklist_items])
+        outbox.enqueue(session, targets, uid, "N-SET", new_status, payload)
         linked = _link_labels(record.worklist_items)
     outcome = Outcome(uid=uid, pps_status=new_status, linked=linked)
     if not_modified:
@@ -534,6 +549,9 @@ def summary(record: MPPSTracking) -> dict[str, Any]:
         "series": record.series_count,
         "instances": record.instance_count,
         "discontinuation_reason": record.discontinuation_reason,
+        "completeness": record.completeness,
+        "received": record.received_count,
+        "missing": record.missing_instances,
         "calling_ae_title": record.calling_ae_title,
         "worklist_items": _link_labels(record.worklist_items),
         "updated_at": record.updated_at.isoformat() if record.updated_at else None,

@@ -9,7 +9,9 @@ import signal
 import sys
 import threading
 
-from ..config import Config, ConfigError, add_cli_flags, config_from_args, describe_defaults
+from ..config import (
+    Config, ConfigError, add_cli_flags, config_from_args, describe_defaults, is_secret,
+)
 from ..db import migrate
 from ..db.engine import Database
 from ..loader import LoadError, load_file, load_sample_once
@@ -54,20 +56,64 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         loaded = load_sample_once(db, cfg.sample_file, cfg.uid_prefix)
         if loaded:
             log.info("Sample worklist loaded from %s: %d items", cfg.sample_file, loaded[0])
-    ctx = ServerContext(cfg, db)
+    worker = build_outbox_worker(cfg, db)
+    ctx = ServerContext(cfg, db, list(worker.targets) if worker else [],
+                        worker.wake.set if worker else (lambda: None))
     server = DicomServer(ctx)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    if worker:
+        worker.start()
     print(f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}", flush=True)
     try:
         stop.wait()
     finally:
         log.info("Shutting down")
-        server.stop()
+        server.stop()  # in-flight associations finish first
+        if worker:
+            worker.stop()
         db.dispose()
     return 0
+
+
+def build_outbox_worker(cfg: Config, db: Database):  # noqa: ANN201
+    """The outbox worker for the configured targets, or None without targets."""
+    from ..forward import ForwardTarget
+    from ..orthanc import OrthancTarget
+    from ..outbox import OutboxWorker
+
+    targets = {}
+    if cfg.orthanc_url:
+        targets["orthanc"] = OrthancTarget(db, cfg)
+    for peer in cfg.forward_peers:
+        if peer.enabled:
+            forward = ForwardTarget(peer, cfg.ae_title)
+            targets[forward.name] = forward
+    return OutboxWorker(db, cfg, targets) if targets else None
+
+
+def cmd_outbox(cfg: Config, args: argparse.Namespace) -> int:
+    from .. import outbox
+
+    db = open_database(cfg)
+    try:
+        if args.action == "list":
+            rows = outbox.list_messages(db, args.state, args.limit)
+            print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json else _table(
+                rows, [("id", "ID"), ("target", "TARGET"), ("event", "EVENT"),
+                       ("pps_status", "STATUS"), ("state", "STATE"), ("attempts", "TRIES"),
+                       ("next_attempt_at", "NEXT"), ("mpps_uid", "MPPS UID"),
+                       ("last_error", "LAST ERROR / NOTE")]))
+            return 0
+        if not args.ids and not args.all_failed:
+            raise ConfigError("outbox retry needs message ids or --all-failed")
+        count = outbox.retry(db, args.ids, args.all_failed)
+        print(f"{count} message(s) due again")
+        return 0
+    finally:
+        db.dispose()
 
 
 def cmd_db(cfg: Config, args: argparse.Namespace) -> int:
@@ -146,10 +192,31 @@ def cmd_mpps(cfg: Config, args: argparse.Namespace) -> int:
         db.dispose()
 
 
+def cmd_ping(cfg: Config, args: argparse.Namespace) -> int:
+    """C-ECHO the server (docker healthcheck): exit 0 when it answers."""
+    from pynetdicom.sop_class import Verification
+
+    from ..scu import Association, Peer, SCUError
+
+    host = args.host or ("127.0.0.1" if cfg.bind in ("0.0.0.0", "::", "") else cfg.bind)
+    try:
+        with Association(Peer(host, cfg.port, cfg.ae_title), "WM-PING", args.timeout,
+                         contexts=(Verification,)) as assoc:
+            status = assoc.assoc.send_c_echo()
+    except SCUError as exc:
+        print(f"worklist-mpps ping: {exc.message}", file=sys.stderr)
+        return 1
+    ok = status.get("Status") == 0
+    print(f"{cfg.ae_title}@{host}:{cfg.port} " + ("answers C-ECHO" if ok else "no C-ECHO"))
+    return 0 if ok else 1
+
+
 def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
     width = max(len(k) for k, _, _ in describe_defaults())
     for key, _default, help_text in describe_defaults():
-        print(f"{key:<{width}}  {getattr(cfg, key)!r}    # {help_text}")
+        value = getattr(cfg, key)
+        shown = "'********'" if is_secret(key) and value else repr(value)
+        print(f"{key:<{width}}  {shown}    # {help_text}")
     return 0
 
 
@@ -182,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_cli_flags(p)
     p.set_defaults(func=cmd_mpps)
+
+    p = sub.add_parser("outbox", help="notifications to Orthanc and MPPS peers")
+    p.add_argument("action", choices=["list", "retry"])
+    p.add_argument("ids", nargs="*", type=int, help="message ids (retry)")
+    p.add_argument("--state", choices=["pending", "delivered", "failed", "superseded"])
+    p.add_argument("--all-failed", action="store_true", help="retry every failed message")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    add_cli_flags(p)
+    p.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser("ping", help="C-ECHO the server (healthcheck)")
+    p.add_argument("--host", help="address to call (default: the bind address or 127.0.0.1)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    add_cli_flags(p)
+    p.set_defaults(func=cmd_ping)
 
     p = sub.add_parser("config", help="print the effective configuration")
     add_cli_flags(p)

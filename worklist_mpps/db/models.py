@@ -169,6 +169,11 @@ class MPPSTracking(Base):
     series_count: Mapped[int] = mapped_column(Integer, default=0)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     discontinuation_reason: Mapped[str | None] = mapped_column(String(64))
+    # Completeness against the PACS (Orthanc): complete | incomplete | checking
+    completeness: Mapped[str | None] = mapped_column(String(16))
+    received_count: Mapped[int | None] = mapped_column(Integer)
+    missing_instances: Mapped[list[str] | None] = mapped_column(JSON)
+    completeness_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dataset: Mapped[bytes] = mapped_column(LargeBinary)
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     # Incremented on every change; used for optimistic checks and ordering.
@@ -190,3 +195,36 @@ class AppState(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str | None] = mapped_column(String(255))
+
+
+OUTBOX_STATES = ("pending", "delivered", "failed", "superseded")
+
+
+class OutboxMessage(Base):
+    """A notification of an MPPS change for one target, written in the change's transaction.
+
+    Delivered by the outbox worker in id order per (target, MPPS instance), with
+    retry and backoff; ``claimed_until`` lets several server processes share the
+    table without delivering a row twice at once.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_target_mpps_id", "target", "mpps_uid", "id"),
+        Index("ix_outbox_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target: Mapped[str] = mapped_column(String(80))
+    mpps_uid: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(16))  # N-CREATE | N-SET
+    pps_status: Mapped[str] = mapped_column(String(16))  # status after the change
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)  # the request's attributes
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

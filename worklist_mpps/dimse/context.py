@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from ..config import Config
 from ..db.engine import Database
@@ -12,6 +13,8 @@ from ..db.engine import Database
 class ServerContext:
     config: Config
     db: Database
+    targets: list[str] = field(default_factory=list)  # outbox targets of MPPS changes
+    notify: Callable[[], None] = lambda: None  # wakes the outbox worker after a commit
 
 
 def peer(assoc) -> str:  # noqa: ANN001

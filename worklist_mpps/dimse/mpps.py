@@ -48,9 +48,11 @@ def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     uid = event.request.AffectedSOPInstanceUID
     try:
         outcome = mpps.create(ctx.db, event.attribute_list, uid,
-                              event.assoc.requestor.ae_title, ctx.config.uid_prefix)
+                              event.assoc.requestor.ae_title, ctx.config.uid_prefix,
+                              ctx.targets)
     except Exception as exc:  # noqa: BLE001 - every failure gets a status
         return _failure(exc, "N-CREATE", who, uid, started), None
+    ctx.notify()
     log.info("N-CREATE from %s: %s IN PROGRESS%s, linked %s (%.1f ms)", who, outcome.uid,
              " (UID assigned)" if outcome.generated_uid else "",
              ", ".join(outcome.linked) or "nothing (unscheduled)",
@@ -68,9 +70,10 @@ def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     uid = event.request.RequestedSOPInstanceUID
     try:
         outcome = mpps.update(ctx.db, uid, event.modification_list,
-                              event.assoc.requestor.ae_title)
+                              event.assoc.requestor.ae_title, ctx.targets)
     except Exception as exc:  # noqa: BLE001
         return _failure(exc, "N-SET", who, uid, started), None
+    ctx.notify()
     log.info("N-SET from %s: %s %s%s (%.1f ms)", who, uid, outcome.pps_status,
              f", warning 0x{outcome.status:04X} {outcome.comment}" if outcome.status else "",
              (time.perf_counter() - started) * 1000)
