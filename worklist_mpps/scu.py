@@ -183,21 +183,25 @@ class Association:
         self._last_rsp_command: Dataset | None = None
 
     def __enter__(self) -> Association:
-        self._check_reachable()
-        handlers = [(evt.EVT_ACSE_RECV, self._on_acse), (evt.EVT_DIMSE_RECV, self._on_dimse)]
+        self._resolve()
+        handlers = [(evt.EVT_ACSE_RECV, self._on_acse), (evt.EVT_DIMSE_RECV, self._on_dimse),
+                    (evt.EVT_CONN_OPEN, self._on_connected)]
         started = time.monotonic()
+        self._connected = False
         self.assoc = self.ae.associate(self.peer.host, self.peer.port,
                                        ae_title=self.peer.called_ae_title,
                                        evt_handlers=handlers)
         if self.assoc.is_established:
             log.info("Association with %s established", self.peer)
             return self
+        if not self._connected:
+            self._diagnose_connection()
         rsp = self._acse_response
         if self.assoc.is_rejected and rsp is not None:
             raise Rejected(
                 f"association rejected by {self.peer}: {rsp.reason_str} "
                 f"({rsp.result_str}, source: {rsp.source_str})",
-                result=rsp.result, source=rsp.source, reason=rsp.diagnostic)
+                result=rsp.result, source=rsp.result_source, reason=rsp.diagnostic)
         if rsp is None and time.monotonic() - started >= self.timeout * 0.9:
             raise Timeout(f"no answer to the association request from {self.peer} "
                           f"within {self.timeout:g} s")
@@ -208,19 +212,28 @@ class Association:
         if self.assoc is not None and self.assoc.is_established:
             self.assoc.release()
 
-    def _check_reachable(self) -> None:
+    def _resolve(self) -> None:
+        try:
+            socket.getaddrinfo(self.peer.host, self.peer.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise Unreachable(f"cannot resolve host {self.peer.host!r}: {exc.strerror}") from None
+
+    def _diagnose_connection(self) -> None:
+        """Why the TCP connection failed (only asked when it did, so a healthy
+        server never sees a bare connection that holds one of its association slots)."""
         try:
             with socket.create_connection((self.peer.host, self.peer.port),
                                           timeout=self.timeout):
                 pass
-        except socket.gaierror as exc:
-            raise Unreachable(f"cannot resolve host {self.peer.host!r}: {exc.strerror}") from None
         except TimeoutError:
             raise Timeout(f"no TCP connection to {self.peer.host}:{self.peer.port} "
                           f"within {self.timeout:g} s") from None
         except OSError as exc:
             raise Unreachable(f"cannot connect to {self.peer.host}:{self.peer.port}: "
                               f"{exc.strerror or exc}") from None
+
+    def _on_connected(self, event) -> None:  # noqa: ANN001
+        self._connected = True
 
     def _on_acse(self, event) -> None:  # noqa: ANN001
         if hasattr(event.primitive, "result"):  # the A-ASSOCIATE response (AC or RJ)

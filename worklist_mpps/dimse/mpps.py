@@ -33,7 +33,10 @@ def _failure(exc: Exception, op: str, who: str, uid: str | None, started: float)
     if isinstance(exc, MPPSError):
         log.warning("%s from %s for %s: 0x%04X %s (%.1f ms)", op, who, uid, exc.status,
                     exc.comment, ms)
-        return _status(exc.status, exc.comment, exc.error_id, exc.attributes)
+        # an N-CREATE response has no Attribute Identifier List (PS3.7 10.1.5.1.6):
+        # the Error Comment names the attribute instead
+        attributes = exc.attributes if op != "N-CREATE" else None
+        return _status(exc.status, exc.comment, exc.error_id, attributes)
     if isinstance(exc, SQLAlchemyError):
         log.error("%s from %s for %s: 0x0110 database error %s (%.1f ms)", op, who, uid,
                   exc.__class__.__name__, ms)
