@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make serve   start the server on the embedded SQLite default with sample data
-#   make test    run the whole test suite (installs DCMTK and Orthanc when missing, as root)
+#   make test    run the whole test suite (installs DCMTK, Orthanc and docker-compose
+#                when missing, as root)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to, from Debian's packages, when missing:
-# DCMTK (findscu, echoscu, wlmscpfs) and Orthanc. Needs root for apt-get; without
+# DCMTK (findscu, echoscu, wlmscpfs), Orthanc and docker-compose (to validate the
+# compose file offline). Needs root for apt-get; without
 # root it says what is missing and the tests that need it skip with that reason.
 set -euo pipefail
 
 missing=()
 command -v findscu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -75,3 +75,38 @@ def test_serve_fails_at_start_naming_the_key(tmp_path):
 def test_every_key_has_help_text():
     import dataclasses
     assert all(f.metadata.get("help") for f in dataclasses.fields(Config))
+
+
+def test_forward_peers_from_yaml_and_environment(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("forward_peers:\n  - {name: ris, host: ris.example, port: 104, ae_title: RIS}\n"
+                    "  - {name: old, host: h, port: 11112, enabled: false}\n")
+    cfg = load_config(path, env={})
+    assert [(p.name, p.port, p.ae_title, p.enabled) for p in cfg.forward_peers] == [
+        ("ris", 104, "RIS", True), ("old", 11112, "ANY-SCP", False)]
+    cfg = load_config(env={"WORKLIST_MPPS_FORWARD_PEERS":
+                           '[{"name": "x", "host": "127.0.0.1", "port": "4242"}]'})
+    assert cfg.forward_peers[0].port == 4242
+
+
+@pytest.mark.parametrize("value,names", [
+    ('[{"name": "x", "host": "h"}]', "'port'"),
+    ('[{"name": "x", "host": "h", "port": 1, "colour": 1}]', "'colour'"),
+    ('[{"name": "x", "host": "h", "port": 1}, {"name": "x", "host": "h", "port": 2}]', "unique"),
+    ('not json', "JSON"),
+])
+def test_bad_forward_peers_are_named(value, names):
+    with pytest.raises(ConfigError) as exc:
+        load_config(env={"WORKLIST_MPPS_FORWARD_PEERS": value})
+    assert "forward_peers" in str(exc.value) and names in str(exc.value)
+
+
+def test_orthanc_url_and_password_handling():
+    with pytest.raises(ConfigError, match="orthanc_url"):
+        load_config(env={"WORKLIST_MPPS_ORTHANC_URL": "orthanc:8042"})
+    proc = subprocess.run([sys.executable, "-m", "worklist_mpps", "config"],
+                          capture_output=True, text=True, timeout=60,
+                          env={"WORKLIST_MPPS_ORTHANC_PASSWORD": "s3cret-value",
+                               "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0 and "s3cret-value" not in proc.stdout
+    assert "orthanc_password" in proc.stdout and "********" in proc.stdout

@@ -127,3 +127,15 @@ def test_c_cancel_stops_the_response_stream(tmp_path):
     assert [s for s, _ in sent][:3] == [0xFF00] * 3
     assert sent[-1] == (0xFE00, None) and len(sent) == 4
     db.dispose()
+
+
+def test_ping_command_for_healthchecks(server, tmp_path):
+    import subprocess
+    import sys
+    ok = subprocess.run([sys.executable, "-m", "worklist_mpps", "ping", "--port",
+                         str(server.port)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "answers C-ECHO" in ok.stdout
+    from conftest import free_port
+    down = subprocess.run([sys.executable, "-m", "worklist_mpps", "ping", "--port",
+                           str(free_port())], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1 and "cannot connect" in down.stderr
