@@ -96,6 +96,7 @@ def test_state_and_completeness_reach_the_orthanc_study(hooked, orthanc):
         "3", "3", [])
     shown = cli(hooked, "mpps", "show", uid)
     assert (shown["completeness"], shown["received"], shown["missing"]) == ("complete", 3, [])
+    assert PASSWORD not in hooked.log(), "credentials are never logged"
 
 
 def test_a_missing_image_is_reported_missing(hooked, orthanc):
@@ -167,3 +168,26 @@ def test_orthanc_down_delays_and_loses_nothing(hooked, orthanc):
     log = hooked.log()
     for uid, _, _ in cases:
         assert log.count(f"orthanc {uid} N-SET COMPLETED: delivered") == 1
+
+
+def test_outbox_retry_command_redelivers_a_failed_notification(hooked, orthanc, tmp_path):
+    """A notification that failed (study never appeared in time) is retried on request."""
+    study, series_uid, image = new_uids(3)
+    uid = generate_uid()
+    send(hooked.port, uid, study, complete=False)
+    time.sleep(1)
+    import sqlite3
+    db_path = hooked.url.removeprefix("sqlite:///")
+    with sqlite3.connect(db_path) as conn:  # an operator-visible failure, as after a timeout
+        conn.execute("UPDATE outbox SET state = 'failed', last_error = 'gave up' "
+                     "WHERE mpps_uid = ?", (uid,))
+    orthanc.upload(study, series_uid, image)
+    time.sleep(1.5)
+    assert orthanc.metadata(study).get("MppsStatus") is None  # failed rows are not retried
+    failed = [r for r in cli(hooked, "outbox", "list", "--state", "failed")
+              if r["mpps_uid"] == uid]
+    proc = subprocess.run([sys.executable, "-m", "worklist_mpps", "outbox", "retry",
+                           str(failed[0]["id"]), "--database-url", hooked.url],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "1 message(s) due again" in proc.stdout
+    assert wait_for(lambda: orthanc.metadata(study).get("MppsStatus")) == "IN PROGRESS"
