@@ -102,6 +102,8 @@ class LiveServer:
         self.extra = list(extra)
         self.env = env or {}
         self.port = port or free_port()
+        self.http_port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"serve-{self.port}.log"
 
@@ -109,6 +111,7 @@ class LiveServer:
         cmd = [
             sys.executable, "-m", "worklist_mpps", "serve",
             "--bind", "127.0.0.1", "--port", str(self.port),
+            "--http-bind", "127.0.0.1", "--http-port", str(self.http_port),
             "--database-url", self.database_url, *self.extra,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WORKLIST_MPPS_")}
@@ -120,7 +123,8 @@ class LiveServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
-            if port_open("127.0.0.1", self.port, 0.2):
+            if port_open("127.0.0.1", self.port, 0.2) and (
+                    "--http-enabled" in self.extra or port_open("127.0.0.1", self.http_port, 0.2)):
                 return self
             time.sleep(0.1)
         self.stop()

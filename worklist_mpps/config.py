@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
 import os
 import types
@@ -58,6 +59,13 @@ class ForwardPeer:
         if not (1 <= peer.port <= 65535) or not (1 <= len(peer.ae_title) <= 16):
             raise ConfigError(f"{where}: port 1..65535 and an AE title of 1 to 16 characters")
         return peer
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def _coerce_bool(value: Any) -> bool:
@@ -128,6 +136,18 @@ class Config:
         default=2.0, metadata={"help": "first retry delay of a failed delivery (s)"})
     outbox_retry_max: float = field(
         default=300.0, metadata={"help": "longest retry delay (s), doubling up to it"})
+    http_enabled: bool = field(
+        default=True, metadata={"help": "serve DICOMweb, the REST API and /healthz"})
+    http_port: int = field(default=5244, metadata={"help": "HTTP port"})
+    http_bind: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address the HTTP port binds to (non-loopback needs authentication)"})
+    http_token: str = field(
+        default="", metadata={"help": "bearer token required on HTTP (empty: none)",
+                              "secret": True})
+    http_username: str = field(default="", metadata={"help": "HTTP basic auth user"})
+    http_password: str = field(
+        default="", metadata={"help": "HTTP basic auth password", "secret": True})
     max_associations: int = field(default=32, metadata={"help": "concurrent associations"})
     network_timeout: float = field(default=60.0, metadata={"help": "idle network timeout (s)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
@@ -151,6 +171,15 @@ class Config:
         if self.orthanc_url and not self.orthanc_url.startswith(("http://", "https://")):
             raise ConfigError(f"orthanc_url: must start with http:// or https://, got "
                               f"{self.orthanc_url!r}")
+        if not (0 <= self.http_port <= 65535):
+            raise ConfigError(f"http_port: must be 0..65535, got {self.http_port}")
+        if bool(self.http_username) != bool(self.http_password):
+            raise ConfigError("http_username and http_password: give both or neither")
+        if (self.http_enabled and not self.http_auth_configured
+                and not is_loopback(self.http_bind)):
+            raise ConfigError(
+                f"http_bind: {self.http_bind!r} is not a loopback address: set http_token "
+                "or http_username/http_password (authentication is required off loopback)")
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite_synchronous: unknown value {self.sqlite_synchronous!r}")
         from .db.models import STEP_STATUSES  # late import: models import nothing from here
@@ -161,6 +190,10 @@ class Config:
                     f"worklist_default_statuses: unknown status {status!r} "
                     f"(one of {', '.join(STEP_STATUSES)})"
                 )
+
+    @property
+    def http_auth_configured(self) -> bool:
+        return bool(self.http_token or self.http_username)
 
     @property
     def is_sqlite(self) -> bool:

@@ -140,7 +140,8 @@ def normalize_item(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply(obj: Any, values: Mapping[str, Any]) -> None:
+def apply_values(obj: Any, values: Mapping[str, Any]) -> None:
+    """Set attributes, keeping the folded Person Name twins right."""
     for key, value in values.items():
         setattr(obj, key, value)
         if key in FOLDED:
@@ -170,7 +171,7 @@ def get_or_create_patient(session: Session, data: Mapping[str, Any]) -> Patient:
     if patient is None:
         patient = Patient()
         session.add(patient)
-    _apply(patient, values)
+    apply_values(patient, values)
     return patient
 
 
@@ -185,7 +186,7 @@ def create_item(session: Session, patient: Patient, data: Mapping[str, Any],
                 uid_prefix: str = "") -> WorklistItem:
     values = normalize_item(data)
     item = WorklistItem(patient=patient, sps_status="SCHEDULED")
-    _apply(item, values)
+    apply_values(item, values)
     if not item.study_instance_uid:
         item.study_instance_uid = new_study_uid(uid_prefix)
     _refresh_start(item)
@@ -197,7 +198,7 @@ def update_item(item: WorklistItem, data: Mapping[str, Any]) -> WorklistItem:
     """Change an item; the Study Instance UID stays as it was created."""
     values = normalize_item(data)
     values.pop("study_instance_uid", None)
-    _apply(item, values)
+    apply_values(item, values)
     _refresh_start(item)
     return item
 

@@ -379,6 +379,11 @@ def create(db: Database, attributes: Dataset, uid: str | None = None,
     """N-CREATE: store the instance, link and start its worklist items, queue the
     notifications for ``targets`` (outbox), commit."""
     ds = _unicode(attributes)
+    if uid:  # a UID in use is the first thing to tell (PS3.18 15.4: 409)
+        with db.read() as session:
+            if session.scalar(select(MPPSTracking.id).where(
+                    MPPSTracking.sop_instance_uid == uid)) is not None:
+                raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists")
     validate_create(ds)
     generated = not uid
     uid = uid or new_study_uid(uid_prefix)
@@ -445,14 +450,16 @@ def _check_final_state(ds: Dataset) -> None:
 
 
 def update(db: Database, uid: str, modifications: Dataset,
-           calling_ae: str | None = None, targets: Sequence[str] = ()) -> Outcome:
+           calling_ae: str | None = None, targets: Sequence[str] = (),
+           all_or_nothing: bool = False) -> Outcome:
     """N-SET: apply what Table F.7.2-1 allows to an IN PROGRESS instance, commit.
 
     A changed value of an N-CREATE-only attribute, or an attribute the MPPS
     IOD does not have, is not applied: the allowed changes are, and the answer
     is the warning 0x0107 Attribute List Error naming the attributes not
     modified (PS3.7 C.4.2). An identical repeat of a create-only value is
-    accepted silently.
+    accepted silently. With ``all_or_nothing`` (DICOMweb Update, PS3.18
+    15.5: 409 Conflict) such a request changes nothing and raises 0x0107.
     """
     mods = _unicode(modifications)
     payload = _payload(mods, targets)
@@ -475,6 +482,10 @@ def update(db: Database, uid: str, modifications: Dataset,
                     not_modified.append(elem)
             else:
                 not_modified.append(elem)
+        if not_modified and all_or_nothing:
+            raise MPPSError(ATTRIBUTE_LIST_ERROR, "Not modifiable after creation: " + ", ".join(
+                e.keyword or str(e.tag) for e in not_modified),
+                [e.keyword for e in not_modified if e.keyword])
         new_status = _text(stored, "PerformedProcedureStepStatus")
         if new_status not in PPS_STATUSES:
             raise MPPSError(INVALID_ATTRIBUTE_VALUE,

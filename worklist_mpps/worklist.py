@@ -277,6 +277,7 @@ def statement(
     default_statuses: Sequence[str] = ("SCHEDULED", "IN PROGRESS"),
     calling_ae: str | None = None,
     limit: int | None = None,
+    offset: int = 0,
 ) -> Select:
     """One SELECT for the query; every filter runs in SQL on indexed columns."""
     columns = _columns(query)
@@ -291,6 +292,8 @@ def statement(
     stmt = stmt.order_by(WorklistItem.sps_start, WorklistItem.id)
     if limit is not None:
         stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
     return stmt
 
 
@@ -387,7 +390,9 @@ def response(row: Row, query: WorklistQuery) -> Dataset:
 
 
 def search(db, query: WorklistQuery, default_statuses: Sequence[str],  # noqa: ANN001
-           calling_ae: str | None = None, limit: int | None = None) -> list[Row]:
+           calling_ae: str | None = None, limit: int | None = None,
+           offset: int = 0) -> list[Row]:
     """Run the query in one short read transaction; rows of the selected columns."""
     with db.read() as session:
-        return list(session.execute(statement(query, default_statuses, calling_ae, limit)))
+        return list(session.execute(
+            statement(query, default_statuses, calling_ae, limit, offset)))

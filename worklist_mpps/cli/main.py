@@ -64,13 +64,23 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    http = None
+    if cfg.http_enabled:
+        from ..web.app import create_app
+        from ..web.server import HTTPServer
+
+        http = HTTPServer(create_app(ctx, server.is_listening), cfg.http_bind, cfg.http_port)
+        http.start()
     if worker:
         worker.start()
-    print(f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}", flush=True)
+    print(f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
+          + (f", HTTP on {cfg.http_bind}:{http.port}" if http else ""), flush=True)
     try:
         stop.wait()
     finally:
         log.info("Shutting down")
+        if http:
+            http.stop()
         server.stop()  # in-flight associations finish first
         if worker:
             worker.stop()

@@ -110,6 +110,9 @@ class DicomServer:
     def port(self) -> int:
         return self._server.server_address[1] if self._server else self.ctx.config.port
 
+    def is_listening(self) -> bool:
+        return self._server is not None and self._server.socket.fileno() != -1
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()

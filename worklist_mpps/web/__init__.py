@@ -1,0 +1,1 @@
+"""The HTTP side: DICOMweb MPPS and worklist search, the management API, /healthz."""

@@ -1,0 +1,45 @@
+"""uvicorn serving the app from a thread of the ``serve`` process."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import uvicorn
+
+log = logging.getLogger("worklist_mpps.http")
+
+
+class HTTPServer:
+    def __init__(self, app, host: str, port: int) -> None:  # noqa: ANN001
+        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                     access_log=False, lifespan="off")
+        self.server = uvicorn.Server(self.config)
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"HTTP server did not start on "
+                                   f"{self.config.host}:{self.config.port}")
+            time.sleep(0.02)
+        log.info("HTTP listener on %s:%d", self.config.host, self.port)
+
+    @property
+    def port(self) -> int:
+        for server in self.server.servers:
+            for sock in server.sockets:
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    return sock.getsockname()[1]
+        return self.config.port
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
