@@ -13,6 +13,6 @@ USER worklist
 ENV WORKLIST_MPPS_DATABASE_URL=sqlite:////data/worklist.db \
     WORKLIST_MPPS_SAMPLE_FILE=/app/sample_data/worklist.yaml
 VOLUME /data
-EXPOSE 5243
+EXPOSE 5243 5244
 HEALTHCHECK --interval=30s --timeout=10s CMD ["worklist-mpps", "ping"]
 CMD ["worklist-mpps", "serve"]

@@ -27,7 +27,7 @@ def compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_compose_file_is_valid_and_wired():
-    proc = compose("config", env={"ORTHANC_PASSWORD": "pw"})
+    proc = compose("config", env={"ORTHANC_PASSWORD": "pw", "WORKLIST_MPPS_HTTP_TOKEN": "tk"})
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     services = config["services"]
@@ -39,21 +39,27 @@ def test_compose_file_is_valid_and_wired():
     targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in wm["volumes"]]
     assert "/data" in targets
     assert wm["depends_on"]["orthanc"]["condition"] == "service_healthy"
-    assert wm["healthcheck"]["test"] == ["CMD", "worklist-mpps", "ping"]
-    assert [(int(p["published"]), int(p["target"])) for p in wm["ports"]] == [(5243, 5243)]
+    assert "/healthz" in " ".join(wm["healthcheck"]["test"])
+    assert wm["environment"]["WORKLIST_MPPS_HTTP_TOKEN"] == "tk"
+    assert wm["environment"]["WORKLIST_MPPS_HTTP_BIND"] == "0.0.0.0"
+    dicom = [p for p in wm["ports"] if isinstance(p, dict)]
+    assert [(int(p["published"]), int(p["target"])) for p in dicom] == [(5243, 5243)]
+    assert "127.0.0.1:5244:5244/tcp" in wm["ports"], "HTTP on loopback only"
     assert "127.0.0.1:8042:8042/tcp" in services["orthanc"]["ports"], "Orthanc REST on loopback"
     assert "healthcheck" in services["orthanc"]
 
 
-def test_compose_refuses_to_start_without_a_password():
-    proc = compose("config")
+def test_compose_refuses_to_start_without_secrets():
+    proc = compose("config", env={"WORKLIST_MPPS_HTTP_TOKEN": "tk"})
     assert proc.returncode != 0 and "ORTHANC_PASSWORD" in proc.stderr
+    proc = compose("config", env={"ORTHANC_PASSWORD": "pw"})
+    assert proc.returncode != 0 and "WORKLIST_MPPS_HTTP_TOKEN" in proc.stderr
 
 
 def test_dockerfile_runs_the_server_as_a_user_with_a_data_volume():
     text = (ROOT / "Dockerfile").read_text()
     assert text.startswith("#") and "FROM python:3.11-slim" in text
-    assert "USER worklist" in text and "VOLUME /data" in text and "EXPOSE 5243" in text
+    assert "USER worklist" in text and "VOLUME /data" in text and "EXPOSE 5243 5244" in text
     assert 'CMD ["worklist-mpps", "serve"]' in text
 
 

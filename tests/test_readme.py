@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 
 from conftest import ROOT, SAMPLE, require_tool
@@ -31,3 +32,29 @@ def test_readme_findscu_examples_work(live_server):
         output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
         assert proc.returncode == 0, f"{command}\n{output}"
         assert ("Find Response" in output) == expect_matches, f"{command}\n{output}"
+
+
+def readme_curl_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return re.findall(r"^curl .*$", text, re.M)
+
+
+def test_readme_http_examples_work(live_server):
+    """Every curl example of the README, in order, against a live server."""
+    if shutil.which("curl") is None:
+        import pytest
+        pytest.skip("curl not installed")
+    server = live_server(None, "--sample-file", str(SAMPLE))
+    commands = readme_curl_commands()
+    assert len(commands) >= 6
+    outputs = []
+    for command in commands:
+        command = command.replace("http://127.0.0.1:5244", server.http_url)
+        proc = subprocess.run(["bash", "-c", command + " -w '\\n%{http_code}'"],
+                              capture_output=True, timeout=60)
+        body, _, code = proc.stdout.decode("utf-8", "replace").rpartition("\n")
+        assert proc.returncode == 0 and code.strip() in ("200", "201"), f"{command}\n{body}"
+        outputs.append(body)
+    assert '"study_instance_uid"' in outputs[0] and "Lef" in outputs[0]
+    assert "A20001" in outputs[1] and "A20001" in outputs[2]
+    assert "COMPLETED" in outputs[5] and "NativeDicomModel" in outputs[5]
