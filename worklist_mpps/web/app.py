@@ -93,8 +93,10 @@ def create_app(ctx: ServerContext, dicom_listening: Callable[[], bool] = lambda:
                                                                            "path")),
                    "message": e["msg"]} for e in exc.errors()]
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        # DICOMweb answers a bad query parameter with 400 (PS3.18 8.3.4); the API with 422
+        status = 400 if request.url.path.startswith("/modality-") else 422
         return JSONResponse({"detail": f"{first['field']}: {first['message']}",
-                             "field": first["field"], "errors": errors}, 422)
+                             "field": first["field"], "errors": errors}, status)
 
     @app.get("/healthz", tags=["operations"], summary="Database reachable and DICOM listening")
     def healthz() -> JSONResponse:

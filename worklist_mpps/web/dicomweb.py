@@ -105,7 +105,7 @@ def _accept(request: Request, allowed: tuple[str, ...]) -> str:
     header = request.headers.get("accept", "")
     if not header.strip():
         return allowed[0]
-    for entry in header.split(","):
+    for entry in sorted(header.split(","), key=_quality, reverse=True):  # stable: ties keep order
         media = _media_type(entry)
         if media in ("*/*", "application/*", "application/json"):
             return allowed[0]
@@ -114,6 +114,15 @@ def _accept(request: Request, allowed: tuple[str, ...]) -> str:
         if media in allowed:
             return media
     raise HTTPProblem(406, f"cannot answer in {header!r}: {', '.join(allowed)}")
+
+
+def _quality(entry: str) -> float:
+    """The q parameter of one Accept entry (RFC 9110 12.4.2), 1 when absent."""
+    match = re.search(r";\s*q=([0-9.]+)", entry)
+    try:
+        return float(match.group(1)) if match else 1.0
+    except ValueError:
+        return 0.0
 
 
 def _render(datasets: list[Dataset], media: str, single: bool) -> Response:
@@ -227,7 +236,12 @@ def _set_key(ds: Dataset, tag: int, value: str) -> None:
     if vr == "SQ":
         raise HTTPProblem(400, f"{keyword} is a sequence: match on its attributes "
                                f"({keyword}.Attribute=value)")
-    ds.add_new(Tag(tag), vr, value.split("\\") if "\\" in value else value)
+    if ds.get(Tag(tag)) is not None and not ds[Tag(tag)].is_empty:
+        raise HTTPProblem(400, f"{keyword} given twice: give one value (a list of UIDs "
+                               "is comma-separated)")
+    # PS3.18 8.3.4.1: a UID list is comma-separated (a backslash list is accepted too)
+    values = re.split(r"[,\\]", value) if vr == "UI" else value.split("\\")
+    ds.add_new(Tag(tag), vr, values if len(values) > 1 else value)
 
 
 def search_identifier(params: list[tuple[str, str]]) -> Dataset:
