@@ -123,12 +123,25 @@ class LiveServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
-            if port_open("127.0.0.1", self.port, 0.2) and (
-                    "--http-enabled" in self.extra or port_open("127.0.0.1", self.http_port, 0.2)):
+            if self._ready():
                 return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not listen within {timeout}s:\n{self.log()}")
+
+    def _ready(self) -> bool:
+        """/healthz reports the DICOM listener without taking one of its association
+        slots (a bare TCP connection holds one until the ACSE timeout)."""
+        if "--http-enabled" in self.extra:
+            return port_open("127.0.0.1", self.port, 0.2)
+        if not port_open("127.0.0.1", self.http_port, 0.2):
+            return False
+        import urllib.request
+        try:
+            with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as rsp:
+                return rsp.status == 200
+        except OSError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

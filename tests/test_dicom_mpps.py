@@ -741,7 +741,7 @@ def test_consecutive_commands_fit_in_max_associations(live_server):
 
     With max_associations 3, three dicom-mpps runs one after the other must all succeed:
     each uses a single association and releases it before the next run starts. (The
-    fixture's own readiness check, one bare TCP connection, already holds one slot.)
+    fixture waits on /healthz, which does not connect to the DICOM port.)
     """
     small = live_server(None, "--sample-file", str(SAMPLE), "--max-associations", "3")
     url = f"pacs://127.0.0.1:{small.port}"

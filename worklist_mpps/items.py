@@ -182,9 +182,26 @@ def new_study_uid(prefix: str = "") -> str:
     return generate_uid(prefix=None)
 
 
+def duplicate_of(session: Session, accession: str | None, sps_id: str | None,
+                 exclude_id: int | None = None) -> int | None:
+    """The id of another item with this key (accession number + step ID), if any.
+
+    Checked here rather than only by the unique constraint: SQL lets NULL step
+    IDs repeat.
+    """
+    stmt = select(WorklistItem.id).where(
+        WorklistItem.accession_number == accession,
+        WorklistItem.sps_id == sps_id if sps_id is not None else WorklistItem.sps_id.is_(None))
+    if exclude_id is not None:
+        stmt = stmt.where(WorklistItem.id != exclude_id)
+    return session.scalar(stmt.limit(1))
+
+
 def create_item(session: Session, patient: Patient, data: Mapping[str, Any],
                 uid_prefix: str = "") -> WorklistItem:
     values = normalize_item(data)
+    if values.get("accession_number") is None:
+        raise ItemError("accession_number", "is required")
     item = WorklistItem(patient=patient, sps_status="SCHEDULED")
     apply_values(item, values)
     if not item.study_instance_uid:
@@ -194,10 +211,16 @@ def create_item(session: Session, patient: Patient, data: Mapping[str, Any],
     return item
 
 
+REQUIRED_ON_UPDATE = ("accession_number", "sps_status")
+
+
 def update_item(item: WorklistItem, data: Mapping[str, Any]) -> WorklistItem:
     """Change an item; the Study Instance UID stays as it was created."""
     values = normalize_item(data)
     values.pop("study_instance_uid", None)
+    for key in REQUIRED_ON_UPDATE:
+        if key in values and values[key] is None:
+            raise ItemError(key, "cannot be empty")
     apply_values(item, values)
     _refresh_start(item)
     return item

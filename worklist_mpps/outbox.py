@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Protocol, Sequence
 
 from sqlalchemy import exists, or_, select, update
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, aliased
 
 from .config import Config
 from .db.engine import Database
-from .db.models import OutboxMessage, utcnow
+from .db.models import OutboxMessage, as_utc, utcnow
 
 log = logging.getLogger("worklist_mpps.outbox")
 
@@ -68,15 +68,8 @@ def enqueue(session: Session, targets: Sequence[str], mpps_uid: str, event: str,
                                   attempts=0, next_attempt_at=utcnow()))
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; every time here is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
 def age_seconds(message: OutboxMessage, now: datetime | None = None) -> float:
-    return ((now or utcnow()) - _aware(message.created_at)).total_seconds()
+    return ((now or utcnow()) - as_utc(message.created_at)).total_seconds()
 
 
 class OutboxWorker:
@@ -233,10 +226,10 @@ def list_messages(db: Database, state: str | None = None, limit: int = 100) -> l
         return [{
             "id": m.id, "target": m.target, "mpps_uid": m.mpps_uid, "event": m.event,
             "pps_status": m.pps_status, "state": m.state, "attempts": m.attempts,
-            "next_attempt_at": _aware(m.next_attempt_at).isoformat(timespec="seconds"),
+            "next_attempt_at": as_utc(m.next_attempt_at).isoformat(timespec="seconds"),
             "last_error": m.last_error,
-            "created_at": _aware(m.created_at).isoformat(timespec="seconds"),
-            "delivered_at": (_aware(m.delivered_at).isoformat(timespec="seconds")
+            "created_at": as_utc(m.created_at).isoformat(timespec="seconds"),
+            "delivered_at": (as_utc(m.delivered_at).isoformat(timespec="seconds")
                              if m.delivered_at else None),
         } for m in session.scalars(stmt)]
 

@@ -24,6 +24,7 @@ from .mpps import handle_n_create, handle_n_get, handle_n_set
 from .worklist import handle_find
 
 log = logging.getLogger("worklist_mpps.dimse")
+DUL_POLL_SECONDS = 0.0002  # pynetdicom's default is 0.001
 
 
 def _on_conn_open(event) -> None:  # noqa: ANN001
@@ -34,6 +35,9 @@ def _on_conn_open(event) -> None:  # noqa: ANN001
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+    # pynetdicom's reactor sleeps this long between polls while idle; every PDU hop of an
+    # association (request, data, release) can wait for one poll
+    event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
     event.assoc.wm_opened = time.monotonic()
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -18,13 +20,17 @@ from sqlalchemy.orm import Session, selectinload
 
 from .. import items as store
 from .. import matching
-from ..db.models import STEP_STATUSES, Patient, WorklistItem
+from ..db.models import STEP_STATUSES, Patient, WorklistItem, as_utc
 from ..items import ItemError
 from .context import web_context
 from .errors import HTTPProblem
 
 router = APIRouter(tags=["worklist management"])
 MAX_PAGE = 500
+MAX_ID = 2**63 - 1  # SQL BIGINT: larger numbers are no id at all (422, not a driver overflow)
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
+PatientPk = Annotated[int, Path(ge=1, le=MAX_ID)]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
 
 
 class Code(BaseModel):
@@ -89,7 +95,8 @@ class ItemIn(ItemFields):
 
 class ItemPatch(ItemFields):
     accession_number: str | None = Field(None, min_length=1, max_length=16)
-    patient_pk: int | None = Field(None, description="move the item to another patient")
+    patient_pk: int | None = Field(None, ge=1, le=MAX_ID,
+                                   description="move the item to another patient")
 
 
 class ItemOut(ItemFields):
@@ -127,7 +134,9 @@ def _codes_out(codes: list[dict[str, str]] | None) -> list[dict[str, str]] | Non
 
 
 def patient_out(p: Patient) -> dict[str, Any]:
-    return {name: getattr(p, name) for name in PatientOut.model_fields}
+    out = {name: getattr(p, name) for name in PatientOut.model_fields}
+    out.update(created_at=as_utc(p.created_at), updated_at=as_utc(p.updated_at))
+    return out
 
 
 def item_out(item: WorklistItem) -> dict[str, Any]:
@@ -136,7 +145,7 @@ def item_out(item: WorklistItem) -> dict[str, Any]:
         out[name] = _codes_out(out[name])
     out.update(id=item.id, accession_number=item.accession_number,
                study_instance_uid=item.study_instance_uid, patient=patient_out(item.patient),
-               created_at=item.created_at, updated_at=item.updated_at)
+               created_at=as_utc(item.created_at), updated_at=as_utc(item.updated_at))
     return out
 
 
@@ -148,8 +157,11 @@ def _item_values(model: BaseModel) -> dict[str, Any]:
     return values
 
 
-def _unprocessable(exc: ItemError) -> HTTPProblem:
-    return HTTPProblem(422, str(exc), field=exc.field)
+def _unprocessable(exc: ItemError, patient_body: bool = False) -> HTTPProblem:
+    """422 naming the field; a patients endpoint's body has no 'patient.' level."""
+    field = exc.field.removeprefix("patient.") if patient_body else exc.field
+    message = str(exc).removeprefix("patient.") if patient_body else str(exc)
+    return HTTPProblem(422, message, field=field)
 
 
 def _get_item(session: Session, item_id: int) -> WorklistItem:
@@ -178,10 +190,9 @@ def create_item(body: ItemIn, request: Request, response: Response) -> dict:
                 exclude_unset=True))
             values = _item_values(body)
             values["accession_number"] = body.accession_number
-            exists = session.scalar(select(WorklistItem.id).where(
-                WorklistItem.accession_number == body.accession_number,
-                WorklistItem.sps_id == values.get("sps_id") if values.get("sps_id")
-                else WorklistItem.sps_id.is_(None)))
+            key = store.normalize_item({k: values.get(k) for k in ("accession_number",
+                                                                    "sps_id")})
+            exists = store.duplicate_of(session, key["accession_number"], key["sps_id"])
             if exists:
                 raise HTTPProblem(409, f"worklist item {exists} has this accession number "
                                        "and step ID", field="accession_number")
@@ -205,7 +216,7 @@ def list_items(request: Request,
                accession: str | None = None,
                patient_id: str | None = None,
                patient_name: str | None = Query(None, description="wildcards * and ?"),
-               offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=MAX_PAGE)) -> dict:
+               offset: Offset = 0, limit: int = Query(50, ge=1, le=MAX_PAGE)) -> dict:
     """Items of every status unless ``status`` is given; matching as C-FIND."""
     ctx = web_context(request)
     W = WorklistItem
@@ -236,14 +247,14 @@ def list_items(request: Request,
 
 
 @router.get("/worklist-items/{item_id}", response_model=ItemOut, responses={404: {}})
-def read_item(item_id: int, request: Request) -> dict:
+def read_item(item_id: ItemId, request: Request) -> dict:
     with web_context(request).db.read() as session:
         return item_out(_get_item(session, item_id))
 
 
 @router.patch("/worklist-items/{item_id}", response_model=ItemOut,
               responses={404: {}, 409: {}, 422: {}})
-def update_item(item_id: int, body: ItemPatch, request: Request) -> dict:
+def update_item(item_id: ItemId, body: ItemPatch, request: Request) -> dict:
     """Change an item; its Study Instance UID never changes."""
     ctx = web_context(request)
     try:
@@ -255,6 +266,10 @@ def update_item(item_id: int, body: ItemPatch, request: Request) -> dict:
                     raise HTTPProblem(422, f"no patient {body.patient_pk}", field="patient_pk")
                 item.patient = patient
             store.update_item(item, _item_values(body))
+            other = store.duplicate_of(session, item.accession_number, item.sps_id, item.id)
+            if other:
+                raise HTTPProblem(409, f"worklist item {other} has this accession number and "
+                                       "step ID", field="accession_number")
             session.flush()
             return item_out(item)
     except ItemError as exc:
@@ -265,7 +280,7 @@ def update_item(item_id: int, body: ItemPatch, request: Request) -> dict:
 
 @router.delete("/worklist-items/{item_id}", response_model=ItemOut | None,
                responses={404: {}, 409: {}})
-def cancel_item(item_id: int, request: Request,
+def cancel_item(item_id: ItemId, request: Request,
                 purge: bool = Query(False, description="delete instead of DISCONTINUED")
                 ) -> Any:
     """Cancel: the item becomes DISCONTINUED (leaves the default worklist).
@@ -302,18 +317,22 @@ def create_patient(body: PatientIn, request: Request, response: Response) -> dic
     ctx = web_context(request)
     try:
         with ctx.db.write() as session:
+            values = store.normalize_patient(body.model_dump(exclude_unset=True))
+            if not values.get("patient_id"):
+                raise ItemError("patient_id", "is required")
+            issuer = values.get("issuer_of_patient_id")
             exists = session.scalar(select(Patient.id).where(
-                Patient.patient_id == body.patient_id,
-                Patient.issuer_of_patient_id == body.issuer_of_patient_id
-                if body.issuer_of_patient_id else Patient.issuer_of_patient_id.is_(None)))
+                Patient.patient_id == values["patient_id"],
+                Patient.issuer_of_patient_id == issuer if issuer
+                else Patient.issuer_of_patient_id.is_(None)))
             if exists:
                 raise HTTPProblem(409, f"patient {exists} has this Patient ID",
                                   field="patient_id")
-            patient = store.get_or_create_patient(session, body.model_dump(exclude_unset=True))
+            patient = store.get_or_create_patient(session, values)
             session.flush()
             result = patient_out(patient)
     except ItemError as exc:
-        raise _unprocessable(exc) from None
+        raise _unprocessable(exc, patient_body=True) from None
     response.headers["Location"] = f"/api/patients/{result['id']}"
     return result
 
@@ -321,7 +340,7 @@ def create_patient(body: PatientIn, request: Request, response: Response) -> dic
 @router.get("/patients", response_model=PatientPage)
 def list_patients(request: Request, patient_id: str | None = None,
                   patient_name: str | None = Query(None, description="wildcards * and ?"),
-                  offset: int = Query(0, ge=0),
+                  offset: Offset = 0,
                   limit: int = Query(50, ge=1, le=MAX_PAGE)) -> dict:
     stmt = select(Patient)
     if patient_id:
@@ -337,14 +356,14 @@ def list_patients(request: Request, patient_id: str | None = None,
 
 
 @router.get("/patients/{patient_pk}", response_model=PatientOut, responses={404: {}})
-def read_patient(patient_pk: int, request: Request) -> dict:
+def read_patient(patient_pk: PatientPk, request: Request) -> dict:
     with web_context(request).db.read() as session:
         return patient_out(_get_patient(session, patient_pk))
 
 
 @router.patch("/patients/{patient_pk}", response_model=PatientOut,
               responses={404: {}, 409: {}, 422: {}})
-def update_patient(patient_pk: int, body: PatientFields, request: Request) -> dict:
+def update_patient(patient_pk: PatientPk, body: PatientFields, request: Request) -> dict:
     try:
         with web_context(request).db.write() as session:
             patient = _get_patient(session, patient_pk)
@@ -353,14 +372,14 @@ def update_patient(patient_pk: int, body: PatientFields, request: Request) -> di
             session.flush()
             return patient_out(patient)
     except ItemError as exc:
-        raise _unprocessable(exc) from None
+        raise _unprocessable(exc, patient_body=True) from None
     except IntegrityError:
         raise HTTPProblem(409, "another patient has this Patient ID and issuer",
                           field="issuer_of_patient_id") from None
 
 
 @router.delete("/patients/{patient_pk}", status_code=204, responses={404: {}, 409: {}})
-def delete_patient(patient_pk: int, request: Request) -> Response:
+def delete_patient(patient_pk: PatientPk, request: Request) -> Response:
     with web_context(request).db.write() as session:
         patient = _get_patient(session, patient_pk)
         if patient.items:
