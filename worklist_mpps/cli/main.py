@@ -32,6 +32,10 @@ def setup_logging(level: str) -> None:
     # (empty or one-tag Attribute Identifier List) and log a traceback: off unless debugging.
     from pynetdicom import _config as pynetdicom_config
     pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
+    # pynetdicom formats every C-FIND request and response identifier as text before the
+    # logger decides to drop it: a large share of the cost of each response
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = debug
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = debug
 
 
 def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:

@@ -1,0 +1,352 @@
+"""worklist-mpps benchmark: our server against DCMTK wlmscpfs, in one run.
+
+    make bench                      # N = 1,000 / 10,000 / 100,000, writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --sizes 1000 --repeat 10 --duration 5
+
+For each N: generate realistic items (bench/generate.py), load them into a
+fresh SQLite database (the embedded default) and export the same items as .wl
+files; start `worklist-mpps serve` and `wlmscpfs` on 127.0.0.1; measure with
+DCMTK echoscu/findscu as external client processes (TCP_NODELAY=1 in their
+environment, as DCMTK documents): C-ECHO, a selective query (modality +
+station + today), a broad query (all of today), selective queries per second
+from 8 concurrent clients; MPPS full cycles (N-CREATE, N-SET, N-SET COMPLETED)
+per second from 8 concurrent pynetdicom client processes against our server
+and against the in-memory reference SCP (bench/reference_mpps_scp.py); the
+server's resident memory. Medians and p95 over repeated runs. Everything
+started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import generate  # noqa: E402
+
+from worklist_mpps.db import migrate  # noqa: E402
+from worklist_mpps.db.engine import Database  # noqa: E402
+
+CLIENT_ENV = {**os.environ, "TCP_NODELAY": "1"}
+AET = "WORKLISTS"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- DCMTK clients ------------------------------------------------------------------------------
+
+
+def echo_cmd(port: int) -> list[str]:
+    return ["echoscu", "-aec", AET, "127.0.0.1", str(port)]
+
+
+def find_cmd(port: int, *match: str) -> list[str]:
+    keys = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+            "StudyInstanceUID", "RequestedProcedureID", "RequestedProcedureDescription",
+            "(0040,0100)[0].Modality", "(0040,0100)[0].ScheduledStationAETitle",
+            "(0040,0100)[0].ScheduledProcedureStepStartDate",
+            "(0040,0100)[0].ScheduledProcedureStepStartTime",
+            "(0040,0100)[0].ScheduledProcedureStepID",
+            "(0040,0100)[0].ScheduledProcedureStepDescription"]
+    given = {m.split("=")[0] for m in match}
+    args = ["findscu", "-W", "-aec", AET]
+    for key in keys:
+        if key not in given:
+            args += ["-k", key]
+    for m in match:
+        args += ["-k", m]
+    return args + ["127.0.0.1", str(port)]
+
+
+def timed(cmd: list[str], repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=CLIENT_ENV, capture_output=True, timeout=300)
+        times.append((time.perf_counter() - start) * 1000)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.decode()[-300:]}")
+    return times
+
+
+def count_responses(cmd: list[str]) -> int:
+    out = subprocess.run(cmd[:1] + ["-v"] + cmd[1:], env=CLIENT_ENV, capture_output=True,
+                         timeout=300)
+    text = (out.stdout + out.stderr).decode("utf-8", "replace")
+    if "Final Find Response (Success)" not in text:
+        raise RuntimeError(f"query did not succeed: {text[-500:]}")
+    return text.count("Find Response:") - text.count("Final Find Response")
+
+
+def concurrent_rate(cmd: list[str], clients: int, seconds: float) -> float:
+    done = [0] * clients
+    deadline = time.monotonic() + seconds
+
+    def loop(i: int) -> None:
+        while time.monotonic() < deadline:
+            subprocess.run(cmd, env=CLIENT_ENV, capture_output=True, timeout=300)
+            done[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.monotonic() - started)
+
+
+# --- MPPS clients -------------------------------------------------------------------------------
+
+
+def _mpps_worker(port: int, called: str, seconds: float, index: int, out) -> None:  # noqa: ANN001
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
+
+    from worklist_mpps.mpps_messages import (
+        Instance, ScheduledStep, Series, n_create, n_set_completed, n_set_progress,
+    )
+
+    ae = AE(ae_title=f"MOD{index:02d}")
+    ae.add_requested_context(MPPS)
+    cycles, failures = 0, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        uid, study, series = generate_uid(), generate_uid(), generate_uid()
+        images = [Instance("1.2.840.10008.5.1.4.1.1.2", f"{series}.{n}") for n in (1, 2, 3)]
+        assoc = ae.associate("127.0.0.1", port, ae_title=called)
+        if not assoc.is_established:
+            failures += 1
+            continue
+        ok = assoc.send_n_create(n_create([ScheduledStep(study, f"X{index}")], modality="CT",
+                                          station_ae_title=f"MOD{index:02d}",
+                                          patient_name="Müller^Hans"), MPPS, uid)[0]
+        ok2 = assoc.send_n_set(n_set_progress([Series(series, images[:1])]), MPPS, uid)[0]
+        ok3 = assoc.send_n_set(n_set_completed([Series(series, images)]), MPPS, uid)[0]
+        assoc.release()
+        if all(s.get("Status") == 0 for s in (ok, ok2, ok3)):
+            cycles += 1
+        else:
+            failures += 1
+    out.put((cycles, failures))
+
+
+def mpps_rate(port: int, called: str, clients: int, seconds: float) -> tuple[float, int]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_mpps_worker, args=(port, called, seconds, i, queue))
+             for i in range(clients)]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=seconds + 120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    elapsed = time.monotonic() - started
+    return sum(r[0] for r in results) / elapsed, sum(r[1] for r in results)
+
+
+# --- one size -----------------------------------------------------------------------------------
+
+
+def stats(times: list[float]) -> tuple[float, float]:
+    ordered = sorted(times)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+
+
+def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
+    today = dt.date.today()
+    folder = work / f"n{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    pairs = generate.make_items(n, today)
+    url = f"sqlite:///{folder / 'worklist.db'}"
+    t0 = time.perf_counter()
+    db = Database(url)
+    migrate.upgrade(db.engine)
+    generate.load(db, pairs)
+    db.dispose()
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    generate.export_wl(pairs, folder / "wl" / AET)
+    export_s = time.perf_counter() - t0
+    print(f"N={n}: loaded in {load_s:.1f} s, .wl files in {export_s:.1f} s", flush=True)
+
+    ours_port, wl_port, ref_port = free_port(), free_port(), free_port()
+    ours = wl = ref = None
+    result: dict = {"n": n, "load_s": load_s}
+    try:
+        ours = subprocess.Popen(
+            [sys.executable, "-m", "worklist_mpps", "serve", "--bind", "127.0.0.1", "--port",
+             str(ours_port), "--database-url", url, "--http-enabled", "false",
+             "--load-sample-data", "false", "--log-level", "WARNING",
+             "--max-associations", "64"],
+            cwd=folder, stdout=subprocess.DEVNULL, stderr=open(folder / "serve.log", "w"))
+        wl = subprocess.Popen(["wlmscpfs", "-dfp", str(folder / "wl"), str(wl_port)],
+                              env=CLIENT_ENV, cwd=folder, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        wait_port(ours_port, ours)
+        wait_port(wl_port, wl)
+        day = today.strftime("%Y%m%d")
+        selective = ("(0040,0100)[0].Modality=CT", "(0040,0100)[0].ScheduledStationAETitle=CT01",
+                     f"(0040,0100)[0].ScheduledProcedureStepStartDate={day}")
+        broad = (f"(0040,0100)[0].ScheduledProcedureStepStartDate={day}",)
+        wl_repeat = args.repeat if n <= 10_000 else max(3, args.repeat // 10)
+        for name, port, repeat in (("ours", ours_port, args.repeat),
+                                   ("wlmscpfs", wl_port, wl_repeat)):
+            timed(echo_cmd(port), 3)  # warm up
+            result[f"{name}_echo"] = stats(timed(echo_cmd(port), repeat))
+            result[f"{name}_selective"] = stats(timed(find_cmd(port, *selective), repeat))
+            result[f"{name}_broad"] = stats(timed(find_cmd(port, *broad), repeat))
+            result[f"{name}_selective_count"] = count_responses(find_cmd(port, *selective))
+            result[f"{name}_broad_count"] = count_responses(find_cmd(port, *broad))
+            seconds = args.duration if name == "ours" or n <= 10_000 else args.duration / 2
+            result[f"{name}_qps"] = concurrent_rate(find_cmd(port, *selective), args.clients,
+                                                    seconds)
+            print(f"  {name}: {result[f'{name}_echo'][0]:.1f} ms echo, "
+                  f"{result[f'{name}_selective'][0]:.1f} ms selective "
+                  f"({result[f'{name}_selective_count']}), {result[f'{name}_broad'][0]:.1f} ms "
+                  f"broad ({result[f'{name}_broad_count']}), {result[f'{name}_qps']:.1f} q/s",
+                  flush=True)
+        result["rss_mb"] = rss_mb(ours.pid)
+        stop(wl)
+        wl = None
+        if args.mpps:
+            result["ours_mpps"] = mpps_rate(ours_port, AET, args.clients, args.duration)
+            ref = subprocess.Popen([sys.executable, str(ROOT / "bench" / "reference_mpps_scp.py"),
+                                    str(ref_port)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            wait_port(ref_port, ref)
+            result["ref_mpps"] = mpps_rate(ref_port, "REFMPPS", args.clients, args.duration)
+            print(f"  MPPS cycles/s: ours {result['ours_mpps'][0]:.1f} (failures "
+                  f"{result['ours_mpps'][1]}), in-memory reference {result['ref_mpps'][0]:.1f}",
+                  flush=True)
+        result["rss_mb_after"] = rss_mb(ours.pid)
+    finally:
+        for proc in (ours, wl, ref):
+            stop(proc)
+    return result
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def report(results: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        "# Benchmark results", "",
+        f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        f"- DCMTK: {subprocess.run(['echoscu', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}",
+        f"- workload: {generate.PER_DAY} steps/day on {len(generate.STATIONS)} stations; N items "
+        "= N/200 days (40 % past); selective = modality CT + station CT01 + today; broad = "
+        "all of today",
+        f"- repeats: {args.repeat} per figure (wlmscpfs at 100,000: a tenth); concurrency: "
+        f"{args.clients} clients for {args.duration:g} s; clients with TCP_NODELAY=1",
+        "- command: `make bench` (`python bench/run.py`)", "",
+        "| N | server | C-ECHO median / p95 ms | selective median / p95 ms (matches) "
+        "| broad median / p95 ms (matches) | selective q/s, 8 clients |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for name in ("ours", "wlmscpfs"):
+            e, s, b = r[f"{name}_echo"], r[f"{name}_selective"], r[f"{name}_broad"]
+            lines.append(
+                f"| {r['n']:,} | {'worklist-mpps' if name == 'ours' else 'wlmscpfs'} "
+                f"| {e[0]:.1f} / {e[1]:.1f} | {s[0]:.1f} / {s[1]:.1f} "
+                f"({r[name + '_selective_count']}) | {b[0]:.1f} / {b[1]:.1f} "
+                f"({r[name + '_broad_count']}) | {r[name + '_qps']:.1f} |")
+    lines += ["", "| N | selective / own C-ECHO | selective / wlmscpfs C-ECHO | broad: wlmscpfs / "
+              "ours | C-ECHO ours / wlmscpfs | MPPS cycles/s ours / reference (ratio) "
+              "| RSS MB |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        mpps = r.get("ours_mpps"), r.get("ref_mpps")
+        mpps_text = (f"{mpps[0][0]:.1f} / {mpps[1][0]:.1f} ({mpps[0][0] / mpps[1][0]:.2f})"
+                     if all(mpps) else "-")
+        lines.append(
+            f"| {r['n']:,} | {r['ours_selective'][0] / r['ours_echo'][0]:.2f} "
+            f"| {r['ours_selective'][0] / r['wlmscpfs_echo'][0]:.2f} "
+            f"| {r['wlmscpfs_broad'][0] / r['ours_broad'][0]:.1f}x "
+            f"| {r['ours_echo'][0] / r['wlmscpfs_echo'][0]:.2f} | {mpps_text} "
+            f"| {max(r['rss_mb'], r['rss_mb_after']):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
+    parser.add_argument("--no-mpps", dest="mpps", action="store_false")
+    parser.add_argument("--workdir", default=str(ROOT / "bench" / "work"))
+    parser.add_argument("--write", metavar="FILE", help="write the tables (bench/RESULTS.md)")
+    args = parser.parse_args()
+    for tool in ("echoscu", "findscu", "wlmscpfs"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} missing: install DCMTK (make system-tools)", file=sys.stderr)
+            return 2
+    work = Path(args.workdir)
+    results = [run_size(int(n), args, work) for n in args.sizes.split(",")]
+    text = report(results, args)
+    print()
+    print(text)
+    if args.write:
+        Path(args.write).write_text(text + RESULTS_NOTES)
+    return 0
+
+
+RESULTS_NOTES = ""
+
+if __name__ == "__main__":
+    sys.exit(main())
