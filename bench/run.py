@@ -163,7 +163,7 @@ def _mpps_worker(port: int, called: str, seconds: float, index: int, out) -> Non
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         uid, study, series = generate_uid(), generate_uid(), generate_uid()
-        images = [Instance("1.2.840.10008.5.1.4.1.1.2", f"{series}.{n}") for n in (1, 2, 3)]
+        images = [Instance("1.2.840.10008.5.1.4.1.1.2", generate_uid()) for _ in range(3)]
         assoc = ae.associate("127.0.0.1", port, ae_title=called)
         if not assoc.is_established:
             failures += 1

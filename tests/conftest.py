@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -178,3 +179,15 @@ def live_server(tmp_path) -> Iterator:
     yield start
     for server in servers:
         server.stop()
+
+
+@contextlib.contextmanager
+def module_server(tmp_path_factory, name: str, *extra: str) -> Iterator[LiveServer]:
+    """A server on its own SQLite file for a whole test module, stopped at the end."""
+    workdir = tmp_path_factory.mktemp(name)
+    live = LiveServer(workdir, f"sqlite:///{workdir / (name + '.db')}", *extra)
+    live.start()
+    try:
+        yield live
+    finally:
+        live.stop()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
+import pydicom
 from pydicom import Dataset
+from pydicom.sequence import Sequence
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
@@ -37,3 +42,34 @@ def find(port: int, identifier: Dataset, **kwargs) -> tuple[list[Dataset], list[
     finally:
         assoc.release()
     return statuses, identifiers
+
+
+def worklist_query(**top) -> Dataset:
+    """A worklist C-FIND identifier: a few return keys, plus ``top`` matching keys."""
+    ds = Dataset()
+    ds.PatientName = ""
+    ds.AccessionNumber = ""
+    ds.StudyInstanceUID = ""
+    item = Dataset()
+    item.Modality = ""
+    ds.ScheduledProcedureStepSequence = Sequence([item])
+    for key, value in top.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def findscu_files(port: int, outdir: Path, *keys: str, timeout: float = 30) -> list[Dataset]:
+    """DCMTK findscu -W -X with these keys; the C-FIND must end in Success.
+
+    findscu exits 0 whatever the final status, so that is read from its log.
+    """
+    outdir.mkdir(parents=True, exist_ok=False)
+    cmd = ["findscu", "-v", "-W", "-aec", "WORKLISTS", "-X", "-od", str(outdir),
+           "127.0.0.1", str(port)]
+    for key in keys:
+        cmd += ["-k", key]
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    text = (proc.stdout + proc.stderr).decode(errors="replace")
+    assert proc.returncode == 0, f"findscu exited {proc.returncode}\n{text}"
+    assert "Received Final Find Response (Success)" in text, text
+    return [pydicom.dcmread(f) for f in sorted(outdir.glob("rsp*.dcm"))]

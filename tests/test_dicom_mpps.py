@@ -26,7 +26,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import ROOT, SAMPLE, LiveServer, free_port
+from conftest import ROOT, SAMPLE, LiveServer, free_port, module_server
 from dicom_clients import find
 
 CMD_TIMEOUT = 60
@@ -204,26 +204,16 @@ class Listener:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[LiveServer]:
-    workdir = tmp_path_factory.mktemp("dicom_mpps")
-    live = LiveServer(workdir, f"sqlite:///{workdir / 'mpps.db'}", "--sample-file", str(SAMPLE))
-    live.start()
-    try:
+    with module_server(tmp_path_factory, "mpps", "--sample-file", str(SAMPLE)) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory) -> Iterator[LiveServer]:
     """A server that rejects any Called AE Title other than its own (WORKLISTS)."""
-    workdir = tmp_path_factory.mktemp("dicom_mpps_strict")
-    live = LiveServer(workdir, f"sqlite:///{workdir / 'strict.db'}", "--sample-file",
-                      str(SAMPLE), "--require-called-ae-title", "true")
-    live.start()
-    try:
+    with module_server(tmp_path_factory, "strict", "--sample-file",
+                      str(SAMPLE), "--require-called-ae-title", "true") as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import pytest
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
@@ -28,7 +27,7 @@ from pynetdicom.sop_class import (
 )
 
 from conftest import SAMPLE, require_tool
-from dicom_clients import echo, find
+from dicom_clients import echo, find, worklist_query
 from worklist_mpps.mpps_messages import (
     Instance,
     ScheduledStep,
@@ -50,18 +49,7 @@ TIMEOUT = 15
 THREAD_TIMEOUT = 60
 
 
-def query(**top) -> Dataset:
-    """A worklist C-FIND identifier (as in test_dimse_worklist)."""
-    ds = Dataset()
-    ds.PatientName = ""
-    ds.AccessionNumber = ""
-    ds.StudyInstanceUID = ""
-    item = Dataset()
-    item.Modality = ""
-    ds.ScheduledProcedureStepSequence = Sequence([item])
-    for key, val in top.items():
-        setattr(ds, key, val)
-    return ds
+query = worklist_query
 
 
 def identifiers(status: Dataset) -> list[int]:

@@ -10,7 +10,7 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import SAMPLE
-from dicom_clients import echo, find
+from dicom_clients import echo, find, worklist_query
 from worklist_mpps.config import Config
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
@@ -19,17 +19,7 @@ from worklist_mpps.dimse.worklist import handle_find
 from worklist_mpps.loader import load_file
 
 
-def query(**top) -> Dataset:
-    ds = Dataset()
-    ds.PatientName = ""
-    ds.AccessionNumber = ""
-    ds.StudyInstanceUID = ""
-    item = Dataset()
-    item.Modality = ""
-    ds.ScheduledProcedureStepSequence = Sequence([item])
-    for key, value in top.items():
-        setattr(ds, key, value)
-    return ds
+query = worklist_query
 
 
 @pytest.fixture

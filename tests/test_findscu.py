@@ -19,7 +19,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.tag import Tag
 
-from conftest import LiveServer, require_tool
+from conftest import LiveServer, module_server, require_tool
 
 DATA = Path(__file__).resolve().parent / "data" / "e2e_worklist.yaml"
 FINDSCU_TIMEOUT = 30
@@ -101,16 +101,11 @@ class E2E:
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory) -> Iterator[E2E]:
     require_tool("findscu")
-    workdir = tmp_path_factory.mktemp("findscu")
-    server = LiveServer(workdir, f"sqlite:///{workdir / 'e2e.db'}", "--sample-file", str(DATA))
     today = dt.date.today()  # the day the YAML 'day' offsets are resolved against
-    server.start()
-    try:
-        outdir = workdir / "responses"
+    with module_server(tmp_path_factory, "findscu", "--sample-file", str(DATA)) as server:
+        outdir = server.workdir / "responses"
         outdir.mkdir()
         yield E2E(server, today, outdir, itertools.count(1))
-    finally:
-        server.stop()
 
 
 def accessions(responses: list[Dataset]) -> list[str]:

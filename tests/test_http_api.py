@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-import pydicom
 import pytest
 import requests
 from pydicom import Dataset
@@ -29,8 +28,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
-from conftest import SAMPLE, LiveServer, free_port, port_open, require_tool
-from dicom_clients import find
+from conftest import SAMPLE, LiveServer, free_port, module_server, port_open, require_tool
+from dicom_clients import find, findscu_files
 from worklist_mpps.matching import fold_pn
 from worklist_mpps.mpps_messages import ScheduledStep, n_create
 
@@ -139,13 +138,8 @@ def content(resource: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[LiveServer]:
-    workdir = tmp_path_factory.mktemp("http_api")
-    live = LiveServer(workdir, f"sqlite:///{workdir / 'api.db'}", "--sample-file", str(SAMPLE))
-    live.start()
-    try:
+    with module_server(tmp_path_factory, "api", "--sample-file", str(SAMPLE)) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")
@@ -179,16 +173,7 @@ def cfind(port: int, statuses: str | None = None, **top: str) -> list[Dataset]:
 
 def findscu(server: LiveServer, outdir: Path, *keys: str) -> list[Dataset]:
     """DCMTK findscu -W with these keys: the response identifiers read back with pydicom."""
-    outdir.mkdir(parents=True, exist_ok=False)
-    cmd = ["findscu", "-v", "-W", "-aec", "WORKLISTS", "-X", "-od", str(outdir),
-           "127.0.0.1", str(server.port)]
-    for key in keys:
-        cmd += ["-k", key]
-    proc = subprocess.run(cmd, capture_output=True, timeout=FINDSCU_TIMEOUT)
-    text = (proc.stdout + proc.stderr).decode(errors="replace")
-    assert proc.returncode == 0, f"findscu exited {proc.returncode}\n{text}"
-    assert "Received Final Find Response (Success)" in text, text
-    return [pydicom.dcmread(f) for f in sorted(outdir.glob("rsp*.dcm"))]
+    return findscu_files(server.port, outdir, *keys, timeout=FINDSCU_TIMEOUT)
 
 
 def mpps_create(port: int, item: dict) -> str:
@@ -1060,13 +1045,8 @@ API_OPERATIONS = [
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory) -> Iterator[LiveServer]:
     """Its own server: the fuzzer's PATCH / DELETE must not disturb the tests above."""
-    workdir = tmp_path_factory.mktemp("http_fuzz")
-    live = LiveServer(workdir, f"sqlite:///{workdir / 'fuzz.db'}", "--sample-file", str(SAMPLE))
-    live.start()
-    try:
+    with module_server(tmp_path_factory, "fuzz", "--sample-file", str(SAMPLE)) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,10 @@ import datetime as dt
 import itertools
 import json
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import pydicom
 import pytest
 import requests
 from pydicom import Dataset
@@ -31,8 +29,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
-from conftest import SAMPLE, LiveServer, require_tool
-from dicom_clients import find
+from conftest import SAMPLE, LiveServer, module_server, require_tool
+from dicom_clients import find, findscu_files
 from worklist_mpps.mpps_messages import (
     Instance,
     ScheduledStep,
@@ -84,29 +82,15 @@ class Env:
     def findscu(self, *keys: str) -> list[Dataset]:
         """DCMTK findscu -W -X: the response identifiers of a C-FIND ending in Success."""
         require_tool("findscu")
-        out = self.workdir / f"q{next(self._calls):03d}"
-        out.mkdir()
-        cmd = ["findscu", "-v", "-W", "-aec", "WORKLISTS", "-X", "-od", str(out),
-               "127.0.0.1", str(self.server.port)]
-        for key in keys:
-            cmd += ["-k", key]
-        proc = subprocess.run(cmd, capture_output=True, timeout=FINDSCU_TIMEOUT)
-        text = (proc.stdout + proc.stderr).decode(errors="replace")
-        assert proc.returncode == 0, f"findscu exited {proc.returncode}\n{text}"
-        assert "Received Final Find Response (Success)" in text, text
-        return [pydicom.dcmread(f) for f in sorted(out.glob("rsp*.dcm"))]
+        return findscu_files(self.server.port, self.workdir / f"q{next(self._calls):03d}",
+                             *keys, timeout=FINDSCU_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator[Env]:
-    workdir = tmp_path_factory.mktemp("dicomweb")
-    server = LiveServer(workdir, f"sqlite:///{workdir / 'web.db'}", "--sample-file", str(SAMPLE))
     today = dt.date.today()  # the day the YAML 'day' offsets are resolved against
-    server.start()
-    try:
-        yield Env(server, today, workdir, itertools.count(1))
-    finally:
-        server.stop()
+    with module_server(tmp_path_factory, "dicomweb", "--sample-file", str(SAMPLE)) as server:
+        yield Env(server, today, server.workdir, itertools.count(1))
 
 
 # --- helpers: HTTP ----------------------------------------------------------------------
