@@ -149,7 +149,22 @@ class Config:
     http_password: str = field(
         default="", metadata={"help": "HTTP basic auth password", "secret": True})
     max_associations: int = field(default=32, metadata={"help": "concurrent associations"})
-    network_timeout: float = field(default=60.0, metadata={"help": "idle network timeout (s)"})
+    network_timeout: float = field(
+        default=60.0, metadata={"help": "an idle or stalled association is dropped after (s)"})
+    acse_timeout: float = field(
+        default=10.0,
+        metadata={"help": "a connection must request an association within (s)"})
+    dimse_timeout: float = field(
+        default=60.0, metadata={"help": "wait for a DIMSE message at most (s)"})
+    max_pdu_size: int = field(
+        default=16382, metadata={"help": "largest PDU received (bytes; 0: unlimited)"})
+    max_find_results: int = field(
+        default=5000,
+        metadata={"help": "a C-FIND matching more is refused with 0xA700 (0: no cap)"})
+    shutdown_grace: float = field(
+        default=30.0, metadata={"help": "on SIGTERM, wait this long for associations (s)"})
+    http_max_body: int = field(
+        default=10_000_000, metadata={"help": "largest HTTP request body (bytes)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
 
     def validate(self) -> None:
@@ -160,8 +175,12 @@ class Config:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
         if self.max_associations < 1:
             raise ConfigError(f"max_associations: must be >= 1, got {self.max_associations}")
-        if self.network_timeout <= 0:
-            raise ConfigError(f"network_timeout: must be > 0, got {self.network_timeout}")
+        for name in ("network_timeout", "acse_timeout", "dimse_timeout", "shutdown_grace"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("max_pdu_size", "max_find_results", "http_max_body"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
         for name in ("orthanc_study_timeout", "completeness_timeout", "outbox_retry_min",

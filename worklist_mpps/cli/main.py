@@ -73,7 +73,8 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         from ..web.app import create_app
         from ..web.server import HTTPServer
 
-        http = HTTPServer(create_app(ctx, server.is_listening), cfg.http_bind, cfg.http_port)
+        http = HTTPServer(create_app(ctx, server.is_listening), cfg.http_bind, cfg.http_port,
+                          cfg.network_timeout)
         http.start()
     if worker:
         worker.start()

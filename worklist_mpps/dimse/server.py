@@ -27,12 +27,19 @@ log = logging.getLogger("worklist_mpps.dimse")
 DUL_POLL_SECONDS = 0.0002  # pynetdicom's default is 0.001
 
 
-def _on_conn_open(event) -> None:  # noqa: ANN001
-    """Disable Nagle: small DIMSE responses must not wait for a delayed ACK."""
+def _on_conn_open(event, ctx: ServerContext) -> None:  # noqa: ANN001
+    """Tune each accepted connection.
+
+    Nagle off: small DIMSE responses must not wait for a delayed ACK. A socket
+    timeout: pynetdicom reads a PDU to its end in a blocking recv, so a peer that
+    sends half a PDU and stalls would hold its thread and association slot forever;
+    with the timeout the read fails and pynetdicom aborts that association only.
+    """
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(ctx.config.network_timeout)
         except OSError:
             pass
     # pynetdicom's reactor sleeps this long between polls while idle; every PDU hop of an
@@ -71,8 +78,9 @@ def build_ae(ctx: ServerContext) -> AE:
     ae.maximum_associations = cfg.max_associations
     ae.require_called_aet = cfg.require_called_ae_title
     ae.network_timeout = cfg.network_timeout
-    ae.acse_timeout = min(30.0, cfg.network_timeout)
-    ae.dimse_timeout = cfg.network_timeout
+    ae.acse_timeout = cfg.acse_timeout
+    ae.dimse_timeout = cfg.dimse_timeout
+    ae.maximum_pdu_size = cfg.max_pdu_size
     ae.add_supported_context(Verification)
     ae.add_supported_context(ModalityWorklistInformationFind)
     ae.add_supported_context(ModalityPerformedProcedureStep)
@@ -82,7 +90,7 @@ def build_ae(ctx: ServerContext) -> AE:
 
 def handlers(ctx: ServerContext) -> list:
     return [
-        (evt.EVT_CONN_OPEN, _on_conn_open),
+        (evt.EVT_CONN_OPEN, _on_conn_open, [ctx]),
         (evt.EVT_ACCEPTED, _on_accepted),
         (evt.EVT_REJECTED, _on_rejected),
         (evt.EVT_RELEASED, functools.partial(_on_closed, "released")),
@@ -117,8 +125,17 @@ class DicomServer:
     def is_listening(self) -> bool:
         return self._server is not None and self._server.socket.fileno() != -1
 
-    def stop(self) -> None:
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let associations in flight finish (up to ``grace`` s), then
+        abort what is left."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        grace = self.ctx.config.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.ae.active_associations:
+            log.warning("Aborting %d association(s) still open after %.0f s",
+                        len(self.ae.active_associations), grace)
         self.ae.shutdown()

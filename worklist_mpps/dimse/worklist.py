@@ -21,6 +21,7 @@ PENDING_WARNING = 0xFF01  # optional keys not supported (K.4.1.1.4)
 CANCEL = 0xFE00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC001
+OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources (PS3.4 K.4.1.1.4, C.4.1.1.4)
 
 
 def failure(status: int, comment: str, offending: list[str] | None = None) -> Dataset:
@@ -42,7 +43,9 @@ def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | N
         identifier = event.identifier
         query = worklist.parse_identifier(identifier)
         calling = event.assoc.requestor.ae_title if ctx.config.worklist_filter_by_calling_ae else None
-        rows = worklist.search(ctx.db, query, ctx.config.worklist_default_statuses, calling)
+        cap = ctx.config.max_find_results or None
+        rows = worklist.search(ctx.db, query, ctx.config.worklist_default_statuses, calling,
+                               limit=cap + 1 if cap else None)
     except MatchError as exc:
         log.warning("C-FIND from %s: 0xA900 identifier does not match SOP class: %s", who, exc)
         yield failure(IDENTIFIER_DOES_NOT_MATCH, str(exc), [exc.keyword]), None
@@ -57,6 +60,11 @@ def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | N
         yield failure(UNABLE_TO_PROCESS, f"Unable to process: {exc.__class__.__name__}"), None
         return
 
+    if cap and len(rows) > cap:
+        log.warning("C-FIND from %s: 0xA700 refused, more than %d matches (max_find_results)",
+                    who, cap)
+        yield failure(OUT_OF_RESOURCES, f"More than {cap} matches: narrow the query"), None
+        return
     status = PENDING_WARNING if query.optional_keys_unsupported else PENDING
     sent = 0
     for row in rows:

@@ -54,6 +54,14 @@ def create_app(ctx: ServerContext, dicom_listening: Callable[[], bool] = lambda:
     @app.middleware("http")
     async def authenticate_and_log(request: Request, call_next):  # noqa: ANN001, ANN202
         started = time.perf_counter()
+        length = request.headers.get("content-length", "0")
+        limit = ctx.config.http_max_body
+        if limit and "chunked" in request.headers.get("transfer-encoding", "").lower():
+            return JSONResponse({"detail": "send Content-Length: a request body of unknown "
+                                           "length is not accepted"}, 411)
+        if limit and (not length.isdigit() or int(length) > limit):
+            return JSONResponse({"detail": f"request body larger than {limit} bytes "
+                                           "(http_max_body)"}, 413)
         user = None
         if request.url.path not in OPEN_PATHS:
             user = _authenticated_user(request, ctx)

@@ -13,9 +13,11 @@ log = logging.getLogger("worklist_mpps.http")
 
 
 class HTTPServer:
-    def __init__(self, app, host: str, port: int) -> None:  # noqa: ANN001
+    def __init__(self, app, host: str, port: int,  # noqa: ANN001
+                 keep_alive_timeout: float = 60.0) -> None:
         self.config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                     access_log=False, lifespan="off")
+                                     access_log=False, lifespan="off",
+                                     timeout_keep_alive=int(keep_alive_timeout))
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 
