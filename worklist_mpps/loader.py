@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 
+from . import audit
+from .audit import Actor
 from .db.engine import Database
 from .db.models import AppState, Patient
 from .items import ItemError, upsert_item
@@ -69,7 +71,7 @@ def read_items(path: str | Path, today: dt.date | None = None) -> list[tuple[dic
 
 
 def load_file(db: Database, path: str | Path, uid_prefix: str = "",
-              today: dt.date | None = None) -> tuple[int, int]:
+              today: dt.date | None = None, actor: Actor | None = None) -> tuple[int, int]:
     """Load a YAML worklist in one transaction; returns (created, updated)."""
     pairs = read_items(path, today)
     created = updated = 0
@@ -82,6 +84,8 @@ def load_file(db: Database, path: str | Path, uid_prefix: str = "",
             session.flush()
             created += is_new
             updated += not is_new
+        audit.record(session, actor or Actor.cli(), "worklist.load", Path(path).name,
+                     {"file": str(path), "created": created, "updated": updated})
     return created, updated
 
 

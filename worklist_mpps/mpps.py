@@ -26,7 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import outbox
+from . import audit, outbox
+from .audit import Actor
 from .db.engine import Database
 from .db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
 from .items import new_study_uid
@@ -373,9 +374,13 @@ def _payload(ds: Dataset, targets: Sequence[str]) -> bytes | None:
     return encode_dataset(ds)
 
 
+def _actor(actor: Actor | None, calling_ae: str | None) -> Actor:
+    return actor or Actor(calling_ae or "unknown", None, "DIMSE")
+
+
 def create(db: Database, attributes: Dataset, uid: str | None = None,
            calling_ae: str | None = None, uid_prefix: str = "",
-           targets: Sequence[str] = ()) -> Outcome:
+           targets: Sequence[str] = (), actor: Actor | None = None) -> Outcome:
     """N-CREATE: store the instance, link and start its worklist items, queue the
     notifications for ``targets`` (outbox), commit."""
     ds = _unicode(attributes)
@@ -410,6 +415,9 @@ def create(db: Database, attributes: Dataset, uid: str | None = None,
             refresh_item_statuses(session, [i.id for i in items])
             outbox.enqueue(session, targets, uid, "N-CREATE", "IN PROGRESS", payload)
             linked = _link_labels(items)
+            audit.record(session, _actor(actor, calling_ae), "mpps.create", uid, {
+                "status": "IN PROGRESS", "generated_uid": generated,
+                "worklist_items": {label: i.sps_status for label, i in zip(linked, items)}})
     except IntegrityError:  # a concurrent N-CREATE with the same UID won
         raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists") from None
     return Outcome(uid=uid, pps_status="IN PROGRESS", generated_uid=generated, linked=linked)
@@ -451,7 +459,7 @@ def _check_final_state(ds: Dataset) -> None:
 
 def update(db: Database, uid: str, modifications: Dataset,
            calling_ae: str | None = None, targets: Sequence[str] = (),
-           all_or_nothing: bool = False) -> Outcome:
+           all_or_nothing: bool = False, actor: Actor | None = None) -> Outcome:
     """N-SET: apply what Table F.7.2-1 allows to an IN PROGRESS instance, commit.
 
     A changed value of an N-CREATE-only attribute, or an attribute the MPPS
@@ -469,13 +477,16 @@ def update(db: Database, uid: str, modifications: Dataset,
             raise MPPSError(PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED,
                             error_id=ERROR_ID_NO_LONGER_UPDATED)
         stored = decode_dataset(record.dataset)
+        old_status = record.status
         not_modified: list[DataElement] = []
+        applied: list[str] = []
         for elem in mods:
             keyword = elem.keyword or str(elem.tag)
             if elem.tag.element == 0 or keyword == "SpecificCharacterSet":
                 continue
             if keyword in SET_ALLOWED:
                 stored[elem.tag] = elem  # sequences are replaced whole
+                applied.append(keyword)
             elif keyword in CREATE_ONLY:
                 old = stored.get(elem.tag)
                 if _normalized(elem.value) != _normalized(old.value if old else None):
@@ -502,6 +513,11 @@ def update(db: Database, uid: str, modifications: Dataset,
         refresh_item_statuses(session, [i.id for i in record.worklist_items])
         outbox.enqueue(session, targets, uid, "N-SET", new_status, payload)
         linked = _link_labels(record.worklist_items)
+        audit.record(session, _actor(actor, calling_ae), "mpps.update", uid, {
+            "from": old_status, "to": new_status, "applied": applied,
+            "not_modified": [e.keyword or str(e.tag) for e in not_modified],
+            "worklist_items": {label: i.sps_status
+                               for label, i in zip(linked, record.worklist_items)}})
     outcome = Outcome(uid=uid, pps_status=new_status, linked=linked)
     if not_modified:
         outcome.status = ATTRIBUTE_LIST_ERROR

@@ -207,6 +207,35 @@ def cmd_mpps(cfg: Config, args: argparse.Namespace) -> int:
         db.dispose()
 
 
+def cmd_audit(cfg: Config, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from .. import audit
+
+    since = None
+    if args.since:
+        try:
+            since = dt.datetime.fromisoformat(args.since)
+        except ValueError:
+            raise ConfigError(f"--since {args.since!r}: an ISO date or date-time") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.timezone.utc)
+    db = open_database(cfg)
+    try:
+        rows = audit.query(db, since, args.actor, args.action, args.target, args.limit)
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        for row in rows:
+            row["detail"] = json.dumps(row["detail"], ensure_ascii=False) if row["detail"] else ""
+        print(_table(rows, [("at", "WHEN (UTC)"), ("channel", "VIA"), ("actor", "WHO"),
+                            ("address", "FROM"), ("action", "WHAT"), ("target", "TARGET"),
+                            ("detail", "DETAIL")]))
+    return 0
+
+
 def cmd_ping(cfg: Config, args: argparse.Namespace) -> int:
     """C-ECHO the server (docker healthcheck): exit 0 when it answers."""
     from pynetdicom.sop_class import Verification
@@ -274,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_cli_flags(p)
     p.set_defaults(func=cmd_outbox)
+
+    p = sub.add_parser("audit", help="who changed what, and when")
+    p.add_argument("--since", help="ISO date or date-time (UTC unless a zone is given)")
+    p.add_argument("--actor", help="calling AE title, HTTP user or CLI user")
+    p.add_argument("--action", help="e.g. mpps.create, mpps.update, item.create, item.cancel")
+    p.add_argument("--target", help="MPPS UID, item:ID or patient:ID")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    add_cli_flags(p)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("ping", help="C-ECHO the server (healthcheck)")
     p.add_argument("--host", help="address to call (default: the bind address or 127.0.0.1)")

@@ -235,3 +235,19 @@ class OutboxMessage(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """Who changed what, and when: written in the transaction of the change."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_target_at", "target", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # DIMSE | HTTP | CLI
+    actor: Mapped[str] = mapped_column(String(128), index=True)  # calling AE / HTTP user
+    address: Mapped[str | None] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    target: Mapped[str] = mapped_column(String(80))  # MPPS UID, item or patient id
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -9,6 +9,7 @@ from pydicom import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import mpps
+from ..audit import Actor
 from ..mpps import MPPSError
 from .context import ServerContext, count_request, peer
 
@@ -45,6 +46,11 @@ def _failure(exc: Exception, op: str, who: str, uid: str | None, started: float)
     return _status(mpps.PROCESSING_FAILURE, f"Processing failure: {exc.__class__.__name__}")
 
 
+def _actor(event) -> Actor:  # noqa: ANN001
+    req = event.assoc.requestor
+    return Actor(req.ae_title, f"{req.address}:{req.port}", "DIMSE")
+
+
 def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     started, who = time.perf_counter(), peer(event.assoc)
     count_request(event.assoc)
@@ -52,7 +58,7 @@ def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     try:
         outcome = mpps.create(ctx.db, event.attribute_list, uid,
                               event.assoc.requestor.ae_title, ctx.config.uid_prefix,
-                              ctx.targets)
+                              ctx.targets, actor=_actor(event))
     except Exception as exc:  # noqa: BLE001 - every failure gets a status
         return _failure(exc, "N-CREATE", who, uid, started), None
     ctx.notify()
@@ -73,7 +79,7 @@ def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     uid = event.request.RequestedSOPInstanceUID
     try:
         outcome = mpps.update(ctx.db, uid, event.modification_list,
-                              event.assoc.requestor.ae_title, ctx.targets)
+                              event.assoc.requestor.ae_title, ctx.targets, actor=_actor(event))
     except Exception as exc:  # noqa: BLE001
         return _failure(exc, "N-SET", who, uid, started), None
     ctx.notify()

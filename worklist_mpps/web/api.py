@@ -18,11 +18,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from .. import audit
 from .. import items as store
 from .. import matching
 from ..db.models import STEP_STATUSES, Patient, WorklistItem, as_utc
 from ..items import ItemError
-from .context import web_context
+from .context import web_actor, web_context
 from .errors import HTTPProblem
 
 router = APIRouter(tags=["worklist management"])
@@ -199,6 +200,9 @@ def create_item(body: ItemIn, request: Request, response: Response) -> dict:
             item = store.create_item(session, patient, values, ctx.config.uid_prefix)
             session.flush()
             result = item_out(item)
+            audit.record(session, web_actor(request), "item.create", f"item:{item.id}", {
+                "accession_number": item.accession_number, "sps_id": item.sps_id,
+                "study_instance_uid": item.study_instance_uid, "patient_id": patient.patient_id})
     except ItemError as exc:
         raise _unprocessable(exc) from None
     except IntegrityError as exc:
@@ -265,7 +269,11 @@ def update_item(item_id: ItemId, body: ItemPatch, request: Request) -> dict:
                 if patient is None:
                     raise HTTPProblem(422, f"no patient {body.patient_pk}", field="patient_pk")
                 item.patient = patient
-            store.update_item(item, _item_values(body))
+            changes = _item_values(body)
+            store.update_item(item, changes)
+            audit.record(session, web_actor(request), "item.update", f"item:{item.id}",
+                         {"fields": sorted(changes) + (["patient_pk"] if body.patient_pk
+                                                       is not None else [])})
             other = store.duplicate_of(session, item.accession_number, item.sps_id, item.id)
             if other:
                 raise HTTPProblem(409, f"worklist item {other} has this accession number and "
@@ -294,8 +302,12 @@ def cancel_item(item_id: ItemId, request: Request,
             if item.mpps:
                 raise HTTPProblem(409, f"item {item_id} has performed procedure steps: "
                                        "it can be cancelled, not deleted")
+            audit.record(session, web_actor(request), "item.delete", f"item:{item.id}",
+                         {"accession_number": item.accession_number})
             session.delete(item)
             return Response(status_code=204)
+        audit.record(session, web_actor(request), "item.cancel", f"item:{item.id}",
+                     {"from": item.sps_status, "to": "DISCONTINUED"})
         item.sps_status = "DISCONTINUED"
         session.flush()
         return item_out(item)
@@ -331,6 +343,8 @@ def create_patient(body: PatientIn, request: Request, response: Response) -> dic
             patient = store.get_or_create_patient(session, values)
             session.flush()
             result = patient_out(patient)
+            audit.record(session, web_actor(request), "patient.create", f"patient:{patient.id}",
+                         {"patient_id": patient.patient_id})
     except ItemError as exc:
         raise _unprocessable(exc, patient_body=True) from None
     response.headers["Location"] = f"/api/patients/{result['id']}"
@@ -369,6 +383,8 @@ def update_patient(patient_pk: PatientPk, body: PatientFields, request: Request)
             patient = _get_patient(session, patient_pk)
             values = store.normalize_patient(body.model_dump(exclude_unset=True))
             store.apply_values(patient, values)
+            audit.record(session, web_actor(request), "patient.update", f"patient:{patient.id}",
+                         {"fields": sorted(values)})
             session.flush()
             return patient_out(patient)
     except ItemError as exc:
@@ -384,5 +400,7 @@ def delete_patient(patient_pk: PatientPk, request: Request) -> Response:
         patient = _get_patient(session, patient_pk)
         if patient.items:
             raise HTTPProblem(409, f"patient {patient_pk} has worklist items")
+        audit.record(session, web_actor(request), "patient.delete", f"patient:{patient.id}",
+                     {"patient_id": patient.patient_id})
         session.delete(patient)
     return Response(status_code=204)

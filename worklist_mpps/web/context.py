@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from ..audit import Actor
 from ..dimse.context import ServerContext
 
 
 def web_context(request: Request) -> ServerContext:
     return request.app.state.ctx
+
+
+def web_actor(request: Request) -> Actor:
+    """The audit actor of a request: the authenticated user (or anonymous) and address."""
+    client = request.client
+    return Actor(request.state.user or "anonymous",
+                 f"{client.host}:{client.port}" if client else None, "HTTP")

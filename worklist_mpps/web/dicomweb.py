@@ -20,7 +20,7 @@ from .. import mpps, worklist
 from ..matching import MatchError
 from ..mpps import MPPSError
 from ..scu import BadValue, check_uid
-from .context import web_context
+from .context import web_actor, web_context
 from .dicomxml import XMLError, from_xml, to_xml
 from .errors import HTTPProblem
 
@@ -171,12 +171,13 @@ async def create_or_update(mpps_uid: str, request: Request,
             raise HTTPProblem(400, f"{keyword} in the body differs from the URL's UID")
         if keyword in ds:
             del ds[keyword]
-    caller = f"HTTP:{request.state.user or 'anonymous'}"
+    actor = web_actor(request)
+    caller = f"HTTP:{actor.name}"[:16]
     try:
         if update is None:
-            mpps.create(ctx.db, ds, uid, caller, ctx.config.uid_prefix, ctx.targets)
+            mpps.create(ctx.db, ds, uid, caller, ctx.config.uid_prefix, ctx.targets, actor=actor)
         else:
-            mpps.update(ctx.db, uid, ds, caller, ctx.targets, all_or_nothing=True)
+            mpps.update(ctx.db, uid, ds, caller, ctx.targets, all_or_nothing=True, actor=actor)
     except MPPSError as exc:
         raise _problem_from(exc) from None
     ctx.notify()
