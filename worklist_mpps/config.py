@@ -61,6 +61,54 @@ class ForwardPeer:
         return peer
 
 
+SERVICES = ("worklist", "mpps")
+
+
+@dataclass(frozen=True)
+class Device:
+    """A known device: its AE title, the addresses it may call from, its services."""
+
+    ae_title: str
+    hosts: tuple[str, ...] = ()  # IP addresses or networks (CIDR); empty: any address
+    services: tuple[str, ...] = SERVICES
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> Device:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: each device is a mapping ae_title/hosts/services")
+        unknown = set(value) - {"ae_title", "hosts", "services"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        title = str(value.get("ae_title", "")).strip()
+        if not 1 <= len(title) <= 16:
+            raise ConfigError(f"{where}: ae_title of 1 to 16 characters is required")
+        hosts = value.get("hosts") or []
+        services = value.get("services", list(SERVICES))
+        if isinstance(hosts, str):
+            hosts = [hosts]
+        if isinstance(services, str):
+            services = [services]
+        for host in hosts:
+            try:
+                ipaddress.ip_network(str(host), strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}: host {host!r} is not an IP address or "
+                                  "network") from None
+        for service in services:
+            if service not in SERVICES:
+                raise ConfigError(f"{where}: service {service!r}: one of {', '.join(SERVICES)}")
+        return cls(title, tuple(str(h) for h in hosts), tuple(services))
+
+    def allows_address(self, address: str) -> bool:
+        if not self.hosts:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in ipaddress.ip_network(h, strict=False) for h in self.hosts)
+
+
 def is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -114,9 +162,13 @@ class Config:
         default=False,
         metadata={"help": "return only items whose Scheduled Station AE Title is the caller's"},
     )
-    require_called_ae_title: bool = field(
-        default=False,
-        metadata={"help": "reject associations whose Called AE Title is not ae_title"},
+    devices: list[Device] = field(
+        default_factory=list,
+        metadata={"help": "known devices: ae_title, hosts, services; empty: any caller"})
+    require_called_ae_title: bool | None = field(
+        default=None,
+        metadata={"help": "reject a Called AE Title other than ae_title; default: yes "
+                          "when devices are configured"},
     )
     orthanc_url: str = field(
         default="", metadata={"help": "Orthanc REST API base URL; empty: no Orthanc hook"})
@@ -211,6 +263,12 @@ class Config:
                 )
 
     @property
+    def checks_called_ae_title(self) -> bool:
+        if self.require_called_ae_title is None:
+            return bool(self.devices)
+        return self.require_called_ae_title
+
+    @property
     def http_auth_configured(self) -> bool:
         return bool(self.http_token or self.http_username)
 
@@ -232,7 +290,7 @@ def _field_type(name: str) -> tuple[Any, bool]:
     hint = typing.get_type_hints(Config)[name]
     if typing.get_origin(hint) is list:
         item = typing.get_args(hint)[0]
-        return (ForwardPeer, False) if item is ForwardPeer else (list, False)
+        return (item, False) if item in (ForwardPeer, Device) else (list, False)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         return next(a for a in args if a is not type(None)), type(None) in args
@@ -247,18 +305,20 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return None
     if value is None:
         raise ConfigError(f"{where}: a value is required")
-    if kind is ForwardPeer:
+    if kind in (ForwardPeer, Device):
         if isinstance(value, str):  # from the environment or a flag: JSON
             try:
                 value = json.loads(value) if value.strip() else []
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{where}: not JSON: {exc}") from None
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: a list of peers")
-        peers = [ForwardPeer.parse(v, f"{where}[{n}]") for n, v in enumerate(value)]
-        if len({p.name for p in peers}) != len(peers):
-            raise ConfigError(f"{where}: peer names must be unique")
-        return peers
+            raise ConfigError(f"{where}: a list of mappings")
+        entries = [kind.parse(v, f"{where}[{n}]") for n, v in enumerate(value)]
+        keys = [e.name if kind is ForwardPeer else e.ae_title for e in entries]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"{where}: {'peer names' if kind is ForwardPeer else 'AE titles'}"
+                              " must be unique")
+        return entries
     try:
         if kind is bool:
             return _coerce_bool(value)

@@ -25,3 +25,12 @@ def peer(assoc) -> str:  # noqa: ANN001
 
 def count_request(assoc) -> None:  # noqa: ANN001
     assoc.wm_requests = getattr(assoc, "wm_requests", 0) + 1
+
+
+def allowed(assoc, service: str) -> bool:  # noqa: ANN001
+    """May this association's device use ``service``? (Without a device list: yes.)"""
+    device = getattr(assoc, "wm_device", None)
+    return device is None or service in device.services
+
+
+NOT_AUTHORIZED = 0x0124  # Refused: Not authorized (PS3.7 C.5)

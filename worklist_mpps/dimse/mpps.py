@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import mpps
 from ..audit import Actor
 from ..mpps import MPPSError
-from .context import ServerContext, count_request, peer
+from .context import NOT_AUTHORIZED, ServerContext, allowed, count_request, peer
 
 log = logging.getLogger("worklist_mpps.dimse.mpps")
 
@@ -27,6 +27,14 @@ def _status(code: int, comment: str | None = None, error_id: int | None = None,
     if attributes:
         ds.AttributeIdentifierList = attributes
     return ds
+
+
+def _refused(event, op: str) -> Dataset | None:  # noqa: ANN001
+    """0x0124 for a device the configuration does not allow MPPS."""
+    if allowed(event.assoc, "mpps"):
+        return None
+    log.warning("%s from %s: 0x0124 not authorized for MPPS", op, peer(event.assoc))
+    return _status(NOT_AUTHORIZED, "Not authorized for MPPS")
 
 
 def _failure(exc: Exception, op: str, who: str, uid: str | None, started: float) -> Dataset:
@@ -54,6 +62,8 @@ def _actor(event) -> Actor:  # noqa: ANN001
 def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     started, who = time.perf_counter(), peer(event.assoc)
     count_request(event.assoc)
+    if (refusal := _refused(event, "N-CREATE")) is not None:
+        return refusal, None
     uid = event.request.AffectedSOPInstanceUID
     try:
         outcome = mpps.create(ctx.db, event.attribute_list, uid,
@@ -76,6 +86,8 @@ def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
 def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     started, who = time.perf_counter(), peer(event.assoc)
     count_request(event.assoc)
+    if (refusal := _refused(event, "N-SET")) is not None:
+        return refusal, None
     uid = event.request.RequestedSOPInstanceUID
     try:
         outcome = mpps.update(ctx.db, uid, event.modification_list,
@@ -92,6 +104,8 @@ def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
 def handle_n_get(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     started, who = time.perf_counter(), peer(event.assoc)
     count_request(event.assoc)
+    if (refusal := _refused(event, "N-GET")) is not None:
+        return refusal, None
     uid = event.request.RequestedSOPInstanceUID
     try:
         status, ds = mpps.get(ctx.db, uid, event.request.AttributeIdentifierList)

@@ -63,6 +63,26 @@ def _on_closed(how: str, event) -> None:  # noqa: ANN001
         )
 
 
+def _on_requested(event, ctx: ServerContext) -> None:  # noqa: ANN001
+    """Access control at association (A-ASSOCIATE-RJ, calling AE title not recognized,
+    PS3.8 9.3.4) for an unknown calling AE title or a known one from another address."""
+    devices = ctx.config.devices
+    if not devices:
+        return
+    assoc = event.assoc
+    calling = assoc.requestor.primitive.calling_ae_title.strip()
+    address = assoc.requestor.address
+    device = next((d for d in devices if d.ae_title == calling), None)
+    if device is None or not device.allows_address(address):
+        log.warning("Association rejected from %s@%s: %s", calling, address,
+                    "unknown calling AE title" if device is None else "not allowed from here")
+        assoc.wm_logged = True
+        assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, reason 3
+        assoc.kill()  # as pynetdicom does after its own rejections
+        return
+    assoc.wm_device = device
+
+
 def _on_rejected(event) -> None:  # noqa: ANN001
     log.warning("Association rejected from %s", peer(event.assoc))
 
@@ -76,7 +96,7 @@ def build_ae(ctx: ServerContext) -> AE:
     cfg = ctx.config
     ae = AE(ae_title=cfg.ae_title)
     ae.maximum_associations = cfg.max_associations
-    ae.require_called_aet = cfg.require_called_ae_title
+    ae.require_called_aet = cfg.checks_called_ae_title
     ae.network_timeout = cfg.network_timeout
     ae.acse_timeout = cfg.acse_timeout
     ae.dimse_timeout = cfg.dimse_timeout
@@ -91,6 +111,7 @@ def build_ae(ctx: ServerContext) -> AE:
 def handlers(ctx: ServerContext) -> list:
     return [
         (evt.EVT_CONN_OPEN, _on_conn_open, [ctx]),
+        (evt.EVT_REQUESTED, _on_requested, [ctx]),
         (evt.EVT_ACCEPTED, _on_accepted),
         (evt.EVT_REJECTED, _on_rejected),
         (evt.EVT_RELEASED, functools.partial(_on_closed, "released")),

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import worklist
 from ..matching import MatchError
-from .context import ServerContext, count_request, peer
+from .context import NOT_AUTHORIZED, ServerContext, allowed, count_request, peer
 
 log = logging.getLogger("worklist_mpps.dimse.worklist")
 
@@ -39,6 +39,10 @@ def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | N
     started = time.perf_counter()
     who = peer(event.assoc)
     count_request(event.assoc)
+    if not allowed(event.assoc, "worklist"):
+        log.warning("C-FIND from %s: 0x0124 not authorized for worklist queries", who)
+        yield failure(NOT_AUTHORIZED, "Not authorized for worklist queries"), None
+        return
     try:
         identifier = event.identifier
         query = worklist.parse_identifier(identifier)
