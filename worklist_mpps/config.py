@@ -200,6 +200,14 @@ class Config:
     http_username: str = field(default="", metadata={"help": "HTTP basic auth user"})
     http_password: str = field(
         default="", metadata={"help": "HTTP basic auth password", "secret": True})
+    tls_port: int = field(
+        default=0, metadata={"help": "DICOM TLS port beside the plain one (0: no TLS)"})
+    tls_certificate: str = field(default="", metadata={"help": "server certificate (PEM)"})
+    tls_private_key: str = field(default="", metadata={"help": "its private key (PEM)"})
+    tls_ca_certificates: str = field(
+        default="", metadata={"help": "CA certificates (PEM) that client certificates chain to"})
+    tls_require_client_certificate: bool = field(
+        default=False, metadata={"help": "refuse TLS clients without a valid certificate"})
     max_associations: int = field(default=32, metadata={"help": "concurrent associations"})
     network_timeout: float = field(
         default=60.0, metadata={"help": "an idle or stalled association is dropped after (s)"})
@@ -242,6 +250,18 @@ class Config:
         if self.orthanc_url and not self.orthanc_url.startswith(("http://", "https://")):
             raise ConfigError(f"orthanc_url: must start with http:// or https://, got "
                               f"{self.orthanc_url!r}")
+        if not (0 <= self.tls_port <= 65535):
+            raise ConfigError(f"tls_port: must be 0..65535, got {self.tls_port}")
+        if self.tls_port:
+            for name in ("tls_certificate", "tls_private_key"):
+                if not getattr(self, name):
+                    raise ConfigError(f"{name}: required with tls_port")
+            for name in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
+                value = getattr(self, name)
+                if value and not Path(value).is_file():
+                    raise ConfigError(f"{name}: no such file {value!r}")
+            if self.tls_require_client_certificate and not self.tls_ca_certificates:
+                raise ConfigError("tls_require_client_certificate: needs tls_ca_certificates")
         if not (0 <= self.http_port <= 65535):
             raise ConfigError(f"http_port: must be 0..65535, got {self.http_port}")
         if bool(self.http_username) != bool(self.http_password):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import ssl
 import time
 
 from pynetdicom import AE, evt
@@ -124,13 +125,27 @@ def handlers(ctx: ServerContext) -> list:
     ]
 
 
+def tls_context(cfg) -> ssl.SSLContext:  # noqa: ANN001
+    """Server TLS per PS3.15 BCP 195: TLS 1.2 or later, certificate and key from the
+    configuration, client certificates checked against the configured CAs."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cfg.tls_certificate, cfg.tls_private_key)
+    if cfg.tls_ca_certificates:
+        context.load_verify_locations(cfg.tls_ca_certificates)
+        context.verify_mode = (ssl.CERT_REQUIRED if cfg.tls_require_client_certificate
+                               else ssl.CERT_OPTIONAL)
+    return context
+
+
 class DicomServer:
-    """Starts and stops the AE's listener."""
+    """Starts and stops the AE's listeners: plain, and TLS when configured."""
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.ae = build_ae(ctx)
         self._server = None
+        self._tls_server = None
 
     def start(self) -> None:
         cfg = self.ctx.config
@@ -138,6 +153,13 @@ class DicomServer:
             (cfg.bind, cfg.port), block=False, evt_handlers=handlers(self.ctx)
         )
         log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.bind, self.port)
+        if cfg.tls_port:
+            self._tls_server = self.ae.start_server(
+                (cfg.bind, cfg.tls_port), block=False, evt_handlers=handlers(self.ctx),
+                ssl_context=tls_context(cfg))
+            log.info("DICOM TLS listener %s on %s:%d%s", cfg.ae_title, cfg.bind, cfg.tls_port,
+                     " (client certificate required)"
+                     if cfg.tls_require_client_certificate else "")
 
     @property
     def port(self) -> int:
@@ -149,9 +171,10 @@ class DicomServer:
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let associations in flight finish (up to ``grace`` s), then
         abort what is left."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()
+        self._server = self._tls_server = None
         grace = self.ctx.config.shutdown_grace if grace is None else grace
         deadline = time.monotonic() + grace
         while self.ae.active_associations and time.monotonic() < deadline:
