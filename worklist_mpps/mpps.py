@@ -153,16 +153,36 @@ def _unicode(ds: Dataset) -> Dataset:
     from bytes exactly once (pydicom's Dataset.decode() re-encodes str person
     names wrongly).
     """
+    encoded = encode_bytes(ds, False, True)
+    if encoded is None:  # pydicom could not write a value (its length or its VR is wrong)
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE,
+                        "An attribute value does not fit its VR (cannot be encoded)")
     try:
-        raw = decode_dataset(encode_bytes(ds, False, True) or b"")
+        raw = decode_dataset(encoded)
         _materialize(raw)
     except (LookupError, UnicodeError, ValueError) as exc:
         raise MPPSError(INVALID_ATTRIBUTE_VALUE,
                         f"Text cannot be decoded with Specific Character Set: {exc}",
                         ["SpecificCharacterSet"]) from None
+    _check_sequence_vrs(raw)
     if "SpecificCharacterSet" in raw:
         del raw.SpecificCharacterSet
     return raw
+
+
+def _check_sequence_vrs(ds: Dataset) -> None:
+    """A sequence attribute sent with another VR (or the reverse) is an invalid value."""
+    for elem in ds:
+        if not elem.keyword:
+            continue
+        expected = dictionary_VR(elem.tag)
+        if (expected == "SQ") != (elem.VR == "SQ"):
+            raise MPPSError(INVALID_ATTRIBUTE_VALUE,
+                            f"{elem.keyword} has VR {elem.VR}, the standard's is {expected}",
+                            [elem.keyword])
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _check_sequence_vrs(item)
 
 
 def _materialize(ds: Dataset) -> None:

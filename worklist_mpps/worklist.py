@@ -221,6 +221,9 @@ def _parse_code_key(key: Key, elem: DataElement, query: WorklistQuery) -> Reques
     sub = []
     for item_elem in elem.value[0]:
         name = keyword_for_tag(item_elem.tag)
+        if name and item_elem.VR != dictionary_VR(name):
+            raise MatchError(f"{key.keyword}>{name}",
+                             f"has VR {item_elem.VR}, the standard's is {dictionary_VR(name)}")
         if name not in CODE_KEYWORDS or not item_elem.is_empty:
             query.unsupported.append(f"{key.keyword}>{name or item_elem.tag}")
         sub.append(RequestedKey(item_elem.tag, item_elem.VR, None))
