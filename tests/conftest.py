@@ -74,6 +74,19 @@ def db_url(request, tmp_path) -> Iterator[str]:
 def pg_url() -> Iterator[str]:
     yield from _pg_schema_url()
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_url(request, tmp_path) -> Iterator[str]:
+    """One database for every server of a test: a SQLite file, or a fresh PostgreSQL
+    schema migrated first (``serve`` migrates SQLite only)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+        return
+    pg = request.getfixturevalue("pg_url")
+    upgrade = subprocess.run([sys.executable, "-m", "worklist_mpps", "db", "upgrade",
+                              "--database-url", pg], capture_output=True, text=True, timeout=120)
+    assert upgrade.returncode == 0, upgrade.stderr
+    yield pg
+
 
 @pytest.fixture
 def db(db_url) -> Iterator[Database]:

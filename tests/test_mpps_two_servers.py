@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
-import pytest
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from conftest import SAMPLE
@@ -16,16 +13,6 @@ from worklist_mpps.mpps_messages import (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    pg = request.getfixturevalue("pg_url")
-    upgrade = subprocess.run([sys.executable, "-m", "worklist_mpps", "db", "upgrade",
-                              "--database-url", pg], capture_output=True, text=True, timeout=120)
-    assert upgrade.returncode == 0, upgrade.stderr
-    yield pg
 
 
 def test_final_transitions_racing_through_two_servers(shared_url, live_server):

@@ -23,7 +23,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage
@@ -47,18 +46,6 @@ FINALS = ("COMPLETED", "DISCONTINUED")
 NO_LONGER_UPDATED = 0xA710
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_url(request, tmp_path):
-    """One database for every server of a test: a SQLite file, or a fresh PostgreSQL
-    schema migrated first (``serve`` migrates SQLite only)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    pg = request.getfixturevalue("pg_url")
-    upgrade = subprocess.run([sys.executable, "-m", "worklist_mpps", "db", "upgrade",
-                              "--database-url", pg], capture_output=True, text=True, timeout=120)
-    assert upgrade.returncode == 0, upgrade.stderr
-    yield pg
 
 
 # --- one message, one association -------------------------------------------------------

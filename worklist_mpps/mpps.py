@@ -118,10 +118,11 @@ class Outcome:
 
 
 def encode_dataset(ds: Dataset) -> bytes:
-    """Explicit VR Little Endian bytes of a decoded (Unicode) dataset."""
+    """Explicit VR Little Endian bytes of a dataset, in its Specific Character Set."""
     data = encode_bytes(ds, False, True)
-    if data is None:
-        raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Attribute list cannot be encoded")
+    if data is None:  # pydicom could not write a value (its length or its VR is wrong)
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE,
+                        "An attribute value does not fit its VR (cannot be encoded)")
     return data
 
 
@@ -153,10 +154,7 @@ def _unicode(ds: Dataset) -> Dataset:
     from bytes exactly once (pydicom's Dataset.decode() re-encodes str person
     names wrongly).
     """
-    encoded = encode_bytes(ds, False, True)
-    if encoded is None:  # pydicom could not write a value (its length or its VR is wrong)
-        raise MPPSError(INVALID_ATTRIBUTE_VALUE,
-                        "An attribute value does not fit its VR (cannot be encoded)")
+    encoded = encode_dataset(ds)  # written in the request's own character set
     try:
         raw = decode_dataset(encoded)
         _materialize(raw)
@@ -419,9 +417,6 @@ def create(db: Database, attributes: Dataset, uid: str | None = None,
     columns = _tracking_columns(ds)
     try:
         with db.write() as session:
-            if session.scalar(select(MPPSTracking.id).where(
-                    MPPSTracking.sop_instance_uid == uid)) is not None:
-                raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists")
             record = MPPSTracking(sop_instance_uid=uid, dataset=encode_dataset(ds),
                                   calling_ae_title=calling_ae, version=1, **columns)
             items: list[WorklistItem] = []
@@ -438,7 +433,7 @@ def create(db: Database, attributes: Dataset, uid: str | None = None,
             audit.record(session, _actor(actor, calling_ae), "mpps.create", uid, {
                 "status": "IN PROGRESS", "generated_uid": generated,
                 "worklist_items": {label: i.sps_status for label, i in zip(linked, items)}})
-    except IntegrityError:  # a concurrent N-CREATE with the same UID won
+    except IntegrityError:  # the unique UID: a concurrent N-CREATE with the same UID won
         raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists") from None
     return Outcome(uid=uid, pps_status="IN PROGRESS", generated_uid=generated, linked=linked)
 
