@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian
 
 from conftest import SAMPLE
 from dicom_clients import echo, find, worklist_query
@@ -111,7 +112,10 @@ def test_c_cancel_stops_the_response_stream(tmp_path):
             return len(sent) >= 3
 
     requestor = SimpleNamespace(ae_title="SCU", address="127.0.0.1", port=1)
-    event = Event(identifier=query(), assoc=SimpleNamespace(requestor=requestor))
+    # big endian: pynetdicom's own response path, the one that yields each response
+    context = SimpleNamespace(context_id=1, transfer_syntax=ExplicitVRBigEndian)
+    event = Event(identifier=query(), assoc=SimpleNamespace(requestor=requestor),
+                  context=context)
     for status, ds in handle_find(event, ServerContext(Config(), db)):
         sent.append((status, ds))
     assert [s for s, _ in sent][:3] == [0xFF00] * 3

@@ -252,9 +252,7 @@ def test_empty_sps_sequence_returns_the_whole_item(loaded):
     ("Müller^Hans", ["ISO_IR 6"], "ISO_IR 100"),
 ])
 def test_response_character_set(text, requested, expected):
-    ds = Dataset()
-    ds.PatientName = text
-    assert worklist.choose_charset(ds, requested) == expected
+    assert worklist.choose_charset(text, requested) == expected
 
 
 # --- identifiers that do not fit the model (0xA900) ----------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Sequence
 
 from pydicom import Dataset
@@ -19,7 +20,6 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Row
 
@@ -44,7 +44,7 @@ class Key:
     match: str = "string"  # string | pn | uid | date | time | code | none
     folded: Any = None  # folded column for Person Name matching
 
-    @property
+    @cached_property
     def vr(self) -> str:
         return dictionary_VR(self.keyword)
 
@@ -108,6 +108,9 @@ class RequestedKey:
     key: Key | None
     sub_keys: list[RequestedKey] | None = None  # for a sequence with one item
     all_items: bool = False  # zero-length sequence key: return the whole item
+
+    def __post_init__(self) -> None:
+        self.tag = int(self.tag)  # a plain int: pydicom's Tag compares slowly
 
 
 @dataclass
@@ -191,6 +194,7 @@ def _parse_level(
             if name == "ScheduledProcedureStepStatus" and clause is not None:
                 query.asks_status = True
         requested.append(RequestedKey(elem.tag, key.vr, key))
+    requested.sort(key=lambda r: r.tag)  # responses are built in tag order
     if level == "sps":
         date = elems.get("ScheduledProcedureStepStartDate")
         time = elems.get("ScheduledProcedureStepStartTime")
@@ -227,6 +231,7 @@ def _parse_code_key(key: Key, elem: DataElement, query: WorklistQuery) -> Reques
         if name not in CODE_KEYWORDS or not item_elem.is_empty:
             query.unsupported.append(f"{key.keyword}>{name or item_elem.tag}")
         sub.append(RequestedKey(item_elem.tag, item_elem.VR, None))
+    sub.sort(key=lambda r: r.tag)
     return RequestedKey(elem.tag, "SQ", key, sub_keys=sub)
 
 
@@ -301,67 +306,67 @@ def statement(
 
 
 # --- responses ------------------------------------------------------------------------
+#
+# A response is first built as plain elements, (tag, VR, value) in ascending tag order at
+# every level, with value None (zero length), a str, an int (US) or, for a sequence, a
+# list of items that are element lists. ``response`` turns them into a pydicom Dataset;
+# the C-FIND fast path (dimse/wire.py) encodes them straight to bytes.
+
+Element = tuple[int, str, Any]
+_SPS_TAG = tag_for_keyword(SPS_SEQUENCE)
+_CODE_TAGS = [(tag_for_keyword(name), dictionary_VR(name), name) for name in CODE_KEYWORDS]
+_WHOLE_SPS = sorted((RequestedKey(tag_for_keyword(k.keyword), k.vr, k) for k in SPS_KEYS.values()),
+                    key=lambda r: r.tag)
 
 
 def _code_items(codes: list[dict[str, Any]] | None, sub_keys: list[RequestedKey] | None
-                ) -> list[Dataset]:
+                ) -> list[list[Element]]:
     items = []
     for code in codes or []:
-        item = Dataset()
         if sub_keys is None:
-            for name in CODE_KEYWORDS:
-                if code.get(name):
-                    setattr(item, name, code[name])
+            items.append([(tag, vr, code[name]) for tag, vr, name in _CODE_TAGS
+                          if code.get(name)])
         else:
-            for sub in sub_keys:
-                name = keyword_for_tag(sub.tag)
-                item.add_new(sub.tag, sub.vr, code.get(name) or None)
-        items.append(item)
+            items.append([(sub.tag, sub.vr, code.get(keyword_for_tag(sub.tag)) or None)
+                          for sub in sub_keys])
     return items
 
 
-def _add(ds: Dataset, req: RequestedKey, row: Row, table: dict[str, Key]) -> None:
+def _element(req: RequestedKey, values: Any) -> Element:
     key = req.key
-    if key is None and req.vr == "SQ" and Tag(req.tag) == tag_for_keyword(SPS_SEQUENCE):
-        item = Dataset()
-        if req.all_items:
-            for k in SPS_KEYS.values():
-                _add(item, RequestedKey(tag_for_keyword(k.keyword), k.vr, k), row, SPS_KEYS)
-        for sub in req.sub_keys or []:
-            _add(item, sub, row, SPS_KEYS)
-        ds.add_new(req.tag, "SQ", DicomSequence([item]))
-        return
+    if key is None and req.tag == _SPS_TAG and req.vr == "SQ":
+        subs = _WHOLE_SPS if req.all_items else req.sub_keys or []
+        return (req.tag, "SQ", [[_element(sub, values) for sub in subs]])
     if key is None or key.column is None:
-        ds.add_new(req.tag, req.vr, DicomSequence() if req.vr == "SQ" else None)
-        return
-    value = row._mapping.get(key.keyword)
+        return (req.tag, req.vr, [] if req.vr == "SQ" else None)
+    value = values.get(key.keyword)
     if key.match == "code":
-        ds.add_new(req.tag, "SQ", DicomSequence(
-            _code_items(value, None if req.all_items else req.sub_keys)))
-        return
-    ds.add_new(req.tag, key.vr, value if value not in ("",) else None)
+        return (req.tag, "SQ", _code_items(value, None if req.all_items else req.sub_keys))
+    return (req.tag, key.vr, None if value == "" else value)
 
 
-def _text_values(ds: Dataset) -> Iterable[str]:
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
+def response_elements(row: Row, query: WorklistQuery) -> list[Element]:
+    """Exactly the requested keys of one matching row (K.4.1.1.3.2), in tag order."""
+    values = row._mapping
+    return [_element(req, values) for req in query.keys]
+
+
+def _text_values(elements: list[Element]) -> Iterable[str]:
+    for _, vr, value in elements:
+        if vr == "SQ":
+            for item in value:
                 yield from _text_values(item)
-        elif isinstance(elem.value, str):
-            yield elem.value
-        elif elem.VR == "PN" and elem.value is not None:
-            yield str(elem.value)
+        elif isinstance(value, str):
+            yield value
 
 
-def choose_charset(ds: Dataset, requested: list[str]) -> str | None:
-    """The Specific Character Set of a response.
+def choose_charset(text: str, requested: list[str]) -> str | None:
+    """The Specific Character Set of a response holding ``text``.
 
     The request's single-byte set is kept when it can encode the response;
     otherwise plain ASCII, ISO_IR 100 (Latin-1) or ISO_IR 192 (UTF-8), the
     first that can (the SCP need not answer in the requested set, K.4.1.1.3.2).
     """
-    text = "".join(_text_values(ds))
-
     def fits(term: str) -> bool:
         if term in ("", "ISO_IR 6"):
             return text.isascii()
@@ -381,12 +386,25 @@ def choose_charset(ds: Dataset, requested: list[str]) -> str | None:
     return "ISO_IR 100" if fits("ISO_IR 100") else "ISO_IR 192"
 
 
+def response_charset(elements: list[Element], query: WorklistQuery) -> str | None:
+    return choose_charset("".join(_text_values(elements)), query.charset)
+
+
+def to_dataset(elements: list[Element]) -> Dataset:
+    ds = Dataset()
+    for tag, vr, value in elements:
+        if vr == "SQ":
+            ds.add_new(tag, vr, DicomSequence([to_dataset(item) for item in value]))
+        else:
+            ds.add_new(tag, vr, value)
+    return ds
+
+
 def response(row: Row, query: WorklistQuery) -> Dataset:
     """The response identifier for one matching row: exactly the requested keys."""
-    ds = Dataset()
-    for req in query.keys:
-        _add(ds, req, row, TOP_KEYS)
-    charset = choose_charset(ds, query.charset)
+    elements = response_elements(row, query)
+    ds = to_dataset(elements)
+    charset = response_charset(elements, query)
     if charset is not None:
         ds.SpecificCharacterSet = charset
     return ds

@@ -10,6 +10,7 @@ import functools
 import logging
 import socket
 import ssl
+import threading
 import time
 
 from pynetdicom import AE, evt
@@ -19,13 +20,14 @@ from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
     Verification,
 )
+from pynetdicom.transport import AssociationServer
 
 from .context import ServerContext, count_request, peer
 from .mpps import handle_n_create, handle_n_get, handle_n_set
+from .reactor import EventDrivenRequestHandler
 from .worklist import handle_find
 
 log = logging.getLogger("worklist_mpps.dimse")
-DUL_POLL_SECONDS = 0.0002  # pynetdicom's default is 0.001
 
 
 def _on_conn_open(event, ctx: ServerContext) -> None:  # noqa: ANN001
@@ -43,9 +45,6 @@ def _on_conn_open(event, ctx: ServerContext) -> None:  # noqa: ANN001
             sock.settimeout(ctx.config.network_timeout)
         except OSError:
             pass
-    # pynetdicom's reactor sleeps this long between polls while idle; every PDU hop of an
-    # association (request, data, release) can wait for one poll
-    event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
     event.assoc.wm_opened = time.monotonic()
 
 
@@ -147,16 +146,27 @@ class DicomServer:
         self._server = None
         self._tls_server = None
 
+    def _listen(self, port: int, ssl_context: ssl.SSLContext | None = None
+                ) -> AssociationServer:
+        """As ``AE.start_server(block=False)``, with the event-driven associations of
+        reactor.py. The listener thread itself creates and starts each association (it
+        only sets objects up and starts the association's thread), saving pynetdicom's
+        extra thread per connection."""
+        server = self.ae.make_server(
+            (self.ctx.config.bind, port), ssl_context=ssl_context,
+            evt_handlers=handlers(self.ctx), server_class=AssociationServer,
+            request_handler=EventDrivenRequestHandler)
+        threading.Thread(target=server.serve_forever, name=f"DicomListener@{port}",
+                         daemon=True).start()
+        self.ae._servers.append(server)
+        return server
+
     def start(self) -> None:
         cfg = self.ctx.config
-        self._server = self.ae.start_server(
-            (cfg.bind, cfg.port), block=False, evt_handlers=handlers(self.ctx)
-        )
+        self._server = self._listen(cfg.port)
         log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.bind, self.port)
         if cfg.tls_port:
-            self._tls_server = self.ae.start_server(
-                (cfg.bind, cfg.tls_port), block=False, evt_handlers=handlers(self.ctx),
-                ssl_context=tls_context(cfg))
+            self._tls_server = self._listen(cfg.tls_port, tls_context(cfg))
             log.info("DICOM TLS listener %s on %s:%d%s", cfg.ae_title, cfg.bind, cfg.tls_port,
                      " (client certificate required)"
                      if cfg.tls_require_client_certificate else "")

@@ -8,10 +8,13 @@ from typing import Iterator
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
+from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
+
 
 from .. import worklist
 from ..matching import MatchError
+from . import wire
 from .context import NOT_AUTHORIZED, ServerContext, allowed, count_request, peer
 
 log = logging.getLogger("worklist_mpps.dimse.worklist")
@@ -70,16 +73,62 @@ def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | N
         yield failure(OUT_OF_RESOURCES, f"More than {cap} matches: narrow the query"), None
         return
     status = PENDING_WARNING if query.optional_keys_unsupported else PENDING
+    fast = FastResponses(event, status) if wire.usable(
+        event.assoc, event.context.transfer_syntax) else None
     sent = 0
     for row in rows:
         if event.is_cancelled:
             log.info("C-FIND from %s: cancelled after %d of %d matches", who, sent, len(rows))
             yield CANCEL, None
             return
-        yield status, worklist.response(row, query)
+        if fast is not None and not fast.add(row, query):
+            if not fast.ok:
+                return  # the connection is gone
+            fast = None  # a response this path cannot encode: pynetdicom's way from here on
+        if fast is None:
+            yield status, worklist.response(row, query)
         sent += 1
+    if fast is not None and not fast.flush():
+        return
     log.info(
         "C-FIND from %s: %d matches in %.1f ms%s", who, sent,
         (time.perf_counter() - started) * 1000,
         f" (unsupported keys: {', '.join(query.unsupported)})" if query.unsupported else "",
     )
+
+
+class FastResponses:
+    """Pending responses written in batches by wire.py; pynetdicom then sends the final
+    response itself, after them, when the handler returns."""
+
+    BATCH = 32
+
+    def __init__(self, event, status: int) -> None:  # noqa: ANN001
+        self.assoc = event.assoc
+        self.status = status
+        self.message_id = event.request.MessageID
+        self.context_id = event.context.context_id
+        self.explicit = event.context.transfer_syntax == ExplicitVRLittleEndian
+        self.max_pdu = event.assoc.dimse.maximum_pdu_size
+        self.pending: list[bytes] = []
+        self.ok = True
+        wire.drain(self.assoc)
+
+    def add(self, row, query: worklist.WorklistQuery) -> bool:  # noqa: ANN001
+        """Queue one response; False when it cannot be encoded here (after flushing what
+        was queued) or the connection failed."""
+        elements = worklist.response_elements(row, query)
+        identifier = wire.encode_identifier(
+            elements, worklist.response_charset(elements, query), self.explicit)
+        if identifier is None:
+            self.flush()
+            return False
+        self.pending.append(wire.find_response(
+            self.message_id, self.status, identifier, self.context_id, self.max_pdu))
+        return len(self.pending) < self.BATCH or self.flush()
+
+    def flush(self) -> bool:
+        if self.pending and self.ok:
+            self.ok = wire.send(self.assoc, b"".join(self.pending))
+        self.pending.clear()
+        return self.ok

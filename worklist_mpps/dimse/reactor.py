@@ -1,0 +1,244 @@
+"""Event-driven reactors for pynetdicom's acceptor associations.
+
+pynetdicom runs two polling loops per association: the DUL thread sleeps
+between looks at its socket and queues (1 ms by default), the association
+thread sleeps 1 ms between looks for a decoded DIMSE message. Every PDU hop
+(A-ASSOCIATE, each request, A-RELEASE) can wait for a poll, and with a few
+associations open the idle polling alone keeps a core busy. The subclasses
+here keep pynetdicom's state machine, timers and message handling as they are
+and only change how the two threads wait:
+
+- the DUL thread blocks in ``select`` on its socket and a wake-up pipe, which
+  every put to its provider or event queue writes to;
+- the association thread blocks on an Event that the DIMSE message queue and
+  the DUL's user queue set.
+
+Both still wake every ``TICK`` seconds to look at their timers (ARTIM, network
+idle timeout) and kill flags, as the polling loops did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import ssl
+import threading
+import time
+from copy import deepcopy
+from datetime import datetime
+from typing import Callable
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from . import wire
+
+log = logging.getLogger("worklist_mpps.dimse")
+TICK = 0.02  # seconds between timer checks while nothing happens
+STA13_POLL = 0.0002  # Sta13: pynetdicom closes the socket once the peer sent nothing more
+
+
+class WakingQueue(queue.Queue):
+    """A queue that calls ``wake`` after every put."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def _put(self, item) -> None:  # noqa: ANN001
+        super()._put(item)
+        self._wake()
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """pynetdicom's DUL reactor, blocking in select() instead of sleeping."""
+
+    def __init__(self, assoc: Association, wake_assoc: Callable[[], None]) -> None:
+        super().__init__(assoc)
+        self._pipe: tuple[int, int] | None = None
+        self.event_queue = WakingQueue(self._poke)
+        self.to_provider_queue = WakingQueue(self._poke)
+        self.to_user_queue = WakingQueue(wake_assoc)
+        self._wake_assoc = wake_assoc
+
+    def _poke(self) -> None:
+        pipe = self._pipe
+        if pipe is not None:
+            try:
+                os.write(pipe[1], b"\0")
+            except OSError:  # full (a wake-up is pending anyway) or closed
+                pass
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._poke()
+
+    def _wait(self) -> None:
+        """Block until the socket is readable, something is queued or a tick passes."""
+        sock = getattr(self.socket, "socket", None)
+        if self.state_machine.current_state == "Sta13" or sock is None or sock.fileno() < 0:
+            time.sleep(STA13_POLL)
+            return
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return  # TLS data already decrypted and buffered
+        if self.to_provider_queue.qsize() or self.event_queue.qsize():
+            return
+        try:
+            select.select([sock, self._pipe[0]], [], [], TICK)
+        except (OSError, ValueError):
+            time.sleep(STA13_POLL)  # socket closed under us: the next look reports it
+        try:
+            os.read(self._pipe[0], 4096)
+        except BlockingIOError:
+            pass
+
+    def _abort(self, why: str) -> None:
+        """A-ABORT (service-provider, reason not specified) bypassing the state machine, as
+        pynetdicom's reactor does when it fails, and stop both threads."""
+        req = self.assoc.requestor
+        log.warning("Association from %s@%s aborted: %s", req.ae_title, req.address, why[:300])
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        if self.socket is not None and self.socket.socket is not None:
+            self.socket.send(abort_pdu.encode())
+            self.socket.close()
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+    def run_reactor(self) -> None:
+        """pynetdicom's ``DULServiceProvider.run_reactor`` with ``_wait`` for its sleep."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        self._pipe = (read_fd, write_fd)
+        self._idle_timer.start()
+        idle = False
+        try:
+            while True:
+                if not self.assoc._dul_ready.is_set():
+                    self.assoc._dul_ready.set()
+                if idle:
+                    self._wait()
+                if self._kill_thread:
+                    break
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+                try:
+                    if self._process_recv_primitive():
+                        pass
+                    elif self._is_transport_event():
+                        self._idle_timer.restart()
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    idle = True
+                    continue
+                except Exception as exc:  # as pynetdicom's reactor
+                    self._abort(f"{exc.__class__.__name__} reading from the peer: {exc}")
+                    return
+                try:
+                    self.state_machine.do_action(event)
+                except Exception as exc:
+                    # pynetdicom's reactor lets this end the thread with a traceback; a
+                    # message its state machine or DIMSE decoder cannot take (an unknown
+                    # command, an event invalid in this state) aborts the association
+                    self._abort(f"{exc.__class__.__name__} on {event}: {exc}")
+                    return
+                idle = False
+        finally:
+            self._pipe = None
+            os.close(read_fd)
+            os.close(write_fd)
+            self._wake_assoc()
+
+
+class EventDrivenAssociation(Association):
+    """An acceptor association whose reactor waits for work instead of polling."""
+
+    def __init__(self, ae, mode: str) -> None:  # noqa: ANN001
+        super().__init__(ae, mode)
+        self._wake = threading.Event()
+        self.dul = EventDrivenDUL(self, self._wake.set)  # pynetdicom's one is never started
+        self.dimse = wire.DIMSEProvider(self)
+        self.dimse.msg_queue = WakingQueue(self._wake.set)
+        # the setters copy these into the DUL's ARTIM and idle timers
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+
+    def kill(self) -> None:
+        self._wake.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's ``Association._run_reactor``, waiting on ``_wake`` for its sleep."""
+        self._is_paused = False
+        while not self._kill:
+            if not self.dimse.msg_queue.qsize():
+                self._wake.wait(TICK)
+            self._wake.clear()
+
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV for subscribers
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                log.warning("Network timeout reached: aborting the association")
+                self.abort()
+                self.kill()
+                return
+
+
+class EventDrivenRequestHandler(RequestHandler):
+    """pynetdicom's RequestHandler, creating :class:`EventDrivenAssociation`s."""
+
+    def _create_association(self) -> Association:
+        # as pynetdicom's RequestHandler._create_association, with the class above
+        assoc = EventDrivenAssociation(self.ae, "acceptor")
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event, handlers in self.server._handlers.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler, args in handlers:
+                    assoc.bind(event, handler, args)
+        return assoc
