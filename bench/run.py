@@ -118,6 +118,19 @@ def timed(cmd: list[str], repeat: int) -> list[float]:
     return times
 
 
+def interleaved(commands: dict[str, list[str]], repeats: dict[str, int]) -> dict[str, list[float]]:
+    """Time the servers' commands in turn, run after run, so that both see the same machine
+    (a shared 2-core machine drifts over minutes); a server with fewer repeats runs on
+    every k-th turn."""
+    rounds = max(repeats.values())
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for i in range(rounds):
+        for name, cmd in commands.items():
+            if i % max(1, rounds // repeats[name]) == 0 and len(times[name]) < repeats[name]:
+                times[name] += timed(cmd, 1)
+    return times
+
+
 def count_responses(cmd: list[str]) -> int:
     out = subprocess.run(cmd[:1] + ["-v"] + cmd[1:], env=CLIENT_ENV, capture_output=True,
                          timeout=300)
@@ -242,12 +255,17 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
                      f"(0040,0100)[0].ScheduledProcedureStepStartDate={day}")
         broad = (f"(0040,0100)[0].ScheduledProcedureStepStartDate={day}",)
         wl_repeat = args.repeat if n <= 10_000 else max(3, args.repeat // 10)
-        for name, port, repeat in (("ours", ours_port, args.repeat),
-                                   ("wlmscpfs", wl_port, wl_repeat)):
+        ports = {"ours": ours_port, "wlmscpfs": wl_port}
+        repeats = {"ours": args.repeat, "wlmscpfs": wl_repeat}
+        for name, port in ports.items():
             timed(echo_cmd(port), 3)  # warm up
-            result[f"{name}_echo"] = stats(timed(echo_cmd(port), repeat))
-            result[f"{name}_selective"] = stats(timed(find_cmd(port, *selective), repeat))
-            result[f"{name}_broad"] = stats(timed(find_cmd(port, *broad), repeat))
+        for figure, make in (("echo", echo_cmd),
+                             ("selective", lambda port: find_cmd(port, *selective)),
+                             ("broad", lambda port: find_cmd(port, *broad))):
+            times = interleaved({name: make(port) for name, port in ports.items()}, repeats)
+            for name in ports:
+                result[f"{name}_{figure}"] = stats(times[name])
+        for name, port in ports.items():
             result[f"{name}_selective_count"] = count_responses(find_cmd(port, *selective))
             result[f"{name}_broad_count"] = count_responses(find_cmd(port, *broad))
             seconds = args.duration if name == "ours" or n <= 10_000 else args.duration / 2
@@ -291,7 +309,7 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         f"- workload: {generate.PER_DAY} steps/day on {len(generate.STATIONS)} stations; N items "
         "= N/200 days (40 % past); selective = modality CT + station CT01 + today; broad = "
         "all of today",
-        f"- repeats: {args.repeat} per figure (wlmscpfs at 100,000: a tenth); concurrency: "
+        f"- repeats: {args.repeat} per figure, the two servers measured in turn (wlmscpfs at 100,000: a tenth); concurrency: "
         f"{args.clients} clients for {args.duration:g} s; clients with TCP_NODELAY=1",
         "- command: `make bench` (`python bench/run.py`)", "",
         "| N | server | C-ECHO median / p95 ms | selective median / p95 ms (matches) "

@@ -1420,24 +1420,9 @@ def db_path(server) -> Path:  # noqa: ANN001
 
 # --- the fuzz run ---------------------------------------------------------------------------
 
-# Where a request is decoded: an exception raised below these (in pydicom, pynetdicom,
-# zlib) while worklist_mpps reads the request is finding F2.
-DECODING = {"handle_find", "handle_n_create", "handle_n_set", "handle_n_get",
-            "parse_identifier", "_unicode", "_materialize"}
-
-
 def known_finding(tb: Traceback) -> str | None:
-    """Which reported finding (regression cases below) a worklist_mpps traceback is."""
-    func = tb.where.rsplit(" ", 1)[-1]
-    if tb.logger == "worklist_mpps.dimse.mpps" and tb.exception.startswith("AttributeError") \
-            and func in ("_counts", "<genexpr>", "_first_item", "_text", "_tracking_columns"):
-        return "F3"
-    if tb.logger.startswith("worklist_mpps.dimse") and func in DECODING \
-            and "/worklist_mpps/" not in tb.origin:
-        return "F2"
-    if tb.logger == "pynetdicom.service_class" and tb.where.startswith("worklist.py") \
-            and func in ("_code_items", "_add", "response"):
-        return "F4"
+    """Which open finding a worklist_mpps traceback is: none are open (F1 to F6 are fixed,
+    each kept as a regression case below), so every traceback from our code fails the run."""
     return None
 
 
@@ -1638,11 +1623,9 @@ F2_CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING F2: a request data set pydicom cannot decode (wrong value length, unclosed "
-    "or 400-deep sequences, bad deflate) is caught by the handlers' catch-all: answered "
-    "0xC001 / 0x0110 but logged as an ERROR with a full Python traceback (log.exception), "
-    "not as a refused request with a specific status"))
+# FINDING F2, fixed: an undecodable request data set was answered 0xC001 / 0x0110 and
+# logged with a full traceback; it is now decoded up front and refused with 0xA900
+# (C-FIND) or 0x0106 (N-CREATE, N-SET) and one log line (dimse/context.decoded).
 @pytest.mark.parametrize("name", sorted(F2_CASES))
 def test_undecodable_request_is_refused_without_a_traceback(server, captured, name):  # noqa: ANN001
     pcid, service, extra = F2_CASES[name]
@@ -1688,10 +1671,8 @@ def test_find_code_item_key_with_another_vr(server, captured, vr):  # noqa: ANN0
     assert not our_tracebacks(log), log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING F5: max_pdu_size (16382, 'largest PDU accepted' in the README) is only "
-    "announced, not enforced: a 1 MB P-DATA-TF PDU is read whole and answered; a PDU "
-    "declaring 0xFFFFFFFF bytes is buffered in memory as it arrives"))
+# FINDING F5, fixed: max_pdu_size was only announced; a 1 MB P-DATA-TF PDU was read whole.
+# Now a PDU over the announced Maximum Length is aborted before it is read (reactor.py).
 def test_a_pdu_over_the_maximum_length_is_refused(server, captured):  # noqa: ANN001
     ds = worklist_query(AccessionNumber="A10001")
     ds.PatientComments = "x" * 1_000_000
@@ -1701,12 +1682,9 @@ def test_a_pdu_over_the_maximum_length_is_refused(server, captured):  # noqa: AN
     assert outcome in ("aborted", "closed"), f"{outcome}\n{log[-800:]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING F6 (pynetdicom): a well-framed C-FIND-RQ without Affected SOP Class UID "
-    "(0000,0002) gets no reply at all, neither a status nor an abort: pynetdicom's "
-    "Association._serve_request() drops requests that fail is_valid_request with a "
-    "warning, so the SCU waits for its DIMSE timeout (same for a request without "
-    "Message ID, an N-SET/N-DELETE without Requested SOP Instance UID)"))
+# FINDING F6, fixed: pynetdicom dropped a request without a required command element
+# (here Affected SOP Class UID) and the SCU waited for its DIMSE timeout; now the
+# association is aborted at once (reactor.py).
 def test_a_request_missing_a_required_command_element_is_answered(server, captured):  # noqa: ANN001
     fields = find_rq(1)
     del fields[0x00000002]

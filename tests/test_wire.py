@@ -32,9 +32,9 @@ from worklist_mpps.dimse import wire
 from worklist_mpps.loader import load_file
 
 
-def pynetdicom_bytes(message_id: int, status: int, identifier: bytes | None,
-                     context_id: int, max_pdu: int) -> bytes:
-    """What pynetdicom itself puts on the wire for this C-FIND-RSP."""
+def pynetdicom_pdvs(message_id: int, status: int, identifier: bytes | None,
+                    context_id: int, max_pdu: int) -> list[tuple[int, bytes]]:
+    """The PDVs pynetdicom itself sends for this C-FIND-RSP."""
     rsp = C_FIND()
     rsp.MessageIDBeingRespondedTo = message_id
     rsp.AffectedSOPClassUID = MWL
@@ -43,11 +43,19 @@ def pynetdicom_bytes(message_id: int, status: int, identifier: bytes | None,
         rsp.Identifier = BytesIO(identifier)
     msg = C_FIND_RSP()
     msg.primitive_to_message(rsp)
-    out = b""
-    for pdata in msg.encode_msg(context_id, max_pdu):
+    return [tuple(pdv) for pdata in msg.encode_msg(context_id, max_pdu)
+            for pdv in pdata.presentation_data_value_list]
+
+
+def pdus(data: bytes) -> list[P_DATA_TF]:
+    """Split a byte stream into decoded P-DATA-TF PDUs."""
+    out = []
+    while data:
+        length = int.from_bytes(data[2:6], "big")
         pdu = P_DATA_TF()
-        pdu.from_primitive(pdata)
-        out += pdu.encode()
+        pdu.decode(data[:6 + length])
+        out.append(pdu)
+        data = data[6 + length:]
     return out
 
 
@@ -56,12 +64,18 @@ def pynetdicom_bytes(message_id: int, status: int, identifier: bytes | None,
 @pytest.mark.parametrize("max_pdu", [0, 16384, 64])
 def test_find_response_bytes_are_pynetdicoms(identifier, max_pdu):
     status = 0x0000 if identifier is None else 0xFF00
-    ours = wire.find_response(513, status, identifier, 7, max_pdu)
+    ours = pdus(wire.find_response(513, status, identifier, 7, max_pdu))
+    pdvs = [(item.presentation_context_id, item.data)
+            for pdu in ours for item in pdu.presentation_data_value_items]
     if identifier == b"":
         # pynetdicom refuses to send an empty identifier; ours is one empty PDV
-        assert ours.endswith(bytes([0x04, 0, 0, 0, 0, 6, 0, 0, 0, 2, 7, 0x02]))
+        assert pdvs[-1] == (7, b"\x02")
         return
-    assert ours == pynetdicom_bytes(513, status, identifier, 7, max_pdu)
+    assert pdvs == pynetdicom_pdvs(513, status, identifier, 7, max_pdu)
+    # within the peer's maximum PDU length; command and identifier share a PDU when they fit
+    assert all(max_pdu == 0 or pdu.pdu_length <= max_pdu for pdu in ours)
+    if identifier is not None and len(identifier) < 100 and max_pdu != 64:
+        assert len(ours) == 1
 
 
 def _encoded_command(primitive, message_class) -> bytes:  # noqa: ANN001

@@ -36,6 +36,14 @@ def setup_logging(level: str) -> None:
     # logger decides to drop it: a large share of the cost of each response
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = debug
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = debug
+    # pydicom checks every value it reads or sets (a regular expression per UID, each
+    # DIMSE command builds several) only to log a warning: about a fifth of an
+    # association's CPU. The server checks what it relies on itself (PS3.4 Annex F
+    # and K rules, answered with statuses); the warnings stay on when debugging.
+    from pydicom import config as pydicom_config
+    mode = pydicom_config.WARN if debug else pydicom_config.IGNORE
+    pydicom_config.settings.reading_validation_mode = mode
+    pydicom_config.settings.writing_validation_mode = mode
 
 
 def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pydicom import Dataset
+
 from ..config import Config
 from ..db.engine import Database
 
@@ -34,3 +36,24 @@ def allowed(assoc, service: str) -> bool:  # noqa: ANN001
 
 
 NOT_AUTHORIZED = 0x0124  # Refused: Not authorized (PS3.7 C.5)
+
+
+class UndecodableRequest(Exception):
+    """The request's data set cannot be decoded (wrong value lengths, unterminated or
+    absurdly deep sequences, a deflate stream that is not one)."""
+
+
+def decoded(get: Callable[[], Dataset]) -> Dataset:
+    """The request's data set with every element decoded now: pydicom decodes lazily, so
+    a malformed value would otherwise fail deep inside the service logic."""
+    def walk(ds: Dataset) -> None:
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    walk(item)
+    try:
+        ds = get()
+        walk(ds)
+    except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
+        raise UndecodableRequest(f"{exc.__class__.__name__}: {exc}"[:200]) from None
+    return ds

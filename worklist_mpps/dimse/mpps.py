@@ -11,7 +11,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import mpps
 from ..audit import Actor
 from ..mpps import MPPSError
-from .context import NOT_AUTHORIZED, ServerContext, allowed, count_request, peer
+from .context import (
+    NOT_AUTHORIZED,
+    ServerContext,
+    UndecodableRequest,
+    allowed,
+    count_request,
+    decoded,
+    peer,
+)
 
 log = logging.getLogger("worklist_mpps.dimse.mpps")
 
@@ -46,6 +54,10 @@ def _failure(exc: Exception, op: str, who: str, uid: str | None, started: float)
         # the Error Comment names the attribute instead
         attributes = exc.attributes if op != "N-CREATE" else None
         return _status(exc.status, exc.comment, exc.error_id, attributes)
+    if isinstance(exc, UndecodableRequest):
+        log.warning("%s from %s for %s: 0x0106 data set cannot be decoded: %s", op, who, uid,
+                    exc)
+        return _status(mpps.INVALID_ATTRIBUTE_VALUE, f"Data set cannot be decoded: {exc}")
     if isinstance(exc, SQLAlchemyError):
         log.error("%s from %s for %s: 0x0110 database error %s (%.1f ms)", op, who, uid,
                   exc.__class__.__name__, ms)
@@ -66,7 +78,7 @@ def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
         return refusal, None
     uid = event.request.AffectedSOPInstanceUID
     try:
-        outcome = mpps.create(ctx.db, event.attribute_list, uid,
+        outcome = mpps.create(ctx.db, decoded(lambda: event.attribute_list), uid,
                               event.assoc.requestor.ae_title, ctx.config.uid_prefix,
                               ctx.targets, actor=_actor(event))
     except Exception as exc:  # noqa: BLE001 - every failure gets a status
@@ -90,7 +102,7 @@ def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
         return refusal, None
     uid = event.request.RequestedSOPInstanceUID
     try:
-        outcome = mpps.update(ctx.db, uid, event.modification_list,
+        outcome = mpps.update(ctx.db, uid, decoded(lambda: event.modification_list),
                               event.assoc.requestor.ae_title, ctx.targets, actor=_actor(event))
     except Exception as exc:  # noqa: BLE001
         return _failure(exc, "N-SET", who, uid, started), None

@@ -23,10 +23,10 @@ import logging
 import os
 import queue
 import select
+import socket
 import ssl
 import threading
 import time
-from copy import deepcopy
 from datetime import datetime
 from typing import Callable
 
@@ -40,6 +40,7 @@ from . import wire
 
 log = logging.getLogger("worklist_mpps.dimse")
 TICK = 0.02  # seconds between timer checks while nothing happens
+ASSOCIATE_RQ_LIMIT = 65536  # bytes; a real A-ASSOCIATE-RQ is a few hundred
 STA13_POLL = 0.0002  # Sta13: pynetdicom closes the socket once the peer sent nothing more
 
 
@@ -97,14 +98,36 @@ class EventDrivenDUL(DULServiceProvider):
         except BlockingIOError:
             pass
 
-    def _abort(self, why: str) -> None:
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's PDU read, after a look at the PDU header: a PDU longer than the
+        Maximum Length this side announced (PS3.8 D.1) is not read but aborted with
+        reason "invalid PDU parameter value" (PS3.8 9.3.8), so a peer cannot make the
+        server buffer a PDU of any size it likes."""
+        limit = self.assoc.acceptor.maximum_length or 0
+        sock = getattr(self.socket, "socket", None)
+        if limit and sock is not None and not isinstance(sock, ssl.SSLSocket):
+            try:
+                header = sock.recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                header = b""
+            if len(header) == 6:
+                pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
+                # the A-ASSOCIATE-RQ is not bound by the Maximum Length it carries
+                cap = ASSOCIATE_RQ_LIMIT if pdu_type == 0x01 else limit
+                if length > cap:
+                    self._abort(f"PDU type 0x{pdu_type:02X} of {length} bytes, more than "
+                                f"the {cap} announced", reason=0x06)
+                    return
+        super()._read_pdu_data()
+
+    def _abort(self, why: str, reason: int = 0x00) -> None:
         """A-ABORT (service-provider, reason not specified) bypassing the state machine, as
         pynetdicom's reactor does when it fails, and stop both threads."""
         req = self.assoc.requestor
         log.warning("Association from %s@%s aborted: %s", req.ae_title, req.address, why[:300])
         abort_pdu = A_ABORT_RQ()
         abort_pdu.source = 0x02
-        abort_pdu.reason_diagnostic = 0x00
+        abort_pdu.reason_diagnostic = reason
         if self.socket is not None and self.socket.socket is not None:
             self.socket.send(abort_pdu.encode())
             self.socket.close()
@@ -176,6 +199,18 @@ class EventDrivenAssociation(Association):
         self._wake.set()
         super().kill()
 
+    def _serve_request(self, msg, context_id: int) -> None:  # noqa: ANN001
+        """pynetdicom drops a request that lacks a required command element with a log
+        line, leaving the peer to wait for its DIMSE timeout: abort it instead, so the
+        peer learns at once that the message was not acceptable (PS3.7 9.3, 10.3)."""
+        if not self._sent_release and not msg.is_valid_request:
+            missing = [k for k in msg.REQUEST_KEYWORDS if getattr(msg, k, None) is None]
+            log.warning("%s from %s@%s without %s: association aborted", msg.msg_type,
+                        self.requestor.ae_title, self.requestor.address, ", ".join(missing))
+            self.abort()
+            return
+        super()._serve_request(msg, context_id)
+
     def _run_reactor(self) -> None:
         """pynetdicom's ``Association._run_reactor``, waiting on ``_wake`` for its sleep."""
         self._is_paused = False
@@ -233,7 +268,9 @@ class EventDrivenRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        # pynetdicom deep-copies these for every association; its negotiation only reads
+        # the acceptor's contexts (presentation.negotiate_as_acceptor), so a list will do
+        assoc.acceptor.supported_contexts = list(self.server.contexts)
         assoc.requestor.address_info = self.remote
         for event, handlers in self.server._handlers.items():
             if event.is_intervention and handlers:

@@ -18,6 +18,7 @@ ordinary pynetdicom way.
 from __future__ import annotations
 
 import functools
+import logging
 import ssl
 import struct
 import time
@@ -30,6 +31,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND
 from pynetdicom.pdu_primitives import P_DATA
 
+log = logging.getLogger("worklist_mpps.dimse")
 MWL_FIND = b"1.2.840.10008.5.1.4.31"  # 22 bytes: even, no padding
 C_FIND_RSP = 0x8020
 DATASET_PRESENT, NO_DATASET = 0x0001, 0x0101  # (0000,0800) as pynetdicom writes them
@@ -52,9 +54,14 @@ def codec(charset: str | None) -> str | None:
     return python_encoding.get(charset)
 
 
+MIN_PDU = 14  # a PDU of a PDV item with an 8-byte fragment: pynetdicom's smallest
+
+
 def usable(assoc, transfer_syntax: str) -> bool:  # noqa: ANN001
     """Can responses on this association and presentation context take the fast path?"""
     if transfer_syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        return False
+    if 0 < assoc.dimse.maximum_pdu_size < MIN_PDU:
         return False
     sock = getattr(assoc.dul.socket, "socket", None)
     return sock is not None and not isinstance(sock, ssl.SSLSocket)
@@ -138,25 +145,37 @@ def _command(sop_class: bytes, command_field: int, message_id: int, status: int,
 def _pdus(data: bytes, context_id: int, command: bool, max_pdu: int) -> bytes:
     """``data`` as P-DATA-TF PDUs of one PDV each, fragments within the peer's maximum
     PDU length (PS3.8 9.3.5, E.2: bit 0 command, bit 1 last fragment)."""
-    size = max(len(data), 1) if max_pdu == 0 else max(1, max_pdu - 6)
+    size = max(len(data), 1) if max_pdu == 0 else (max_pdu - 6) & ~1  # even (PS3.8 E.1)
     out = []
     for start in range(0, max(len(data), 1), size):
         fragment = data[start:start + size]
         flags = (0x01 if command else 0x00) | (0x02 if start + size >= len(data) else 0x00)
-        out.append(struct.pack(">BxLLBB", 0x04, len(fragment) + 6, len(fragment) + 2,
-                               context_id, flags) + fragment)
+        out.append(struct.pack(">BxL", 0x04, len(fragment) + 6)
+                   + _pdv(fragment, context_id, flags))
     return b"".join(out)
+
+
+def _pdv(data: bytes, context_id: int, flags: int) -> bytes:
+    return struct.pack(">LBB", len(data) + 2, context_id, flags) + data
 
 
 def find_response(message_id: int, status: int, identifier: bytes | None, context_id: int,
                   max_pdu: int) -> bytes:
-    """One whole C-FIND-RSP message: command set, then the identifier if any."""
-    data = _pdus(_command(MWL_FIND, C_FIND_RSP, message_id, status,
-                          NO_DATASET if identifier is None else DATASET_PRESENT),
-                 context_id, True, max_pdu)
-    if identifier is not None:
-        data += _pdus(identifier, context_id, False, max_pdu)
-    return data
+    """One whole C-FIND-RSP message: command set, then the identifier if any.
+
+    Command and identifier go in one P-DATA-TF PDU when both fit: PDVs of the same
+    message may share a PDU (PS3.8 E.1), and the peer then reads one PDU per response.
+    """
+    command = _command(MWL_FIND, C_FIND_RSP, message_id, status,
+                       NO_DATASET if identifier is None else DATASET_PRESENT)
+    if identifier is None:
+        return _pdus(command, context_id, True, max_pdu)
+    length = len(command) + len(identifier) + 12
+    if max_pdu and length > max_pdu:
+        return (_pdus(command, context_id, True, max_pdu)
+                + _pdus(identifier, context_id, False, max_pdu))
+    return (struct.pack(">BxL", 0x04, length) + _pdv(command, context_id, 0x03)
+            + _pdv(identifier, context_id, 0x02))
 
 
 def drain(assoc, timeout: float = 1.0) -> None:  # noqa: ANN001
@@ -198,8 +217,16 @@ class DIMSEProvider(DIMSEServiceProvider):
     command set encoding and go to the DUL as one ready P-DATA primitive."""
 
     def send_msg(self, primitive, context_id: int) -> None:  # noqa: ANN001
-        command = status_only_command(primitive)
         max_pdu = self.maximum_pdu_size
+        if 0 < max_pdu < MIN_PDU:
+            # pynetdicom fails on these (division by zero, fragment too short) with a
+            # traceback; nothing can be sent in PDUs that small: end the association
+            req = self.assoc.requestor
+            log.warning("Association from %s@%s aborted: its maximum PDU length %d is too "
+                        "small to carry any message", req.ae_title, req.address, max_pdu)
+            self.assoc.abort()
+            return
+        command = status_only_command(primitive)
         if (command is None or (max_pdu and len(command) + 6 > max_pdu)
                 or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
             super().send_msg(primitive, context_id)  # fragments, or logging wants the message

@@ -15,7 +15,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import worklist
 from ..matching import MatchError
 from . import wire
-from .context import NOT_AUTHORIZED, ServerContext, allowed, count_request, peer
+from .context import (
+    NOT_AUTHORIZED,
+    ServerContext,
+    UndecodableRequest,
+    allowed,
+    count_request,
+    decoded,
+    peer,
+)
 
 log = logging.getLogger("worklist_mpps.dimse.worklist")
 
@@ -47,8 +55,7 @@ def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | N
         yield failure(NOT_AUTHORIZED, "Not authorized for worklist queries"), None
         return
     try:
-        identifier = event.identifier
-        query = worklist.parse_identifier(identifier)
+        query = worklist.parse_identifier(decoded(lambda: event.identifier))
         calling = event.assoc.requestor.ae_title if ctx.config.worklist_filter_by_calling_ae else None
         cap = ctx.config.max_find_results or None
         rows = worklist.search(ctx.db, query, ctx.config.worklist_default_statuses, calling,
@@ -56,6 +63,10 @@ def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | N
     except MatchError as exc:
         log.warning("C-FIND from %s: 0xA900 identifier does not match SOP class: %s", who, exc)
         yield failure(IDENTIFIER_DOES_NOT_MATCH, str(exc), [exc.keyword]), None
+        return
+    except UndecodableRequest as exc:
+        log.warning("C-FIND from %s: 0xA900 identifier cannot be decoded: %s", who, exc)
+        yield failure(IDENTIFIER_DOES_NOT_MATCH, f"Identifier cannot be decoded: {exc}"), None
         return
     except SQLAlchemyError as exc:
         log.error("C-FIND from %s: 0xC001 database error: %s", who, exc.__class__.__name__,
