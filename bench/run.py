@@ -140,7 +140,19 @@ def count_responses(cmd: list[str]) -> int:
     return text.count("Find Response:") - text.count("Final Find Response")
 
 
-def concurrent_rate(cmd: list[str], clients: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children so far
+    (/proc/PID/stat; wlmscpfs forks a child per association)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def concurrent_rate(cmd: list[str], clients: int, seconds: float,
+                    server_pid: int | None = None) -> tuple[float, float, float]:
+    """Queries per second from ``clients`` client processes at once, with the server's
+    and the clients' CPU milliseconds per query (the clients share the cores with it)."""
+    server0 = cpu_seconds(server_pid) if server_pid else 0.0
+    children0 = os.times().children_user + os.times().children_system
     done = [0] * clients
     deadline = time.monotonic() + seconds
 
@@ -155,7 +167,11 @@ def concurrent_rate(cmd: list[str], clients: int, seconds: float) -> float:
         t.start()
     for t in threads:
         t.join()
-    return sum(done) / (time.monotonic() - started)
+    elapsed, queries = time.monotonic() - started, max(1, sum(done))
+    server_ms = ((cpu_seconds(server_pid) - server0) * 1000 / queries) if server_pid else 0.0
+    client_ms = (os.times().children_user + os.times().children_system - children0) \
+        * 1000 / queries
+    return queries / elapsed, server_ms, client_ms
 
 
 # --- MPPS clients -------------------------------------------------------------------------------
@@ -256,6 +272,7 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
         broad = (f"(0040,0100)[0].ScheduledProcedureStepStartDate={day}",)
         wl_repeat = args.repeat if n <= 10_000 else max(3, args.repeat // 10)
         ports = {"ours": ours_port, "wlmscpfs": wl_port}
+        pids = {"ours": ours.pid, "wlmscpfs": wl.pid}
         repeats = {"ours": args.repeat, "wlmscpfs": wl_repeat}
         for name, port in ports.items():
             timed(echo_cmd(port), 3)  # warm up
@@ -269,12 +286,15 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
             result[f"{name}_selective_count"] = count_responses(find_cmd(port, *selective))
             result[f"{name}_broad_count"] = count_responses(find_cmd(port, *broad))
             seconds = args.duration if name == "ours" or n <= 10_000 else args.duration / 2
-            result[f"{name}_qps"] = concurrent_rate(find_cmd(port, *selective), args.clients,
-                                                    seconds)
+            result[f"{name}_qps"], result[f"{name}_server_cpu"], result[f"{name}_client_cpu"] = \
+                concurrent_rate(find_cmd(port, *selective), args.clients, seconds,
+                                pids[name])
             print(f"  {name}: {result[f'{name}_echo'][0]:.1f} ms echo, "
                   f"{result[f'{name}_selective'][0]:.1f} ms selective "
                   f"({result[f'{name}_selective_count']}), {result[f'{name}_broad'][0]:.1f} ms "
-                  f"broad ({result[f'{name}_broad_count']}), {result[f'{name}_qps']:.1f} q/s",
+                  f"broad ({result[f'{name}_broad_count']}), {result[f'{name}_qps']:.1f} q/s "
+                  f"(CPU per query: server {result[f'{name}_server_cpu']:.1f} ms, client "
+                  f"{result[f'{name}_client_cpu']:.1f} ms)",
                   flush=True)
         result["rss_mb"] = rss_mb(ours.pid)
         stop(wl)
@@ -337,6 +357,18 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
             f"| {r['wlmscpfs_broad'][0] / r['ours_broad'][0]:.1f}x "
             f"| {r['ours_echo'][0] / r['wlmscpfs_echo'][0]:.2f} | {mpps_text} "
             f"| {max(r['rss_mb'], r['rss_mb_after']):.0f} |")
+    lines += ["", "CPU per selective query during the 8-client run: the server's, and the DCMTK "
+              "client processes' (start-up included), which share the cores with it. The "
+              "clients alone cap the rate at cores x 1000 / client ms.", "",
+              "| N | server | server CPU ms / query | client CPU ms / query | client-bound "
+              "ceiling q/s |", "|---|---|---|---|---|"]
+    for r in results:
+        for name in ("ours", "wlmscpfs"):
+            ceiling = (os.cpu_count() or 1) * 1000 / r[f"{name}_client_cpu"] \
+                if r[f"{name}_client_cpu"] else float("nan")
+            lines.append(f"| {r['n']:,} | {'worklist-mpps' if name == 'ours' else 'wlmscpfs'} "
+                         f"| {r[name + '_server_cpu']:.1f} | {r[name + '_client_cpu']:.1f} "
+                         f"| {ceiling:.0f} |")
     lines += ["", "## Targets (issue 7), from this run", "",
               "| target | measured | met |", "|---|---|---|"]
     for text, value, ok in targets(results):
