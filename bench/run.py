@@ -432,22 +432,22 @@ def main() -> int:
 RESULTS_NOTES = """
 ## Reading the figures
 
-- Every figure is a whole client process: `echoscu` / `findscu` start-up is most of a
-  C-ECHO (about 15 ms of it on this machine, measured from process start to the TCP
-  connection). The server's own share of a C-ECHO is 2 to 4 ms.
-- Our selective and broad queries do not grow with N: one indexed SQL query (about 1.5 ms
-  at 100,000 items), while wlmscpfs reads every .wl file on every query (x10 per x10 N).
-- A query's cost beyond the association is per response. Measured in-process: building a
-  response identifier about 0.13 ms, and pynetdicom's encoding of each C-FIND-RSP
-  (command set and identifier, pure-Python pydicom) about 0.3 ms. A broad query with
-  200 matches therefore costs about 130 ms above the C-ECHO whatever the database does.
-- Why the broad-query target (10 x wlmscpfs at 10,000) is out of reach on this stack:
-  wlmscpfs answers it in about 320 ms, so 10 x means about 32 ms for 199 responses,
-  below the C-ECHO floor plus pydicom's encoding of the identifiers alone
-  (about 21 ms + 199 x 0.15 ms). Reaching it needs a C-FIND response path that does not
-  encode each message with pydicom (pre-encoded identifiers and command sets).
-- Queries per second with 8 concurrent clients are bounded by the 2 cores the 8 DCMTK
-  client processes share with the server; wlmscpfs is below ours from 10,000 items on.
+- Every figure is a whole client process. `echoscu` / `findscu` start-up (loading the
+  DICOM dictionary) is most of a C-ECHO; the server's own share is a few milliseconds.
+  The two servers are timed in turn, run after run, so that a shared machine's drift
+  touches both alike.
+- Our queries do not grow with N: one indexed SQL query, while wlmscpfs reads every
+  .wl file on every query (x10 per x10 N).
+- The C-FIND responses leave through a fast path (worklist_mpps/dimse/wire.py): each
+  response is encoded from the row straight to one P-DATA-TF PDU and written in batches,
+  instead of pydicom encoding a command set and an identifier per response. A broad query
+  is then mostly the client's own work: findscu reads and decodes every response.
+- pynetdicom's association threads wait for work instead of polling
+  (worklist_mpps/dimse/reactor.py): no 1 ms poll per PDU hop, no idle CPU.
+- Queries per second from 8 concurrent clients are bounded by the 2 cores that the 8
+  DCMTK client processes share with the server: the CPU table gives each side's cost
+  per query and the ceiling the clients alone allow. Our server is one Python process
+  (one core at a time for Python code); wlmscpfs forks a process per association.
 - MPPS: each cycle is one association with N-CREATE, N-SET (progress), N-SET
   COMPLETED; ours commits every change with `synchronous=FULL` before answering, the
   reference keeps a dict.
