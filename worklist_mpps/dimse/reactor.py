@@ -62,18 +62,19 @@ class EventDrivenDUL(DULServiceProvider):
     def __init__(self, assoc: Association, wake_assoc: Callable[[], None]) -> None:
         super().__init__(assoc)
         self._pipe: tuple[int, int] | None = None
+        self._pipe_lock = threading.Lock()  # no poke into a closed (maybe reused) descriptor
         self.event_queue = WakingQueue(self._poke)
         self.to_provider_queue = WakingQueue(self._poke)
         self.to_user_queue = WakingQueue(wake_assoc)
         self._wake_assoc = wake_assoc
 
     def _poke(self) -> None:
-        pipe = self._pipe
-        if pipe is not None:
-            try:
-                os.write(pipe[1], b"\0")
-            except OSError:  # full (a wake-up is pending anyway) or closed
-                pass
+        with self._pipe_lock:
+            if self._pipe is not None:
+                try:
+                    os.write(self._pipe[1], b"\0")
+                except BlockingIOError:  # full: a wake-up is pending anyway
+                    pass
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -176,7 +177,8 @@ class EventDrivenDUL(DULServiceProvider):
                     return
                 idle = False
         finally:
-            self._pipe = None
+            with self._pipe_lock:
+                self._pipe = None
             os.close(read_fd)
             os.close(write_fd)
             self._wake_assoc()
