@@ -23,6 +23,7 @@ import datetime as dt
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -118,17 +119,21 @@ def timed(cmd: list[str], repeat: int) -> list[float]:
     return times
 
 
-def interleaved(commands: dict[str, list[str]], repeats: dict[str, int]) -> dict[str, list[float]]:
+def interleaved(commands: dict[str, list[str]], repeats: dict[str, int]
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Time the servers' commands in turn, run after run, so that both see the same machine
     (a shared 2-core machine drifts over minutes); a server with fewer repeats runs on
-    every k-th turn."""
+    every k-th turn. Also the client process's own CPU milliseconds per run."""
     rounds = max(repeats.values())
     times: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     for i in range(rounds):
         for name, cmd in commands.items():
             if i % max(1, rounds // repeats[name]) == 0 and len(times[name]) < repeats[name]:
+                before = children_cpu()
                 times[name] += timed(cmd, 1)
-    return times
+                cpu[name].append((children_cpu() - before) * 1000)
+    return times, cpu
 
 
 def count_responses(cmd: list[str]) -> int:
@@ -147,12 +152,18 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's finished child processes (the DCMTK clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def concurrent_rate(cmd: list[str], clients: int, seconds: float,
                     server_pid: int | None = None) -> tuple[float, float, float]:
     """Queries per second from ``clients`` client processes at once, with the server's
     and the clients' CPU milliseconds per query (the clients share the cores with it)."""
     server0 = cpu_seconds(server_pid) if server_pid else 0.0
-    children0 = os.times().children_user + os.times().children_system
+    children0 = children_cpu()
     done = [0] * clients
     deadline = time.monotonic() + seconds
 
@@ -169,8 +180,7 @@ def concurrent_rate(cmd: list[str], clients: int, seconds: float,
         t.join()
     elapsed, queries = time.monotonic() - started, max(1, sum(done))
     server_ms = ((cpu_seconds(server_pid) - server0) * 1000 / queries) if server_pid else 0.0
-    client_ms = (os.times().children_user + os.times().children_system - children0) \
-        * 1000 / queries
+    client_ms = (children_cpu() - children0) * 1000 / queries
     return queries / elapsed, server_ms, client_ms
 
 
@@ -279,9 +289,11 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
         for figure, make in (("echo", echo_cmd),
                              ("selective", lambda port: find_cmd(port, *selective)),
                              ("broad", lambda port: find_cmd(port, *broad))):
-            times = interleaved({name: make(port) for name, port in ports.items()}, repeats)
+            times, cpu = interleaved({name: make(port) for name, port in ports.items()},
+                                     repeats)
             for name in ports:
                 result[f"{name}_{figure}"] = stats(times[name])
+                result[f"{name}_{figure}_client_cpu"] = statistics.median(cpu[name])
         for name, port in ports.items():
             result[f"{name}_selective_count"] = count_responses(find_cmd(port, *selective))
             result[f"{name}_broad_count"] = count_responses(find_cmd(port, *broad))
@@ -357,6 +369,14 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
             f"| {r['wlmscpfs_broad'][0] / r['ours_broad'][0]:.1f}x "
             f"| {r['ours_echo'][0] / r['wlmscpfs_echo'][0]:.2f} | {mpps_text} "
             f"| {max(r['rss_mb'], r['rss_mb_after']):.0f} |")
+    lines += ["", "The client's own CPU per run (median ms; DCMTK start-up, then reading and "
+              "printing the responses): the part of each figure no server can remove.", "",
+              "| N | server | C-ECHO | selective | broad |", "|---|---|---|---|---|"]
+    for r in results:
+        for name in ("ours", "wlmscpfs"):
+            lines.append(f"| {r['n']:,} | {'worklist-mpps' if name == 'ours' else 'wlmscpfs'} | "
+                         + " | ".join(f"{r[f'{name}_{fig}_client_cpu']:.0f}"
+                                      for fig in ("echo", "selective", "broad")) + " |")
     lines += ["", "CPU per selective query during the 8-client run: the server's, and the DCMTK "
               "client processes' (start-up included), which share the cores with it. The "
               "clients alone cap the rate at cores x 1000 / client ms.", "",
