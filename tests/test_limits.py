@@ -50,6 +50,23 @@ def test_a_silent_connection_is_dropped_and_frees_its_slot(live_server):
         assert echo(server.port) == 0
 
 
+def test_a_connection_closed_before_associating_frees_its_slot_at_once(live_server):
+    """A port scanner's connect-and-close must not hold an association slot until the
+    ACSE timeout: with one slot and a 30 s timeout, echoes right after still get in."""
+    server = live_server(None, "--sample-file", str(SAMPLE), "--acse-timeout", "30",
+                         "--max-associations", "1")
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", server.port)).close()
+        deadline = time.monotonic() + 5
+        while True:  # the server notices the close within a moment, not 30 s
+            try:
+                assert echo(server.port) == 0
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "the closed connection kept its slot"
+                time.sleep(0.1)
+
+
 def test_half_a_pdu_is_dropped_after_the_timeout(live_server):
     server = live_server(None, "--sample-file", str(SAMPLE), "--acse-timeout", "1",
                          "--network-timeout", "2")

@@ -56,6 +56,29 @@ class WakingQueue(queue.Queue):
         self._wake()
 
 
+class ClosableQueue(WakingQueue):
+    """A WakingQueue whose blocking get gives up once it is closed and empty."""
+
+    closed = False
+
+    def close(self) -> None:
+        with self.not_empty:
+            self.closed = True
+            self.not_empty.notify_all()
+
+    def get(self, block: bool = True, timeout: float | None = None):  # noqa: ANN201
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.not_empty:
+            while not self._qsize():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self.closed or not block or (remaining is not None and remaining <= 0):
+                    raise queue.Empty
+                self.not_empty.wait(remaining)
+            item = self._get()
+            self.not_full.notify()
+            return item
+
+
 class EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL reactor, blocking in select() instead of sleeping."""
 
@@ -65,7 +88,9 @@ class EventDrivenDUL(DULServiceProvider):
         self._pipe_lock = threading.Lock()  # no poke into a closed (maybe reused) descriptor
         self.event_queue = WakingQueue(self._poke)
         self.to_provider_queue = WakingQueue(self._poke)
-        self.to_user_queue = WakingQueue(wake_assoc)
+        # closed when the connection ends: an acceptor waiting for the A-ASSOCIATE-RQ of a
+        # peer that hung up gives up at once instead of holding its slot for acse_timeout
+        self.to_user_queue = ClosableQueue(wake_assoc)
         self._wake_assoc = wake_assoc
 
     def _poke(self) -> None:
@@ -169,6 +194,8 @@ class EventDrivenDUL(DULServiceProvider):
                     return
                 try:
                     self.state_machine.do_action(event)
+                    if self.state_machine.current_state == "Sta1":  # connection closed
+                        self.to_user_queue.close()
                 except Exception as exc:
                     # pynetdicom's reactor lets this end the thread with a traceback; a
                     # message its state machine or DIMSE decoder cannot take (an unknown
@@ -177,6 +204,7 @@ class EventDrivenDUL(DULServiceProvider):
                     return
                 idle = False
         finally:
+            self.to_user_queue.close()
             with self._pipe_lock:
                 self._pipe = None
             os.close(read_fd)
