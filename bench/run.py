@@ -220,19 +220,32 @@ def _mpps_worker(port: int, called: str, seconds: float, index: int, out) -> Non
     out.put((cycles, failures))
 
 
-def mpps_rate(port: int, called: str, clients: int, seconds: float) -> tuple[float, int]:
+def mpps_cycles(port: int, called: str, clients: int, seconds: float) -> tuple[int, int]:
+    """(full cycles, failures) from ``clients`` processes each cycling for ``seconds`` (the
+    clock starts in each worker, after its start-up)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_mpps_worker, args=(port, called, seconds, i, queue))
              for i in range(clients)]
-    started = time.monotonic()
     for p in procs:
         p.start()
     results = [queue.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join(30)
-    elapsed = time.monotonic() - started
-    return sum(r[0] for r in results) / elapsed, sum(r[1] for r in results)
+    return sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+def mpps_rates(servers: dict[str, tuple[int, str]], clients: int, seconds: float,
+               rounds: int = 3) -> dict[str, tuple[float, int]]:
+    """MPPS cycles per second and failures of each server, measured in turn over
+    ``rounds`` slices so that both see the same machine (disk latency drifts)."""
+    totals = {name: [0, 0] for name in servers}
+    for _ in range(rounds):
+        for name, (port, called) in servers.items():
+            cycles, failures = mpps_cycles(port, called, clients, seconds / rounds)
+            totals[name][0] += cycles
+            totals[name][1] += failures
+    return {name: (cycles / seconds, failures) for name, (cycles, failures) in totals.items()}
 
 
 # --- one size -----------------------------------------------------------------------------------
@@ -312,12 +325,13 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
         stop(wl)
         wl = None
         if args.mpps:
-            result["ours_mpps"] = mpps_rate(ours_port, AET, args.clients, args.duration)
             ref = subprocess.Popen([sys.executable, str(ROOT / "bench" / "reference_mpps_scp.py"),
                                     str(ref_port)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
             wait_port(ref_port, ref)
-            result["ref_mpps"] = mpps_rate(ref_port, "REFMPPS", args.clients, args.duration)
+            rates = mpps_rates({"ours": (ours_port, AET), "ref": (ref_port, "REFMPPS")},
+                               args.clients, args.duration)
+            result["ours_mpps"], result["ref_mpps"] = rates["ours"], rates["ref"]
             print(f"  MPPS cycles/s: ours {result['ours_mpps'][0]:.1f} (failures "
                   f"{result['ours_mpps'][1]}), in-memory reference {result['ref_mpps'][0]:.1f}",
                   flush=True)
