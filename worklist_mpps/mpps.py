@@ -154,14 +154,23 @@ def _unicode(ds: Dataset) -> Dataset:
     from bytes exactly once (pydicom's Dataset.decode() re-encodes str person
     names wrongly).
     """
-    encoded = encode_dataset(ds)  # written in the request's own character set
+    try:  # pydicom decodes the request lazily: a malformed value fails here
+        encoded = encode_dataset(ds)  # written in the request's own character set
+    except MPPSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Data set cannot be decoded: "
+                        f"{exc.__class__.__name__}: {exc}"[:200]) from None
     try:
         raw = decode_dataset(encoded)
         _materialize(raw)
-    except (LookupError, UnicodeError, ValueError) as exc:
+    except (LookupError, UnicodeError) as exc:
         raise MPPSError(INVALID_ATTRIBUTE_VALUE,
                         f"Text cannot be decoded with Specific Character Set: {exc}",
                         ["SpecificCharacterSet"]) from None
+    except Exception as exc:  # noqa: BLE001 - a value that does not fit its VR
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Data set cannot be decoded: "
+                        f"{exc.__class__.__name__}: {exc}"[:200]) from None
     _check_sequence_vrs(raw)
     if "SpecificCharacterSet" in raw:
         del raw.SpecificCharacterSet

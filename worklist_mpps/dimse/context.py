@@ -43,9 +43,11 @@ class UndecodableRequest(Exception):
     absurdly deep sequences, a deflate stream that is not one)."""
 
 
-def decoded(get: Callable[[], Dataset]) -> Dataset:
+def decoded(get: Callable[[], Dataset], every_element: bool = True) -> Dataset:
     """The request's data set with every element decoded now: pydicom decodes lazily, so
-    a malformed value would otherwise fail deep inside the service logic."""
+    a malformed value would otherwise fail deep inside the service logic. (The MPPS
+    service re-encodes what it gets first thing and reports failures itself:
+    ``every_element=False`` leaves it that work.)"""
     def walk(ds: Dataset) -> None:
         for elem in ds:
             if elem.VR == "SQ":
@@ -53,7 +55,8 @@ def decoded(get: Callable[[], Dataset]) -> Dataset:
                     walk(item)
     try:
         ds = get()
-        walk(ds)
+        if every_element:
+            walk(ds)
     except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
         raise UndecodableRequest(f"{exc.__class__.__name__}: {exc}"[:200]) from None
     return ds

@@ -78,7 +78,7 @@ def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
         return refusal, None
     uid = event.request.AffectedSOPInstanceUID
     try:
-        outcome = mpps.create(ctx.db, decoded(lambda: event.attribute_list), uid,
+        outcome = mpps.create(ctx.db, decoded(lambda: event.attribute_list, every_element=False), uid,
                               event.assoc.requestor.ae_title, ctx.config.uid_prefix,
                               ctx.targets, actor=_actor(event))
     except Exception as exc:  # noqa: BLE001 - every failure gets a status
@@ -102,7 +102,7 @@ def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
         return refusal, None
     uid = event.request.RequestedSOPInstanceUID
     try:
-        outcome = mpps.update(ctx.db, uid, decoded(lambda: event.modification_list),
+        outcome = mpps.update(ctx.db, uid, decoded(lambda: event.modification_list, every_element=False),
                               event.assoc.requestor.ae_title, ctx.targets, actor=_actor(event))
     except Exception as exc:  # noqa: BLE001
         return _failure(exc, "N-SET", who, uid, started), None
