@@ -11,7 +11,6 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
-
 from .. import worklist
 from ..matching import MatchError
 from . import wire
