@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from conftest import SAMPLE
-from dicom_clients import find
+from dicom_clients import find, worklist_query
 from worklist_mpps.db.engine import Database
 from worklist_mpps.mpps_messages import (
     Instance, ScheduledStep, Series, discontinuation_reason, n_create, n_set_completed,
@@ -377,15 +376,11 @@ def test_sigterm_under_load_exits_0_and_keeps_every_acknowledged_mpps(
 
 
 def mwl_query(status: str = "") -> Dataset:
-    ds = Dataset()
-    ds.PatientName = ""
-    ds.AccessionNumber = ""
-    ds.StudyInstanceUID = ""
-    sps = Dataset()
+    """The shared worklist query, also asking for the step's ID and status."""
+    ds = worklist_query()
+    sps = ds.ScheduledProcedureStepSequence[0]
     sps.ScheduledProcedureStepID = ""
     sps.ScheduledProcedureStepStatus = status
-    sps.Modality = ""
-    ds.ScheduledProcedureStepSequence = Sequence([sps])
     return ds
 
 
