@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -225,6 +226,20 @@ class Config:
         default=30.0, metadata={"help": "on SIGTERM, wait this long for associations (s)"})
     http_max_body: int = field(
         default=10_000_000, metadata={"help": "largest HTTP request body (bytes)"})
+    http_allowed_hosts: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Host header names served besides localhost, 127.0.0.1, [::1] and "
+                          "the http_bind address (other Hosts: 421)"})
+    http_cors_origins: list[str] = field(
+        default_factory=list,
+        metadata={"help": "browser origins (scheme://host[:port]) allowed cross-origin "
+                          "requests; empty: cross-origin writes are refused (403)"})
+    http_header_timeout: float = field(
+        default=10.0,
+        metadata={"help": "an HTTP client must send its request head within (s)"})
+    http_max_connections: int = field(
+        default=1000, metadata={"help": "concurrent HTTP connections (beyond: the oldest "
+                                        "one still sending its head is dropped)"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
 
     def validate(self) -> None:
@@ -264,6 +279,20 @@ class Config:
                 raise ConfigError("tls_require_client_certificate: needs tls_ca_certificates")
         if not (0 <= self.http_port <= 65535):
             raise ConfigError(f"http_port: must be 0..65535, got {self.http_port}")
+        if self.http_header_timeout <= 0:
+            raise ConfigError(f"http_header_timeout: must be > 0, got {self.http_header_timeout}")
+        if self.http_max_connections < 1:
+            raise ConfigError(f"http_max_connections: must be >= 1, got "
+                              f"{self.http_max_connections}")
+        for host in self.http_allowed_hosts:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
+                raise ConfigError(f"http_allowed_hosts: {host!r} is not a host name or address "
+                                  "(no port; IPv6 in brackets)")
+        for origin in self.http_cors_origins:
+            if not re.fullmatch(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?",
+                                origin):
+                raise ConfigError(f"http_cors_origins: {origin!r} is not an origin "
+                                  "(scheme://host[:port], no path, no '*')")
         if bool(self.http_username) != bool(self.http_password):
             raise ConfigError("http_username and http_password: give both or neither")
         if (self.http_enabled and not self.http_auth_configured

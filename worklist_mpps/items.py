@@ -8,6 +8,7 @@ created, and never changes afterwards.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from pydicom.uid import generate_uid
@@ -53,6 +54,20 @@ class ItemError(ValueError):
         self.field = field
 
 
+_NOT_IN_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+
+
+def _text(field: str, value: Any) -> Any:
+    """Every field is one value of a short string VR (AE, CS, DA, LO, PN, SH, TM): no
+    control characters (PS3.5 6.2, Table 6.2-1) and no backslash, which separates
+    values (PS3.5 6.4)."""
+    if isinstance(value, str) and (bad := _NOT_IN_TEXT.search(value)):
+        what = "a backslash" if bad.group() == "\\" else f"control character {bad.group()!r}"
+        raise ItemError(field, f"{what} is not allowed in a single DICOM value "
+                               "(PS3.5 6.2, 6.4)")
+    return value
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, str):
         value = value.strip()
@@ -76,7 +91,7 @@ def _codes(field: str, value: Any) -> list[dict[str, str]] | None:
             name = _CODE_ALIASES.get(k, k)
             if name not in _CODE_ALIASES.values():
                 raise ItemError(field, f"unknown code field {k!r}")
-            item[name] = str(v)
+            item[name] = _text(field, str(v))
         if "CodeValue" not in item or "CodingSchemeDesignator" not in item:
             raise ItemError(field, "a code needs a value and a scheme")
         codes.append(item)
@@ -88,7 +103,7 @@ def normalize_patient(data: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in data.items():
         if key not in PATIENT_FIELDS:
             raise ItemError(f"patient.{key}", "unknown field")
-        out[key] = _clean(value)
+        out[key] = _clean(_text(f"patient.{key}", value))
     if "birth_date" in out and out["birth_date"] is not None:
         out["birth_date"] = _date("patient.birth_date", str(out["birth_date"]))
     if "pregnancy_status" in out and out["pregnancy_status"] is not None:
@@ -115,7 +130,7 @@ def normalize_item(data: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in data.items():
         if key not in ITEM_FIELDS:
             raise ItemError(key, "unknown field")
-        out[key] = _codes(key, value) if key in CODE_FIELDS else _clean(value)
+        out[key] = _codes(key, value) if key in CODE_FIELDS else _clean(_text(key, value))
         if isinstance(out[key], (int, float)) and key not in CODE_FIELDS:
             out[key] = str(out[key])
     if out.get("sps_start_date") is not None:

@@ -71,6 +71,9 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     worker = build_outbox_worker(cfg, db)
     ctx = ServerContext(cfg, db, list(worker.targets) if worker else [],
                         worker.wake.set if worker else (lambda: None))
+    from ..web.server import raise_open_files_limit
+
+    raise_open_files_limit()  # many clients must not starve the listeners of descriptors
     server = DicomServer(ctx)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -82,7 +85,7 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         from ..web.server import HTTPServer
 
         http = HTTPServer(create_app(ctx, server.is_listening), cfg.http_bind, cfg.http_port,
-                          cfg.network_timeout)
+                          cfg.network_timeout, cfg.http_header_timeout, cfg.http_max_connections)
         http.start()
     if worker:
         worker.start()

@@ -5,42 +5,62 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import re
 import time
 from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__
+from ..config import Config
 from ..dimse.context import ServerContext
-from . import api, dicomweb
+from . import api, dicomweb, guard
 from .errors import HTTPProblem
 
 log = logging.getLogger("worklist_mpps.http")
 OPEN_PATHS = {"/healthz"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _authenticated_user(request: Request, ctx: ServerContext) -> str | None | bool:
-    """The user name, None when no authentication is configured, False when refused."""
-    cfg = ctx.config
+def authenticated_user(header: str, cfg: Config) -> str | None | bool:
+    """The user name, None when no authentication is configured, False when refused.
+
+    Header values arrive as latin-1 text (RFC 9110 5.5: octets); they are compared as
+    bytes with the UTF-8 encoded secrets (RFC 7617 2.1 charset), so a non-ASCII header
+    or secret is a match or a 401, never an error.
+    """
     if not cfg.http_auth_configured:
         return None
-    header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
+    given = credentials.strip().encode("latin-1", "replace")
     if cfg.http_token and scheme.lower() == "bearer":
-        return "token" if hmac.compare_digest(credentials.strip(), cfg.http_token) else False
+        return "token" if hmac.compare_digest(given, cfg.http_token.encode()) else False
     if cfg.http_username and scheme.lower() == "basic":
         try:
-            user, _, password = base64.b64decode(credentials).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
+            user, _, password = base64.b64decode(given, validate=True).partition(b":")
+        except ValueError:
             return False
-        ok = hmac.compare_digest(user, cfg.http_username) and hmac.compare_digest(
-            password, cfg.http_password)
-        return user if ok else False
+        ok = hmac.compare_digest(user, cfg.http_username.encode()) & hmac.compare_digest(
+            password, cfg.http_password.encode())
+        return cfg.http_username if ok else False
     return False
+
+
+def _printable(text: str) -> str:
+    """A log field without line breaks or other control characters (one line per request)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class Refused(Exception):
+    """A request answered before its route (a refusal, or a CORS preflight's 204)."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.headers = status, reason, headers
 
 
 def create_app(ctx: ServerContext, dicom_listening: Callable[[], bool] = lambda: True
@@ -50,38 +70,75 @@ def create_app(ctx: ServerContext, dicom_listening: Callable[[], bool] = lambda:
         description="DICOMweb MPPS (PS3.18 ch. 15), worklist search (ch. 14) and the "
                     "worklist management API of worklist-mpps.")
     app.state.ctx = ctx
+    cfg = ctx.config
+    hosts = guard.allowed_hosts(cfg)
 
     @app.middleware("http")
-    async def authenticate_and_log(request: Request, call_next):  # noqa: ANN001, ANN202
+    async def guard_authenticate_and_log(request: Request, call_next):  # noqa: ANN001, ANN202
+        """One log line per request: the refusal's reason, or the route's status."""
         started = time.perf_counter()
-        length = request.headers.get("content-length", "0")
-        limit = ctx.config.http_max_body
-        if limit and "chunked" in request.headers.get("transfer-encoding", "").lower():
-            return JSONResponse({"detail": "send Content-Length: a request body of unknown "
-                                           "length is not accepted"}, 411)
-        if limit and (not length.isdigit() or int(length) > limit):
-            return JSONResponse({"detail": f"request body larger than {limit} bytes "
-                                           "(http_max_body)"}, 413)
-        user = None
-        if request.url.path not in OPEN_PATHS:
-            user = _authenticated_user(request, ctx)
-            if user is False:
-                scheme = "Bearer" if ctx.config.http_token else 'Basic realm="worklist-mpps"'
-                response = JSONResponse({"detail": "authentication required"}, 401,
-                                        headers={"WWW-Authenticate": scheme})
-                log.warning("HTTP %s %s from %s: 401", request.method, request.url.path,
-                            request.client.host if request.client else "-")
-                return response
-        request.state.user = user
-        response = await call_next(request)
-        log.info("HTTP %s %s from %s%s: %d in %.1f ms", request.method, request.url.path,
-                 request.client.host if request.client else "-",
-                 f" ({user})" if user else "", response.status_code,
-                 (time.perf_counter() - started) * 1000)
+        origin = request.headers.get("origin")
+        reason = ""
+        try:
+            response = await _checked(request, call_next)
+        except Refused as exc:
+            reason = f" ({exc.reason})"
+            response = (Response(status_code=204, headers=exc.headers) if exc.status == 204
+                        else JSONResponse({"detail": exc.reason}, exc.status, headers=exc.headers))
+        except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback out
+            reason = f" (unexpected {exc.__class__.__name__}: {str(exc)[:200]})"
+            response = JSONResponse({"detail": "internal error (logged)"}, 500)
+        for name, value in guard.cors_headers(origin, cfg.http_cors_origins).items():
+            response.headers.setdefault(name, value)
+        user = getattr(request.state, "user", None)
+        status = response.status_code
+        if not reason and status >= 400 and getattr(request.state, "reason", None):
+            reason = f" ({request.state.reason})"
+        log.log(logging.ERROR if status >= 500 else logging.WARNING if status >= 400
+                else logging.INFO, "HTTP %s %s from %s%s: %d%s in %.1f ms", request.method,
+                _printable(request.scope.get("path", "")[:200]),
+                request.client.host if request.client else "-", f" ({user})" if user else "",
+                status, _printable(reason), (time.perf_counter() - started) * 1000)
         return response
 
+    async def _checked(request: Request, call_next):  # noqa: ANN001, ANN202
+        """The refusals in order (Host, size, CORS preflight, origin, authentication,
+        media type), then the route."""
+        headers = request.headers
+        if reason := guard.host_refusal(headers.get("host"), hosts):
+            # RFC 9112 3.2: no valid Host is a 400; a Host not ours, 421 (RFC 9110 15.5.20)
+            raise Refused(400 if guard.host_name(headers.get("host")) is None else 421, reason)
+        length = headers.get("content-length", "0")
+        limit = cfg.http_max_body
+        if limit and "chunked" in headers.get("transfer-encoding", "").lower():
+            raise Refused(411, "send Content-Length: a request body of unknown length is "
+                               "not accepted")
+        if limit and (not length.isdigit() or int(length) > limit):
+            raise Refused(413, f"request body larger than {limit} bytes (http_max_body)")
+        origin = headers.get("origin")
+        if guard.is_preflight(request.method, headers):
+            status, cors = guard.preflight(origin or "", cfg.http_cors_origins)
+            raise Refused(status, "CORS preflight" if status == 204 else
+                          f"origin {(origin or '')[:100]!r} is not in http_cors_origins", cors)
+        if reason := guard.origin_refusal(request.method, origin, headers.get("sec-fetch-site"),
+                                          headers.get("host", ""), cfg.http_cors_origins):
+            raise Refused(403, reason)
+        request.state.user = None
+        if request.url.path not in OPEN_PATHS:
+            user = authenticated_user(headers.get("authorization", ""), cfg)
+            if user is False:
+                raise Refused(401, "authentication required", {
+                    "WWW-Authenticate": "Bearer" if cfg.http_token
+                    else 'Basic realm="worklist-mpps"'})
+            request.state.user = user
+        if reason := guard.media_refusal(request.method, request.url.path,
+                                         headers.get("content-type"), length not in ("", "0")):
+            raise Refused(415, reason)
+        return await call_next(request)
+
     @app.exception_handler(HTTPProblem)
-    async def problem(request: Request, exc: HTTPProblem) -> JSONResponse:  # noqa: ARG001
+    async def problem(request: Request, exc: HTTPProblem) -> JSONResponse:
+        request.state.reason = exc.message[:200]
         headers = {"Warning": f'299 worklist-mpps: "{exc.message[:200]}"'.encode(
             "ascii", "replace").decode()}
         if exc.status == 503:
@@ -96,11 +153,12 @@ def create_app(ctx: ServerContext, dicom_listening: Callable[[], bool] = lambda:
                             headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:  # noqa: ARG001
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query",
                                                                            "path")),
                    "message": e["msg"]} for e in exc.errors()]
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        request.state.reason = f"{first['field']}: {first['message']}"[:200]
         # DICOMweb answers a bad query parameter with 400 (PS3.18 8.3.4); the API with 422
         status = 400 if request.url.path.startswith("/modality-") else 422
         return JSONResponse({"detail": f"{first['field']}: {first['message']}",

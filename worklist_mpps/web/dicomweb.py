@@ -21,6 +21,7 @@ from ..matching import MatchError
 from ..mpps import MPPSError
 from ..scu import BadValue, check_uid
 from .context import web_actor, web_context
+from .dicomjson import DicomJSONError, from_json
 from .dicomxml import XMLError, from_xml, to_xml
 from .errors import HTTPProblem
 
@@ -64,29 +65,28 @@ def _multipart_first_part(body: bytes, content_type: str) -> tuple[bytes, str]:
             break
         head, _, payload = part.partition(b"\r\n\r\n")
         part_type = re.search(rb"content-type:\s*([^\r\n;]+)", head, re.I)
-        return payload.rstrip(b"\r\n"), (part_type.group(1).decode().lower()
+        return payload.rstrip(b"\r\n"), (part_type.group(1).decode("latin-1").lower()
                                         if part_type else DICOM_XML)
     raise HTTPProblem(400, "multipart/related body has no part")
 
 
 def parse_body(body: bytes, content_type: str | None) -> Dataset:
-    """A dataset from application/dicom+json (default) or application/dicom+xml."""
-    media = _media_type(content_type) or DICOM_JSON
+    """A dataset from application/dicom+json or application/dicom+xml (PS3.18 8.7.3).
+
+    Nothing is guessed: another or no Content-Type is a 415 (the middleware refuses
+    it first, guard.media_refusal).
+    """
+    media = _media_type(content_type)
     if media == "multipart/related":
         body, media = _multipart_first_part(body, content_type or "")
     try:
-        if media in (DICOM_JSON, "application/json"):
-            doc = json.loads(body or b"null")
-            if isinstance(doc, list) and len(doc) == 1:
-                doc = doc[0]
-            if not isinstance(doc, dict):
-                raise HTTPProblem(400, "expected one DICOM JSON object (PS3.18 F.2)")
-            ds = Dataset.from_json(doc)
+        if media == DICOM_JSON:
+            ds = from_json(body)
         elif media == DICOM_XML:
             ds = from_xml(body)
         else:
-            raise HTTPProblem(415, f"unsupported Content-Type {media!r}: use {DICOM_JSON} "
-                                   f"or {DICOM_XML}")
+            raise HTTPProblem(415, f"unsupported Content-Type {media or None!r}: use "
+                                   f"{DICOM_JSON} or {DICOM_XML}")
         # Both encodings are Unicode text (PS3.18 F.2, PS3.19 A.1)
         ds.SpecificCharacterSet = "ISO_IR 192"
         for _ in ds.iterall():  # convert every value now: a bad one is a 400, not a 500
@@ -95,7 +95,7 @@ def parse_body(body: bytes, content_type: str | None) -> Dataset:
         raise
     except XMLError as exc:
         raise HTTPProblem(400, str(exc)) from None
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (DicomJSONError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise HTTPProblem(400, f"invalid DICOM JSON: {exc}") from None
     return ds
 
@@ -227,6 +227,7 @@ def retrieve(mpps_uid: str, request: Request,
 
 SEARCH_CONTROL = {"includefield", "offset", "limit", "fuzzymatching"}
 MAX_LIMIT = 1000
+MAX_OFFSET = 2**63 - 1  # SQL BIGINT: beyond is a 400, not a driver overflow
 
 
 def _set_key(ds: Dataset, tag: int, value: str) -> None:
@@ -279,7 +280,7 @@ def search_identifier(params: list[tuple[str, str]]) -> Dataset:
             summary="Search the worklist (PS3.18 14, same matching as C-FIND)",
             responses={200: {"content": {DICOM_JSON: {}}}, 204: {"description": "No match"},
                        400: {}, 406: {}, 503: {}})
-def search(request: Request, offset: int = Query(0, ge=0),
+def search(request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET),
            limit: int = Query(100, ge=1, le=MAX_LIMIT),
            includefield: list[str] = Query([])) -> Response:
     ctx = web_context(request)

@@ -20,6 +20,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
+from .dicomjson import MAX_SEQUENCE_DEPTH, VRS, DicomJSONError, check_base64, check_number
+
 NS = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
 PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 PN_PARTS = ("FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix")
@@ -110,11 +112,20 @@ def _attribute_value(attr: ET.Element, vr: str):  # noqa: ANN202
         return Sequence([_dataset(c) for c in children if _local(c.tag) == "Item"])
     binary = next((c for c in children if _local(c.tag) == "InlineBinary"), None)
     if binary is not None:
-        return base64.b64decode(binary.text or "")
+        try:
+            return check_base64(binary.text or "", f"attribute {attr.get('tag')}")
+        except DicomJSONError as exc:
+            raise XMLError(str(exc)) from None
     if vr == "PN":
         values = [_pn_value(c) for c in children if _local(c.tag) == "PersonName"]
     else:
         values = [c.text or "" for c in children if _local(c.tag) == "Value"]
+    try:
+        for n, value in enumerate(values):
+            if vr in INT_VRS or vr in FLOAT_VRS:
+                check_number(vr, value, f"attribute {attr.get('tag')}[{n}]")
+    except DicomJSONError as exc:
+        raise XMLError(str(exc)) from None
     try:
         if vr in INT_VRS:
             values = [int(v) for v in values]
@@ -142,6 +153,8 @@ def _dataset(node: ET.Element) -> Dataset:
         vr = attr.get("vr") or (dictionary_VR(tag) if keyword_for_tag(tag) else None)
         if not vr:
             raise XMLError(f"DicomAttribute {tag_text}: vr is required")
+        if vr not in VRS:
+            raise XMLError(f"DicomAttribute {tag_text}: unknown VR {vr[:10]!r} (PS3.5 6.2)")
         ds.add_new(tag, vr, _attribute_value(attr, vr))
     return ds
 
@@ -155,4 +168,18 @@ def from_xml(data: bytes) -> Dataset:
         raise XMLError(f"XML refused: {exc.__class__.__name__}") from None
     if _local(root.tag) != "NativeDicomModel":
         raise XMLError("the root element must be NativeDicomModel (PS3.19)")
+    _check_depth(root)
     return _dataset(root)
+
+
+def _check_depth(root: ET.Element, max_depth: int = MAX_SEQUENCE_DEPTH) -> None:
+    """Refuse Items nested deeper than ``max_depth`` before the recursive conversion."""
+    stack = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node:
+            level = depth + (_local(child.tag) == "Item")
+            if level > max_depth:
+                raise XMLError(f"sequences nested deeper than {max_depth} levels are not "
+                               "accepted")
+            stack.append((child, level))

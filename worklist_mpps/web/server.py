@@ -3,21 +3,45 @@
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import threading
 import time
 
 import uvicorn
 
+from .uvicorn_h11 import guarded_protocol
+
 log = logging.getLogger("worklist_mpps.http")
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+    return soft
 
 
 class HTTPServer:
     def __init__(self, app, host: str, port: int,  # noqa: ANN001
-                 keep_alive_timeout: float = 60.0) -> None:
+                 keep_alive_timeout: float = 60.0, header_timeout: float = 10.0,
+                 max_connections: int = 1000) -> None:
+        # HTTP may hold at most half of the process's descriptors: the rest stay for the
+        # DICOM port, the database and the log, however many HTTP clients come
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if open_files != resource.RLIM_INFINITY and max_connections > open_files // 2:
+            log.warning("http_max_connections %d lowered to %d: half the open files limit",
+                        max_connections, max(open_files // 2, 1))
+            max_connections = max(open_files // 2, 1)
         self.config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                                      access_log=False, lifespan="off",
-                                     timeout_keep_alive=int(keep_alive_timeout))
+                                     timeout_keep_alive=int(keep_alive_timeout),
+                                     http=guarded_protocol(header_timeout, max_connections))
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 
