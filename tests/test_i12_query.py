@@ -5,6 +5,9 @@ Live: one ``worklist-mpps serve`` for the module (sample worklist loaded) with D
 findscu as the worklist peer, pynetdicom as the MPPS peer, ``requests`` for DICOMweb and
 the management API. Unit: the plain functions of matching.py, worklist.py, mpps.py,
 items.py and loader.py.
+
+Over 400 lines because it holds three rules times four front ends (C-FIND, MPPS DIMSE,
+DICOMweb, management API) that share one live server; split by rule if it grows.
 """
 
 from __future__ import annotations
