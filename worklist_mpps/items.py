@@ -91,7 +91,9 @@ def _codes(field: str, value: Any) -> list[dict[str, str]] | None:
             name = _CODE_ALIASES.get(k, k)
             if name not in _CODE_ALIASES.values():
                 raise ItemError(field, f"unknown code field {k!r}")
-            item[name] = _text(field, str(v))
+            text = None if v is None else _clean(_text(field, str(v)))
+            if text is not None:  # stored without padding (PS3.5 Table 6.2-1)
+                item[name] = text
         if "CodeValue" not in item or "CodingSchemeDesignator" not in item:
             raise ItemError(field, "a code needs a value and a scheme")
         codes.append(item)
@@ -252,7 +254,7 @@ def upsert_item(session: Session, patient_data: Mapping[str, Any], data: Mapping
         select(WorklistItem).where(
             WorklistItem.accession_number == str(accession),
             WorklistItem.sps_id.is_(None) if _clean(data.get("sps_id")) is None
-            else WorklistItem.sps_id == str(data["sps_id"]),
+            else WorklistItem.sps_id == str(_clean(data["sps_id"])),
         )
     ).first()
     if item is None:

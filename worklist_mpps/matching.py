@@ -12,6 +12,7 @@ copy of the stored name (PS3.4 C.2.2.2.1 lets the SCP choose; see README).
 
 from __future__ import annotations
 
+import calendar
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -21,8 +22,19 @@ from sqlalchemy import ColumnElement, and_, or_
 # VRs for which '*' and '?' are wildcards (PS3.4 C.2.2.2.4).
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 
-_DATE = re.compile(r"^\d{8}$")
-_TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
+# PS3.5 Table 6.2-1 (ASCII digits only: '\d' would take any Unicode digit). A fraction
+# follows the seconds only; components are left out from the right.
+_DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
+_TIME = re.compile(r"([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(\.[0-9]{1,6})?)?)?")
+_DATETIME = re.compile(r"([0-9]{4})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})"
+                       r"(?:([0-9]{2})(\.[0-9]{1,6})?)?)?)?)?)?([+-][0-9]{4})?")
+
+# Which padding of a value is not significant (PS3.5 Table 6.2-1 and 6.2.1): leading and
+# trailing spaces of AE, CS, DS, IS, LO, SH and the components of PN (6.2.1 Note: DICOM
+# considers leading and trailing spaces insignificant); trailing only for DA, DT, TM, LT,
+# ST, UT, UC, UR (leading spaces of text are significant); UI is padded with a NUL.
+STRIP_BOTH = frozenset({"AE", "CS", "DS", "IS", "LO", "SH", "PN"})
+STRIP_TRAILING = frozenset({"DA", "DT", "TM", "LT", "ST", "UT", "UC", "UR", "AS"})
 
 
 class MatchError(ValueError):
@@ -33,17 +45,33 @@ class MatchError(ValueError):
         self.keyword = keyword
 
 
+def strip_padding(vr: str, value: str) -> str:
+    """``value`` without the padding PS3.5 Table 6.2-1 calls not significant for ``vr``.
+
+    Applied to every key value before matching and to every value before it is
+    stored, so that plain SQL equality (on an index) ignores the padding.
+    """
+    if vr in STRIP_BOTH:
+        return value.strip(" ")
+    if vr in STRIP_TRAILING:
+        return value.rstrip(" ")
+    if vr == "UI":
+        return value.rstrip("\0 ")  # a NUL pads a UID; a space is no UID character either
+    return value
+
+
 def fold_pn(value: str | None) -> str | None:
     """Case- and accent-folded Person Name: 'Müller^Hans' -> 'muller^hans'.
 
     Used both when storing a name and when matching a key, so the two agree
     on every database (SQL lower() does not fold non-ASCII letters on SQLite).
-    Trailing empty components are dropped: 'Smith^John^^^' is 'Smith^John'
+    Leading and trailing spaces of each component are not significant and
+    trailing empty components are dropped: ' Smith ^John^^^' is 'Smith^John'
     (PS3.5 6.2.1).
     """
     if value is None:
         return None
-    groups = [g.rstrip("^ ") for g in value.split("=")]
+    groups = ["^".join(c.strip(" ") for c in g.split("^")).rstrip("^") for g in value.split("=")]
     value = "=".join(groups).rstrip("=")
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
@@ -88,7 +116,9 @@ def wildcard(column: ColumnElement, value: str) -> ColumnElement:
 
 
 def string_match(column: ColumnElement, value: str, vr: str) -> ColumnElement | None:
-    """Single value or wildcard matching of one string value."""
+    """Single value or wildcard matching of one string value; padding that is not
+    significant for the VR is ignored (PS3.5 Table 6.2-1: ' A10001' finds 'A10001')."""
+    value = strip_padding(vr, value)
     if is_universal(value):
         return None
     if vr in WILDCARD_VRS and has_wildcard(value):
@@ -105,7 +135,7 @@ def person_name(folded_column: ColumnElement, value: str) -> ColumnElement | Non
 
 def uid_list(column: ColumnElement, values: list[str]) -> ColumnElement | None:
     """List of UID Matching (C.2.2.2.2): any of the UIDs."""
-    values = [v for v in values if v]
+    values = [v for v in (strip_padding("UI", v) for v in values) if v]
     if not values:
         return None
     return column == values[0] if len(values) == 1 else column.in_(values)
@@ -121,28 +151,77 @@ def any_of(clauses: list[ColumnElement | None]) -> ColumnElement | None:
 # --- dates and times ---------------------------------------------------------------
 
 
+def _real_date(year: int, month: int, day: int) -> bool:
+    """A day of the Gregorian calendar (PS3.5 Table 6.2-1 DA)."""
+    if not 1 <= month <= 12:
+        return False
+    days = 29 if month == 2 and calendar.isleap(year) else calendar.mdays[month]
+    return 1 <= day <= days
+
+
+def _real_time(hh: str, mm: str | None, ss: str | None) -> bool:
+    """HH 00-23, MM 00-59, SS 00-60 (60: a leap second), PS3.5 Table 6.2-1 TM."""
+    return int(hh) <= 23 and int(mm or 0) <= 59 and int(ss or 0) <= 60
+
+
 def normalize_date(keyword: str, value: str) -> str:
-    value = value.strip().replace(".", "")  # ACR-NEMA 'YYYY.MM.DD' tolerated
-    if not _DATE.match(value):
+    """DA to YYYYMMDD; MatchError unless it is a real calendar date (PS3.5 Table 6.2-1).
+
+    This is the one date validator: C-FIND keys (0xA900), MPPS (0x0106), DICOMweb
+    (400) and the management API (422) all refuse through it.
+    """
+    value = value.strip(" ").replace(".", "")  # ACR-NEMA 'YYYY.MM.DD' tolerated
+    m = _DATE.fullmatch(value)
+    if not m:
         raise MatchError(keyword, f"invalid date {value!r} (expected YYYYMMDD)")
-    month, day = int(value[4:6]), int(value[6:8])
-    if not (1 <= month <= 12 and 1 <= day <= 31):
-        raise MatchError(keyword, f"invalid date {value!r}")
+    if not _real_date(*(int(g) for g in m.groups())):
+        raise MatchError(keyword, f"invalid date {value!r} (no such day)")
     return value
 
 
 def normalize_time(keyword: str, value: str, upper: bool = False) -> str:
-    """TM to HHMMSS; missing parts are filled as the start (or end) of the span."""
-    value = value.strip().replace(":", "")
-    m = _TIME.match(value)
+    """TM to HHMMSS; missing parts are filled as the start (or end) of the span.
+
+    The one time validator (see normalize_date): HH 00-23, MM 00-59, SS 00-60,
+    an optional fraction of up to six digits after the seconds (PS3.5 Table 6.2-1).
+    """
+    value = value.strip(" ").replace(":", "")  # ACR-NEMA 'HH:MM:SS' tolerated
+    m = _TIME.fullmatch(value)
     if not m:
         raise MatchError(keyword, f"invalid time {value!r} (expected HHMMSS)")
     hh, mm, ss = m.group(1), m.group(2), m.group(3)
+    if not _real_time(hh, mm, ss):
+        raise MatchError(keyword, f"invalid time {value!r} (no such time of day)")
     fill = "59" if upper else "00"
-    result = hh + (mm or fill) + (ss or fill)
-    if int(hh) > 23 or int(result[2:4]) > 59 or int(result[4:6]) > 60:
-        raise MatchError(keyword, f"invalid time {value!r}")
-    return result
+    return hh + (mm or fill) + (ss or fill)
+
+
+def normalize_datetime(keyword: str, value: str) -> str:
+    """Check a DT value (PS3.5 Table 6.2-1: YYYYMMDDHHMMSS.FFFFFF&ZZXX, components left
+    out from the right, offset -1200 to +1400); returns it without padding."""
+    value = value.rstrip(" ")
+    m = _DATETIME.fullmatch(value)
+    if not m:
+        raise MatchError(keyword, f"invalid date time {value!r} (expected YYYYMMDDHHMMSS)")
+    year, month, day, hh, mm, ss, _, offset = m.groups()
+    ok = _real_date(int(year), int(month or 1), int(day or 1))
+    ok = ok and (hh is None or _real_time(hh, mm, ss))
+    if offset is not None:
+        minutes = int(offset[1:3]) * 60 + int(offset[3:5])
+        ok = ok and int(offset[3:5]) <= 59 and (
+            minutes <= 14 * 60 if offset[0] == "+" else minutes <= 12 * 60)
+    if not ok:
+        raise MatchError(keyword, f"invalid date time {value!r}")
+    return value
+
+
+VALIDATORS = {"DA": normalize_date, "TM": normalize_time, "DT": normalize_datetime}
+
+
+def check_temporal(vr: str, keyword: str, value: str) -> None:
+    """MatchError unless a DA, TM or DT value is a real date, time or date time."""
+    if value.strip(" ") and vr in VALIDATORS:
+        VALIDATORS[vr](keyword, value)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .audit import Actor
 from .db.engine import Database
 from .db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
 from .items import new_study_uid
-from .matching import MatchError, normalize_date, normalize_time
+from .matching import MatchError, check_temporal, normalize_date, normalize_time, strip_padding
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,11 @@ def _charset_for_storage(ds: Dataset) -> None:
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
+    """A value as stored in the indexed columns: without padding (PS3.5 Table 6.2-1)."""
     value = ds.get(keyword)
     if value is None or value == "":
         return None
-    return str(value).strip() or None
+    return str(value).strip().strip("\0").strip() or None
 
 
 def _is_empty(elem: DataElement) -> bool:
@@ -243,16 +244,17 @@ def _require(ds: Dataset, keyword: str, path: str = "", why: str = "") -> None:
         raise MPPSError(MISSING_ATTRIBUTE_VALUE, f"{why}Missing value of {name}", [keyword])
 
 
-def _normalized(value: Any) -> Any:
-    """A comparable form of an element value (sequences recursively)."""
+def _normalized(value: Any, vr: str = "") -> Any:
+    """A comparable form of an element value (sequences recursively), without the
+    padding its VR calls not significant (PS3.5 Table 6.2-1)."""
     if value is None or value == "":
         return None
     if isinstance(value, Dataset):
-        return tuple(sorted((int(e.tag), _normalized(e.value)) for e in value))
+        return tuple(sorted((int(e.tag), _normalized(e.value, e.VR)) for e in value))
     if isinstance(value, (list, MultiValue)):
-        items = tuple(_normalized(v) for v in value)
+        items = tuple(_normalized(v, vr) for v in value)
         return items or None
-    return str(value).rstrip()
+    return strip_padding(vr, str(value)).rstrip() if vr else str(value).rstrip()
 
 
 def _datetime(ds: Dataset, date_kw: str, time_kw: str) -> str | None:
@@ -266,6 +268,28 @@ def _datetime(ds: Dataset, date_kw: str, time_kw: str) -> str | None:
     except MatchError as exc:
         raise MPPSError(INVALID_ATTRIBUTE_VALUE, str(exc), [exc.keyword]) from None
     return day + clock
+
+
+def check_dates_and_times(ds: Dataset, path: str = "") -> None:
+    """0x0106 naming the attribute unless every DA, TM and DT value of the data set, in
+    sequences too, is a real date, time or date time (PS3.5 Table 6.2-1), with the one
+    validator of matching.py."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for n, item in enumerate(elem.value, start=1):
+                check_dates_and_times(
+                    item, f"{path}({elem.tag.group:04X},{elem.tag.element:04X})[{n}] > ")
+            continue
+        if elem.VR not in ("DA", "TM", "DT") or elem.is_empty:
+            continue
+        keyword = elem.keyword or str(elem.tag)
+        values = elem.value if isinstance(elem.value, (MultiValue, list)) else [elem.value]
+        for value in values:
+            try:
+                check_temporal(elem.VR, keyword, str(value))
+            except MatchError as exc:
+                raise MPPSError(INVALID_ATTRIBUTE_VALUE, f"{path}{exc}",
+                                [elem.keyword] if elem.keyword else []) from None
 
 
 def _counts(ds: Dataset) -> tuple[int, int]:
@@ -389,6 +413,7 @@ def validate_create(ds: Dataset) -> None:
             f"Performed Procedure Step Status must be IN PROGRESS at N-CREATE, got {status!r}",
             ["PerformedProcedureStepStatus"],
         )
+    check_dates_and_times(ds)
     _datetime(ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime")
     _datetime(ds, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime")
 
@@ -500,6 +525,7 @@ def update(db: Database, uid: str, modifications: Dataset,
         if record.status in FINAL_STATUSES:
             raise MPPSError(PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED,
                             error_id=ERROR_ID_NO_LONGER_UPDATED)
+        check_dates_and_times(mods)
         stored = decode_dataset(record.dataset)
         old_status = record.status
         not_modified: list[DataElement] = []
@@ -513,7 +539,8 @@ def update(db: Database, uid: str, modifications: Dataset,
                 applied.append(keyword)
             elif keyword in CREATE_ONLY:
                 old = stored.get(elem.tag)
-                if _normalized(elem.value) != _normalized(old.value if old else None):
+                if _normalized(elem.value, elem.VR) != _normalized(old.value if old else None,
+                                                                    elem.VR):
                     not_modified.append(elem)
             else:
                 not_modified.append(elem)

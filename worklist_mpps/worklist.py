@@ -153,8 +153,16 @@ def _key_filter(key: Key, elem: DataElement) -> ColumnElement | None:
     return matching.any_of([matching.string_match(key.column, v, key.vr) for v in values])
 
 
+def whole_sequence(elem: DataElement) -> bool:
+    """A sequence key with no item, or with one zero-length item, is universal matching
+    and asks for the entire sequence (PS3.4 C.2.2.2.6); a group length is no key."""
+    items = elem.value
+    return len(items) == 0 or (
+        len(items) == 1 and all(e.tag.element == 0 for e in items[0]))
+
+
 def _is_empty(elem: DataElement) -> bool:
-    return len(elem.value) == 0 if elem.VR == "SQ" else elem.is_empty
+    return whole_sequence(elem) if elem.VR == "SQ" else elem.is_empty
 
 
 def _parse_level(
@@ -220,7 +228,7 @@ def _parse_code_key(key: Key, elem: DataElement, query: WorklistQuery) -> Reques
     """A code sequence is a return key: item keys with values are not matched."""
     if len(elem.value) > 1:
         raise MatchError(key.keyword, "a sequence key holds at most one item")
-    if len(elem.value) == 0:
+    if whole_sequence(elem):
         return RequestedKey(elem.tag, "SQ", key, all_items=True)
     sub = []
     for item_elem in elem.value[0]:
@@ -241,7 +249,7 @@ def _parse_sps(elem: DataElement, query: WorklistQuery) -> RequestedKey:
         raise MatchError(SPS_SEQUENCE, f"has VR {elem.VR}, the model defines SQ")
     if len(elem.value) > 1:
         raise MatchError(SPS_SEQUENCE, "sequence matching takes exactly one item")
-    if len(elem.value) == 0:  # universal: the whole item is returned
+    if whole_sequence(elem):  # universal: the whole item is returned
         return RequestedKey(elem.tag, "SQ", None, all_items=True)
     sub = _parse_level(list(elem.value[0]), SPS_KEYS, query, "sps")
     return RequestedKey(elem.tag, "SQ", None, sub_keys=sub)
