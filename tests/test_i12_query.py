@@ -28,6 +28,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS_CLASS
+from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL_FIND
 
 from conftest import SAMPLE, LiveServer, module_server, require_tool
 from worklist_mpps import matching, mpps, worklist
@@ -516,3 +517,43 @@ def test_dicomweb_mpps_update_with_invalid_date_is_400(server):
     rsp = _post(server, uid, change, update=True)
     assert rsp.status_code == 400, rsp.text
     assert "PerformedProcedureStepEndDate" in rsp.text
+
+
+# --- control characters in key values ---------------------------------------------------------
+
+
+def test_check_characters_follows_the_vr_rules():
+    matching.check_characters("AccessionNumber", "SH", "A1\x1b$B")  # ESC: ISO 2022
+    matching.check_characters("StudyInstanceUID", "UI", "1.2.3\0")  # a UID's padding
+    matching.check_characters("Comments", "LT", "line one\r\nline two\ttab")
+    for vr, value in [("SH", "A\x00B"), ("LO", "A\nB"), ("PN", "Doe\x07"), ("UI", "1.2\x003"),
+                      ("LT", "A\x00B")]:
+        with pytest.raises(MatchError, match="control character"):
+            matching.check_characters("Key", vr, value)
+
+
+def test_c_find_key_with_a_control_character_is_0xA900(server):
+    """A NUL inside a key is no DICOM value (PS3.5 6.1.2.3): 0xA900, not a quiet 'no match'
+    (SQLite) or a database error (PostgreSQL refuses NUL in text)."""
+    ae = AE(ae_title="I12CTRL")
+    ae.add_requested_context(MWL_FIND)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="WORKLISTS")
+    assert assoc.is_established
+    try:
+        identifier = Dataset()
+        identifier.PatientID = "PID\x0000014"
+        identifier.PatientName = ""
+        statuses = [status.Status for status, _ in assoc.send_c_find(
+            identifier, MWL_FIND)]
+    finally:
+        assoc.release()
+    assert statuses == [0xA900]
+
+
+def test_dicomweb_search_with_a_control_character_is_400(live_server, shared_url):
+    """On PostgreSQL too, where a NUL reaching the database was a 503."""
+    live = live_server(shared_url)
+    rsp = requests.get(f"{live.http_url}/modality-scheduled-procedure-steps",
+                       params={"PatientID": "PID\x0000014"}, timeout=TIMEOUT)
+    assert rsp.status_code == 400, rsp.text
+    assert "control character" in rsp.text

@@ -60,6 +60,23 @@ def strip_padding(vr: str, value: str) -> str:
     return value
 
 
+# Control characters a key value may not hold (PS3.5 6.1.2.3, 6.2): none but ESC (ISO 2022
+# code extensions) in the single-line string VRs; LT, ST and UT also take TAB, LF, FF
+# and CR. A NUL is the padding of a UI only, stripped before this check.
+_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+def check_characters(keyword: str, vr: str, value: str) -> None:
+    """MatchError (0xA900, HTTP 400) for a key value holding a control character its VR
+    does not allow: such a value is no DICOM value and can match nothing stored."""
+    pattern = _CONTROL_IN_TEXT if vr in ("LT", "ST", "UT") else _CONTROL
+    bad = pattern.search(strip_padding(vr, value))
+    if bad:
+        raise MatchError(keyword, f"control character {bad.group()!r} is not allowed in {vr} "
+                                  "(PS3.5 6.1.2.3)")
+
+
 def fold_pn(value: str | None) -> str | None:
     """Case- and accent-folded Person Name: 'Müller^Hans' -> 'muller^hans'.
 

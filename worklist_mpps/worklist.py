@@ -142,6 +142,8 @@ def _values(elem: DataElement) -> list[str]:
 def _key_filter(key: Key, elem: DataElement) -> ColumnElement | None:
     """The SQL clause for one non-sequence key (None: universal)."""
     values = _values(elem)
+    for value in values:
+        matching.check_characters(key.keyword, key.vr, value)
     if key.match == "uid":
         return matching.uid_list(key.column, values)
     if key.match == "date":
