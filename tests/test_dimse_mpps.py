@@ -263,8 +263,8 @@ def test_n_create_missing_type1_attribute_or_value(server):
         del ds.ScheduledStepAttributesSequence[0].StudyInstanceUID
         status, uid = m.create(ds, generate_uid())
         assert status.Status == 0x0120
-        # An N-CREATE-RSP carries no Attribute Identifier List: the comment (LO, at most
-        # 64 characters) names the attribute by sequence tag, item and keyword.
+        # The comment (LO, at most 64 characters) names the attribute by sequence tag,
+        # item and keyword (the Attribute Identifier List its tag: test_i12_dimse.py).
         assert status.ErrorComment == "Missing attribute (0040,0270)[1] > StudyInstanceUID"
         assert m.get(uid)[0].Status == 0x0112
 

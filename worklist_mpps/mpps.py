@@ -18,10 +18,11 @@ from typing import Any, Iterable, Sequence
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from pynetdicom.dsutils import decode as decode_bytes
-from pynetdicom.dsutils import encode as encode_bytes
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -92,12 +93,14 @@ MPPS_ATTRIBUTES = CREATE_ONLY | SET_ALLOWED | {"SpecificCharacterSet"}
 class MPPSError(Exception):
     """A request refused with a DIMSE status (and the matching HTTP answer)."""
 
-    def __init__(self, status: int, comment: str, attributes: Iterable[str] = (),
+    def __init__(self, status: int, comment: str, attributes: Iterable[str | int] = (),
                  error_id: int | None = None) -> None:
         super().__init__(comment)
         self.status = status
         self.comment = comment
-        self.attributes = [int(tag_for_keyword(a)) for a in attributes if tag_for_keyword(a)]
+        # the Attribute Identifier List (0000,1005) of the response: keywords or tags
+        self.attributes = [a if isinstance(a, int) else int(tag_for_keyword(a))
+                           for a in attributes if isinstance(a, int) or tag_for_keyword(a)]
         self.error_id = error_id
 
 
@@ -117,13 +120,44 @@ class Outcome:
 # --- encoding -------------------------------------------------------------------------
 
 
+def _write(ds: Dataset) -> bytes:
+    """Explicit VR Little Endian bytes of a dataset, in its Specific Character Set;
+    pydicom's exception when a value cannot be written."""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_dataset(fp, ds)
+    return fp.parent.getvalue()
+
+
 def encode_dataset(ds: Dataset) -> bytes:
     """Explicit VR Little Endian bytes of a dataset, in its Specific Character Set."""
-    data = encode_bytes(ds, False, True)
-    if data is None:  # pydicom could not write a value (its length or its VR is wrong)
+    try:
+        return _write(ds)
+    except Exception:  # noqa: BLE001 - a value whose length or VR is wrong
         raise MPPSError(INVALID_ATTRIBUTE_VALUE,
-                        "An attribute value does not fit its VR (cannot be encoded)")
-    return data
+                        "An attribute value does not fit its VR (cannot be encoded)",
+                        offending_attributes(ds)) from None
+
+
+def offending_attributes(ds: Dataset) -> list[int]:
+    """The top-level attributes whose values cannot be read or written, each tried alone:
+    the Attribute Identifier List of a 0x0106 Invalid Attribute Value (PS3.4 F.7.2.1.3);
+    a value inside a sequence is named by its sequence."""
+    try:
+        charset = ds[0x00080005] if 0x00080005 in ds else None
+    except Exception:  # noqa: BLE001
+        return [0x00080005]
+    bad = []
+    for tag in list(ds.keys()):
+        one = Dataset()
+        try:
+            if charset is not None and tag != 0x00080005:
+                one[0x00080005] = charset
+            one[tag] = ds[tag]
+            _materialize(decode_dataset(_write(one)))
+        except Exception:  # noqa: BLE001 - whatever pydicom raises on this value
+            bad.append(int(tag))
+    return bad
 
 
 def decode_dataset(data: bytes) -> Dataset:
@@ -160,7 +194,8 @@ def _unicode(ds: Dataset) -> Dataset:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
         raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Data set cannot be decoded: "
-                        f"{exc.__class__.__name__}: {exc}"[:200]) from None
+                        f"{exc.__class__.__name__}: {exc}"[:200],
+                        offending_attributes(ds)) from None
     try:
         raw = decode_dataset(encoded)
         _materialize(raw)
@@ -170,7 +205,8 @@ def _unicode(ds: Dataset) -> Dataset:
                         ["SpecificCharacterSet"]) from None
     except Exception as exc:  # noqa: BLE001 - a value that does not fit its VR
         raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Data set cannot be decoded: "
-                        f"{exc.__class__.__name__}: {exc}"[:200]) from None
+                        f"{exc.__class__.__name__}: {exc}"[:200],
+                        offending_attributes(ds)) from None
     _check_sequence_vrs(raw)
     if "SpecificCharacterSet" in raw:
         del raw.SpecificCharacterSet

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection, Mapping
 
 from pydicom import Dataset
 
@@ -60,3 +60,42 @@ def decoded(get: Callable[[], Dataset], every_element: bool = True) -> Dataset:
     except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
         raise UndecodableRequest(f"{exc.__class__.__name__}: {exc}"[:200]) from None
     return ds
+
+
+# --- requests a presentation context does not serve (used by reactor.py) ----------------------
+
+NO_SUCH_SOP_CLASS = 0x0118  # PS3.7 C.5.20; the DIMSE-N statuses (10.1.1-10.1.6)
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.6; the DIMSE-C statuses (9.1.1-9.1.5)
+UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.5.23
+
+
+def requested_sop_class(msg) -> str:  # noqa: ANN001
+    """The SOP Class a request names: Affected SOP Class UID (DIMSE-C, N-EVENT-REPORT,
+    N-CREATE) or Requested SOP Class UID (N-GET, N-SET, N-ACTION, N-DELETE)."""
+    uid = getattr(msg, "AffectedSOPClassUID", None) or getattr(msg, "RequestedSOPClassUID", "")
+    return str(uid or "")
+
+
+def refusal(operation: str, sop_class: str, abstract_syntax: str,
+            operations: Mapping[str, Collection[str]]) -> tuple[int, str] | None:
+    """Why a request (``operation`` such as "N-CREATE", naming ``sop_class``) on a
+    presentation context of ``abstract_syntax`` is refused: (status, reason), or None.
+
+    - Another SOP Class than the context's: 0x0122 Refused: SOP Class not supported for
+      DIMSE-C (PS3.7 9.1.1.1.9, 9.1.2.1.6, 9.1.5.1.4 b), 0x0118 No such SOP Class for
+      DIMSE-N, whose status lists have no 0x0122 (10.1.x). PS3.7 10.1 lets a DIMSE-N
+      command name another SOP Class where PS3.4 defines the pair (meta SOP Classes);
+      none of the classes served here does: MPPS F.7.1, MPPS Retrieve F.8.2.1 ("shall be
+      the UID of the ... Retrieve SOP Class"), MWL K.4, Verification A.3.
+    - An operation the context's SOP Class does not serve (``operations``: SOP Class ->
+      the DIMSE operations served): 0x0211 Unrecognized operation, "not one of those
+      agreed between the DIMSE Service Users" (PS3.7 C.5.23, 9.1.5.1.4 e, 10.1.x).
+    """
+    if sop_class != abstract_syntax:
+        dimse_n = operation.startswith("N-")
+        return ((NO_SUCH_SOP_CLASS, f"SOP Class {sop_class} on a {abstract_syntax} context")
+                if dimse_n else
+                (SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} not supported here"))
+    if operation not in operations.get(abstract_syntax, ()):
+        return UNRECOGNIZED_OPERATION, f"{operation} is not an operation of {abstract_syntax}"
+    return None

@@ -50,10 +50,10 @@ def _failure(exc: Exception, op: str, who: str, uid: str | None, started: float)
     if isinstance(exc, MPPSError):
         log.warning("%s from %s for %s: 0x%04X %s (%.1f ms)", op, who, uid, exc.status,
                     exc.comment, ms)
-        # an N-CREATE response has no Attribute Identifier List (PS3.7 10.1.5.1.6):
-        # the Error Comment names the attribute instead
-        attributes = exc.attributes if op != "N-CREATE" else None
-        return _status(exc.status, exc.comment, exc.error_id, attributes)
+        # the Attribute Identifier List (0000,1005) names the attributes on N-CREATE and
+        # N-SET alike: their responses carry the status fields of PS3.7 Annex C (10.3.3,
+        # 10.3.5); wire.py adds it to pynetdicom's N-CREATE-RSP
+        return _status(exc.status, exc.comment, exc.error_id, exc.attributes)
     if isinstance(exc, UndecodableRequest):
         log.warning("%s from %s for %s: 0x0106 data set cannot be decoded: %s", op, who, uid,
                     exc)

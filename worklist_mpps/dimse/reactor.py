@@ -28,7 +28,7 @@ import ssl
 import threading
 import time
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Collection, Mapping
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -37,6 +37,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from . import wire
+from .context import SOP_CLASS_NOT_SUPPORTED, refusal, requested_sop_class
 
 log = logging.getLogger("worklist_mpps.dimse")
 TICK = 0.02  # seconds between timer checks while nothing happens
@@ -215,6 +216,9 @@ class EventDrivenDUL(DULServiceProvider):
 class EventDrivenAssociation(Association):
     """An acceptor association whose reactor waits for work instead of polling."""
 
+    # SOP Class -> DIMSE operations served (set by the request handler); None: no check
+    operations: Mapping[str, Collection[str]] | None = None
+
     def __init__(self, ae, mode: str) -> None:  # noqa: ANN001
         super().__init__(ae, mode)
         self._wake = threading.Event()
@@ -230,16 +234,54 @@ class EventDrivenAssociation(Association):
         super().kill()
 
     def _serve_request(self, msg, context_id: int) -> None:  # noqa: ANN001
-        """pynetdicom drops a request that lacks a required command element with a log
-        line, leaving the peer to wait for its DIMSE timeout: abort it instead, so the
-        peer learns at once that the message was not acceptable (PS3.7 9.3, 10.3)."""
-        if not self._sent_release and not msg.is_valid_request:
+        """Dispatch a request, after the checks pynetdicom does not make.
+
+        A request lacking a required command element: pynetdicom drops it with a log
+        line, leaving the peer to wait for its DIMSE timeout; abort instead, so the peer
+        learns at once that the message was not acceptable (PS3.7 9.3, 10.3).
+
+        A request naming another SOP Class than its presentation context's, or an
+        operation that SOP Class does not serve (:func:`refusal`): pynetdicom hands it
+        to the service class of the SOP Class it names, which answers with another
+        message type (an N-CREATE naming a Storage class got a C-STORE-RSP), or raises
+        and aborts, or never answers. Answer it with a response of its own type and the
+        refusal's status instead; the association goes on.
+        """
+        if self._sent_release:
+            super()._serve_request(msg, context_id)  # logs and ignores it
+            return
+        if not msg.is_valid_request:
             missing = [k for k in msg.REQUEST_KEYWORDS if getattr(msg, k, None) is None]
             log.warning("%s from %s@%s without %s: association aborted", msg.msg_type,
                         self.requestor.ae_title, self.requestor.address, ", ".join(missing))
             self.abort()
             return
+        context = self._accepted_cx.get(context_id)
+        if context is not None and self.operations is not None:
+            refused = refusal(msg.msg_type, requested_sop_class(msg),
+                              str(context.abstract_syntax), self.operations)
+            if refused is not None:
+                self._refuse(msg, context_id, *refused)
+                return
         super()._serve_request(msg, context_id)
+
+    def _refuse(self, msg, context_id: int, status: int, why: str) -> None:  # noqa: ANN001
+        """Answer ``msg`` with a response of its own type carrying ``status``: Message ID
+        Being Responded To, Affected SOP Class / Instance UID as in the request (PS3.7
+        9.3, 10.3: U(=)), an Error Comment where Annex C has one for the status."""
+        rsp = type(msg)()
+        rsp.MessageIDBeingRespondedTo = msg.MessageID
+        rsp.AffectedSOPClassUID = requested_sop_class(msg)
+        instance = (getattr(msg, "AffectedSOPInstanceUID", None)
+                    or getattr(msg, "RequestedSOPInstanceUID", None))
+        if instance and hasattr(rsp, "AffectedSOPInstanceUID"):
+            rsp.AffectedSOPInstanceUID = instance
+        rsp.Status = status
+        if status == SOP_CLASS_NOT_SUPPORTED:  # C.5.6 has an Error Comment, C.5.20/C.5.23 not
+            rsp.ErrorComment = why[:64]
+        log.warning("%s from %s@%s on context %d: 0x%04X %s", msg.msg_type,
+                    self.requestor.ae_title, self.requestor.address, context_id, status, why)
+        self.dimse.send_msg(rsp, context_id)
 
     def _run_reactor(self) -> None:
         """pynetdicom's ``Association._run_reactor``, waiting on ``_wake`` for its sleep."""
@@ -287,9 +329,13 @@ class EventDrivenAssociation(Association):
 class EventDrivenRequestHandler(RequestHandler):
     """pynetdicom's RequestHandler, creating :class:`EventDrivenAssociation`s."""
 
+    # SOP Class -> DIMSE operations served, for EventDrivenAssociation._serve_request
+    operations: Mapping[str, Collection[str]] | None = None
+
     def _create_association(self) -> Association:
         # as pynetdicom's RequestHandler._create_association, with the class above
         assoc = EventDrivenAssociation(self.ae, "acceptor")
+        assoc.operations = self.operations
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
@@ -309,3 +355,21 @@ class EventDrivenRequestHandler(RequestHandler):
                 for handler, args in handlers:
                     assoc.bind(event, handler, args)
         return assoc
+
+
+# What this module relies on of pynetdicom's internals, with the leading parameters used
+# (None: only that it exists); tests/test_i12_dimse.py checks each after an upgrade. (Also
+# the instance attributes Association._accepted_cx, dimse, dul, _kill, _is_paused and
+# _reactor_checkpoint, which the live tests exercise.)
+PYNETDICOM_INTERNALS = {
+    "Association._serve_request": (Association._serve_request, ("self", "msg", "context_id")),
+    "Association._run_reactor": (Association._run_reactor, ("self",)),
+    "Association.abort": (Association.abort, ("self",)),
+    "DULServiceProvider.run_reactor": (DULServiceProvider.run_reactor, ("self",)),
+    "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data, ("self",)),
+    "DULServiceProvider._process_recv_primitive": (
+        DULServiceProvider._process_recv_primitive, ("self",)),
+    "DULServiceProvider._is_transport_event": (DULServiceProvider._is_transport_event,
+                                               ("self",)),
+    "RequestHandler._create_association": (RequestHandler._create_association, ("self",)),
+}

@@ -29,6 +29,21 @@ from .worklist import handle_find
 
 log = logging.getLogger("worklist_mpps.dimse")
 
+# The SOP Classes this AE serves and the DIMSE operations of each (PS3.4 A.3 Verification,
+# K.4 Modality Worklist, F.7.1 MPPS (N-GET there too, as pynetdicom serves it), F.8.1 MPPS
+# Retrieve): the presentation contexts it accepts, and what a request on each may be.
+# Anything else on a context is answered 0x0211 (context.refusal, in reactor.py's dispatch).
+OPERATIONS = {
+    Verification: ("C-ECHO",),
+    ModalityWorklistInformationFind: ("C-FIND",),
+    ModalityPerformedProcedureStep: ("N-CREATE", "N-SET", "N-GET"),
+    ModalityPerformedProcedureStepRetrieve: ("N-GET",),
+}
+
+
+class RequestHandler(EventDrivenRequestHandler):
+    operations = {str(uid): frozenset(ops) for uid, ops in OPERATIONS.items()}
+
 
 def _on_conn_open(event, ctx: ServerContext) -> None:  # noqa: ANN001
     """Tune each accepted connection.
@@ -101,10 +116,8 @@ def build_ae(ctx: ServerContext) -> AE:
     ae.acse_timeout = cfg.acse_timeout
     ae.dimse_timeout = cfg.dimse_timeout
     ae.maximum_pdu_size = cfg.max_pdu_size
-    ae.add_supported_context(Verification)
-    ae.add_supported_context(ModalityWorklistInformationFind)
-    ae.add_supported_context(ModalityPerformedProcedureStep)
-    ae.add_supported_context(ModalityPerformedProcedureStepRetrieve)
+    for sop_class in OPERATIONS:
+        ae.add_supported_context(sop_class)
     return ae
 
 
@@ -155,7 +168,7 @@ class DicomServer:
         server = self.ae.make_server(
             (self.ctx.config.bind, port), ssl_context=ssl_context,
             evt_handlers=handlers(self.ctx), server_class=AssociationServer,
-            request_handler=EventDrivenRequestHandler)
+            request_handler=RequestHandler)
         threading.Thread(target=server.serve_forever, name=f"DicomListener@{port}",
                          daemon=True).start()
         self.ae._servers.append(server)

@@ -26,10 +26,11 @@ from typing import Any, Iterable
 
 from pydicom.charset import python_encoding
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import evt
+from pynetdicom import dimse_messages, evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, N_CREATE
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import ServiceClass
 
 log = logging.getLogger("worklist_mpps.dimse")
 MWL_FIND = b"1.2.840.10008.5.1.4.31"  # 22 bytes: even, no padding
@@ -194,6 +195,31 @@ def send(assoc, data: bytes) -> bool:  # noqa: ANN001
     return assoc.is_established and assoc.dul.socket.socket is not None
 
 
+# --- the Attribute Identifier List of an N-CREATE-RSP ---------------------------------------
+
+
+def n_create_attribute_identifier_list() -> None:
+    """Let an N-CREATE-RSP carry the Attribute Identifier List (0000,1005).
+
+    PS3.7 10.3.5: the N-CREATE-RSP holds the fields of Table 10.3-10 *and* the status
+    fields of Annex C, among them (0000,1005) naming the attributes of a failure (C.5.13
+    Missing Attribute 0120H, C.5.17 No such Attribute 0105H; PS3.4 F.7.2.1.3 asks 0106H
+    "with an Attribute List"). pynetdicom 3.0.4 has (0000,1005) on N-SET and N-GET only:
+    its N-CREATE primitive lacks the parameter, so ``ServiceClass.validate_status`` drops
+    it from a handler's status Dataset, and its N-CREATE-RSP command set template leaves
+    it out. This adds both (idempotent; additive: a response without the list encodes
+    as before, and an N-CREATE-RSP that carries one now reaches the primitive).
+    """
+    N_CREATE.AttributeIdentifierList = None  # a parameter validate_status copies into
+    keywords = dimse_messages._COMMAND_SET_KEYWORDS["N-CREATE-RSP"]
+    if "AttributeIdentifierList" not in keywords:
+        dimse_messages._COMMAND_SET_KEYWORDS["N-CREATE-RSP"] = (
+            *keywords, "AttributeIdentifierList")
+
+
+n_create_attribute_identifier_list()
+
+
 # --- status-only responses through pynetdicom's DUL -------------------------------------------
 
 RESPONSE_FIELDS = {C_ECHO: 0x8030, C_FIND: C_FIND_RSP}
@@ -234,3 +260,17 @@ class DIMSEProvider(DIMSEServiceProvider):
         pdata = P_DATA()
         pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # command, last
         self.dul.send_pdu(pdata)
+
+
+# What this module relies on of pynetdicom's internals, with the leading parameters used
+# (None: only that it exists); tests/test_i12_dimse.py checks each after an upgrade.
+PYNETDICOM_INTERNALS = {
+    "DIMSEServiceProvider.send_msg": (DIMSEServiceProvider.send_msg,
+                                      ("self", "primitive", "context_id")),
+    "DIMSEServiceProvider.maximum_pdu_size": (DIMSEServiceProvider.maximum_pdu_size, None),
+    "ServiceClass.validate_status": (ServiceClass.validate_status, ("self", "status", "rsp")),
+    "dimse_messages._COMMAND_SET_KEYWORDS[N-CREATE-RSP]": (
+        dimse_messages._COMMAND_SET_KEYWORDS.get("N-CREATE-RSP"), None),
+    "DIMSEMessage.primitive_to_message": (dimse_messages.DIMSEMessage.primitive_to_message,
+                                          ("self", "primitive")),
+}
