@@ -2,17 +2,20 @@
 #   make serve   start the server on the embedded SQLite default with sample data
 #   make test    run the whole test suite (installs DCMTK, Orthanc and docker-compose
 #                when missing, as root)
+# Dependencies come from the lock files, every file checked against its hash
+# (requirements.lock: runtime, for the Dockerfile; requirements-test.lock: runtime and
+# test tools, for make install/test and CI); `make lock` refreshes both (README).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test bench install system-tools clean
+.PHONY: serve test bench install system-tools clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-test.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-test.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +31,19 @@ test: $(STAMP) system-tools
 
 bench: $(STAMP) system-tools
 	$(BIN)/python bench/run.py --write bench/RESULTS.md $(BENCH_ARGS)
+
+# uv resolves for every platform and Python >= 3.11 at once (--universal) and writes
+# pip's hash format; the test lock is constrained to the runtime lock's versions.
+# LOCK_ARGS=--upgrade (or --upgrade-package NAME) moves pins forward.
+UV ?= uv
+LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --quiet $(LOCK_ARGS)
+BUILD_REQS = setuptools>=68
+
+lock:
+	echo '$(BUILD_REQS)' | $(UV) pip compile pyproject.toml - --extra postgres \
+		$(LOCK_FLAGS) -o requirements.lock
+	echo '$(BUILD_REQS)' | $(UV) pip compile pyproject.toml - --extra postgres --extra test \
+		-c requirements.lock $(LOCK_FLAGS) -o requirements-test.lock
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -99,11 +99,46 @@ def db(db_url) -> Iterator[Database]:
 # --- live servers ---------------------------------------------------------------------
 
 
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
+# pynetdicom installs console scripts named like DCMTK's tools (findscu, echoscu,
+# storescu...) into the venv's bin: with the venv activated they come first on PATH and
+# answer a DCMTK command line with an argparse error. Tests call DCMTK, so the venv's bin
+# leaves PATH here, for every test and subprocess (the server and dicom-mpps run as
+# ``sys.executable -m ...``); dcmtk() below also refuses anything but DCMTK's own tool.
+VENV_BIN = Path(sys.executable).parent
+os.environ["PATH"] = os.pathsep.join(
+    p for p in os.environ.get("PATH", "").split(os.pathsep)
+    if p and Path(p).resolve() != VENV_BIN.resolve())
+
+
+@functools.lru_cache(maxsize=None)
+def _find_dcmtk(name: str) -> str | None:
+    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+        candidate = Path(folder) / name
+        if (not candidate.is_file() or not os.access(candidate, os.X_OK)
+                or candidate.resolve().parent == VENV_BIN.resolve()):
+            continue
+        try:
+            said = subprocess.run([str(candidate), "--version"], capture_output=True,
+                                  text=True, timeout=10)
+        except OSError:
+            continue
+        if "dcmtk" in (said.stdout + said.stderr).lower():
+            return str(candidate)
+    return None
+
+
+def dcmtk(name: str) -> str:
+    """The absolute path of DCMTK's ``name`` (never pynetdicom's script of that name)."""
+    path = _find_dcmtk(name)
     if path is None:
-        pytest.skip(f"{name} not installed (DCMTK; 'make test' installs it as root)")
+        pytest.skip(f"DCMTK {name} not installed (Debian package dcmtk; 'make test' "
+                    "installs it as root)")
     return path
+
+
+def require_tool(name: str) -> str:
+    """A DCMTK tool the test needs (skips without it): see dcmtk()."""
+    return dcmtk(name)
 
 
 class LiveServer:

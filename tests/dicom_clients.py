@@ -63,8 +63,10 @@ def findscu_files(port: int, outdir: Path, *keys: str, timeout: float = 30) -> l
 
     findscu exits 0 whatever the final status, so that is read from its log.
     """
+    from conftest import dcmtk  # DCMTK's findscu, not pynetdicom's of the same name
+
     outdir.mkdir(parents=True, exist_ok=False)
-    cmd = ["findscu", "-v", "-W", "-aec", "WORKLISTS", "-X", "-od", str(outdir),
+    cmd = [dcmtk("findscu"), "-v", "-W", "-aec", "WORKLISTS", "-X", "-od", str(outdir),
            "127.0.0.1", str(port)]
     for key in keys:
         cmd += ["-k", key]

@@ -110,3 +110,22 @@ def test_orthanc_url_and_password_handling():
                                "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0 and "s3cret-value" not in proc.stdout
     assert "orthanc_password" in proc.stdout and "********" in proc.stdout
+
+
+def test_every_secret_can_come_from_a_file_and_is_masked():
+    """Issue 12 item 13: each secret field has a *_file companion (the database password
+    goes into database_url), and `config` masks secrets and URL passwords alike."""
+    import dataclasses
+
+    from worklist_mpps.config import shown_value
+
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    secrets = {name for name, f in fields.items() if f.metadata.get("secret")}
+    by_file = {f.metadata["secret_file"]: name for name, f in fields.items()
+               if f.metadata.get("secret_file")}
+    assert secrets | {"database_url"} == set(by_file)
+    assert all(by_file[name] == name + "_file" for name in secrets)
+    assert shown_value("http_token", "abc") == "'********'"
+    assert shown_value("database_url", "postgresql://u:p@h/db") == \
+        "'postgresql://u:********@h/db'"
+    assert shown_value("orthanc_url", "http://orthanc:8042") == "'http://orthanc:8042'"

@@ -63,6 +63,23 @@ def test_dockerfile_runs_the_server_as_a_user_with_a_data_volume():
     assert 'CMD ["worklist-mpps", "serve"]' in text
 
 
+def test_dockerfile_installs_exactly_the_lock_file():
+    """Every pip install of the image is the lock file with hashes, or the package itself
+    without resolving dependencies; the healthcheck writes the database."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "COPY requirements.lock ./" in text
+    installs = [line for line in text.replace("\\\n", " ").splitlines()
+                if "pip install" in line]
+    assert any("--require-hashes -r requirements.lock" in line for line in installs)
+    for line in installs:
+        assert "--require-hashes -r requirements.lock" in line or (
+            "--no-deps" in line and "--no-build-isolation" in line), line
+    assert text.index("--require-hashes -r requirements.lock") < text.index("--no-deps")
+    assert "requirements.lock" not in (ROOT / ".dockerignore").read_text()
+    assert 'HEALTHCHECK --interval=30s --timeout=10s CMD ["worklist-mpps", "ping", "--deep"]' \
+        in text
+
+
 def test_orthanc_json_declares_every_metadata_the_hook_writes():
     config = json.loads((ROOT / "orthanc" / "orthanc.json").read_text())
     assert set(METADATA) <= set(config["UserMetadata"])

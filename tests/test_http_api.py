@@ -36,7 +36,7 @@ from worklist_mpps.mpps_messages import ScheduledStep, n_create
 TIMEOUT = 15
 FINDSCU_TIMEOUT = 30
 SPS = "(0040,0100)[0]."
-TOKEN = "secret-token"
+TOKEN = "secret-token-of-24-chars"
 
 _counter = itertools.count(1)
 

@@ -30,6 +30,19 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong; the message names it."""
 
 
+# Off loopback a bearer token or password shorter than this is refused: guessable
+MIN_SECRET_LENGTH = 16
+MASK = "********"
+# the password part of a URL's userinfo (scheme://user:PASSWORD@host): never shown. Up to
+# the last "@": a password pasted without percent-encoding may hold "@", "/" or ":".
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)\S*(?=@)")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked (database_url, orthanc_url)."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+
+
 @dataclass(frozen=True)
 class ForwardPeer:
     """A downstream Performed Procedure Step Manager (RIS, PACS) MPPS is forwarded to."""
@@ -139,6 +152,10 @@ class Config:
         default="sqlite:///data/worklist.db",
         metadata={"help": "SQLAlchemy URL; the default is a SQLite file under ./data/"},
     )
+    database_password_file: str = field(
+        default="", metadata={"help": "file holding the database password (Docker/systemd "
+                                      "secret), put into database_url",
+                              "secret_file": "database_url"})
     auto_migrate: bool | None = field(
         default=None,
         metadata={"help": "upgrade the schema at start; default: yes for SQLite, no otherwise"},
@@ -176,6 +193,9 @@ class Config:
     orthanc_username: str = field(default="", metadata={"help": "Orthanc user (basic auth)"})
     orthanc_password: str = field(
         default="", metadata={"help": "Orthanc password (never logged)", "secret": True})
+    orthanc_password_file: str = field(
+        default="", metadata={"help": "file holding orthanc_password (Docker/systemd secret)",
+                              "secret_file": "orthanc_password"})
     orthanc_study_timeout: float = field(
         default=21600.0,
         metadata={"help": "seconds to wait for an MPPS's study to appear in Orthanc"})
@@ -198,9 +218,15 @@ class Config:
     http_token: str = field(
         default="", metadata={"help": "bearer token required on HTTP (empty: none)",
                               "secret": True})
+    http_token_file: str = field(
+        default="", metadata={"help": "file holding http_token (Docker/systemd secret)",
+                              "secret_file": "http_token"})
     http_username: str = field(default="", metadata={"help": "HTTP basic auth user"})
     http_password: str = field(
         default="", metadata={"help": "HTTP basic auth password", "secret": True})
+    http_password_file: str = field(
+        default="", metadata={"help": "file holding http_password (Docker/systemd secret)",
+                              "secret_file": "http_password"})
     tls_port: int = field(
         default=0, metadata={"help": "DICOM TLS port beside the plain one (0: no TLS)"})
     tls_certificate: str = field(default="", metadata={"help": "server certificate (PEM)"})
@@ -300,6 +326,12 @@ class Config:
             raise ConfigError(
                 f"http_bind: {self.http_bind!r} is not a loopback address: set http_token "
                 "or http_username/http_password (authentication is required off loopback)")
+        if self.http_enabled and not is_loopback(self.http_bind):
+            for name in ("http_token", "http_password"):
+                if 0 < len(getattr(self, name)) < MIN_SECRET_LENGTH:
+                    raise ConfigError(
+                        f"{name}: at least {MIN_SECRET_LENGTH} characters when http_bind "
+                        f"({self.http_bind}) is not loopback (got {len(getattr(self, name))})")
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite_synchronous: unknown value {self.sqlite_synchronous!r}")
         from .db.models import STEP_STATUSES  # late import: models import nothing from here
@@ -426,8 +458,45 @@ def load_config(
             raise ConfigError(f"unknown key {key!r}")
         values[key] = _coerce(key, value, "--" + key.replace("_", "-"))
     config = Config(**values)
+    read_secret_files(config)
     config.validate()
     return config
+
+
+def read_secret_files(config: Config) -> None:
+    """Fill each secret from its ``*_file`` setting (Docker/systemd secrets), so that no
+    secret needs to be on a command line: the file's content, trailing newline stripped.
+    A secret given both ways, or a file that cannot be read, is a ConfigError."""
+    for name, f in _fields().items():
+        target, path = f.metadata.get("secret_file"), getattr(config, name)
+        if not target or not path:
+            continue
+        try:
+            value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {path!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}: {path!r} is not UTF-8 text") from None
+        if not value:
+            raise ConfigError(f"{name}: {path!r} is empty")
+        if target == "database_url":
+            from sqlalchemy.engine import make_url  # late import: config stays light
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                url = make_url(config.database_url)
+            except ArgumentError:
+                raise ConfigError(f"database_url: not a database URL: "
+                                  f"{redact_url(config.database_url)!r}") from None
+            if url.get_backend_name() == "sqlite" or url.password:
+                raise ConfigError(f"{name}: database_url must name a server database without "
+                                  "a password of its own")
+            config.database_url = url.set(password=value).render_as_string(
+                hide_password=False)
+        elif getattr(config, target):
+            raise ConfigError(f"{name}: {target} is set as well: give one of them")
+        else:
+            setattr(config, target, value)
 
 
 def add_cli_flags(parser: argparse.ArgumentParser) -> None:
@@ -456,3 +525,10 @@ def describe_defaults() -> list[tuple[str, str, str]]:
 
 def is_secret(name: str) -> bool:
     return bool(_fields()[name].metadata.get("secret"))
+
+
+def shown_value(name: str, value: Any) -> str:
+    """How ``worklist-mpps config`` shows a value: secrets and URL passwords masked."""
+    if is_secret(name) and value:
+        return repr(MASK)
+    return redact_url(repr(value)) if isinstance(value, str) else repr(value)

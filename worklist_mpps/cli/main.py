@@ -3,20 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import signal
 import sys
 import threading
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..config import (
-    Config, ConfigError, add_cli_flags, config_from_args, describe_defaults, is_secret,
+    Config, ConfigError, add_cli_flags, config_from_args, describe_defaults, shown_value,
 )
 from ..db import migrate
 from ..db.engine import Database
+from ..health import (
+    DISK_FULL, READ_ONLY, SCHEMA, Health, describe_db_error, probe_write, sqlite_file,
+    sqlite_file_problem,
+)
 from ..loader import LoadError, load_file, load_sample_once
 
 log = logging.getLogger("worklist_mpps")
+
+# Exit codes of worklist-mpps (README "Exit codes"): one per cause, so that a supervisor
+# or an operator tells them apart without reading a traceback
+EXIT_FAILED = 1  # the command's own failure (ping: no C-ECHO answer; db current: behind)
+EXIT_CONFIG = 2  # a configuration key or value, an unreadable secret file, schema behind
+EXIT_DB_UNREACHABLE = 3  # no connection: host, port, database name, credentials
+EXIT_DICOM_PORT = 4  # the DICOM port (or the TLS port) cannot be bound: in use, no right
+EXIT_HTTP_PORT = 5  # the HTTP port cannot be bound
+EXIT_DB_NOT_WRITABLE = 6  # connected, but a write fails: read-only database, disk full
+
+
+class StartupError(Exception):
+    """A cause that ends the command with one line and its own exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def database_failure(health: Health) -> StartupError:
+    """The one line and exit code of a database that fails a command."""
+    code = (EXIT_DB_NOT_WRITABLE if health.problem in (READ_ONLY, DISK_FULL)
+            else EXIT_CONFIG if health.problem == SCHEMA else EXIT_DB_UNREACHABLE)
+    return StartupError(code, health.reason)
+
+
+def _bind_failure(what: str, address: str, port: int, exc: OSError) -> str:
+    hint = " (another server running?)" if exc.errno == errno.EADDRINUSE else ""
+    return f"{what} {address}:{port} cannot be bound: {exc.strerror or exc}{hint}"
 
 
 def setup_logging(level: str) -> None:
@@ -47,11 +83,18 @@ def setup_logging(level: str) -> None:
 
 
 def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:
-    """The process's Database, its schema upgraded or checked."""
+    """The process's Database, its schema upgraded or checked; a database that cannot be
+    used ends the command with one line and its exit code (StartupError)."""
     db = Database(cfg.database_url, cfg.sqlite_synchronous)
-    if cfg.migrate_on_start if migrate_now is None else migrate_now:
-        migrate.upgrade(db.engine)
-    elif not migrate.is_up_to_date(db.engine):
+    try:
+        if cfg.migrate_on_start if migrate_now is None else migrate_now:
+            migrate.upgrade(db.engine)
+        up_to_date = migrate.is_up_to_date(db.engine)
+    except SQLAlchemyError as exc:
+        db.dispose()
+        # a read-only filesystem under a SQLite file says more than "unable to open"
+        raise database_failure(sqlite_file_problem(db) or describe_db_error(exc)) from None
+    if not up_to_date:
         raise ConfigError(
             "database schema is not up to date: run 'worklist-mpps db upgrade' "
             "(or set auto_migrate: true)"
@@ -78,23 +121,36 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server.start()
-    http = None
-    if cfg.http_enabled:
-        from ..web.app import create_app
-        from ..web.server import HTTPServer
-
-        http = HTTPServer(create_app(ctx, server.is_listening), cfg.http_bind, cfg.http_port,
-                          cfg.network_timeout, cfg.http_header_timeout, cfg.http_max_connections)
-        http.start()
-    if worker:
-        worker.start()
-    print(f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
-          + (f", HTTP on {cfg.http_bind}:{http.port}" if http else ""), flush=True)
+    http, running = None, False
     try:
+        try:
+            server.start()
+        except OSError as exc:
+            port = cfg.tls_port if server.is_listening() else cfg.port
+            raise StartupError(EXIT_DICOM_PORT,
+                               _bind_failure("DICOM port", cfg.bind, port, exc)) from None
+        if cfg.http_enabled:
+            from ..web.app import create_app
+            from ..web.server import HTTPServer
+
+            http = HTTPServer(create_app(ctx, server.is_listening), cfg.http_bind,
+                              cfg.http_port, cfg.network_timeout, cfg.http_header_timeout,
+                              cfg.http_max_connections)
+            try:
+                http.start()
+            except OSError as exc:
+                http = None
+                raise StartupError(EXIT_HTTP_PORT, _bind_failure(
+                    "HTTP port", cfg.http_bind, cfg.http_port, exc)) from None
+        if worker:
+            worker.start()
+        print(f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
+              + (f", HTTP on {cfg.http_bind}:{http.port}" if http else ""), flush=True)
+        running = True
         stop.wait()
     finally:
-        log.info("Shutting down")
+        if running:
+            log.info("Shutting down")
         if http:
             http.stop()
         server.stop()  # in-flight associations finish first
@@ -263,15 +319,33 @@ def cmd_ping(cfg: Config, args: argparse.Namespace) -> int:
         return 1
     ok = status.get("Status") == 0
     print(f"{cfg.ae_title}@{host}:{cfg.port} " + ("answers C-ECHO" if ok else "no C-ECHO"))
-    return 0 if ok else 1
+    if not ok:
+        return EXIT_FAILED
+    return ping_database(cfg) if args.deep else 0
+
+
+def ping_database(cfg: Config) -> int:
+    """``ping --deep``: commit one write to the configured database (the heartbeat row),
+    as /healthz does: 0, or 3 (unreachable) / 6 (read-only, disk full) with the reason."""
+    db = Database(cfg.database_url, cfg.sqlite_synchronous)
+    try:
+        path = sqlite_file(db)
+        if path is not None and not path.is_file():  # connecting would create it
+            raise StartupError(EXIT_DB_UNREACHABLE,
+                               f"database unreachable: no SQLite database file {path}")
+        health = probe_write(db, "worklist-mpps ping")
+    finally:
+        db.dispose()
+    if not health.ok:
+        raise database_failure(health)
+    print("database takes a write")
+    return 0
 
 
 def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
     width = max(len(k) for k, _, _ in describe_defaults())
     for key, _default, help_text in describe_defaults():
-        value = getattr(cfg, key)
-        shown = "'********'" if is_secret(key) and value else repr(value)
-        print(f"{key:<{width}}  {shown}    # {help_text}")
+        print(f"{key:<{width}}  {shown_value(key, getattr(cfg, key))}    # {help_text}")
     return 0
 
 
@@ -328,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ping", help="C-ECHO the server (healthcheck)")
     p.add_argument("--host", help="address to call (default: the bind address or 127.0.0.1)")
     p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--deep", action="store_true",
+                   help="also commit a write to the database (exit 3 unreachable, "
+                        "6 read-only or disk full)")
     add_cli_flags(p)
     p.set_defaults(func=cmd_ping)
 
@@ -345,7 +422,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(cfg, args)
     except (ConfigError, LoadError) as exc:
         print(f"worklist-mpps: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except SQLAlchemyError as exc:  # one line, no traceback (README "Exit codes")
+        failure = database_failure(describe_db_error(exc))
+        print(f"worklist-mpps: {failure}", file=sys.stderr)
+        return failure.code
+    except StartupError as exc:
+        print(f"worklist-mpps: {exc}", file=sys.stderr)
+        return exc.code
 
 
 if __name__ == "__main__":

@@ -204,6 +204,18 @@ class AppState(Base):
     value: Mapped[str | None] = mapped_column(String(255))
 
 
+class Heartbeat(Base):
+    """The one row the health probe updates (health.py): proof that the database takes a
+    committed write. Several instances on one database update the same row."""
+
+    __tablename__ = "heartbeat"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    beats: Mapped[int] = mapped_column(Integer, default=0)
+    at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    instance: Mapped[str | None] = mapped_column(String(120))
+
+
 OUTBOX_STATES = ("pending", "delivered", "failed", "superseded")
 
 

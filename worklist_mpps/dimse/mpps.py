@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import mpps
 from ..audit import Actor
+from ..health import db_error_comment, describe_db_error
 from ..mpps import MPPSError
 from .context import (
     NOT_AUTHORIZED,
@@ -59,9 +60,9 @@ def _failure(exc: Exception, op: str, who: str, uid: str | None, started: float)
                     exc)
         return _status(mpps.INVALID_ATTRIBUTE_VALUE, f"Data set cannot be decoded: {exc}")
     if isinstance(exc, SQLAlchemyError):
-        log.error("%s from %s for %s: 0x0110 database error %s (%.1f ms)", op, who, uid,
-                  exc.__class__.__name__, ms)
-        return _status(mpps.PROCESSING_FAILURE, f"Database error: {exc.__class__.__name__}")
+        log.error("%s from %s for %s: 0x0110 database error: %s (%.1f ms)", op, who, uid,
+                  describe_db_error(exc).reason, ms)
+        return _status(mpps.PROCESSING_FAILURE, db_error_comment(exc))
     log.exception("%s from %s for %s: 0x0110 processing failure", op, who, uid)
     return _status(mpps.PROCESSING_FAILURE, f"Processing failure: {exc.__class__.__name__}")
 

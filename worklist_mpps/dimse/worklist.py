@@ -12,6 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import worklist
+from ..health import db_error_comment, describe_db_error
 from ..matching import MatchError
 from . import wire
 from .context import (
@@ -68,9 +69,10 @@ def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | N
         yield failure(IDENTIFIER_DOES_NOT_MATCH, f"Identifier cannot be decoded: {exc}"), None
         return
     except SQLAlchemyError as exc:
-        log.error("C-FIND from %s: 0xC001 database error: %s", who, exc.__class__.__name__,
+        log.error("C-FIND from %s: 0xC001 database error: %s", who,
+                  describe_db_error(exc).reason,
                   exc_info=log.isEnabledFor(logging.DEBUG))
-        yield failure(UNABLE_TO_PROCESS, f"Database error: {exc.__class__.__name__}"), None
+        yield failure(UNABLE_TO_PROCESS, db_error_comment(exc)), None
         return
     except Exception as exc:  # a bad identifier pydicom cannot decode, for example
         log.exception("C-FIND from %s: 0xC001 unable to process", who)

@@ -12,12 +12,12 @@ from typing import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__
 from ..config import Config
 from ..dimse.context import ServerContext
+from ..health import WriteProbe, describe_db_error
 from . import api, dicomweb, guard
 from .errors import HTTPProblem
 
@@ -147,9 +147,9 @@ def create_app(ctx: ServerContext, dicom_listening: Callable[[], bool] = lambda:
 
     @app.exception_handler(SQLAlchemyError)
     async def database_down(request: Request, exc: SQLAlchemyError) -> JSONResponse:  # noqa: ARG001
-        log.error("HTTP %s %s: database error %s", request.method, request.url.path,
-                  exc.__class__.__name__)
-        return JSONResponse({"detail": f"database unavailable: {exc.__class__.__name__}"}, 503,
+        reason = describe_db_error(exc).reason
+        log.error("HTTP %s %s: %s", request.method, request.url.path, reason)
+        return JSONResponse({"detail": f"database unavailable: {reason}"}, 503,
                             headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
@@ -164,15 +164,15 @@ def create_app(ctx: ServerContext, dicom_listening: Callable[[], bool] = lambda:
         return JSONResponse({"detail": f"{first['field']}: {first['message']}",
                              "field": first["field"], "errors": errors}, status)
 
-    @app.get("/healthz", tags=["operations"], summary="Database reachable and DICOM listening")
+    probe = WriteProbe(ctx.db)
+
+    @app.get("/healthz", tags=["operations"],
+             summary="Database takes a write and DICOM listening")
     def healthz() -> JSONResponse:
-        checks = {"dicom": "listening" if dicom_listening() else "down"}
-        try:
-            with ctx.db.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except SQLAlchemyError as exc:
-            checks["database"] = f"error: {exc.__class__.__name__}"
+        """503 with the reason ("read-only database: ...", "disk full: ...") when the
+        database cannot be written; the write probe runs at most once a second."""
+        checks = {"dicom": "listening" if dicom_listening() else "down",
+                  "database": probe.check().reason}
         healthy = checks["database"] == "ok" and checks["dicom"] == "listening"
         return JSONResponse({"status": "ok" if healthy else "unhealthy", **checks},
                             200 if healthy else 503)

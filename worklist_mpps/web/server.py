@@ -46,7 +46,19 @@ class HTTPServer:
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0) -> None:
-        self._thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        """Bind here, so that a port in use is an OSError for the caller (one line, its
+        own exit code) instead of uvicorn's log lines and a thread that ends."""
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.config.host, self.config.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
+                                        name="http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
