@@ -5,6 +5,7 @@ nothing stored lost."""
 
 from __future__ import annotations
 
+import resource
 import socket
 import ssl
 import struct
@@ -26,6 +27,8 @@ from worklist_mpps.mpps_messages import ScheduledStep, n_create
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
 VERIFICATION = "1.2.840.10008.1.1"
+MWL_FIND = "1.2.840.10008.5.1.4.31"
+C_FIND_RQ = 0x0020
 IMPLICIT = "1.2.840.10008.1.2"
 N_CREATE_RQ, C_ECHO_RQ = 0x0140, 0x0030
 MiB = 1024 * 1024
@@ -49,11 +52,12 @@ def _item(kind: int, body: bytes) -> bytes:
 
 
 def associate_rq(calling: str = "ATTACKER", called: str = "WORKLISTS") -> bytes:
-    """A-ASSOCIATE-RQ: MPPS (context 1) and Verification (context 3), implicit VR LE."""
+    """A-ASSOCIATE-RQ: MPPS (context 1), Verification (3) and Modality Worklist FIND (5),
+    implicit VR little endian."""
     contexts = b"".join(
         _item(0x20, bytes([cid, 0, 0, 0]) + _item(0x30, uid.encode())
               + _item(0x40, IMPLICIT.encode()))
-        for cid, uid in ((1, MPPS), (3, VERIFICATION)))
+        for cid, uid in ((1, MPPS), (3, VERIFICATION), (5, MWL_FIND)))
     user = _item(0x50, _item(0x51, struct.pack(">L", 16382))
                  + _item(0x52, b"1.2.826.0.1.3680043.9.7433.1"))
     body = (struct.pack(">H2x", 1) + called.ljust(16).encode() + calling.ljust(16).encode()
@@ -264,6 +268,31 @@ def test_the_message_bound_counts_the_whole_message_not_one_pdu(live_server):
         peer.close()
 
 
+def test_an_oversize_c_find_gets_a700_and_the_association_goes_on(live_server):
+    """A C-FIND-RQ whose identifier passes max_message_size: 0xA700 Out of Resources
+    (PS3.4 K.4.1.1.4) naming the limit, then an ordinary C-FIND on the same association
+    is answered."""
+    server = live_server(None, "--sample-file", str(SAMPLE), "--max-message-size",
+                         str(LIMIT))
+    peer = Peer(server.port)
+    try:
+        peer.associate()
+        query = worklist_query(AccessionNumber="A10001")
+        find_rq = command(AffectedSOPClassUID=MWL_FIND, CommandField=C_FIND_RQ, MessageID=9,
+                          Priority=0, CommandDataSetType=0x0001)
+        identifier = encode(query, True, True)
+        peer.send_message(5, find_rq, identifier + struct.pack("<HHL", 0x7FE1, 0x1000,
+                                                               2 * LIMIT), 2 * LIMIT)
+        rsp = peer.response()
+        assert (int(rsp.Status), rsp.ErrorComment) == (
+            0xA700, f"Message over max_message_size of {LIMIT} bytes")
+        peer.send_message(5, find_rq, identifier)
+        statuses = [int(peer.response().Status), int(peer.response().Status)]
+        assert statuses == [0xFF00, 0x0000]
+    finally:
+        peer.close()
+
+
 # --- 8. the TLS port obeys the plain port's limits ----------------------------------------
 
 
@@ -340,6 +369,9 @@ def test_idle_and_half_header_connections_do_not_take_association_slots(live_ser
     dropped (per-address cap at once, the rest after the handshake timeout), RSS stays
     bounded and the log does not get a line per connection."""
     echoscu = require_tool("echoscu")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1024:  # 200 sockets here, and the clients' own
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
     server = live_server(None, "--sample-file", str(SAMPLE))
     before = rss_mb(server.proc.pid)
     held: list[socket.socket] = []
