@@ -1,7 +1,8 @@
 """Hostile DICOM peers (issue 12, items 7-9): oversize messages, oversize PDUs on the TLS
 port, idle and half-header connections. Raw sockets are the attacker; DCMTK and pynetdicom
 the modality that must still be served, with the server's memory (VmRSS) bounded and
-nothing stored lost."""
+nothing stored lost. Over 400 lines: it carries its own raw PDU peer (PS3.8 9.3), which
+streams multi-MiB messages without building them, as no shared helper does."""
 
 from __future__ import annotations
 
