@@ -282,7 +282,7 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
             [sys.executable, "-m", "worklist_mpps", "serve", "--bind", "127.0.0.1", "--port",
              str(ours_port), "--database-url", url, "--http-enabled", "false",
              "--load-sample-data", "false", "--log-level", "WARNING",
-             "--max-associations", "64"],
+             "--max-associations", "64", "--max-connections-per-address", "0"],
             cwd=folder, stdout=subprocess.DEVNULL, stderr=open(folder / "serve.log", "w"))
         wl = subprocess.Popen(["wlmscpfs", "-dfp", str(folder / "wl"), str(wl_port)],
                               env=CLIENT_ENV, cwd=folder, stdout=subprocess.DEVNULL,

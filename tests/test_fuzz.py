@@ -1348,7 +1348,9 @@ def server(tmp_path_factory):  # noqa: ANN201
     with module_server(tmp_path_factory, "fuzz", "--sample-file", str(SAMPLE),
                        "--acse-timeout", str(ACSE_TIMEOUT), "--network-timeout", "10",
                        "--dimse-timeout", "10",
-                       "--max-associations", str(MAX_ASSOCIATIONS)) as live:
+                       "--max-associations", str(MAX_ASSOCIATIONS),
+                       # all from 127.0.0.1: its slot check opens MAX_ASSOCIATIONS at once
+                       "--max-connections-per-address", str(2 * MAX_ASSOCIATIONS)) as live:
         yield live
 
 

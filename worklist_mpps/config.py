@@ -245,6 +245,20 @@ class Config:
         default=60.0, metadata={"help": "wait for a DIMSE message at most (s)"})
     max_pdu_size: int = field(
         default=16382, metadata={"help": "largest PDU received (bytes; 0: unlimited)"})
+    max_message_size: int = field(
+        default=16 * 1024 * 1024,
+        metadata={"help": "largest DIMSE message (command and data set) received (bytes; "
+                          "larger ones get 0x0213/0xA700 unread; 0: unlimited)"})
+    handshake_timeout: float = field(
+        default=5.0,
+        metadata={"help": "a connection must complete TLS and its A-ASSOCIATE-RQ within (s)"})
+    max_pending_connections: int = field(
+        default=64,
+        metadata={"help": "connections not yet associated, beside max_associations "
+                          "(0: unlimited)"})
+    max_connections_per_address: int = field(
+        default=16,
+        metadata={"help": "connections from one source address (0: unlimited)"})
     max_find_results: int = field(
         default=5000,
         metadata={"help": "a C-FIND matching more is refused with 0xA700 (0: no cap)"})
@@ -276,10 +290,12 @@ class Config:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
         if self.max_associations < 1:
             raise ConfigError(f"max_associations: must be >= 1, got {self.max_associations}")
-        for name in ("network_timeout", "acse_timeout", "dimse_timeout", "shutdown_grace"):
+        for name in ("network_timeout", "acse_timeout", "dimse_timeout", "shutdown_grace",
+                     "handshake_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("max_pdu_size", "max_find_results", "http_max_body"):
+        for name in ("max_pdu_size", "max_find_results", "http_max_body", "max_message_size",
+                     "max_pending_connections", "max_connections_per_address"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

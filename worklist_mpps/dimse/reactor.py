@@ -15,10 +15,16 @@ and only change how the two threads wait:
 
 Both still wake every ``TICK`` seconds to look at their timers (ARTIM, network
 idle timeout) and kill flags, as the polling loops did.
+
+The DUL also reads PDUs its own way (header first, bounded, plain and TLS alike, under
+the handshake deadline before association), and the listener applies admission.py's
+limits at accept. This module is over 400 lines because it is the one place (with
+wire.py) allowed to subclass pynetdicom's internals; splitting it would spread them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -34,15 +40,21 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from . import wire
+from .admission import ConnectionGate, RateLimitedLog, Ticket
 from .context import SOP_CLASS_NOT_SUPPORTED, refusal, requested_sop_class
 
 log = logging.getLogger("worklist_mpps.dimse")
 TICK = 0.02  # seconds between timer checks while nothing happens
 ASSOCIATE_RQ_LIMIT = 65536  # bytes; a real A-ASSOCIATE-RQ is a few hundred
 STA13_POLL = 0.0002  # Sta13: pynetdicom closes the socket once the peer sent nothing more
+HANDSHAKE_TIMEOUT = 5.0  # default seconds from accept to a whole A-ASSOCIATE-RQ
+RECV_CHUNK = 65536
+DROPPED = RateLimitedLog(log)  # one line per dropped connection, a flood summarised
+ABORTED = RateLimitedLog(log)
+REFUSED = RateLimitedLog(log)
 
 
 class WakingQueue(queue.Queue):
@@ -93,6 +105,8 @@ class EventDrivenDUL(DULServiceProvider):
         # peer that hung up gives up at once instead of holding its slot for acse_timeout
         self.to_user_queue = ClosableQueue(wake_assoc)
         self._wake_assoc = wake_assoc
+        self.handshake_deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        self._tls_done = False
 
     def _poke(self) -> None:
         with self._pipe_lock:
@@ -126,32 +140,126 @@ class EventDrivenDUL(DULServiceProvider):
             pass
 
     def _read_pdu_data(self) -> None:
-        """pynetdicom's PDU read, after a look at the PDU header: a PDU longer than the
-        Maximum Length this side announced (PS3.8 D.1) is not read but aborted with
-        reason "invalid PDU parameter value" (PS3.8 9.3.8), so a peer cannot make the
-        server buffer a PDU of any size it likes."""
-        limit = self.assoc.acceptor.maximum_length or 0
+        """pynetdicom's PDU read, restructured: the 6-byte PDU header is read first, from
+        a plain or a TLS socket alike, and decides whether the rest is read at all.
+
+        - A PDU longer than the Maximum Length this side announced (PS3.8 D.1), or an
+          A-ASSOCIATE-RQ (which that length does not bind) over ASSOCIATE_RQ_LIMIT, is
+          not read but aborted with reason "invalid PDU parameter value" (PS3.8 9.3.8).
+        - Before the association (Sta2) every read ends at the handshake deadline.
+        - Failures are one warning line, never a traceback.
+        """
         sock = getattr(self.socket, "socket", None)
-        if limit and sock is not None and not isinstance(sock, ssl.SSLSocket):
-            try:
-                header = sock.recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except OSError:
-                header = b""
-            if len(header) == 6:
-                pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
-                # the A-ASSOCIATE-RQ is not bound by the Maximum Length it carries
-                cap = ASSOCIATE_RQ_LIMIT if pdu_type == 0x01 else limit
-                if length > cap:
-                    self._abort(f"PDU type 0x{pdu_type:02X} of {length} bytes, more than "
-                                f"the {cap} announced", reason=0x06)
-                    return
-        super()._read_pdu_data()
+        if sock is None:
+            self.event_queue.put("Evt17")
+            return
+        deadline = self.handshake_deadline if self._before_association() else None
+        saved = sock.gettimeout()
+        try:
+            if isinstance(sock, ssl.SSLSocket) and not self._tls_done:
+                self._settimeout(sock, deadline, saved)
+                sock.do_handshake()  # in this thread, not in the listener's (PS3.15 B.1)
+                self._tls_done = True
+            header = self._recv(sock, 6, deadline, saved)
+            if len(header) < 6:
+                if header:
+                    self._dropped(f"{len(header)} bytes of a PDU header, then closed")
+                self.event_queue.put("Evt17")  # the peer closed the connection
+                return
+            pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
+            if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+                self._dropped(f"unknown PDU type 0x{pdu_type:02X}")
+                self.event_queue.put("Evt19")  # unrecognised PDU: A-ABORT (PS3.8 9.3.1)
+                return
+            cap = self._pdu_cap(pdu_type)
+            if cap and length > cap:
+                self._abort(f"PDU type 0x{pdu_type:02X} of {length} bytes, more than "
+                            f"the {cap} allowed", reason=0x06)
+                return
+            body = self._recv(sock, length, deadline, saved)
+        except (OSError, ValueError) as exc:  # timeouts, resets, TLS failures
+            self._dropped(f"{exc.__class__.__name__}: {exc}"
+                          + (" (handshake_timeout)" if deadline is not None
+                             and time.monotonic() >= deadline else ""))
+            self.event_queue.put("Evt17")
+            return
+        finally:
+            if self.socket is not None and self.socket.socket is sock:
+                try:
+                    sock.settimeout(saved)
+                except OSError:
+                    pass
+        if len(body) != length:
+            self._dropped(f"PDU of {length} bytes cut off after {len(body)}")
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+        except Exception as exc:  # noqa: BLE001 - whatever a hostile PDU makes pynetdicom raise
+            self._dropped(f"undecodable PDU type 0x{pdu_type:02X}: "
+                          f"{exc.__class__.__name__}: {exc}")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _pdu_cap(self, pdu_type: int) -> int:
+        """Largest acceptable PDU length of this type (0: none)."""
+        if pdu_type == 0x04:  # P-DATA-TF: the announced Maximum Length, else the message cap
+            limit = self.assoc.acceptor.maximum_length or 0
+            message = getattr(self.assoc.dimse, "max_message_size", 0)
+            return limit or (message + ASSOCIATE_RQ_LIMIT if message else 0)
+        return ASSOCIATE_RQ_LIMIT  # association and release PDUs are small
+
+    @staticmethod
+    def _settimeout(sock: socket.socket, deadline: float | None, default: float | None
+                    ) -> None:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("handshake_timeout reached")
+            sock.settimeout(remaining)
+        else:
+            sock.settimeout(default)
+
+    def _recv(self, sock: socket.socket, size: int, deadline: float | None,
+              default: float | None) -> bytes:
+        """``size`` bytes, fewer if the peer closes; each wait bounded by the socket's
+        timeout, and all of them by ``deadline``."""
+        chunks, got = [], 0
+        while got < size:
+            self._settimeout(sock, deadline, default)
+            chunk = sock.recv(min(size - got, RECV_CHUNK))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _dropped(self, why: str) -> None:
+        address = self.assoc.requestor.address
+        DROPPED.warning("Connection from %s dropped: %s", address, why[:300])
+
+    def _before_association(self) -> bool:
+        """No A-ASSOCIATE-RQ received yet: Sta2 (PS3.8 9.2.1), or Sta1 before the state
+        machine has taken the connection's Evt5."""
+        return self.state_machine.current_state in ("Sta1", "Sta2")
+
+    def _check_handshake_deadline(self) -> None:
+        """A connection that has not sent a whole A-ASSOCIATE-RQ (TLS handshake included)
+        within ``handshake_timeout`` of its accept is closed, so that idle or stalled
+        connections cannot hold the server's resources (admission.py)."""
+        if (self._before_association() and time.monotonic() >= self.handshake_deadline
+                and self.socket is not None and self.socket.socket is not None):
+            self._dropped("no A-ASSOCIATE-RQ within the handshake_timeout")
+            self.socket.close()  # Evt17: the state machine goes to Sta1
 
     def _abort(self, why: str, reason: int = 0x00) -> None:
         """A-ABORT (service-provider, reason not specified) bypassing the state machine, as
         pynetdicom's reactor does when it fails, and stop both threads."""
         req = self.assoc.requestor
-        log.warning("Association from %s@%s aborted: %s", req.ae_title, req.address, why[:300])
+        ABORTED.warning("Association from %s@%s aborted: %s", req.ae_title, req.address,
+                        why[:300])
         abort_pdu = A_ABORT_RQ()
         abort_pdu.source = 0x02
         abort_pdu.reason_diagnostic = reason
@@ -181,6 +289,7 @@ class EventDrivenDUL(DULServiceProvider):
                     break
                 if self.artim_timer.expired:
                     self.event_queue.put("Evt18")
+                self._check_handshake_deadline()
                 try:
                     if self._process_recv_primitive():
                         pass
@@ -229,12 +338,24 @@ class EventDrivenAssociation(Association):
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
 
+    ticket: Ticket | None = None  # admission.py: released when the association ends
+
     def kill(self) -> None:
         self._wake.set()
         super().kill()
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self.ticket is not None:
+                self.ticket.release()
+
     def _serve_request(self, msg, context_id: int) -> None:  # noqa: ANN001
         """Dispatch a request, after the checks pynetdicom does not make.
+
+        A request whose data set wire.DIMSEProvider discarded for max_message_size gets
+        its resource-limitation status here, in turn with the other requests.
 
         A request lacking a required command element: pynetdicom drops it with a log
         line, leaving the peer to wait for its DIMSE timeout; abort instead, so the peer
@@ -247,6 +368,12 @@ class EventDrivenAssociation(Association):
         and aborts, or never answers. Answer it with a response of its own type and the
         refusal's status instead; the association goes on.
         """
+        oversize = getattr(msg, "wm_refusal", None)
+        if oversize is not None:
+            response = wire.refusal_response(msg, oversize)
+            if response is not None:  # None: a response or C-CANCEL, nothing to answer
+                self.dimse.send_msg(response, context_id)
+            return
         if self._sent_release:
             super()._serve_request(msg, context_id)  # logs and ignores it
             return
@@ -348,6 +475,11 @@ class EventDrivenRequestHandler(RequestHandler):
         # the acceptor's contexts (presentation.negotiate_as_acceptor), so a list will do
         assoc.acceptor.supported_contexts = list(self.server.contexts)
         assoc.requestor.address_info = self.remote
+        assoc.dimse.max_message_size = self.server.max_message_size
+        assoc.dul.handshake_deadline = time.monotonic() + self.server.handshake_timeout
+        assoc.ticket = self.server.admitting
+        if assoc.ticket is not None:
+            assoc.ticket.evict = functools.partial(_evict, self.request)
         for event, handlers in self.server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)
@@ -355,6 +487,54 @@ class EventDrivenRequestHandler(RequestHandler):
                 for handler, args in handlers:
                     assoc.bind(event, handler, args)
         return assoc
+
+
+def _evict(sock: socket.socket) -> None:
+    """End a pending connection from another thread: its DUL sees the end of the stream
+    (shutdown leaves the descriptor to the thread that owns it)."""
+    DROPPED.warning("Connection dropped before associating: max_pending_connections "
+                    "reached, the oldest pending connection makes room")
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # an SSLSocket's would drop its state
+    except OSError:
+        pass
+
+
+class GatedAssociationServer(AssociationServer):
+    """pynetdicom's AssociationServer with the admission rules of admission.py applied
+    at accept, and TLS handshakes done in each connection's own thread (within its
+    handshake_timeout) instead of blocking the listener."""
+
+    gate: ConnectionGate | None = None
+    request_queue_size = 256  # listen backlog; socketserver's 5 drops SYNs under a flood
+    handshake_timeout = HANDSHAKE_TIMEOUT
+    max_message_size = 0
+    admitting: Ticket | None = None  # the ticket of the connection being set up
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(
+                client_socket, server_side=True, do_handshake_on_connect=False)
+        return client_socket, address
+
+    def process_request(self, request, client_address) -> None:  # noqa: ANN001
+        ticket = None
+        if self.gate is not None:
+            ticket, why = self.gate.admit(client_address[0])
+            if ticket is None:
+                REFUSED.warning("Connection from %s refused: %s", client_address[0], why)
+                self.shutdown_request(request)
+                return
+        self.admitting = ticket
+        try:
+            self.finish_request(request, client_address)
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            raise
+        finally:
+            self.admitting = None
 
 
 # What this module relies on of pynetdicom's internals, with the leading parameters used

@@ -22,9 +22,10 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationServer
 
+from .admission import ConnectionGate
 from .context import ServerContext, count_request, peer
 from .mpps import handle_n_create, handle_n_get, handle_n_set
-from .reactor import EventDrivenRequestHandler
+from .reactor import EventDrivenRequestHandler, GatedAssociationServer
 from .worklist import handle_find
 
 log = logging.getLogger("worklist_mpps.dimse")
@@ -79,12 +80,22 @@ def _on_closed(how: str, event) -> None:  # noqa: ANN001
 
 
 def _on_requested(event, ctx: ServerContext) -> None:  # noqa: ANN001
-    """Access control at association (A-ASSOCIATE-RJ, calling AE title not recognized,
-    PS3.8 9.3.4) for an unknown calling AE title or a known one from another address."""
+    """An association slot for the request (admission.py), else A-ASSOCIATE-RJ
+    rejected-transient, local-limit-exceeded (PS3.8 9.3.4); then access control
+    (A-ASSOCIATE-RJ, calling AE title not recognized) for an unknown calling AE title or
+    a known one from another address."""
+    assoc = event.assoc
+    ticket = getattr(assoc, "ticket", None)
+    if ticket is not None and not ticket.promote():
+        log.warning("Association rejected from %s: all %d association slots in use",
+                    peer(assoc), ctx.config.max_associations)
+        assoc.wm_logged = True
+        assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, provider (presentation), 2
+        assoc.kill()
+        return
     devices = ctx.config.devices
     if not devices:
         return
-    assoc = event.assoc
     calling = assoc.requestor.primitive.calling_ae_title.strip()
     address = assoc.requestor.address
     device = next((d for d in devices if d.ae_title == calling), None)
@@ -110,7 +121,9 @@ def _on_echo(event) -> int:  # noqa: ANN001
 def build_ae(ctx: ServerContext) -> AE:
     cfg = ctx.config
     ae = AE(ae_title=cfg.ae_title)
-    ae.maximum_associations = cfg.max_associations
+    # the slots are handed out by admission.py; pynetdicom's own count includes the
+    # connections still in their handshake, so it only backs that up
+    ae.maximum_associations = cfg.max_associations + (cfg.max_pending_connections or 4096)
     ae.require_called_aet = cfg.checks_called_ae_title
     ae.network_timeout = cfg.network_timeout
     ae.acse_timeout = cfg.acse_timeout
@@ -158,6 +171,9 @@ class DicomServer:
         self.ae = build_ae(ctx)
         self._server = None
         self._tls_server = None
+        cfg = ctx.config
+        self.gate = ConnectionGate(cfg.max_associations, cfg.max_pending_connections,
+                                   cfg.max_connections_per_address)
 
     def _listen(self, port: int, ssl_context: ssl.SSLContext | None = None
                 ) -> AssociationServer:
@@ -167,8 +183,11 @@ class DicomServer:
         extra thread per connection."""
         server = self.ae.make_server(
             (self.ctx.config.bind, port), ssl_context=ssl_context,
-            evt_handlers=handlers(self.ctx), server_class=AssociationServer,
+            evt_handlers=handlers(self.ctx), server_class=GatedAssociationServer,
             request_handler=RequestHandler)
+        server.gate = self.gate
+        server.handshake_timeout = self.ctx.config.handshake_timeout
+        server.max_message_size = self.ctx.config.max_message_size
         threading.Thread(target=server.serve_forever, name=f"DicomListener@{port}",
                          daemon=True).start()
         self.ae._servers.append(server)

@@ -1,4 +1,5 @@
-"""C-FIND responses encoded straight to P-DATA-TF bytes: the worklist fast path.
+"""C-FIND responses encoded straight to P-DATA-TF bytes: the worklist fast path; and the
+bound on received DIMSE messages (``max_message_size``, at the end).
 
 pynetdicom builds every C-FIND-RSP as pydicom Datasets, encodes them in pure
 Python and hands each fragment through its state machine's queue: about 0.4 ms
@@ -22,15 +23,21 @@ import logging
 import ssl
 import struct
 import time
+from io import BytesIO
 from typing import Any, Iterable
 
 from pydicom.charset import python_encoding
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import dimse_messages, evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, N_CREATE
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import (
+    C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE, N_CREATE,
+)
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import ServiceClass
+
+from .admission import RateLimitedLog
 
 log = logging.getLogger("worklist_mpps.dimse")
 MWL_FIND = b"1.2.840.10008.5.1.4.31"  # 22 bytes: even, no padding
@@ -238,9 +245,130 @@ def status_only_command(primitive) -> bytes | None:  # noqa: ANN001
                     primitive.MessageIDBeingRespondedTo, int(primitive.Status), NO_DATASET)
 
 
+# --- bounded received messages ---------------------------------------------------------------
+
+REFUSED = RateLimitedLog(log)
+COMMAND_SET_LIMIT = 65536  # bytes; a real command set is a few hundred
+RESOURCE_LIMITATION = 0x0213  # PS3.7 C.5 (DIMSE-N and C-ECHO)
+OUT_OF_RESOURCES = {  # the "Refused: Out of Resources" of each DIMSE-C service
+    C_FIND: 0xA700,  # PS3.4 C.4.1.1.4, K.4.1.1.4
+    C_STORE: 0xA700,  # PS3.4 B.2.3
+    C_GET: 0xA701,  # PS3.4 C.4.3.1.4: unable to calculate number of matches
+    C_MOVE: 0xA701,  # PS3.4 C.4.2.1.4
+}
+
+
+def refusal_response(request, comment: str):  # noqa: ANN001, ANN201
+    """The response to a request whose data set was too large to take: its own DIMSE type
+    with the service's resource status and ``comment`` as Error Comment (0000,0902);
+    None for what is not answered (C-CANCEL, a response)."""
+    if isinstance(request, C_CANCEL) or getattr(request, "MessageID", None) is None:
+        return None
+    response = type(request)()
+    response.MessageIDBeingRespondedTo = request.MessageID
+    sop_class = (getattr(request, "AffectedSOPClassUID", None)
+                 or getattr(request, "RequestedSOPClassUID", None))
+    instance = (getattr(request, "AffectedSOPInstanceUID", None)
+                or getattr(request, "RequestedSOPInstanceUID", None))
+    if sop_class:
+        response.AffectedSOPClassUID = sop_class
+    if instance and hasattr(response, "AffectedSOPInstanceUID"):
+        response.AffectedSOPInstanceUID = instance
+    for name in ("EventTypeID", "ActionTypeID"):
+        if getattr(request, name, None) is not None:
+            setattr(response, name, getattr(request, name))
+    response.Status = OUT_OF_RESOURCES.get(type(request), RESOURCE_LIMITATION)
+    response.ErrorComment = comment[:64]  # LO
+    return response
+
+
 class DIMSEProvider(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider; status-only C-ECHO and C-FIND responses skip pydicom's
-    command set encoding and go to the DUL as one ready P-DATA primitive."""
+    command set encoding and go to the DUL as one ready P-DATA primitive; and a received
+    message is bounded by ``max_message_size``."""
+
+    max_message_size = 0  # bytes of one message, command and data set (0: no bound)
+    _received = 0  # bytes of the message being received
+    _discarding = False  # its data set is over the bound: fragments are dropped
+
+    def receive_primitive(self, primitive) -> None:  # noqa: ANN001
+        """pynetdicom assembles a message's fragments (PS3.8 E.2) in memory, however many.
+        Here, once a message passes ``max_message_size`` (counting the data sets still
+        queued on this association), its data set fragments are discarded as they
+        come, and the request, when its last fragment arrives, is answered with the
+        resource status of its service (``refusal_response``). A command set over
+        COMMAND_SET_LIMIT cannot be decoded for an answer: the association is aborted."""
+        limit = self.max_message_size
+        if not limit:
+            self._assemble(primitive)
+            return
+        for context_id, data in primitive.presentation_data_value_list:
+            if self.message is None:
+                self.message = DIMSEMessage()
+                self._received, self._discarding = 0, False
+            self._received += len(data) - 1
+            if data[0] & 1:  # command fragment
+                if self._received > min(limit, COMMAND_SET_LIMIT):
+                    self._abort(f"a command set of more than {self._received} bytes")
+                    return
+            elif self._discarding or self._received + self._queued() > limit:
+                if not self._discarding:
+                    self._discarding = True
+                    self.message.data_set = BytesIO()  # drop what was kept so far
+                if data[0] & 2:
+                    self._refuse(context_id, limit)
+                continue
+            single = P_DATA()
+            single.presentation_data_value_list = [[context_id, data]]
+            if not self._assemble(single):
+                return
+
+    def _assemble(self, primitive) -> bool:  # noqa: ANN001
+        """pynetdicom's assembly; a command set it cannot decode (an unknown Command Field,
+        wrong lengths) aborts the association with one log line instead of a traceback
+        from pynetdicom's state machine (PS3.8 9.2 AA-8)."""
+        try:
+            super().receive_primitive(primitive)
+            return True
+        except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
+            self._abort(f"an undecodable command set: {exc.__class__.__name__}: {exc}"[:200])
+            return False
+
+    def _queued(self) -> int:
+        """Data set bytes of received messages not yet taken by the association."""
+        total = 0
+        for _, msg in list(self.msg_queue.queue):
+            for name in ("DataSet", "Identifier", "AttributeList", "ModificationList",
+                         "ActionInformation", "EventInformation"):
+                value = getattr(msg, name, None)
+                if isinstance(value, BytesIO):
+                    total += value.getbuffer().nbytes
+        return total
+
+    def _refuse(self, context_id: int, limit: int) -> None:
+        """Queue the request without its data set, marked for refusal_response."""
+        msg, size = self.message, self._received
+        self.message = None
+        req = self.assoc.requestor
+        if type(msg) is DIMSEMessage or msg.context_id is None:  # data before the command
+            self._abort(f"a message of {size} bytes without a command set")
+            return
+        try:
+            request = msg.message_to_primitive()
+        except Exception as exc:  # noqa: BLE001 - a command set pynetdicom cannot take
+            self._abort(f"an undecodable command set: {exc.__class__.__name__}")
+            return
+        REFUSED.warning("%s of %d bytes from %s@%s refused: more than max_message_size %d",
+                    msg.__class__.__name__.replace("_", "-"), size, req.ae_title,
+                    req.address, limit)
+        request.wm_refusal = f"Message over max_message_size of {limit} bytes"
+        self.msg_queue.put((context_id, request))
+
+    def _abort(self, why: str) -> None:
+        req = self.assoc.requestor
+        REFUSED.warning("Association from %s@%s aborted: %s", req.ae_title, req.address, why)
+        self.message = None
+        self.dul.event_queue.put("Evt19")  # invalid PDU contents: A-ABORT (PS3.8 9.2 AA-8)
 
     def send_msg(self, primitive, context_id: int) -> None:  # noqa: ANN001
         max_pdu = self.maximum_pdu_size
