@@ -20,7 +20,7 @@ from sqlalchemy import insert
 
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import Patient, WorklistItem, utcnow
-from worklist_mpps.items import FOLDED, normalize_item, normalize_patient
+from worklist_mpps.services.schedule import FOLDED, normalize_item, normalize_patient
 
 PER_DAY = 200
 STATIONS = {  # station AE title -> modality (20 stations)
@@ -118,7 +118,7 @@ def load(db: Database, pairs: list[tuple[dict, dict]], batch: int = 5000) -> Non
 
 
 def fold(value: str | None) -> str | None:
-    from worklist_mpps.matching import fold_pn
+    from worklist_mpps.services.matching import fold_pn
     return fold_pn(value)
 
 

@@ -192,8 +192,13 @@ def _mpps_worker(port: int, called: str, seconds: float, index: int, out) -> Non
     from pynetdicom import AE
     from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
-    from worklist_mpps.mpps_messages import (
-        Instance, ScheduledStep, Series, n_create, n_set_completed, n_set_progress,
+    from worklist_mpps.client.messages import (
+        Instance,
+        ScheduledStep,
+        Series,
+        n_create,
+        n_set_completed,
+        n_set_progress,
     )
 
     ae = AE(ae_title=f"MOD{index:02d}")
@@ -472,12 +477,12 @@ RESULTS_NOTES = """
   touches both alike.
 - Our queries do not grow with N: one indexed SQL query, while wlmscpfs reads every
   .wl file on every query (x10 per x10 N).
-- The C-FIND responses leave through a fast path (worklist_mpps/dimse/wire.py): each
+- The C-FIND responses leave through a fast path (worklist_mpps/dimse/pynetdicom_ext/wire.py): each
   response is encoded from the row straight to one P-DATA-TF PDU and written in batches,
   instead of pydicom encoding a command set and an identifier per response. A broad query
   is then mostly the client's own work: findscu reads and decodes every response.
 - pynetdicom's association threads wait for work instead of polling
-  (worklist_mpps/dimse/reactor.py): no 1 ms poll per PDU hop, no idle CPU.
+  (worklist_mpps/dimse/pynetdicom_ext/reactor.py): no 1 ms poll per PDU hop, no idle CPU.
 - Queries per second from 8 concurrent clients are bounded by the 2 cores that the 8
   DCMTK client processes share with the server: the CPU table gives each side's cost
   per query and the ceiling the clients alone allow. Our server is one Python process

@@ -12,8 +12,8 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from conftest import SAMPLE
 from dicom_clients import associate, find, worklist_query
 from worklist_mpps.config import ConfigError, load_config
-from worklist_mpps.mpps_messages import ScheduledStep, n_create
-from worklist_mpps.scu import Association, Peer, Rejected
+from worklist_mpps.client.messages import ScheduledStep, n_create
+from worklist_mpps.client.scu import Association, Peer, Rejected
 
 DEVICES = [
     {"ae_title": "CT01", "hosts": ["127.0.0.1"]},

@@ -13,8 +13,13 @@ from pydicom.uid import generate_uid
 
 from conftest import SAMPLE
 from dicom_clients import associate, find, worklist_query
-from worklist_mpps.mpps_messages import (
-    Instance, ScheduledStep, Series, n_create, n_set_completed, n_set_progress,
+from worklist_mpps.client.messages import (
+    Instance,
+    ScheduledStep,
+    Series,
+    n_create,
+    n_set_completed,
+    n_set_progress,
 )
 
 

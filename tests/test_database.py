@@ -12,7 +12,7 @@ from dicom_clients import find
 from test_dimse_worklist import query
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
-from worklist_mpps.worklist import SPS_KEYS, TOP_KEYS
+from worklist_mpps.services.worklist import SPS_KEYS, TOP_KEYS
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import ROOT
 from worklist_mpps.config import Config
-from worklist_mpps.orthanc import METADATA
+from worklist_mpps.delivery.orthanc import METADATA
 
 
 def compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
 
 from conftest import SAMPLE, require_tool
 from dicom_clients import echo, find, worklist_query
-from worklist_mpps.mpps_messages import (
+from worklist_mpps.client.messages import (
     Instance,
     ScheduledStep,
     Series,

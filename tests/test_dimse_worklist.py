@@ -15,9 +15,9 @@ from dicom_clients import echo, find, worklist_query
 from worklist_mpps.config import Config
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
-from worklist_mpps.dimse.context import ServerContext
+from worklist_mpps.context import AppContext
 from worklist_mpps.dimse.worklist import handle_find
-from worklist_mpps.loader import load_file
+from worklist_mpps.services.loader import load_file
 
 
 query = worklist_query
@@ -116,7 +116,7 @@ def test_c_cancel_stops_the_response_stream(tmp_path):
     context = SimpleNamespace(context_id=1, transfer_syntax=ExplicitVRBigEndian)
     event = Event(identifier=query(), assoc=SimpleNamespace(requestor=requestor),
                   context=context)
-    for status, ds in handle_find(event, ServerContext(Config(), db)):
+    for status, ds in handle_find(event, AppContext(Config(), db)):
         sent.append((status, ds))
     assert [s for s, _ in sent][:3] == [0xFF00] * 3
     assert sent[-1] == (0xFE00, None) and len(sent) == 4

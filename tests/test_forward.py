@@ -10,8 +10,13 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from conftest import free_port
 from dicom_clients import associate
-from worklist_mpps.mpps_messages import (
-    Instance, ScheduledStep, Series, n_create, n_set_completed, n_set_progress,
+from worklist_mpps.client.messages import (
+    Instance,
+    ScheduledStep,
+    Series,
+    n_create,
+    n_set_completed,
+    n_set_progress,
 )
 
 

@@ -53,8 +53,8 @@ from pydicom.uid import (
 
 from conftest import SAMPLE, module_server
 from dicom_clients import echo, find, worklist_query
-from worklist_mpps.mpps import decode_dataset
-from worklist_mpps.mpps_messages import ScheduledStep, n_create
+from worklist_mpps.services.mpps import decode_dataset
+from worklist_mpps.client.messages import ScheduledStep, n_create
 
 SEED = 0x5EED_2024
 FUZZ_BUDGET = 90.0  # s for all categories together; a category stops early past it

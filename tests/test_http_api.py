@@ -30,8 +30,8 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from conftest import SAMPLE, LiveServer, free_port, module_server, port_open, require_tool
 from dicom_clients import find, findscu_files
-from worklist_mpps.matching import fold_pn
-from worklist_mpps.mpps_messages import ScheduledStep, n_create
+from worklist_mpps.services.matching import fold_pn
+from worklist_mpps.client.messages import ScheduledStep, n_create
 
 TIMEOUT = 15
 FINDSCU_TIMEOUT = 30

@@ -31,7 +31,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from conftest import SAMPLE, LiveServer, module_server, require_tool
 from dicom_clients import find, findscu_files
-from worklist_mpps.mpps_messages import (
+from worklist_mpps.client.messages import (
     Instance,
     ScheduledStep,
     Series,

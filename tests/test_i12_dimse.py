@@ -48,12 +48,7 @@ from pynetdicom.sop_class import (
 )
 
 from conftest import SAMPLE, module_server
-from worklist_mpps.mpps_messages import (
-    ScheduledStep,
-    n_create,
-    n_set_completed,
-    n_set_progress,
-)
+from worklist_mpps.client.messages import ScheduledStep, n_create, n_set_completed, n_set_progress
 
 MPPS = ModalityPerformedProcedureStep
 MPPS_RETRIEVE = ModalityPerformedProcedureStepRetrieve
@@ -393,7 +388,7 @@ def test_request_naming_another_sop_class_is_refused_in_its_own_response(server)
 
 def test_refusal_rule():
     """The rule itself, as a plain function: SOP Class first, then the operation."""
-    from worklist_mpps.dimse.context import refusal
+    from worklist_mpps.dimse.common import refusal
     from worklist_mpps.dimse.server import RequestHandler
 
     ops = RequestHandler.operations
@@ -416,7 +411,7 @@ def test_pynetdicom_internals_relied_on_are_there():
     """reactor.py and wire.py name what they use of pynetdicom's internals; each must
     still exist with the parameters used (a pynetdicom upgrade that renames one fails
     here, not silently on the wire)."""
-    from worklist_mpps.dimse import reactor, wire
+    from worklist_mpps.dimse.pynetdicom_ext import reactor, wire
 
     internals = {**reactor.PYNETDICOM_INTERNALS, **wire.PYNETDICOM_INTERNALS}
     assert internals

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS_CLASS
 from conftest import SAMPLE, free_port, require_tool
 from dicom_clients import associate, echo, find, worklist_query
 from test_tls import pki, tls_flags  # noqa: F401 - the module's certificates fixture
-from worklist_mpps.mpps_messages import ScheduledStep, n_create
+from worklist_mpps.client.messages import ScheduledStep, n_create
 
 MPPS = "1.2.840.10008.3.1.2.3.3"
 VERIFICATION = "1.2.840.10008.1.1"

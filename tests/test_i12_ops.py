@@ -273,7 +273,7 @@ def test_probe_on_postgresql_writes_and_names_a_read_only_database(pg_url):
 
     from worklist_mpps.db import migrate
     from worklist_mpps.db.engine import Database
-    from worklist_mpps.health import READ_ONLY, WriteProbe, probe_write
+    from worklist_mpps.services.health import READ_ONLY, WriteProbe, probe_write
 
     first, second = Database(pg_url), Database(pg_url)
     read_only = Database(pg_url + "%20-cdefault_transaction_read_only%3Don")

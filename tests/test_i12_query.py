@@ -31,14 +31,14 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS_CLASS
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL_FIND
 
 from conftest import SAMPLE, LiveServer, module_server, require_tool
-from worklist_mpps import matching, mpps, worklist
+from worklist_mpps.services import matching, mpps, worklist
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
-from worklist_mpps.dimse import wire
-from worklist_mpps.items import ItemError, normalize_item, normalize_patient
-from worklist_mpps.loader import load_file
-from worklist_mpps.matching import MatchError
-from worklist_mpps.mpps_messages import ScheduledStep, Series, n_create, n_set_progress
+from worklist_mpps.dimse.pynetdicom_ext import wire
+from worklist_mpps.services.schedule import ItemError, normalize_item, normalize_patient
+from worklist_mpps.services.loader import load_file
+from worklist_mpps.services.matching import MatchError
+from worklist_mpps.client.messages import ScheduledStep, Series, n_create, n_set_progress
 
 TIMEOUT = 15
 FINDSCU_TIMEOUT = 30

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from conftest import SAMPLE
 from worklist_mpps.db.models import Patient, WorklistItem
-from worklist_mpps.loader import LoadError, load_file, load_sample_once, read_items
+from worklist_mpps.services.loader import LoadError, load_file, load_sample_once, read_items
 
 
 def _items(db):

@@ -10,13 +10,19 @@ from pydicom.sequence import Sequence
 from sqlalchemy import select
 
 from conftest import SAMPLE
-from worklist_mpps import mpps
+from worklist_mpps.services import mpps
 from worklist_mpps.db.models import MPPSTracking, WorklistItem
-from worklist_mpps.loader import load_file
-from worklist_mpps.mpps import MPPSError
-from worklist_mpps.mpps_messages import (
-    Instance, ScheduledStep, Series, discontinuation_reason, n_create, n_set_completed,
-    n_set_discontinued, n_set_progress,
+from worklist_mpps.services.loader import load_file
+from worklist_mpps.services.mpps import MPPSError
+from worklist_mpps.client.messages import (
+    Instance,
+    ScheduledStep,
+    Series,
+    discontinuation_reason,
+    n_create,
+    n_set_completed,
+    n_set_discontinued,
+    n_set_progress,
 )
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -8,8 +8,13 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from conftest import SAMPLE
 from dicom_clients import associate
-from worklist_mpps.mpps_messages import (
-    Instance, ScheduledStep, Series, n_create, n_set_completed, n_set_discontinued,
+from worklist_mpps.client.messages import (
+    Instance,
+    ScheduledStep,
+    Series,
+    n_create,
+    n_set_completed,
+    n_set_discontinued,
 )
 
 

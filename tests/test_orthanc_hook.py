@@ -13,8 +13,12 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from dicom_clients import associate
 from orthanc_server import PASSWORD, USER, Orthanc, new_uids
-from worklist_mpps.mpps_messages import (
-    Instance, ScheduledStep, Series, n_create, n_set_completed,
+from worklist_mpps.client.messages import (
+    Instance,
+    ScheduledStep,
+    Series,
+    n_create,
+    n_set_completed,
 )
 
 

@@ -10,8 +10,8 @@ from sqlalchemy import select, update
 
 from worklist_mpps.config import Config, ForwardPeer
 from worklist_mpps.db.models import OutboxMessage, utcnow
-from worklist_mpps.outbox import Failed, OutboxWorker, Retry, enqueue, list_messages, retry, \
-    target_names
+from worklist_mpps.delivery.worker import Failed, OutboxWorker, Retry
+from worklist_mpps.services.outbox import enqueue, list_messages, retry, target_names
 
 
 class Recorder:
@@ -148,8 +148,8 @@ def test_target_names_follow_the_configuration():
 
 
 def test_mpps_changes_are_queued_in_the_same_transaction(db):
-    from worklist_mpps import mpps
-    from worklist_mpps.mpps_messages import ScheduledStep, n_create, n_set_completed
+    from worklist_mpps.services import mpps
+    from worklist_mpps.client.messages import ScheduledStep, n_create, n_set_completed
     ds = n_create([ScheduledStep("1.2.3")], modality="CT", station_ae_title="CT01")
     mpps.create(db, ds, "7.1", targets=["orthanc", "forward:ris"])
     bad = n_set_completed([])  # refused: nothing may be queued

@@ -31,11 +31,17 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from conftest import SAMPLE
 from dicom_clients import find, worklist_query
 from worklist_mpps.db.engine import Database
-from worklist_mpps.mpps_messages import (
-    Instance, ScheduledStep, Series, discontinuation_reason, n_create, n_set_completed,
-    n_set_discontinued, n_set_progress,
+from worklist_mpps.client.messages import (
+    Instance,
+    ScheduledStep,
+    Series,
+    discontinuation_reason,
+    n_create,
+    n_set_completed,
+    n_set_discontinued,
+    n_set_progress,
 )
-from worklist_mpps.outbox import list_messages
+from worklist_mpps.services.outbox import list_messages
 
 UID_ROOT = "1.2.826.0.1.3680043.10.543"
 # Non-ASCII person names (ISO_IR 192); a middle name makes each instance's name unique.

@@ -1,4 +1,4 @@
-"""The C-FIND fast path (dimse/wire.py) against pynetdicom's and pydicom's own encoders,
+"""The C-FIND fast path (dimse/pynetdicom_ext/wire.py) against pynetdicom's and pydicom's own encoders,
 and live: every transfer syntax, character set and PDU size gives the same responses
 whichever path encodes them."""
 
@@ -25,11 +25,11 @@ from pynetdicom.sop_class import Verification
 
 from conftest import SAMPLE, module_server
 from dicom_clients import find, worklist_query
-from worklist_mpps import worklist
+from worklist_mpps.services import worklist
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
-from worklist_mpps.dimse import wire
-from worklist_mpps.loader import load_file
+from worklist_mpps.dimse.pynetdicom_ext import wire
+from worklist_mpps.services.loader import load_file
 
 
 def pynetdicom_pdvs(message_id: int, status: int, identifier: bytes | None,

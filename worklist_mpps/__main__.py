@@ -1,4 +1,4 @@
-from .cli.main import main
+from worklist_mpps.cli.main import main
 import sys
 
 sys.exit(main())

@@ -350,7 +350,7 @@ class Config:
                         f"({self.http_bind}) is not loopback (got {len(getattr(self, name))})")
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite_synchronous: unknown value {self.sqlite_synchronous!r}")
-        from .db.models import STEP_STATUSES  # late import: models import nothing from here
+        from worklist_mpps.db.models import STEP_STATUSES  # late import: models import nothing from here
 
         for status in self.worklist_default_statuses:
             if status not in STEP_STATUSES:

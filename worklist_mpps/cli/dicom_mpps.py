@@ -20,11 +20,19 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from .. import mpps_messages as msg
-from ..acquisition import series_from_files
-from ..scu import (
-    EXIT_CODES, Association, BadValue, Peer, SCUError, WorklistLookup, check_ae_title,
-    check_uid, describe_status, parse_url,
+from worklist_mpps.client import messages as msg
+from worklist_mpps.client.acquisition import series_from_files
+from worklist_mpps.client.scu import (
+    EXIT_CODES,
+    Association,
+    BadValue,
+    Peer,
+    SCUError,
+    WorklistLookup,
+    check_ae_title,
+    check_uid,
+    describe_status,
+    parse_url,
 )
 
 log = logging.getLogger("dicom-mpps")

@@ -12,16 +12,27 @@ import threading
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..config import (
-    Config, ConfigError, add_cli_flags, config_from_args, describe_defaults, shown_value,
+from worklist_mpps.config import (
+    Config,
+    ConfigError,
+    add_cli_flags,
+    config_from_args,
+    describe_defaults,
+    shown_value,
 )
-from ..db import migrate
-from ..db.engine import Database
-from ..health import (
-    DISK_FULL, READ_ONLY, SCHEMA, Health, describe_db_error, probe_write, sqlite_file,
+from worklist_mpps.db import migrate
+from worklist_mpps.db.engine import Database
+from worklist_mpps.services.health import (
+    DISK_FULL,
+    READ_ONLY,
+    SCHEMA,
+    Health,
+    describe_db_error,
+    probe_write,
+    sqlite_file,
     sqlite_file_problem,
 )
-from ..loader import LoadError, load_file, load_sample_once
+from worklist_mpps.services.loader import LoadError, load_file, load_sample_once
 
 log = logging.getLogger("worklist_mpps")
 
@@ -103,8 +114,8 @@ def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:
 
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
-    from ..dimse.context import ServerContext
-    from ..dimse.server import DicomServer
+    from worklist_mpps.context import AppContext
+    from worklist_mpps.dimse.server import DicomServer
 
     db = open_database(cfg)
     if cfg.load_sample_data:
@@ -112,9 +123,9 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         if loaded:
             log.info("Sample worklist loaded from %s: %d items", cfg.sample_file, loaded[0])
     worker = build_outbox_worker(cfg, db)
-    ctx = ServerContext(cfg, db, list(worker.targets) if worker else [],
+    ctx = AppContext(cfg, db, list(worker.targets) if worker else [],
                         worker.wake.set if worker else (lambda: None))
-    from ..web.server import raise_open_files_limit
+    from worklist_mpps.web.server import raise_open_files_limit
 
     raise_open_files_limit()  # many clients must not starve the listeners of descriptors
     server = DicomServer(ctx)
@@ -130,8 +141,8 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
             raise StartupError(EXIT_DICOM_PORT,
                                _bind_failure("DICOM port", cfg.bind, port, exc)) from None
         if cfg.http_enabled:
-            from ..web.app import create_app
-            from ..web.server import HTTPServer
+            from worklist_mpps.web.app import create_app
+            from worklist_mpps.web.server import HTTPServer
 
             http = HTTPServer(create_app(ctx, server.is_listening), cfg.http_bind,
                               cfg.http_port, cfg.network_timeout, cfg.http_header_timeout,
@@ -162,9 +173,9 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
 
 def build_outbox_worker(cfg: Config, db: Database):  # noqa: ANN201
     """The outbox worker for the configured targets, or None without targets."""
-    from ..forward import ForwardTarget
-    from ..orthanc import OrthancTarget
-    from ..outbox import OutboxWorker
+    from worklist_mpps.delivery.forward import ForwardTarget
+    from worklist_mpps.delivery.orthanc import OrthancTarget
+    from worklist_mpps.delivery.worker import OutboxWorker
 
     targets = {}
     if cfg.orthanc_url:
@@ -177,7 +188,7 @@ def build_outbox_worker(cfg: Config, db: Database):  # noqa: ANN201
 
 
 def cmd_outbox(cfg: Config, args: argparse.Namespace) -> int:
-    from .. import outbox
+    from worklist_mpps.services import outbox
 
     db = open_database(cfg)
     try:
@@ -242,7 +253,7 @@ MPPS_COLUMNS = [
 
 
 def cmd_mpps(cfg: Config, args: argparse.Namespace) -> int:
-    from .. import mpps
+    from worklist_mpps.services import mpps
 
     db = open_database(cfg)
     try:
@@ -277,7 +288,7 @@ def cmd_mpps(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_audit(cfg: Config, args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from .. import audit
+    from worklist_mpps.services import audit
 
     since = None
     if args.since:
@@ -307,7 +318,7 @@ def cmd_ping(cfg: Config, args: argparse.Namespace) -> int:
     """C-ECHO the server (docker healthcheck): exit 0 when it answers."""
     from pynetdicom.sop_class import Verification
 
-    from ..scu import Association, Peer, SCUError
+    from worklist_mpps.client.scu import Association, Peer, SCUError
 
     host = args.host or ("127.0.0.1" if cfg.bind in ("0.0.0.0", "::", "") else cfg.bind)
     try:

@@ -8,13 +8,13 @@ import time
 from pydicom import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import mpps
-from ..audit import Actor
-from ..health import db_error_comment, describe_db_error
-from ..mpps import MPPSError
-from .context import (
+from worklist_mpps.services import mpps
+from worklist_mpps.services.audit import Actor
+from worklist_mpps.services.health import db_error_comment, describe_db_error
+from worklist_mpps.services.mpps import MPPSError
+from worklist_mpps.context import AppContext
+from worklist_mpps.dimse.common import (
     NOT_AUTHORIZED,
-    ServerContext,
     UndecodableRequest,
     allowed,
     count_request,
@@ -72,7 +72,7 @@ def _actor(event) -> Actor:  # noqa: ANN001
     return Actor(req.ae_title, f"{req.address}:{req.port}", "DIMSE")
 
 
-def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
+def handle_n_create(event, ctx: AppContext):  # noqa: ANN001, ANN201
     started, who = time.perf_counter(), peer(event.assoc)
     count_request(event.assoc)
     if (refusal := _refused(event, "N-CREATE")) is not None:
@@ -96,7 +96,7 @@ def handle_n_create(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     return _status(mpps.SUCCESS), reply
 
 
-def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
+def handle_n_set(event, ctx: AppContext):  # noqa: ANN001, ANN201
     started, who = time.perf_counter(), peer(event.assoc)
     count_request(event.assoc)
     if (refusal := _refused(event, "N-SET")) is not None:
@@ -114,7 +114,7 @@ def handle_n_set(event, ctx: ServerContext):  # noqa: ANN001, ANN201
     return _status(outcome.status, outcome.comment, attributes=outcome.attributes), None
 
 
-def handle_n_get(event, ctx: ServerContext):  # noqa: ANN001, ANN201
+def handle_n_get(event, ctx: AppContext):  # noqa: ANN001, ANN201
     started, who = time.perf_counter(), peer(event.assoc)
     count_request(event.assoc)
     if (refusal := _refused(event, "N-GET")) is not None:

@@ -22,11 +22,15 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationServer
 
-from .admission import ConnectionGate
-from .context import ServerContext, count_request, peer
-from .mpps import handle_n_create, handle_n_get, handle_n_set
-from .reactor import EventDrivenRequestHandler, GatedAssociationServer
-from .worklist import handle_find
+from worklist_mpps.dimse.admission import ConnectionGate
+from worklist_mpps.context import AppContext
+from worklist_mpps.dimse.common import count_request, peer
+from worklist_mpps.dimse.mpps import handle_n_create, handle_n_get, handle_n_set
+from worklist_mpps.dimse.pynetdicom_ext.reactor import (
+    EventDrivenRequestHandler,
+    GatedAssociationServer,
+)
+from worklist_mpps.dimse.worklist import handle_find
 
 log = logging.getLogger("worklist_mpps.dimse")
 
@@ -46,7 +50,7 @@ class RequestHandler(EventDrivenRequestHandler):
     operations = {str(uid): frozenset(ops) for uid, ops in OPERATIONS.items()}
 
 
-def _on_conn_open(event, ctx: ServerContext) -> None:  # noqa: ANN001
+def _on_conn_open(event, ctx: AppContext) -> None:  # noqa: ANN001
     """Tune each accepted connection.
 
     Nagle off: small DIMSE responses must not wait for a delayed ACK. A socket
@@ -79,7 +83,7 @@ def _on_closed(how: str, event) -> None:  # noqa: ANN001
         )
 
 
-def _on_requested(event, ctx: ServerContext) -> None:  # noqa: ANN001
+def _on_requested(event, ctx: AppContext) -> None:  # noqa: ANN001
     """An association slot for the request (admission.py), else A-ASSOCIATE-RJ
     rejected-transient, local-limit-exceeded (PS3.8 9.3.4); then access control
     (A-ASSOCIATE-RJ, calling AE title not recognized) for an unknown calling AE title or
@@ -118,7 +122,7 @@ def _on_echo(event) -> int:  # noqa: ANN001
     return 0x0000
 
 
-def build_ae(ctx: ServerContext) -> AE:
+def build_ae(ctx: AppContext) -> AE:
     cfg = ctx.config
     ae = AE(ae_title=cfg.ae_title)
     # the slots are handed out by admission.py; pynetdicom's own count includes the
@@ -134,7 +138,7 @@ def build_ae(ctx: ServerContext) -> AE:
     return ae
 
 
-def handlers(ctx: ServerContext) -> list:
+def handlers(ctx: AppContext) -> list:
     return [
         (evt.EVT_CONN_OPEN, _on_conn_open, [ctx]),
         (evt.EVT_REQUESTED, _on_requested, [ctx]),
@@ -166,7 +170,7 @@ def tls_context(cfg) -> ssl.SSLContext:  # noqa: ANN001
 class DicomServer:
     """Starts and stops the AE's listeners: plain, and TLS when configured."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.ae = build_ae(ctx)
         self._server = None

@@ -11,13 +11,13 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import worklist
-from ..health import db_error_comment, describe_db_error
-from ..matching import MatchError
-from . import wire
-from .context import (
+from worklist_mpps.services import worklist
+from worklist_mpps.services.health import db_error_comment, describe_db_error
+from worklist_mpps.services.matching import MatchError
+from worklist_mpps.dimse.pynetdicom_ext import wire
+from worklist_mpps.context import AppContext
+from worklist_mpps.dimse.common import (
     NOT_AUTHORIZED,
-    ServerContext,
     UndecodableRequest,
     allowed,
     count_request,
@@ -45,7 +45,7 @@ def failure(status: int, comment: str, offending: list[str] | None = None) -> Da
     return ds
 
 
-def handle_find(event, ctx: ServerContext) -> Iterator[tuple[object, Dataset | None]]:  # noqa: ANN001
+def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None]]:  # noqa: ANN001
     """Answer one worklist C-FIND: pending responses, then success (sent by pynetdicom)."""
     started = time.perf_counter()
     who = peer(event.assoc)

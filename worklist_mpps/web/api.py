@@ -18,13 +18,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from .. import audit
-from .. import items as store
-from .. import matching
-from ..db.models import STEP_STATUSES, Patient, WorklistItem, as_utc
-from ..items import ItemError
-from .context import web_actor, web_context
-from .errors import HTTPProblem
+from worklist_mpps.services import audit
+from worklist_mpps.services import schedule as store
+from worklist_mpps.services import matching
+from worklist_mpps.db.models import STEP_STATUSES, Patient, WorklistItem, as_utc
+from worklist_mpps.services.schedule import ItemError
+from worklist_mpps.web.context import web_actor, web_context
+from worklist_mpps.web.errors import HTTPProblem
 
 router = APIRouter(tags=["worklist management"])
 MAX_PAGE = 500

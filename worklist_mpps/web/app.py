@@ -14,12 +14,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import __version__
-from ..config import Config
-from ..dimse.context import ServerContext
-from ..health import WriteProbe, describe_db_error
-from . import api, dicomweb, guard
-from .errors import HTTPProblem
+from worklist_mpps import __version__
+from worklist_mpps.config import Config
+from worklist_mpps.context import AppContext
+from worklist_mpps.services.health import WriteProbe, describe_db_error
+from worklist_mpps.web import api, dicomweb, guard
+from worklist_mpps.web.errors import HTTPProblem
 
 log = logging.getLogger("worklist_mpps.http")
 OPEN_PATHS = {"/healthz"}
@@ -63,7 +63,7 @@ class Refused(Exception):
         self.status, self.reason, self.headers = status, reason, headers
 
 
-def create_app(ctx: ServerContext, dicom_listening: Callable[[], bool] = lambda: True
+def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: True
                ) -> FastAPI:
     app = FastAPI(
         title="worklist-mpps", version=__version__,

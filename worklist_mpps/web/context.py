@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from ..audit import Actor
-from ..dimse.context import ServerContext
+from worklist_mpps.services.audit import Actor
+from worklist_mpps.context import AppContext
 
 
-def web_context(request: Request) -> ServerContext:
+def web_context(request: Request) -> AppContext:
     return request.app.state.ctx
 
 

@@ -16,14 +16,14 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from .. import mpps, worklist
-from ..matching import MatchError
-from ..mpps import MPPSError
-from ..scu import BadValue, check_uid
-from .context import web_actor, web_context
-from .dicomjson import DicomJSONError, from_json
-from .dicomxml import XMLError, from_xml, to_xml
-from .errors import HTTPProblem
+from worklist_mpps.services import mpps, worklist
+from worklist_mpps.services.matching import MatchError
+from worklist_mpps.services.mpps import MPPSError
+from worklist_mpps.client.scu import BadValue, check_uid
+from worklist_mpps.web.context import web_actor, web_context
+from worklist_mpps.web.dicomjson import DicomJSONError, from_json
+from worklist_mpps.web.dicomxml import XMLError, from_xml, to_xml
+from worklist_mpps.web.errors import HTTPProblem
 
 router = APIRouter(tags=["DICOMweb"])
 

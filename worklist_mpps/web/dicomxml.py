@@ -20,7 +20,13 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.valuerep import PersonName
 
-from .dicomjson import MAX_SEQUENCE_DEPTH, VRS, DicomJSONError, check_base64, check_number
+from worklist_mpps.web.dicomjson import (
+    MAX_SEQUENCE_DEPTH,
+    VRS,
+    DicomJSONError,
+    check_base64,
+    check_number,
+)
 
 NS = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
 PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")

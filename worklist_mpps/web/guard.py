@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from ..config import Config
+from worklist_mpps.config import Config
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

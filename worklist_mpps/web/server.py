@@ -10,7 +10,7 @@ import time
 
 import uvicorn
 
-from .uvicorn_h11 import guarded_protocol
+from worklist_mpps.web.uvicorn_h11 import guarded_protocol
 
 log = logging.getLogger("worklist_mpps.http")
 

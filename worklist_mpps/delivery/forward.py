@@ -10,12 +10,19 @@ twice.
 
 from __future__ import annotations
 
-from .config import ForwardPeer
-from .db.models import OutboxMessage
-from .mpps import decode_dataset
-from .outbox import Failed, Retry
-from .scu import (
-    Aborted, Association, DimseFailure, Peer, Rejected, SCUError, Timeout, Unreachable,
+from worklist_mpps.config import ForwardPeer
+from worklist_mpps.db.models import OutboxMessage
+from worklist_mpps.services.mpps import decode_dataset
+from worklist_mpps.delivery.worker import Failed, Retry
+from worklist_mpps.client.scu import (
+    Aborted,
+    Association,
+    DimseFailure,
+    Peer,
+    Rejected,
+    SCUError,
+    Timeout,
+    Unreachable,
 )
 
 DUPLICATE_SOP_INSTANCE = 0x0111

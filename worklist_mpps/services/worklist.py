@@ -23,9 +23,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Row
 
-from . import matching
-from .db.models import Patient, WorklistItem
-from .matching import MatchError
+from worklist_mpps.services import matching
+from worklist_mpps.db.models import Patient, WorklistItem
+from worklist_mpps.services.matching import MatchError
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def statement(
 # A response is first built as plain elements, (tag, VR, value) in ascending tag order at
 # every level, with value None (zero length), a str, an int (US) or, for a sequence, a
 # list of items that are element lists. ``response`` turns them into a pydicom Dataset;
-# the C-FIND fast path (dimse/wire.py) encodes them straight to bytes.
+# the C-FIND fast path (dimse/pynetdicom_ext/wire.py) encodes them straight to bytes.
 
 Element = tuple[int, str, Any]
 _SPS_TAG = tag_for_keyword(SPS_SEQUENCE)

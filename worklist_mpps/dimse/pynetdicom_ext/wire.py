@@ -37,7 +37,7 @@ from pynetdicom.dimse_primitives import (
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import ServiceClass
 
-from .admission import RateLimitedLog
+from worklist_mpps.dimse.admission import RateLimitedLog
 
 log = logging.getLogger("worklist_mpps.dimse")
 MWL_FIND = b"1.2.840.10008.5.1.4.31"  # 22 bytes: even, no padding

@@ -24,11 +24,11 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 
-from . import audit
-from .audit import Actor
-from .db.engine import Database
-from .db.models import AppState, Patient
-from .items import ItemError, upsert_item
+from worklist_mpps.services import audit
+from worklist_mpps.services.audit import Actor
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import AppState, Patient
+from worklist_mpps.services.schedule import ItemError, upsert_item
 
 SAMPLE_MARKER = "sample_data_loaded"
 

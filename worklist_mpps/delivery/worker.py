@@ -23,11 +23,11 @@ from typing import Protocol, Sequence
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from .config import Config
-from .db.engine import Database
-from .db.models import OutboxMessage, as_utc, utcnow
+from worklist_mpps.config import Config
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import OutboxMessage, as_utc, utcnow
 
-log = logging.getLogger("worklist_mpps.outbox")
+log = logging.getLogger("worklist_mpps.delivery.worker")
 
 CLAIM_SECONDS = 120  # a claimed row is another process's for this long at most
 
@@ -50,22 +50,6 @@ class Target(Protocol):
 
     def deliver(self, message: OutboxMessage) -> str | None:
         """Deliver; return a note for the log, raise Retry or Failed."""
-
-
-def target_names(config: Config) -> list[str]:
-    """The targets every MPPS change is queued for."""
-    names = ["orthanc"] if config.orthanc_url else []
-    names += [f"forward:{p.name}" for p in config.forward_peers if p.enabled]
-    return names
-
-
-def enqueue(session: Session, targets: Sequence[str], mpps_uid: str, event: str,
-            pps_status: str, payload: bytes | None) -> None:
-    """Queue a change for each target, inside the caller's transaction."""
-    for target in targets:
-        session.add(OutboxMessage(target=target, mpps_uid=mpps_uid, event=event,
-                                  pps_status=pps_status, payload=payload, state="pending",
-                                  attempts=0, next_attempt_at=utcnow()))
 
 
 def age_seconds(message: OutboxMessage, now: datetime | None = None) -> float:
@@ -213,34 +197,3 @@ class OutboxWorker:
                 self.deliver(message)
             handled += 1
         return handled
-
-
-# --- operators ------------------------------------------------------------------------------
-
-
-def list_messages(db: Database, state: str | None = None, limit: int = 100) -> list[dict]:
-    with db.read() as session:
-        stmt = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)
-        if state:
-            stmt = stmt.where(OutboxMessage.state == state)
-        return [{
-            "id": m.id, "target": m.target, "mpps_uid": m.mpps_uid, "event": m.event,
-            "pps_status": m.pps_status, "state": m.state, "attempts": m.attempts,
-            "next_attempt_at": as_utc(m.next_attempt_at).isoformat(timespec="seconds"),
-            "last_error": m.last_error,
-            "created_at": as_utc(m.created_at).isoformat(timespec="seconds"),
-            "delivered_at": (as_utc(m.delivered_at).isoformat(timespec="seconds")
-                             if m.delivered_at else None),
-        } for m in session.scalars(stmt)]
-
-
-def retry(db: Database, ids: Sequence[int] = (), all_failed: bool = False) -> int:
-    """Make failed (or waiting) rows due now again; the number of rows changed."""
-    with db.write() as session:
-        stmt = update(OutboxMessage).where(OutboxMessage.state.in_(["failed", "pending"]))
-        if not all_failed:
-            stmt = stmt.where(OutboxMessage.id.in_(list(ids)))
-        else:
-            stmt = stmt.where(OutboxMessage.state == "failed")
-        return session.execute(stmt.values(state="pending", next_attempt_at=utcnow(),
-                                           claimed_by=None, claimed_until=None)).rowcount

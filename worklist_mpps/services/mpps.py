@@ -27,12 +27,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import audit, outbox
-from .audit import Actor
-from .db.engine import Database
-from .db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
-from .items import new_study_uid
-from .matching import MatchError, check_temporal, normalize_date, normalize_time, strip_padding
+from worklist_mpps.services import audit
+from worklist_mpps.services import outbox
+from worklist_mpps.services.audit import Actor
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
+from worklist_mpps.services.schedule import new_study_uid
+from worklist_mpps.services.matching import (
+    MatchError,
+    check_temporal,
+    normalize_date,
+    normalize_time,
+    strip_padding,
+)
 
 log = logging.getLogger(__name__)
 

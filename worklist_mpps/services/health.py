@@ -23,11 +23,11 @@ from pathlib import Path
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import redact_url
-from .db.engine import Database
-from .db.models import Heartbeat, utcnow
+from worklist_mpps.config import redact_url
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import Heartbeat, utcnow
 
-log = logging.getLogger("worklist_mpps.health")
+log = logging.getLogger("worklist_mpps.services.health")
 
 PROBE_INTERVAL = 1.0  # s: a result is reused this long (healthchecks may poll fast)
 MIN_FREE_BYTES = 1 << 20  # a SQLite file's filesystem with less free is "disk full"

@@ -1,22 +1,12 @@
-"""What every DIMSE handler needs: configuration and database, plus logging helpers."""
+"""What the DIMSE handlers share: log and access helpers, request decoding, and the rule
+for requests a presentation context does not serve."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
 from pydicom import Dataset
 
-from ..config import Config
-from ..db.engine import Database
-
-
-@dataclass
-class ServerContext:
-    config: Config
-    db: Database
-    targets: list[str] = field(default_factory=list)  # outbox targets of MPPS changes
-    notify: Callable[[], None] = lambda: None  # wakes the outbox worker after a commit
 
 
 def peer(assoc) -> str:  # noqa: ANN001

@@ -15,8 +15,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db.models import STEP_STATUSES, Patient, WorklistItem
-from .matching import MatchError, fold_pn, normalize_date, normalize_time
+from worklist_mpps.db.models import STEP_STATUSES, Patient, WorklistItem
+from worklist_mpps.services.matching import MatchError, fold_pn, normalize_date, normalize_time
 
 PATIENT_FIELDS = (
     "patient_id", "issuer_of_patient_id", "patient_name", "birth_date", "sex", "weight",

@@ -42,9 +42,9 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
-from . import wire
-from .admission import ConnectionGate, RateLimitedLog, Ticket
-from .context import SOP_CLASS_NOT_SUPPORTED, refusal, requested_sop_class
+from worklist_mpps.dimse.pynetdicom_ext import wire
+from worklist_mpps.dimse.admission import ConnectionGate, RateLimitedLog, Ticket
+from worklist_mpps.dimse.common import SOP_CLASS_NOT_SUPPORTED, refusal, requested_sop_class
 
 log = logging.getLogger("worklist_mpps.dimse")
 TICK = 0.02  # seconds between timer checks while nothing happens

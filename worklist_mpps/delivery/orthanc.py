@@ -27,13 +27,13 @@ from typing import Any
 import requests
 from sqlalchemy import select
 
-from .config import Config
-from .db.engine import Database
-from .db.models import MPPSTracking, OutboxMessage, utcnow
-from .mpps import decode_dataset
-from .outbox import Failed, Retry, age_seconds
+from worklist_mpps.config import Config
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import MPPSTracking, OutboxMessage, utcnow
+from worklist_mpps.services.mpps import decode_dataset
+from worklist_mpps.delivery.worker import Failed, Retry, age_seconds
 
-log = logging.getLogger("worklist_mpps.orthanc")
+log = logging.getLogger("worklist_mpps.delivery.orthanc")
 
 METADATA = {  # name -> what it holds; declare these as UserMetadata in orthanc.json
     "MppsStatus": "IN PROGRESS, COMPLETED or DISCONTINUED",

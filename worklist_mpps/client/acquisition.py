@@ -7,8 +7,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
-from .mpps_messages import Instance, Series
-from .scu import ImagesError
+from worklist_mpps.client.messages import Instance, Series
+from worklist_mpps.client.scu import ImagesError
 
 _TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID",
          "SeriesDescription", "ProtocolName", "OperatorsName", "PerformingPhysicianName"]

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db.engine import Database
-from .db.models import AuditEvent, as_utc, utcnow
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import AuditEvent, as_utc, utcnow
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,61 @@
+"""The outbox as the service layer sees it (the worker that delivers it is
+``delivery/worker.py``): every MPPS change queues one row per configured target in the
+change's own transaction (:func:`enqueue`), so a notification exists exactly when the
+change does; operators list rows and make failed ones due again.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from worklist_mpps.config import Config
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import OutboxMessage, as_utc, utcnow
+
+
+def target_names(config: Config) -> list[str]:
+    """The targets every MPPS change is queued for."""
+    names = ["orthanc"] if config.orthanc_url else []
+    names += [f"forward:{p.name}" for p in config.forward_peers if p.enabled]
+    return names
+
+
+def enqueue(session: Session, targets: Sequence[str], mpps_uid: str, event: str,
+            pps_status: str, payload: bytes | None) -> None:
+    """Queue a change for each target, inside the caller's transaction."""
+    for target in targets:
+        session.add(OutboxMessage(target=target, mpps_uid=mpps_uid, event=event,
+                                  pps_status=pps_status, payload=payload, state="pending",
+                                  attempts=0, next_attempt_at=utcnow()))
+
+
+
+def list_messages(db: Database, state: str | None = None, limit: int = 100) -> list[dict]:
+    with db.read() as session:
+        stmt = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)
+        if state:
+            stmt = stmt.where(OutboxMessage.state == state)
+        return [{
+            "id": m.id, "target": m.target, "mpps_uid": m.mpps_uid, "event": m.event,
+            "pps_status": m.pps_status, "state": m.state, "attempts": m.attempts,
+            "next_attempt_at": as_utc(m.next_attempt_at).isoformat(timespec="seconds"),
+            "last_error": m.last_error,
+            "created_at": as_utc(m.created_at).isoformat(timespec="seconds"),
+            "delivered_at": (as_utc(m.delivered_at).isoformat(timespec="seconds")
+                             if m.delivered_at else None),
+        } for m in session.scalars(stmt)]
+
+
+def retry(db: Database, ids: Sequence[int] = (), all_failed: bool = False) -> int:
+    """Make failed (or waiting) rows due now again; the number of rows changed."""
+    with db.write() as session:
+        stmt = update(OutboxMessage).where(OutboxMessage.state.in_(["failed", "pending"]))
+        if not all_failed:
+            stmt = stmt.where(OutboxMessage.id.in_(list(ids)))
+        else:
+            stmt = stmt.where(OutboxMessage.state == "failed")
+        return session.execute(stmt.values(state="pending", next_attempt_at=utcnow(),
+                                           claimed_by=None, claimed_until=None)).rowcount
