@@ -37,7 +37,7 @@ bench: $(STAMP) system-tools
 # LOCK_ARGS=--upgrade (or --upgrade-package NAME) moves pins forward.
 UV ?= uv
 LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --quiet $(LOCK_ARGS)
-BUILD_REQS = setuptools>=68
+BUILD_REQS = setuptools>=77
 
 lock:
 	echo '$(BUILD_REQS)' | $(UV) pip compile pyproject.toml - --extra postgres \
