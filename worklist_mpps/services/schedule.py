@@ -29,9 +29,27 @@ from worklist_mpps.services.schedule_values import (
     ItemError,
 )
 
-__all__ = ["CODE_FIELDS", "STEP_STATUSES", "Conflict", "ItemError", "Invalid", "NotFound", "Page", "ScheduleError", "cancel_item", "create_item",
-           "create_patient", "delete_patient", "get_item", "get_patient", "purge_item",
-           "search_items", "search_patients", "update_item", "update_patient"]
+__all__ = [
+    "CODE_FIELDS",
+    "STEP_STATUSES",
+    "Conflict",
+    "ItemError",
+    "Invalid",
+    "NotFound",
+    "Page",
+    "ScheduleError",
+    "cancel_item",
+    "create_item",
+    "create_patient",
+    "delete_patient",
+    "get_item",
+    "get_patient",
+    "purge_item",
+    "search_items",
+    "search_patients",
+    "update_item",
+    "update_patient",
+]
 
 
 class ScheduleError(Exception):
