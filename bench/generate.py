@@ -20,7 +20,7 @@ from sqlalchemy import insert
 
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import Patient, WorklistItem, utcnow
-from worklist_mpps.services.schedule import FOLDED, normalize_item, normalize_patient
+from worklist_mpps.services.schedule_values import FOLDED, normalize_item, normalize_patient
 
 PER_DAY = 200
 STATIONS = {  # station AE title -> modality (20 stations)
@@ -88,7 +88,7 @@ def make_items(n: int, today: dt.date, seed: int = 7) -> list[tuple[dict, dict]]
 
 
 def load(db: Database, pairs: list[tuple[dict, dict]], batch: int = 5000) -> None:
-    """Bulk insert with the same normalization and derived columns as items.py."""
+    """Bulk insert with the same normalization and derived columns as services/schedule_values.py."""
     now = utcnow()
     patient_rows: dict[str, dict] = {}
     for patient, _ in pairs:

@@ -28,7 +28,7 @@ from pydicom.uid import generate_uid
 
 from conftest import LiveServer, module_server, require_tool
 from worklist_mpps.config import Config
-from worklist_mpps.services.schedule import ItemError, normalize_item, normalize_patient
+from worklist_mpps.services.schedule_values import ItemError, normalize_item, normalize_patient
 from worklist_mpps.web.dicomxml import XMLError, from_xml
 
 # Imports of the modules this issue added are inside the tests that use them, so that

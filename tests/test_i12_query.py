@@ -35,7 +35,7 @@ from worklist_mpps.services import matching, mpps, worklist
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
 from worklist_mpps.dimse.pynetdicom_ext import wire
-from worklist_mpps.services.schedule import ItemError, normalize_item, normalize_patient
+from worklist_mpps.services.schedule_values import ItemError, normalize_item, normalize_patient
 from worklist_mpps.services.loader import load_file
 from worklist_mpps.services.matching import MatchError
 from worklist_mpps.client.messages import ScheduledStep, Series, n_create, n_set_progress

@@ -7,7 +7,7 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence
 
 from worklist_mpps.services import matching, worklist
-from worklist_mpps.services.schedule import create_item, get_or_create_patient
+from worklist_mpps.services.schedule_values import create_item, get_or_create_patient
 from worklist_mpps.services.matching import MatchError
 
 # accession, patient (id, name), modality, station, date, time, status, extra

@@ -28,7 +28,7 @@ from worklist_mpps.services import audit
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import AppState, Patient
-from worklist_mpps.services.schedule import ItemError, upsert_item
+from worklist_mpps.services.schedule_values import ItemError, upsert_item
 
 SAMPLE_MARKER = "sample_data_loaded"
 

@@ -32,7 +32,7 @@ from worklist_mpps.services import outbox
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
-from worklist_mpps.services.schedule import new_study_uid
+from worklist_mpps.services.schedule_values import new_study_uid
 from worklist_mpps.services.matching import (
     MatchError,
     check_temporal,

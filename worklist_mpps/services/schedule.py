@@ -1,264 +1,340 @@
-"""Create and update worklist items and patients, keeping derived columns right.
+"""Scheduling operations on worklist items and patients, for every front end.
 
-Every writer (YAML loader, REST API) goes through here, so the folded name
-columns, the combined start column and the Study Instance UID are always set
-the same way. The Study Instance UID is generated once, when the item is
-created, and never changes afterwards.
+The HTTP API, and the HL7 order feed and operator page to come, call these functions
+rather than the database: each opens its own transaction (``db.write()`` / ``db.read()``),
+writes its audit record in that transaction, and answers with plain dicts. Broken rules
+raise :class:`ItemError` (invalid data, naming the field), :class:`NotFound` or
+:class:`Conflict`; a front end maps them to its own answer (HTTP 422/404/409).
+Value normalisation and the row-level building blocks are in schedule_values.py.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from pydicom.uid import generate_uid
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
 
-from worklist_mpps.db.models import STEP_STATUSES, Patient, WorklistItem
-from worklist_mpps.services.matching import MatchError, fold_pn, normalize_date, normalize_time
-
-PATIENT_FIELDS = (
-    "patient_id", "issuer_of_patient_id", "patient_name", "birth_date", "sex", "weight",
-    "medical_alerts", "allergies", "pregnancy_status",
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import STEP_STATUSES, Patient, WorklistItem, as_utc
+from worklist_mpps.services import audit, matching
+from worklist_mpps.services import schedule_values as values
+from worklist_mpps.services.audit import Actor
+from worklist_mpps.services.schedule_values import (
+    CODE_FIELDS,
+    ITEM_FIELDS,
+    PATIENT_FIELDS,
+    ItemError,
 )
-ITEM_FIELDS = (
-    "accession_number", "referring_physician_name", "requesting_physician",
-    "requested_procedure_id", "requested_procedure_description", "requested_procedure_priority",
-    "requested_procedure_codes", "study_instance_uid", "admission_id",
-    "current_patient_location", "sps_id", "sps_description", "sps_status", "modality",
-    "scheduled_station_ae_title", "scheduled_station_name", "sps_location", "sps_start_date",
-    "sps_start_time", "scheduled_performing_physician_name", "scheduled_protocol_codes",
-    "pre_medication", "requested_contrast_agent",
-)
-# Person Name columns and their folded twins (matching.fold_pn).
-FOLDED = {
-    "patient_name": "patient_name_folded",
-    "referring_physician_name": "referring_physician_name_folded",
-    "requesting_physician": "requesting_physician_folded",
-    "scheduled_performing_physician_name": "scheduled_performing_physician_name_folded",
-}
-CODE_FIELDS = ("requested_procedure_codes", "scheduled_protocol_codes")
-_CODE_ALIASES = {
-    "value": "CodeValue", "scheme": "CodingSchemeDesignator",
-    "version": "CodingSchemeVersion", "meaning": "CodeMeaning",
-}
-PRIORITIES = ("STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW")
+
+__all__ = [
+    "CODE_FIELDS",
+    "STEP_STATUSES",
+    "Conflict",
+    "ItemError",
+    "Invalid",
+    "NotFound",
+    "Page",
+    "ScheduleError",
+    "cancel_item",
+    "create_item",
+    "create_patient",
+    "delete_patient",
+    "get_item",
+    "get_patient",
+    "purge_item",
+    "search_items",
+    "search_patients",
+    "update_item",
+    "update_patient",
+]
 
 
-class ItemError(ValueError):
-    """Invalid item data; ``field`` names the offending field."""
+class ScheduleError(Exception):
+    """A rule of scheduling broken; ``message`` says which, ``field`` names the input."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
         self.field = field
 
 
-_NOT_IN_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
+class NotFound(ScheduleError):
+    """No item or patient with this id."""
 
 
-def _text(field: str, value: Any) -> Any:
-    """Every field is one value of a short string VR (AE, CS, DA, LO, PN, SH, TM): no
-    control characters (PS3.5 6.2, Table 6.2-1) and no backslash, which separates
-    values (PS3.5 6.4)."""
-    if isinstance(value, str) and (bad := _NOT_IN_TEXT.search(value)):
-        what = "a backslash" if bad.group() == "\\" else f"control character {bad.group()!r}"
-        raise ItemError(field, f"{what} is not allowed in a single DICOM value "
-                               "(PS3.5 6.2, 6.4)")
-    return value
+class Conflict(ScheduleError):
+    """The change contradicts stored data (a duplicate key, a reference that must stay)."""
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    return value
+class Invalid(ItemError):
+    """Invalid input whose message is complete as it stands (no ``field:`` prefix)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.field = field
 
 
-def _codes(field: str, value: Any) -> list[dict[str, str]] | None:
-    if value in (None, "", []):
+@dataclass(frozen=True)
+class Page:
+    """One page of a search: ``total`` matches, ``rows`` the dicts of this page."""
+
+    total: int
+    rows: list[dict[str, Any]]
+
+
+# --- plain dicts ---------------------------------------------------------------------------
+
+
+_CODE_KEYS = {"CodeValue": "value", "CodingSchemeDesignator": "scheme", "CodeMeaning": "meaning",
+              "CodingSchemeVersion": "version"}
+
+
+def _codes_out(codes: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+    """Codes in the short form callers write ({value, scheme, meaning, version})."""
+    if codes is None:
         return None
-    if isinstance(value, Mapping):
-        value = [value]
-    if not isinstance(value, list):
-        raise ItemError(field, "must be a list of codes {value, scheme, meaning}")
-    codes = []
-    for code in value:
-        if not isinstance(code, Mapping):
-            raise ItemError(field, "each code must be a mapping {value, scheme, meaning}")
-        item = {}
-        for k, v in code.items():
-            name = _CODE_ALIASES.get(k, k)
-            if name not in _CODE_ALIASES.values():
-                raise ItemError(field, f"unknown code field {k!r}")
-            text = None if v is None else _clean(_text(field, str(v)))
-            if text is not None:  # stored without padding (PS3.5 Table 6.2-1)
-                item[name] = text
-        if "CodeValue" not in item or "CodingSchemeDesignator" not in item:
-            raise ItemError(field, "a code needs a value and a scheme")
-        codes.append(item)
-    return codes
+    return [{_CODE_KEYS[k]: v for k, v in c.items() if k in _CODE_KEYS} for c in codes]
 
 
-def normalize_patient(data: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in PATIENT_FIELDS:
-            raise ItemError(f"patient.{key}", "unknown field")
-        out[key] = _clean(_text(f"patient.{key}", value))
-    if "birth_date" in out and out["birth_date"] is not None:
-        out["birth_date"] = _date("patient.birth_date", str(out["birth_date"]))
-    if "pregnancy_status" in out and out["pregnancy_status"] is not None:
-        try:
-            out["pregnancy_status"] = int(out["pregnancy_status"])
-        except ValueError:
-            raise ItemError("patient.pregnancy_status", "must be 1, 2, 3 or 4") from None
-    for key in ("patient_id", "patient_name", "sex", "weight"):
-        if key in out and out[key] is not None:
-            out[key] = str(out[key])
+def patient_dict(p: Patient) -> dict[str, Any]:
+    out: dict[str, Any] = {name: getattr(p, name) for name in PATIENT_FIELDS}
+    out.update(id=p.id, created_at=as_utc(p.created_at), updated_at=as_utc(p.updated_at))
     return out
 
 
-def _date(field: str, value: str) -> str:
+def item_dict(item: WorklistItem) -> dict[str, Any]:
+    out: dict[str, Any] = {name: getattr(item, name) for name in ITEM_FIELDS}
+    for name in CODE_FIELDS:
+        out[name] = _codes_out(out[name])
+    out.update(id=item.id, patient=patient_dict(item.patient),
+               created_at=as_utc(item.created_at), updated_at=as_utc(item.updated_at))
+    return out
+
+
+# --- worklist items ------------------------------------------------------------------------
+
+
+def _item(session: Session, item_id: int) -> WorklistItem:
+    item = session.get(WorklistItem, item_id, options=[selectinload(WorklistItem.patient)])
+    if item is None:
+        raise NotFound(f"no worklist item {item_id}")
+    return item
+
+
+def _duplicate_key() -> Conflict:
+    return Conflict("an item with this accession number and step ID exists",
+                    field="accession_number")
+
+
+def _refuse_duplicate(session: Session, item_id: int | None, accession: str | None,
+                      sps_id: str | None) -> None:
+    """One item per accession number and Scheduled Procedure Step ID (PS3.4 Table K.6-1:
+    the pair names the step a modality performs)."""
+    other = values.duplicate_of(session, accession, sps_id, item_id)
+    if other:
+        raise Conflict(f"worklist item {other} has this accession number and step ID",
+                       field="accession_number")
+
+
+def search_items(db: Database, *, date: str | None = None, modality: str | None = None,
+                 station: str | None = None, status: str | None = None,
+                 accession: str | None = None, patient_id: str | None = None,
+                 patient_name: str | None = None, offset: int = 0, limit: int = 50) -> Page:
+    """Items of every status unless ``status`` is given; the keys match as in C-FIND
+    (PS3.4 C.2.2.2: single value, wildcard, date range; Person Name case-insensitive)."""
+    W = WorklistItem
+    if status and status not in STEP_STATUSES:
+        raise ItemError("status", f"must be one of {', '.join(STEP_STATUSES)}")
     try:
-        return normalize_date(field, value)
-    except MatchError as exc:
-        raise ItemError(field, str(exc).split(": ", 1)[1]) from None
+        filters = [
+            matching.date_match(W.sps_start_date, "date", date) if date else None,
+            matching.string_match(W.modality, modality, "CS") if modality else None,
+            matching.string_match(W.scheduled_station_ae_title, station, "AE")
+            if station else None,
+            W.sps_status == status if status else None,
+            matching.string_match(W.accession_number, accession, "SH") if accession else None,
+            matching.string_match(Patient.patient_id, patient_id, "LO") if patient_id else None,
+            matching.person_name(Patient.patient_name_folded, patient_name)
+            if patient_name else None,
+        ]
+    except matching.MatchError as exc:
+        raise Invalid(exc.keyword, str(exc)) from None
+    stmt = select(W).join(Patient, W.patient)
+    for clause in filters:
+        if clause is not None:
+            stmt = stmt.where(clause)
+    with db.read() as session:
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        rows = session.scalars(stmt.options(selectinload(W.patient))
+                               .order_by(W.sps_start, W.id).offset(offset).limit(limit))
+        return Page(total, [item_dict(i) for i in rows])
 
 
-def normalize_item(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate item fields; empty strings become None, dates and times DICOM form."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in ITEM_FIELDS:
-            raise ItemError(key, "unknown field")
-        out[key] = _codes(key, value) if key in CODE_FIELDS else _clean(_text(key, value))
-        if isinstance(out[key], (int, float)) and key not in CODE_FIELDS:
-            out[key] = str(out[key])
-    if out.get("sps_start_date") is not None:
-        out["sps_start_date"] = _date("sps_start_date", str(out["sps_start_date"]))
-    if out.get("sps_start_time") is not None:
-        try:
-            out["sps_start_time"] = normalize_time("sps_start_time", str(out["sps_start_time"]))
-        except MatchError as exc:
-            raise ItemError("sps_start_time", str(exc).split(": ", 1)[1]) from None
-    if out.get("sps_status") is not None and out["sps_status"] not in STEP_STATUSES:
-        raise ItemError("sps_status", f"must be one of {', '.join(STEP_STATUSES)}")
-    priority = out.get("requested_procedure_priority")
-    if priority is not None and priority not in PRIORITIES:
-        raise ItemError("requested_procedure_priority", f"must be one of {', '.join(PRIORITIES)}")
-    for key in ("accession_number", "requested_procedure_id", "sps_id", "sps_location",
-                "scheduled_station_name"):
-        if out.get(key) is not None and len(out[key]) > 16:
-            raise ItemError(key, "at most 16 characters (SH)")
-    if out.get("scheduled_station_ae_title") is not None and len(
-            out["scheduled_station_ae_title"]) > 16:
-        raise ItemError("scheduled_station_ae_title", "at most 16 characters (AE)")
-    return out
+def get_item(db: Database, item_id: int) -> dict[str, Any]:
+    with db.read() as session:
+        return item_dict(_item(session, item_id))
 
 
-def apply_values(obj: Any, values: Mapping[str, Any]) -> None:
-    """Set attributes, keeping the folded Person Name twins right."""
-    for key, value in values.items():
-        setattr(obj, key, value)
-        if key in FOLDED:
-            setattr(obj, FOLDED[key], fold_pn(value))
+def create_item(db: Database, actor: Actor | None, patient: Mapping[str, Any],
+                data: Mapping[str, Any], uid_prefix: str = "") -> dict[str, Any]:
+    """Schedule a step for the patient (found by Patient ID and issuer, else created).
+
+    The Study Instance UID is generated here, once (PS3.4 Table K.6-1: the worklist
+    gives it to the modality). An accession number and step ID already used: Conflict.
+    """
+    try:
+        with db.write() as session:
+            row = values.get_or_create_patient(session, patient)
+            key = values.normalize_item({k: data.get(k) for k in ("accession_number", "sps_id")})
+            _refuse_duplicate(session, None, key["accession_number"], key["sps_id"])
+            item = values.create_item(session, row, data, uid_prefix)
+            session.flush()
+            result = item_dict(item)
+            audit.record(session, actor, "item.create", f"item:{item.id}", {
+                "accession_number": item.accession_number, "sps_id": item.sps_id,
+                "study_instance_uid": item.study_instance_uid, "patient_id": row.patient_id})
+    except IntegrityError:
+        raise _duplicate_key() from None
+    return result
 
 
-def _refresh_start(item: WorklistItem) -> None:
-    if item.sps_start_date:
-        item.sps_start = item.sps_start_date + (item.sps_start_time or "000000")
-    else:
-        item.sps_start = None
+def update_item(db: Database, actor: Actor | None, item_id: int, data: Mapping[str, Any],
+                patient_pk: int | None = None) -> dict[str, Any]:
+    """Change an item, or move it to patient ``patient_pk``; its Study Instance UID never
+    changes (it names the study the modality may already have made)."""
+    try:
+        with db.write() as session:
+            item = _item(session, item_id)
+            if patient_pk is not None:
+                patient = session.get(Patient, patient_pk)
+                if patient is None:
+                    raise Invalid("patient_pk", f"no patient {patient_pk}")
+                item.patient = patient
+            values.update_item(item, data)
+            audit.record(session, actor, "item.update", f"item:{item.id}",
+                         {"fields": sorted(data) + (["patient_pk"] if patient_pk is not None
+                                                    else [])})
+            _refuse_duplicate(session, item.id, item.accession_number, item.sps_id)
+            session.flush()
+            return item_dict(item)
+    except IntegrityError:
+        raise _duplicate_key() from None
 
 
-def get_or_create_patient(session: Session, data: Mapping[str, Any]) -> Patient:
-    """The patient with this Patient ID (and issuer), created or updated from ``data``."""
-    values = normalize_patient(data)
-    if not values.get("patient_id"):
-        raise ItemError("patient.patient_id", "is required")
-    patient = session.scalars(
-        select(Patient).where(
-            Patient.patient_id == values["patient_id"],
-            Patient.issuer_of_patient_id.is_(None)
-            if values.get("issuer_of_patient_id") is None
-            else Patient.issuer_of_patient_id == values["issuer_of_patient_id"],
-        )
-    ).first()
+def cancel_item(db: Database, actor: Actor | None, item_id: int,
+                reason: str | None = None) -> dict[str, Any]:
+    """Cancel: the step becomes DISCONTINUED ("canceled or unsuccessfully terminated",
+    PS3.4 K.6.1.2.2 / Table K.6-1 step status) and leaves the default worklist. The
+    item is kept; ``reason`` (e.g. an HL7 ORC-16) goes into the audit record."""
+    with db.write() as session:
+        item = _item(session, item_id)
+        detail: dict[str, Any] = {"from": item.sps_status, "to": "DISCONTINUED"}
+        if reason:
+            detail["reason"] = reason
+        audit.record(session, actor, "item.cancel", f"item:{item.id}", detail)
+        item.sps_status = "DISCONTINUED"
+        session.flush()
+        return item_dict(item)
+
+
+def purge_item(db: Database, actor: Actor | None, item_id: int) -> None:
+    """Delete an item, unless a performed procedure step refers to it (PS3.4 F.7.2.1:
+    the MPPS's Scheduled Step Attributes Sequence names the step): then Conflict,
+    and the item can only be cancelled."""
+    with db.write() as session:
+        item = _item(session, item_id)
+        if item.mpps:
+            raise Conflict(f"item {item_id} has performed procedure steps: "
+                           "it can be cancelled, not deleted")
+        audit.record(session, actor, "item.delete", f"item:{item.id}",
+                     {"accession_number": item.accession_number})
+        session.delete(item)
+
+
+# --- patients ------------------------------------------------------------------------------
+
+
+def _patient(session: Session, patient_pk: int) -> Patient:
+    patient = session.get(Patient, patient_pk)
     if patient is None:
-        patient = Patient()
-        session.add(patient)
-    apply_values(patient, values)
+        raise NotFound(f"no patient {patient_pk}")
     return patient
 
 
-def new_study_uid(prefix: str = "") -> str:
-    """A new Study Instance UID: under ``prefix`` or UUID-derived (2.25.x)."""
-    if prefix:
-        return generate_uid(prefix=prefix if prefix.endswith(".") else prefix + ".")
-    return generate_uid(prefix=None)
+def _same_patient_id(values_: Mapping[str, Any]) -> ColumnElement[bool]:
+    issuer = values_.get("issuer_of_patient_id")
+    return (Patient.issuer_of_patient_id == issuer if issuer
+            else Patient.issuer_of_patient_id.is_(None))
 
 
-def duplicate_of(session: Session, accession: str | None, sps_id: str | None,
-                 exclude_id: int | None = None) -> int | None:
-    """The id of another item with this key (accession number + step ID), if any.
-
-    Checked here rather than only by the unique constraint: SQL lets NULL step
-    IDs repeat.
-    """
-    stmt = select(WorklistItem.id).where(
-        WorklistItem.accession_number == accession,
-        WorklistItem.sps_id == sps_id if sps_id is not None else WorklistItem.sps_id.is_(None))
-    if exclude_id is not None:
-        stmt = stmt.where(WorklistItem.id != exclude_id)
-    return session.scalar(stmt.limit(1))
-
-
-def create_item(session: Session, patient: Patient, data: Mapping[str, Any],
-                uid_prefix: str = "") -> WorklistItem:
-    values = normalize_item(data)
-    if values.get("accession_number") is None:
-        raise ItemError("accession_number", "is required")
-    item = WorklistItem(patient=patient, sps_status="SCHEDULED")
-    apply_values(item, values)
-    if not item.study_instance_uid:
-        item.study_instance_uid = new_study_uid(uid_prefix)
-    _refresh_start(item)
-    session.add(item)
-    return item
+def search_patients(db: Database, *, patient_id: str | None = None,
+                    patient_name: str | None = None, offset: int = 0,
+                    limit: int = 50) -> Page:
+    """Patients matching Patient ID and name as in C-FIND (PS3.4 C.2.2.2)."""
+    stmt = select(Patient)
+    try:
+        if patient_id:
+            stmt = stmt.where(matching.string_match(Patient.patient_id, patient_id, "LO"))
+        if patient_name and (clause := matching.person_name(Patient.patient_name_folded,
+                                                            patient_name)) is not None:
+            stmt = stmt.where(clause)
+    except matching.MatchError as exc:
+        raise Invalid(exc.keyword, str(exc)) from None
+    with db.read() as session:
+        total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        rows = session.scalars(stmt.order_by(Patient.id).offset(offset).limit(limit))
+        return Page(total, [patient_dict(p) for p in rows])
 
 
-REQUIRED_ON_UPDATE = ("accession_number", "sps_status")
+def get_patient(db: Database, patient_pk: int) -> dict[str, Any]:
+    with db.read() as session:
+        return patient_dict(_patient(session, patient_pk))
 
 
-def update_item(item: WorklistItem, data: Mapping[str, Any]) -> WorklistItem:
-    """Change an item; the Study Instance UID stays as it was created."""
-    values = normalize_item(data)
-    values.pop("study_instance_uid", None)
-    for key in REQUIRED_ON_UPDATE:
-        if key in values and values[key] is None:
-            raise ItemError(key, "cannot be empty")
-    apply_values(item, values)
-    _refresh_start(item)
-    return item
+def create_patient(db: Database, actor: Actor | None, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A new patient; one per Patient ID and Issuer of Patient ID (PS3.3 C.7.1.1)."""
+    with db.write() as session:
+        fields = values.normalize_patient(data)
+        if not fields.get("patient_id"):
+            raise ItemError("patient_id", "is required")
+        exists = session.scalar(select(Patient.id).where(
+            Patient.patient_id == fields["patient_id"], _same_patient_id(fields)))
+        if exists:
+            raise Conflict(f"patient {exists} has this Patient ID", field="patient_id")
+        patient = values.get_or_create_patient(session, fields)
+        session.flush()
+        result = patient_dict(patient)
+        audit.record(session, actor, "patient.create", f"patient:{patient.id}",
+                     {"patient_id": patient.patient_id})
+    return result
 
 
-def upsert_item(session: Session, patient_data: Mapping[str, Any], data: Mapping[str, Any],
-                uid_prefix: str = "") -> tuple[WorklistItem, bool]:
-    """Create or update the item keyed by accession number (+ step ID); (item, created)."""
-    accession = _clean(data.get("accession_number"))
-    if accession is None:
-        raise ItemError("accession_number", "is required")
-    patient = get_or_create_patient(session, patient_data)
-    item = session.scalars(
-        select(WorklistItem).where(
-            WorklistItem.accession_number == str(accession),
-            WorklistItem.sps_id.is_(None) if _clean(data.get("sps_id")) is None
-            else WorklistItem.sps_id == str(_clean(data["sps_id"])),
-        )
-    ).first()
-    if item is None:
-        return create_item(session, patient, data, uid_prefix), True
-    item.patient = patient
-    update_item(item, data)
-    return item, False
+def update_patient(db: Database, actor: Actor | None, patient_pk: int,
+                   data: Mapping[str, Any]) -> dict[str, Any]:
+    """Change a patient's demographics; Patient ID and issuer stay unique (Conflict)."""
+    try:
+        with db.write() as session:
+            patient = _patient(session, patient_pk)
+            fields = values.normalize_patient(data)
+            values.apply_values(patient, fields)
+            audit.record(session, actor, "patient.update", f"patient:{patient.id}",
+                         {"fields": sorted(fields)})
+            session.flush()
+            return patient_dict(patient)
+    except IntegrityError:
+        raise Conflict("another patient has this Patient ID and issuer",
+                       field="issuer_of_patient_id") from None
+
+
+def delete_patient(db: Database, actor: Actor | None, patient_pk: int) -> None:
+    """Delete a patient who has no worklist items (Conflict otherwise)."""
+    with db.write() as session:
+        patient = _patient(session, patient_pk)
+        if patient.items:
+            raise Conflict(f"patient {patient_pk} has worklist items")
+        audit.record(session, actor, "patient.delete", f"patient:{patient.id}",
+                     {"patient_id": patient.patient_id})
+        session.delete(patient)
