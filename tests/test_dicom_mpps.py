@@ -5,6 +5,8 @@ and checks its exit code, stdout and stderr; what the server stored is read back
 ``dicom-mpps get --json`` (DICOM JSON) and the worklist side with a pynetdicom C-FIND.
 One server per module (sample worklist loaded); the called-AE-title checks use a second
 one started with ``--require-called-ae-title true``.
+
+Over 400 lines: the sections share the module server, the dicom_mpps runner and the Listener.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ authentication cases start their own servers. Every call goes over real HTTP wit
 Tests share the module server, so each one works on its own accession numbers,
 patient IDs, stations and (far-future) dates. A schemathesis pass over the served
 OpenAPI runs last, against a server of its own.
+
+Over 400 lines: the sections share one module server and the Api helper; a split only moves them.
 """
 
 from __future__ import annotations

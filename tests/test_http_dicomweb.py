@@ -7,6 +7,8 @@ One ``worklist-mpps serve`` per module (sample worklist loaded); the HTTP client
 Worklist items touched by MPPS here: A10003 (yesterday, MR) and A10005 (yesterday, DX).
 The search tests only assert fixed sets of items scheduled today or later, so the order
 in which the tests run does not matter.
+
+Over 400 lines: the sections share one module server (Env) and the HTTP and DIMSE helpers.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@
 The peer is pynetdicom; where its ``send_*`` methods cannot send the message (another
 SOP Class than the context's, a value that does not fit its VR) the test builds the
 DIMSE primitive and sends it through the association's DIMSE provider, as ``send_*`` do.
+
+Over 400 lines: three items on one module server and one Peer (association) helper.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ items.py and loader.py.
 
 Over 400 lines because it holds three rules times four front ends (C-FIND, MPPS DIMSE,
 DICOMweb, management API) that share one live server; split by rule if it grows.
+
+Over 400 lines: three items checked on every front end of one module server.
 """
 
 from __future__ import annotations
