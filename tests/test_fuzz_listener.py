@@ -28,7 +28,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_clients import echo, find, worklist_query
-from worklist_mpps.services.mpps import decode_dataset
+from worklist_mpps.services.dicom import decode_dataset
 from fuzz_wire import FUZZ_BUDGET, MAX_ASSOCIATIONS, SEED, show
 from fuzz_harness import Case, Report, Traceback, db_path, tracebacks
 from fuzz_harness import captured, quiet_clients, server  # noqa: F401 (module fixtures)

@@ -33,13 +33,14 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS_CLASS
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL_FIND
 
 from conftest import SAMPLE, LiveServer, module_server, require_tool
-from worklist_mpps.services import matching, mpps, worklist
+from worklist_mpps.services import dicom, matching, worklist
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
 from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.services.schedule_values import ItemError, normalize_item, normalize_patient
 from worklist_mpps.services.loader import load_file
 from worklist_mpps.services.matching import MatchError
+from worklist_mpps.services.status import INVALID_ATTRIBUTE_VALUE, MPPSError
 from worklist_mpps.client.messages import ScheduledStep, Series, n_create, n_set_progress
 
 TIMEOUT = 15
@@ -433,10 +434,10 @@ def _series_with_date(date: str) -> Dataset:
     (_series_with_date("20260431"), "SeriesDate"),
 ])
 def test_mpps_validator_names_the_attribute(ds, keyword):
-    """mpps.check_dates_and_times: every DA/TM/DT of the request, in sequences too."""
-    with pytest.raises(mpps.MPPSError) as info:
-        mpps.check_dates_and_times(ds)
-    assert info.value.status == mpps.INVALID_ATTRIBUTE_VALUE
+    """dicom.check_dates_and_times: every DA/TM/DT of the request, in sequences too."""
+    with pytest.raises(MPPSError) as info:
+        dicom.check_dates_and_times(ds)
+    assert info.value.status == INVALID_ATTRIBUTE_VALUE
     assert info.value.attributes == [int(pydicom.datadict.tag_for_keyword(keyword))]
     assert keyword in info.value.comment
 

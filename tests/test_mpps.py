@@ -10,10 +10,10 @@ from pydicom.sequence import Sequence
 from sqlalchemy import select
 
 from conftest import SAMPLE
-from worklist_mpps.services import mpps
+from worklist_mpps.services import dicom, links, mpps
 from worklist_mpps.db.models import MPPSTracking, WorklistItem
 from worklist_mpps.services.loader import load_file
-from worklist_mpps.services.mpps import MPPSError
+from worklist_mpps.services.status import MPPSError
 from worklist_mpps.client.messages import (
     Instance,
     ScheduledStep,
@@ -248,7 +248,7 @@ def test_item_status_follows_all_its_steps(db_loaded):
     assert item(db_loaded, "A10005").sps_status == "IN PROGRESS"
     mpps.update(db_loaded, second.uid, n_set_completed([series()]))
     assert item(db_loaded, "A10005").sps_status == "COMPLETED"
-    assert mpps.derived_item_status(["DISCONTINUED"]) == "DISCONTINUED"
+    assert links.derived_item_status(["DISCONTINUED"]) == "DISCONTINUED"
 
 
 def test_character_sets_combine(db_loaded):
@@ -256,12 +256,12 @@ def test_character_sets_combine(db_loaded):
     ds = n_create([step(db_loaded, "A10001")], modality="CT", station_ae_title="CT01",
                   charset="ISO_IR 100")
     ds.PatientName = "Müller^Hans"
-    latin1 = mpps.decode_dataset(mpps.encode_dataset(ds))  # raw ISO_IR 100 bytes
+    latin1 = dicom.decode_dataset(dicom.encode_dataset(ds))  # raw ISO_IR 100 bytes
     out = mpps.create(db_loaded, latin1, "1.2.8.1", "CT01")
     mods = Dataset()
     mods.SpecificCharacterSet = "ISO_IR 192"
     mods.CommentsOnThePerformedProcedureStep = "Пациент спокоен"
-    mpps.update(db_loaded, out.uid, mpps.decode_dataset(mpps.encode_dataset(mods)))
+    mpps.update(db_loaded, out.uid, dicom.decode_dataset(dicom.encode_dataset(mods)))
     got = mpps.get(db_loaded, out.uid)[1]
     assert got.SpecificCharacterSet == "ISO_IR 192"
     assert got.PatientName == "Müller^Hans"

@@ -148,7 +148,7 @@ def test_target_names_follow_the_configuration():
 
 
 def test_mpps_changes_are_queued_in_the_same_transaction(db):
-    from worklist_mpps.services import mpps
+    from worklist_mpps.services import dicom, mpps
     from worklist_mpps.client.messages import ScheduledStep, n_create, n_set_completed
     ds = n_create([ScheduledStep("1.2.3")], modality="CT", station_ae_title="CT01")
     mpps.create(db, ds, "7.1", targets=["orthanc", "forward:ris"])
@@ -159,4 +159,4 @@ def test_mpps_changes_are_queued_in_the_same_transaction(db):
         rows = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
         assert [(r.target, r.event, r.pps_status) for r in rows] == [
             ("orthanc", "N-CREATE", "IN PROGRESS"), ("forward:ris", "N-CREATE", "IN PROGRESS")]
-        assert mpps.decode_dataset(rows[1].payload).Modality == "CT"
+        assert dicom.decode_dataset(rows[1].payload).Modality == "CT"

@@ -25,15 +25,13 @@ from worklist_mpps.client.acquisition import series_from_files
 from worklist_mpps.client.scu import (
     EXIT_CODES,
     Association,
-    BadValue,
     Peer,
     SCUError,
     WorklistLookup,
-    check_ae_title,
-    check_uid,
     describe_status,
     parse_url,
 )
+from worklist_mpps.services.dicom import BadValue, check_ae_title, check_uid
 
 log = logging.getLogger("dicom-mpps")
 
@@ -300,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         check_ae_title(args.aet, "calling AE title (--aet)")
         peer = parse_url(args.url, args.called_aet)
         result = args.func(args, peer)
-    except SCUError as exc:
+    except (SCUError, BadValue) as exc:  # BadValue: the value rules of services/dicom.py
         print(f"dicom-mpps: {exc.message}", file=sys.stderr)
         if args.json:
             print(json.dumps({"error": exc.kind, "message": exc.message,

@@ -318,14 +318,14 @@ def cmd_ping(cfg: Config, args: argparse.Namespace) -> int:
     """C-ECHO the server (docker healthcheck): exit 0 when it answers."""
     from pynetdicom.sop_class import Verification
 
-    from worklist_mpps.client.scu import Association, Peer, SCUError
+    from worklist_mpps.client.scu import Association, BadValue, Peer, SCUError
 
     host = args.host or ("127.0.0.1" if cfg.bind in ("0.0.0.0", "::", "") else cfg.bind)
     try:
         with Association(Peer(host, cfg.port, cfg.ae_title), "WM-PING", args.timeout,
                          contexts=(Verification,)) as assoc:
             status = assoc.assoc.send_c_echo()
-    except SCUError as exc:
+    except (SCUError, BadValue) as exc:
         print(f"worklist-mpps ping: {exc.message}", file=sys.stderr)
         return 1
     ok = status.get("Status") == 0

@@ -8,7 +8,6 @@ association, a timeout or a failure status.
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -26,6 +25,9 @@ from pynetdicom.status import (
     PROCEDURE_STEP_STATUS,
     code_to_category,
 )
+
+from worklist_mpps.services.dicom import BadValue, check_ae_title
+from worklist_mpps.services.status import PENDING, PENDING_WARNING
 
 log = logging.getLogger("dicom-mpps")
 
@@ -51,10 +53,6 @@ class DimseFailure(SCUError):
 
 class BadURL(SCUError):
     exit_code, kind = 3, "bad-url"
-
-
-class BadValue(SCUError):
-    exit_code, kind = 4, "bad-value"
 
 
 class Unreachable(SCUError):
@@ -125,23 +123,6 @@ def parse_url(url: str, called_ae_title: str = "ANY-SCP") -> Peer:
     called = parts.username or called_ae_title
     check_ae_title(called, "called AE title")
     return Peer(parts.hostname, port, called)
-
-
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
-
-
-def check_uid(value: str, what: str) -> str:
-    """PS3.5 9.1: digits and dots, components without leading zeros, <= 64 characters."""
-    if len(value) > 64 or not _UID.match(value):
-        raise BadValue(f"invalid {what} {value!r}: a UID is digits and dots, at most 64 "
-                       "characters, no leading zeros")
-    return value
-
-
-def check_ae_title(value: str, what: str) -> str:
-    if not value or len(value) > 16 or "\\" in value or not value.isprintable():
-        raise BadValue(f"invalid {what} {value!r}: 1 to 16 printable characters")
-    return value
 
 
 def status_meaning(code: int) -> str:
@@ -283,7 +264,7 @@ class Association:
         found, last = [], Dataset()
         for status, ds in self.assoc.send_c_find(identifier, ModalityWorklistInformationFind):
             last = status
-            if ds is not None and status.get("Status") in (0xFF00, 0xFF01):
+            if ds is not None and status.get("Status") in (PENDING, PENDING_WARNING):
                 found.append(ds)
         if "Status" not in last:
             self._checked(last, "C-FIND", started)  # raises Timeout or Aborted

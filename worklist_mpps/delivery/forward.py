@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from worklist_mpps.config import ForwardPeer
 from worklist_mpps.db.models import OutboxMessage
-from worklist_mpps.services.mpps import decode_dataset
+from worklist_mpps.services.dicom import BadValue, decode_dataset
+from worklist_mpps.services.status import (
+    DUPLICATE_SOP_INSTANCE,
+    ERROR_ID_NO_LONGER_UPDATED,
+    PROCESSING_FAILURE,
+)
 from worklist_mpps.delivery.worker import Failed, Retry
 from worklist_mpps.client.scu import (
     Aborted,
@@ -24,10 +29,6 @@ from worklist_mpps.client.scu import (
     Timeout,
     Unreachable,
 )
-
-DUPLICATE_SOP_INSTANCE = 0x0111
-PROCESSING_FAILURE = 0x0110
-NO_LONGER_UPDATED = 0xA710
 
 
 class ForwardTarget:
@@ -53,11 +54,11 @@ class ForwardTarget:
             if message.event == "N-CREATE" and code == DUPLICATE_SOP_INSTANCE:
                 return "already created downstream"
             if (message.event == "N-SET" and code == PROCESSING_FAILURE
-                    and exc.details.get("error_id") == NO_LONGER_UPDATED):
+                    and exc.details.get("error_id") == ERROR_ID_NO_LONGER_UPDATED):
                 return "downstream step already final"
             raise Failed(f"{peer} answered {exc.message}") from None
         except (Unreachable, Timeout, Aborted, Rejected) as exc:
             raise Retry(exc.message) from None
-        except SCUError as exc:
+        except (SCUError, BadValue) as exc:  # BadValue: a calling AE title not valid
             raise Failed(exc.message) from None
         return f"{peer} status 0x{status.Status:04X}"

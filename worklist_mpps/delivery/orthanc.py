@@ -30,7 +30,7 @@ from sqlalchemy import select
 from worklist_mpps.config import Config
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import MPPSTracking, OutboxMessage, utcnow
-from worklist_mpps.services.mpps import decode_dataset
+from worklist_mpps.services.dicom import decode_dataset
 from worklist_mpps.delivery.worker import Failed, Retry, age_seconds
 
 log = logging.getLogger("worklist_mpps.delivery.orthanc")

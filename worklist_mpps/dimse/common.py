@@ -7,6 +7,12 @@ from typing import Callable, Collection, Mapping
 
 from pydicom import Dataset
 
+from worklist_mpps.services.audit import Actor
+from worklist_mpps.services.status import (
+    NO_SUCH_SOP_CLASS,
+    SOP_CLASS_NOT_SUPPORTED,
+    UNRECOGNIZED_OPERATION,
+)
 
 
 def peer(assoc) -> str:  # noqa: ANN001
@@ -25,7 +31,10 @@ def allowed(assoc, service: str) -> bool:  # noqa: ANN001
     return device is None or service in device.services
 
 
-NOT_AUTHORIZED = 0x0124  # Refused: Not authorized (PS3.7 C.5)
+def dimse_actor(assoc) -> Actor:  # noqa: ANN001
+    """The audit actor of a DIMSE request: the calling AE title and the peer's address."""
+    req = assoc.requestor
+    return Actor(req.ae_title, f"{req.address}:{req.port}", "DIMSE")
 
 
 class UndecodableRequest(Exception):
@@ -54,9 +63,8 @@ def decoded(get: Callable[[], Dataset], every_element: bool = True) -> Dataset:
 
 # --- requests a presentation context does not serve (used by reactor.py) ----------------------
 
-NO_SUCH_SOP_CLASS = 0x0118  # PS3.7 C.5.20; the DIMSE-N statuses (10.1.1-10.1.6)
-SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.6; the DIMSE-C statuses (9.1.1-9.1.5)
-UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.5.23
+# Their statuses are defined in services/status.py (reactor.py imports
+# SOP_CLASS_NOT_SUPPORTED through this module).
 
 
 def requested_sop_class(msg) -> str:  # noqa: ANN001

@@ -9,16 +9,21 @@ from pydicom import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from worklist_mpps.services import mpps
-from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.health import db_error_comment, describe_db_error
-from worklist_mpps.services.mpps import MPPSError
+from worklist_mpps.services.status import (
+    INVALID_ATTRIBUTE_VALUE,
+    NOT_AUTHORIZED,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    MPPSError,
+)
 from worklist_mpps.context import AppContext
 from worklist_mpps.dimse.common import (
-    NOT_AUTHORIZED,
     UndecodableRequest,
     allowed,
     count_request,
     decoded,
+    dimse_actor,
     peer,
 )
 
@@ -58,18 +63,13 @@ def _failure(exc: Exception, op: str, who: str, uid: str | None, started: float)
     if isinstance(exc, UndecodableRequest):
         log.warning("%s from %s for %s: 0x0106 data set cannot be decoded: %s", op, who, uid,
                     exc)
-        return _status(mpps.INVALID_ATTRIBUTE_VALUE, f"Data set cannot be decoded: {exc}")
+        return _status(INVALID_ATTRIBUTE_VALUE, f"Data set cannot be decoded: {exc}")
     if isinstance(exc, SQLAlchemyError):
         log.error("%s from %s for %s: 0x0110 database error: %s (%.1f ms)", op, who, uid,
                   describe_db_error(exc).reason, ms)
-        return _status(mpps.PROCESSING_FAILURE, db_error_comment(exc))
+        return _status(PROCESSING_FAILURE, db_error_comment(exc))
     log.exception("%s from %s for %s: 0x0110 processing failure", op, who, uid)
-    return _status(mpps.PROCESSING_FAILURE, f"Processing failure: {exc.__class__.__name__}")
-
-
-def _actor(event) -> Actor:  # noqa: ANN001
-    req = event.assoc.requestor
-    return Actor(req.ae_title, f"{req.address}:{req.port}", "DIMSE")
+    return _status(PROCESSING_FAILURE, f"Processing failure: {exc.__class__.__name__}")
 
 
 def handle_n_create(event, ctx: AppContext):  # noqa: ANN001, ANN201
@@ -79,9 +79,10 @@ def handle_n_create(event, ctx: AppContext):  # noqa: ANN001, ANN201
         return refusal, None
     uid = event.request.AffectedSOPInstanceUID
     try:
-        outcome = mpps.create(ctx.db, decoded(lambda: event.attribute_list, every_element=False), uid,
-                              event.assoc.requestor.ae_title, ctx.config.uid_prefix,
-                              ctx.targets, actor=_actor(event))
+        attributes = decoded(lambda: event.attribute_list, every_element=False)
+        outcome = mpps.create(ctx.db, attributes, uid, event.assoc.requestor.ae_title,
+                              ctx.config.uid_prefix, ctx.targets,
+                              actor=dimse_actor(event.assoc))
     except Exception as exc:  # noqa: BLE001 - every failure gets a status
         return _failure(exc, "N-CREATE", who, uid, started), None
     ctx.notify()
@@ -93,7 +94,7 @@ def handle_n_create(event, ctx: AppContext):  # noqa: ANN001, ANN201
     if outcome.generated_uid:  # pynetdicom moves it into the response's Affected SOP Instance UID
         reply = Dataset()
         reply.AffectedSOPInstanceUID = outcome.uid
-    return _status(mpps.SUCCESS), reply
+    return _status(SUCCESS), reply
 
 
 def handle_n_set(event, ctx: AppContext):  # noqa: ANN001, ANN201
@@ -103,8 +104,9 @@ def handle_n_set(event, ctx: AppContext):  # noqa: ANN001, ANN201
         return refusal, None
     uid = event.request.RequestedSOPInstanceUID
     try:
-        outcome = mpps.update(ctx.db, uid, decoded(lambda: event.modification_list, every_element=False),
-                              event.assoc.requestor.ae_title, ctx.targets, actor=_actor(event))
+        modifications = decoded(lambda: event.modification_list, every_element=False)
+        outcome = mpps.update(ctx.db, uid, modifications, event.assoc.requestor.ae_title,
+                              ctx.targets, actor=dimse_actor(event.assoc))
     except Exception as exc:  # noqa: BLE001
         return _failure(exc, "N-SET", who, uid, started), None
     ctx.notify()

@@ -23,6 +23,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import AssociationServer
 
 from worklist_mpps.dimse.admission import ConnectionGate
+from worklist_mpps.services.status import SUCCESS
 from worklist_mpps.context import AppContext
 from worklist_mpps.dimse.common import count_request, peer
 from worklist_mpps.dimse.mpps import handle_n_create, handle_n_get, handle_n_set
@@ -119,7 +120,7 @@ def _on_rejected(event) -> None:  # noqa: ANN001
 
 def _on_echo(event) -> int:  # noqa: ANN001
     count_request(event.assoc)
-    return 0x0000
+    return SUCCESS
 
 
 def build_ae(ctx: AppContext) -> AE:

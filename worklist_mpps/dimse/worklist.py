@@ -14,10 +14,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from worklist_mpps.services import worklist
 from worklist_mpps.services.health import db_error_comment, describe_db_error
 from worklist_mpps.services.matching import MatchError
+from worklist_mpps.services.status import (
+    CANCEL,
+    IDENTIFIER_DOES_NOT_MATCH,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    PENDING_WARNING,
+    UNABLE_TO_PROCESS,
+)
 from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.context import AppContext
 from worklist_mpps.dimse.common import (
-    NOT_AUTHORIZED,
     UndecodableRequest,
     allowed,
     count_request,
@@ -26,14 +34,6 @@ from worklist_mpps.dimse.common import (
 )
 
 log = logging.getLogger("worklist_mpps.dimse.worklist")
-
-PENDING = 0xFF00
-PENDING_WARNING = 0xFF01  # optional keys not supported (K.4.1.1.4)
-CANCEL = 0xFE00
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC001
-OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources (PS3.4 K.4.1.1.4, C.4.1.1.4)
-
 
 def failure(status: int, comment: str, offending: list[str] | None = None) -> Dataset:
     ds = Dataset()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.models import STEP_STATUSES, Patient, WorklistItem
+from worklist_mpps.services.dicom import new_study_uid
 from worklist_mpps.services.matching import MatchError, fold_pn, normalize_date, normalize_time
 
 PATIENT_FIELDS = (
@@ -191,13 +191,6 @@ def get_or_create_patient(session: Session, data: Mapping[str, Any]) -> Patient:
         session.add(patient)
     apply_values(patient, values)
     return patient
-
-
-def new_study_uid(prefix: str = "") -> str:
-    """A new Study Instance UID: under ``prefix`` or UUID-derived (2.25.x)."""
-    if prefix:
-        return generate_uid(prefix=prefix if prefix.endswith(".") else prefix + ".")
-    return generate_uid(prefix=None)
 
 
 def duplicate_of(session: Session, accession: str | None, sps_id: str | None,

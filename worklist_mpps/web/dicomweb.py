@@ -16,10 +16,10 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from worklist_mpps.services import mpps, worklist
+from worklist_mpps.services import mpps, status, worklist
+from worklist_mpps.services.dicom import BadValue, check_uid
 from worklist_mpps.services.matching import MatchError
-from worklist_mpps.services.mpps import MPPSError
-from worklist_mpps.client.scu import BadValue, check_uid
+from worklist_mpps.services.status import MPPSError
 from worklist_mpps.web.context import web_actor, web_context
 from worklist_mpps.web.dicomjson import DicomJSONError, from_json
 from worklist_mpps.web.dicomxml import XMLError, from_xml, to_xml
@@ -33,13 +33,13 @@ MULTIPART_XML = 'multipart/related; type="application/dicom+xml"'
 
 # MPPS (DIMSE) status -> HTTP status (PS3.18 15.4.3, 15.5.3, 15.6.3)
 HTTP_FOR_STATUS = {
-    mpps.NO_SUCH_SOP_INSTANCE: 404,
-    mpps.DUPLICATE_SOP_INSTANCE: 409,
-    mpps.PROCESSING_FAILURE: 409,  # 0x0110/0xA710: the step is final
-    mpps.ATTRIBUTE_LIST_ERROR: 409,  # changes incompatible with the target
-    mpps.INVALID_ATTRIBUTE_VALUE: 400,
-    mpps.MISSING_ATTRIBUTE: 400,
-    mpps.MISSING_ATTRIBUTE_VALUE: 400,
+    status.NO_SUCH_SOP_INSTANCE: 404,
+    status.DUPLICATE_SOP_INSTANCE: 409,
+    status.PROCESSING_FAILURE: 409,  # 0x0110/0xA710: the step is final
+    status.ATTRIBUTE_LIST_ERROR: 409,  # changes incompatible with the target
+    status.INVALID_ATTRIBUTE_VALUE: 400,
+    status.MISSING_ATTRIBUTE: 400,
+    status.MISSING_ATTRIBUTE_VALUE: 400,
 }
 
 

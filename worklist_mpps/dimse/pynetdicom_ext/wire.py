@@ -38,6 +38,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import ServiceClass
 
 from worklist_mpps.dimse.admission import RateLimitedLog
+from worklist_mpps.services import status as dimse_status
 
 log = logging.getLogger("worklist_mpps.dimse")
 MWL_FIND = b"1.2.840.10008.5.1.4.31"  # 22 bytes: even, no padding
@@ -249,12 +250,11 @@ def status_only_command(primitive) -> bytes | None:  # noqa: ANN001
 
 REFUSED = RateLimitedLog(log)
 COMMAND_SET_LIMIT = 65536  # bytes; a real command set is a few hundred
-RESOURCE_LIMITATION = 0x0213  # PS3.7 C.5 (DIMSE-N and C-ECHO)
 OUT_OF_RESOURCES = {  # the "Refused: Out of Resources" of each DIMSE-C service
-    C_FIND: 0xA700,  # PS3.4 C.4.1.1.4, K.4.1.1.4
-    C_STORE: 0xA700,  # PS3.4 B.2.3
-    C_GET: 0xA701,  # PS3.4 C.4.3.1.4: unable to calculate number of matches
-    C_MOVE: 0xA701,  # PS3.4 C.4.2.1.4
+    C_FIND: dimse_status.OUT_OF_RESOURCES,  # PS3.4 C.4.1.1.4, K.4.1.1.4
+    C_STORE: dimse_status.OUT_OF_RESOURCES,  # PS3.4 B.2.3
+    C_GET: dimse_status.OUT_OF_RESOURCES_MATCHES,  # PS3.4 C.4.3.1.4
+    C_MOVE: dimse_status.OUT_OF_RESOURCES_MATCHES,  # PS3.4 C.4.2.1.4
 }
 
 
@@ -277,7 +277,7 @@ def refusal_response(request, comment: str):  # noqa: ANN001, ANN201
     for name in ("EventTypeID", "ActionTypeID"):
         if getattr(request, name, None) is not None:
             setattr(response, name, getattr(request, name))
-    response.Status = OUT_OF_RESOURCES.get(type(request), RESOURCE_LIMITATION)
+    response.Status = OUT_OF_RESOURCES.get(type(request), dimse_status.RESOURCE_LIMITATION)
     response.ErrorComment = comment[:64]  # LO
     return response
 

@@ -1,0 +1,291 @@
+"""DICOM value rules shared by the services and delivery: data set encoding and character
+sets (PS3.5 6.1, PS3.4 F.7.2.2.3), value checks of the VRs (PS3.5 6.2, 9.1: UIDs, AE
+titles, dates and times), required attributes (PS3.4 F.7.2, Table F.7.2-1) and new UIDs.
+
+A broken rule raises :class:`~worklist_mpps.services.status.MPPSError` with the status of
+PS3.7 Annex C (data sets), or :class:`BadValue` (a single value given by a user).
+"""
+
+from __future__ import annotations
+
+import re
+from io import BytesIO
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import generate_uid
+from pynetdicom.dsutils import decode as decode_bytes
+
+from worklist_mpps.services.matching import (
+    MatchError,
+    check_temporal,
+    normalize_date,
+    normalize_time,
+    strip_padding,
+)
+from worklist_mpps.services.status import (
+    INVALID_ATTRIBUTE_VALUE,
+    MISSING_ATTRIBUTE,
+    MISSING_ATTRIBUTE_VALUE,
+    MPPSError,
+)
+
+# --- single values: UIDs and AE titles (PS3.5 9.1, Table 6.2-1) ---------------------------
+
+
+class BadValue(ValueError):
+    """A value that breaks its VR's rule; ``exit_code`` and ``kind`` as the client's
+    errors have them (``dicom-mpps`` exits 4)."""
+
+    exit_code, kind = 4, "bad-value"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def check_uid(value: str, what: str) -> str:
+    """PS3.5 9.1: digits and dots, components without leading zeros, <= 64 characters."""
+    if len(value) > 64 or not _UID.match(value):
+        raise BadValue(f"invalid {what} {value!r}: a UID is digits and dots, at most 64 "
+                       "characters, no leading zeros")
+    return value
+
+
+def check_ae_title(value: str, what: str) -> str:
+    """PS3.5 Table 6.2-1 (AE): 1 to 16 characters, no backslash or control character."""
+    if not value or len(value) > 16 or "\\" in value or not value.isprintable():
+        raise BadValue(f"invalid {what} {value!r}: 1 to 16 printable characters")
+    return value
+
+
+def new_study_uid(prefix: str = "") -> str:
+    """A new UID (Study Instance, MPPS instance): under ``prefix`` or UUID-derived
+    (2.25.x, PS3.5 B.2)."""
+    if prefix:
+        return generate_uid(prefix=prefix if prefix.endswith(".") else prefix + ".")
+    return generate_uid(prefix=None)
+
+
+# --- encoding and character sets ---------------------------------------------------------
+
+
+def _write(ds: Dataset) -> bytes:
+    """Explicit VR Little Endian bytes of a dataset, in its Specific Character Set;
+    pydicom's exception when a value cannot be written."""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    write_dataset(fp, ds)
+    return fp.parent.getvalue()
+
+
+def encode_dataset(ds: Dataset) -> bytes:
+    """Explicit VR Little Endian bytes of a dataset, in its Specific Character Set."""
+    try:
+        return _write(ds)
+    except Exception:  # noqa: BLE001 - a value whose length or VR is wrong
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE,
+                        "An attribute value does not fit its VR (cannot be encoded)",
+                        offending_attributes(ds)) from None
+
+
+def offending_attributes(ds: Dataset) -> list[int]:
+    """The top-level attributes whose values cannot be read or written, each tried alone:
+    the Attribute Identifier List of a 0x0106 Invalid Attribute Value (PS3.4 F.7.2.1.3);
+    a value inside a sequence is named by its sequence."""
+    try:
+        charset = ds[0x00080005] if 0x00080005 in ds else None
+    except Exception:  # noqa: BLE001
+        return [0x00080005]
+    bad = []
+    for tag in list(ds.keys()):
+        one = Dataset()
+        try:
+            if charset is not None and tag != 0x00080005:
+                one[0x00080005] = charset
+            one[tag] = ds[tag]
+            _materialize(decode_dataset(_write(one)))
+        except Exception:  # noqa: BLE001 - whatever pydicom raises on this value
+            bad.append(int(tag))
+    return bad
+
+
+def decode_dataset(data: bytes) -> Dataset:
+    """The data set of bytes written by :func:`encode_dataset` (Explicit VR Little Endian);
+    pydicom decodes each element when it is first read."""
+    return decode_bytes(BytesIO(data), False, True)
+
+
+def _text_is_ascii(ds: Dataset) -> bool:
+    for elem in ds:
+        if elem.VR == "SQ":
+            if not all(_text_is_ascii(item) for item in elem.value):
+                return False
+        elif isinstance(elem.value, str) and not elem.value.isascii():
+            return False
+        elif elem.VR == "PN" and elem.value is not None and not str(elem.value).isascii():
+            return False
+        elif isinstance(elem.value, MultiValue) and not all(str(v).isascii() for v in elem.value):
+            return False
+    return True
+
+
+def as_unicode(ds: Dataset) -> Dataset:
+    """Every text value as Unicode, decoded with the request's character set.
+
+    F.7.2.2.3: the N-SET character set does not replace the N-CREATE one; the
+    SCP keeps the combination. We hold every value as Unicode and store the
+    instance as ISO_IR 192 when any text is outside ASCII. The dataset is
+    written in its own character set and read back, so each element is decoded
+    from bytes exactly once (pydicom's Dataset.decode() re-encodes str person
+    names wrongly).
+    """
+    try:  # pydicom decodes the request lazily: a malformed value fails here
+        encoded = encode_dataset(ds)  # written in the request's own character set
+    except MPPSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Data set cannot be decoded: "
+                        f"{exc.__class__.__name__}: {exc}"[:200],
+                        offending_attributes(ds)) from None
+    try:
+        raw = decode_dataset(encoded)
+        _materialize(raw)
+    except (LookupError, UnicodeError) as exc:
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE,
+                        f"Text cannot be decoded with Specific Character Set: {exc}",
+                        ["SpecificCharacterSet"]) from None
+    except Exception as exc:  # noqa: BLE001 - a value that does not fit its VR
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Data set cannot be decoded: "
+                        f"{exc.__class__.__name__}: {exc}"[:200],
+                        offending_attributes(ds)) from None
+    _check_sequence_vrs(raw)
+    if "SpecificCharacterSet" in raw:
+        del raw.SpecificCharacterSet
+    return raw
+
+
+def _check_sequence_vrs(ds: Dataset) -> None:
+    """A sequence attribute sent with another VR (or the reverse) is an invalid value."""
+    for elem in ds:
+        if not elem.keyword:
+            continue
+        expected = dictionary_VR(elem.tag)
+        if (expected == "SQ") != (elem.VR == "SQ"):
+            raise MPPSError(INVALID_ATTRIBUTE_VALUE,
+                            f"{elem.keyword} has VR {elem.VR}, the standard's is {expected}",
+                            [elem.keyword])
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _check_sequence_vrs(item)
+
+
+def _materialize(ds: Dataset) -> None:
+    """Convert every element from bytes now; person names become plain str.
+
+    A PersonName read from bytes keeps them and pydicom writes them again
+    unchanged; stored in another character set it must be encoded anew.
+    """
+    for elem in ds:  # iterating converts raw elements with the dataset's charset
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _materialize(item)
+        elif elem.VR == "PN" and elem.value is not None:
+            if isinstance(elem.value, MultiValue):
+                elem.value = [str(v) for v in elem.value]
+            else:
+                elem.value = str(elem.value)
+
+
+def charset_for_storage(ds: Dataset) -> None:
+    """Store as ISO_IR 192 when any text is outside ASCII, else with no Specific Character
+    Set (the values are Unicode already: :func:`as_unicode`, PS3.4 F.7.2.2.3)."""
+    if "SpecificCharacterSet" in ds:
+        del ds.SpecificCharacterSet
+    if not _text_is_ascii(ds):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+
+
+# --- attribute values ----------------------------------------------------------------------
+
+
+def text_value(ds: Dataset, keyword: str) -> str | None:
+    """A value as stored in the indexed columns: without padding (PS3.5 Table 6.2-1)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip().strip("\0").strip() or None
+
+
+def is_empty(elem: DataElement) -> bool:
+    return len(elem.value) == 0 if elem.VR == "SQ" else elem.is_empty
+
+
+def require(ds: Dataset, keyword: str, path: str = "", why: str = "") -> None:
+    """0x0120 when the attribute is absent, 0x0121 when it has no value.
+
+    Nested attributes are named by the sequence tag and item number, so the
+    comment fits the 64 characters of Error Comment (LO).
+    """
+    name = f"{path}{keyword}"
+    if keyword not in ds:
+        raise MPPSError(MISSING_ATTRIBUTE, f"{why}Missing attribute {name}", [keyword])
+    if is_empty(ds[keyword]):
+        raise MPPSError(MISSING_ATTRIBUTE_VALUE, f"{why}Missing value of {name}", [keyword])
+
+
+def normalized(value: Any, vr: str = "") -> Any:
+    """A comparable form of an element value (sequences recursively), without the
+    padding its VR calls not significant (PS3.5 Table 6.2-1)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, Dataset):
+        return tuple(sorted((int(e.tag), normalized(e.value, e.VR)) for e in value))
+    if isinstance(value, (list, MultiValue)):
+        items = tuple(normalized(v, vr) for v in value)
+        return items or None
+    return strip_padding(vr, str(value)).rstrip() if vr else str(value).rstrip()
+
+
+def datetime_value(ds: Dataset, date_kw: str, time_kw: str) -> str | None:
+    """YYYYMMDDHHMMSS of a date/time pair; 0x0106 when invalid."""
+    date, time = text_value(ds, date_kw), text_value(ds, time_kw)
+    if date is None:
+        return None
+    try:
+        day = normalize_date(date_kw, date)
+        clock = normalize_time(time_kw, time) if time else "000000"
+    except MatchError as exc:
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE, str(exc), [exc.keyword]) from None
+    return day + clock
+
+
+def check_dates_and_times(ds: Dataset, path: str = "") -> None:
+    """0x0106 naming the attribute unless every DA, TM and DT value of the data set, in
+    sequences too, is a real date, time or date time (PS3.5 Table 6.2-1), with the one
+    validator of matching.py."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for n, item in enumerate(elem.value, start=1):
+                check_dates_and_times(
+                    item, f"{path}({elem.tag.group:04X},{elem.tag.element:04X})[{n}] > ")
+            continue
+        if elem.VR not in ("DA", "TM", "DT") or elem.is_empty:
+            continue
+        keyword = elem.keyword or str(elem.tag)
+        values = elem.value if isinstance(elem.value, (MultiValue, list)) else [elem.value]
+        for value in values:
+            try:
+                check_temporal(elem.VR, keyword, str(value))
+            except MatchError as exc:
+                raise MPPSError(INVALID_ATTRIBUTE_VALUE, f"{path}{exc}",
+                                [elem.keyword] if elem.keyword else []) from None

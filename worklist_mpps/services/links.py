@@ -1,0 +1,74 @@
+"""Linking performed steps to worklist items (PS3.4 F.1: the MPPS drives the status of
+the scheduled step it names in its Scheduled Step Attributes Sequence, F.7.2.1.2)."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from pydicom import Dataset
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worklist_mpps.db.models import WorklistItem
+from worklist_mpps.services.dicom import text_value
+
+
+def find_scheduled_items(session: Session, ssas_item: Dataset) -> list[WorklistItem]:
+    """Worklist items named by one Scheduled Step Attributes Sequence item.
+
+    Most specific identification first: accession + step ID, study UID + step
+    ID, accession + requested procedure ID, study UID, accession. No match is
+    the unscheduled case (F.7.2.1.2 Note), accepted without a link.
+    """
+    acc = text_value(ssas_item, "AccessionNumber")
+    study = text_value(ssas_item, "StudyInstanceUID")
+    step = text_value(ssas_item, "ScheduledProcedureStepID")
+    rp = text_value(ssas_item, "RequestedProcedureID")
+    W = WorklistItem
+    strategies = [
+        (acc and step, [W.accession_number == acc, W.sps_id == step]),
+        (study and step, [W.study_instance_uid == study, W.sps_id == step]),
+        (acc and rp, [W.accession_number == acc, W.requested_procedure_id == rp]),
+        (study, [W.study_instance_uid == study]),
+        (acc, [W.accession_number == acc]),
+    ]
+    for usable, where in strategies:
+        if usable:
+            items = session.scalars(select(W).where(*where).order_by(W.id)).all()
+            if items:
+                return list(items)
+    return []
+
+
+def derived_item_status(mpps_statuses: Iterable[str]) -> str | None:
+    """A worklist item's status from its performed steps (F.1: MPPS drives the SPS).
+
+    IN PROGRESS while any step runs; otherwise COMPLETED if any completed;
+    DISCONTINUED if all were discontinued; None without steps.
+    """
+    statuses = set(mpps_statuses)
+    if not statuses:
+        return None
+    if "IN PROGRESS" in statuses:
+        return "IN PROGRESS"
+    return "COMPLETED" if "COMPLETED" in statuses else "DISCONTINUED"
+
+
+def refresh_item_statuses(session: Session, item_ids: Iterable[int]) -> None:
+    """Lock the linked items (in id order) and set each status from its MPPS."""
+    ids = sorted(set(item_ids))
+    if not ids:
+        return
+    items = session.scalars(
+        select(WorklistItem).where(WorklistItem.id.in_(ids)).order_by(WorklistItem.id)
+        .with_for_update()
+    ).all()
+    for item in items:
+        session.refresh(item, ["mpps"])
+        status = derived_item_status(m.status for m in item.mpps)
+        if status is not None and status != item.sps_status:
+            item.sps_status = status
+
+
+def link_labels(items: Iterable[WorklistItem]) -> list[str]:
+    return [f"{i.accession_number}/{i.sps_id}" for i in items]
