@@ -16,10 +16,10 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
-from pynetdicom.dsutils import decode as decode_bytes
 
 from worklist_mpps.services.matching import (
     MatchError,
@@ -122,7 +122,7 @@ def offending_attributes(ds: Dataset) -> list[int]:
 def decode_dataset(data: bytes) -> Dataset:
     """The data set of bytes written by :func:`encode_dataset` (Explicit VR Little Endian);
     pydicom decodes each element when it is first read."""
-    return decode_bytes(BytesIO(data), False, True)
+    return read_dataset(BytesIO(data), False, True)  # Explicit VR Little Endian
 
 
 def _text_is_ascii(ds: Dataset) -> bool:
