@@ -103,8 +103,9 @@ def lookup_worklist(args: argparse.Namespace, peer: Peer) -> list[Dataset]:
 
 def build_create(args: argparse.Namespace, peer: Peer) -> Dataset:
     """The N-CREATE attribute list from the worklist and/or the direct options."""
-    patient = {"patient_name": args.patient_name or "", "patient_id": args.patient_id or "",
-               "birth_date": "", "sex": ""}
+    patient: dict[str, str] = {"patient_name": args.patient_name or "",
+                               "patient_id": args.patient_id or "",
+                               "birth_date": "", "sex": ""}
     modality = args.modality
     procedure_codes: list[msg.Code] = []
     if args.from_worklist:
@@ -131,7 +132,9 @@ def build_create(args: argparse.Namespace, peer: Peer) -> Dataset:
                                    sps_id=args.procedure_step_id or "")]
     ds = msg.n_create(steps, modality=modality or "OT", station_ae_title=args.aet,
                       pps_id=args.pps_id, description=args.description or "",
-                      status=args.status, **patient)
+                      status=args.status, patient_name=patient["patient_name"],
+                      patient_id=patient["patient_id"], birth_date=patient["birth_date"],
+                      sex=patient["sex"])
     ds.ProcedureCodeSequence = Sequence([c.item() for c in procedure_codes])
     return ds
 
@@ -166,7 +169,7 @@ def _series(args: argparse.Namespace, assoc: Association) -> list[msg.Series] | 
     if sop_class is None and args.image_uid:
         sop_class = uids.SecondaryCaptureImageStorage
         try:
-            _, current = assoc.n_get(args.mpps_uid, [tag_for_keyword("Modality")])
+            _, current = assoc.n_get(args.mpps_uid, [int(Tag("Modality"))])
             sop_class = STORAGE_BY_MODALITY.get(str(current.get("Modality", "")), sop_class)
         except SCUError as exc:
             log.info("N-GET of Modality failed (%s): Secondary Capture assumed", exc.message)
@@ -203,8 +206,8 @@ def cmd_update(args: argparse.Namespace, peer: Peer) -> dict:
 
 
 def _tag(text: str) -> int:
-    if tag_for_keyword(text):
-        return tag_for_keyword(text)
+    if tag := tag_for_keyword(text):
+        return tag
     try:
         group, element = text.strip("()").split(",")
         return int(Tag(int(group, 16), int(element, 16)))

@@ -175,9 +175,9 @@ def build_outbox_worker(cfg: Config, db: Database):  # noqa: ANN201
     """The outbox worker for the configured targets, or None without targets."""
     from worklist_mpps.delivery.forward import ForwardTarget
     from worklist_mpps.delivery.orthanc import OrthancTarget
-    from worklist_mpps.delivery.worker import OutboxWorker
+    from worklist_mpps.delivery.worker import OutboxWorker, Target
 
-    targets = {}
+    targets: dict[str, Target] = {}
     if cfg.orthanc_url:
         targets["orthanc"] = OrthancTarget(db, cfg)
     for peer in cfg.forward_peers:
@@ -324,7 +324,7 @@ def cmd_ping(cfg: Config, args: argparse.Namespace) -> int:
     try:
         with Association(Peer(host, cfg.port, cfg.ae_title), "WM-PING", args.timeout,
                          contexts=(Verification,)) as assoc:
-            status = assoc.assoc.send_c_echo()
+            status = assoc.established.send_c_echo()
     except (SCUError, BadValue) as exc:
         print(f"worklist-mpps ping: {exc.message}", file=sys.stderr)
         return 1

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pydicom import Dataset
+from pydicom.tag import Tag
 from pynetdicom import AE, evt
+from pynetdicom.association import Association as PynetdicomAssociation
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
     ModalityPerformedProcedureStepRetrieve,
@@ -159,26 +162,27 @@ class Association:
         self.ae.connection_timeout = timeout
         for context in contexts:
             self.ae.add_requested_context(context)
-        self.assoc = None
+        self.assoc: PynetdicomAssociation | None = None
         self._acse_response = None
         self._last_rsp_command: Dataset | None = None
 
     def __enter__(self) -> Association:
         self._resolve()
-        handlers = [(evt.EVT_ACSE_RECV, self._on_acse), (evt.EVT_DIMSE_RECV, self._on_dimse),
-                    (evt.EVT_CONN_OPEN, self._on_connected)]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_ACSE_RECV, self._on_acse), (evt.EVT_DIMSE_RECV, self._on_dimse),
+            (evt.EVT_CONN_OPEN, self._on_connected)]
         started = time.monotonic()
         self._connected = False
-        self.assoc = self.ae.associate(self.peer.host, self.peer.port,
-                                       ae_title=self.peer.called_ae_title,
-                                       evt_handlers=handlers)
-        if self.assoc.is_established:
+        self.assoc = assoc = self.ae.associate(self.peer.host, self.peer.port,
+                                               ae_title=self.peer.called_ae_title,
+                                               evt_handlers=handlers)
+        if assoc.is_established:
             log.info("Association with %s established", self.peer)
             return self
         if not self._connected:
             self._diagnose_connection()
         rsp = self._acse_response
-        if self.assoc.is_rejected and rsp is not None:
+        if assoc.is_rejected and rsp is not None:
             raise Rejected(
                 f"association rejected by {self.peer}: {rsp.reason_str} "
                 f"({rsp.result_str}, source: {rsp.source_str})",
@@ -192,6 +196,13 @@ class Association:
     def __exit__(self, *exc) -> None:
         if self.assoc is not None and self.assoc.is_established:
             self.assoc.release()
+
+    @property
+    def established(self) -> PynetdicomAssociation:
+        """pynetdicom's association, inside the ``with`` block that opened it."""
+        if self.assoc is None:
+            raise RuntimeError("no association: use Association as a context manager")
+        return self.assoc
 
     def _resolve(self) -> None:
         try:
@@ -240,7 +251,7 @@ class Association:
     def n_create(self, attributes: Dataset, uid: str | None) -> tuple[Dataset, str]:
         """N-CREATE; (status, the instance UID: ours, or the one the SCP assigned)."""
         started = time.monotonic()
-        status, _ = self.assoc.send_n_create(attributes, ModalityPerformedProcedureStep, uid)
+        status, _ = self.established.send_n_create(attributes, ModalityPerformedProcedureStep, uid)
         self._checked(status, "N-CREATE", started)
         returned = (self._last_rsp_command or Dataset()).get("AffectedSOPInstanceUID")
         final = str(returned or uid or "")
@@ -250,19 +261,20 @@ class Association:
 
     def n_set(self, uid: str, modifications: Dataset) -> Dataset:
         started = time.monotonic()
-        status, _ = self.assoc.send_n_set(modifications, ModalityPerformedProcedureStep, uid)
+        status, _ = self.established.send_n_set(modifications, ModalityPerformedProcedureStep, uid)
         return self._checked(status, "N-SET", started)
 
     def n_get(self, uid: str, tags: list[int] | None = None) -> tuple[Dataset, Dataset]:
         started = time.monotonic()
-        status, ds = self.assoc.send_n_get(tags or [], ModalityPerformedProcedureStep, uid)
+        status, ds = self.established.send_n_get([Tag(t) for t in tags or []],
+                                                 ModalityPerformedProcedureStep, uid)
         self._checked(status, "N-GET", started)
         return status, ds if ds is not None else Dataset()
 
     def c_find_worklist(self, identifier: Dataset) -> list[Dataset]:
         started = time.monotonic()
         found, last = [], Dataset()
-        for status, ds in self.assoc.send_c_find(identifier, ModalityWorklistInformationFind):
+        for status, ds in self.established.send_c_find(identifier, ModalityWorklistInformationFind):
             last = status
             if ds is not None and status.get("Status") in (PENDING, PENDING_WARNING):
                 found.append(ds)

@@ -13,9 +13,17 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+
+def rowcount(result: Result) -> int:
+    """Rows an UPDATE or DELETE matched: ``Session.execute`` is typed as returning a
+    plain ``Result``, but for DML it is a ``CursorResult``, which has the count."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"no row count on {type(result).__name__}: not an UPDATE/DELETE")
+    return result.rowcount
 
 
 def _prepare_sqlite_path(url: str) -> None:

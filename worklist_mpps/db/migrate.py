@@ -25,7 +25,10 @@ def _alembic_config(connection=None) -> AlembicConfig:  # noqa: ANN001
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:  # the package ships its migrations: a missing head is a broken install
+        raise RuntimeError(f"no Alembic head revision in {MIGRATIONS}")
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -10,7 +10,7 @@ against a non-empty key (PS3.4 K.2.2.1.1.1 / C.2.2.2).
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     JSON,
@@ -35,6 +35,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+@overload
+def as_utc(value: datetime | None) -> datetime | None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """Times are stored as UTC; SQLite hands them back without their zone."""
     if value is not None and value.tzinfo is None:

@@ -24,7 +24,7 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from worklist_mpps.config import Config
-from worklist_mpps.db.engine import Database
+from worklist_mpps.db.engine import Database, rowcount
 from worklist_mpps.db.models import OutboxMessage, as_utc, utcnow
 
 log = logging.getLogger("worklist_mpps.delivery.worker")
@@ -116,17 +116,19 @@ class OutboxWorker:
     def _claim(self, message_id: int, now: datetime) -> OutboxMessage | None:
         """Take the row for this worker, dropping superseded older states first."""
         with self.db.write() as session:
-            claimed = session.execute(
+            claimed = rowcount(session.execute(
                 update(OutboxMessage).where(
                     OutboxMessage.id == message_id, OutboxMessage.state == "pending",
                     or_(OutboxMessage.claimed_until.is_(None),
                         OutboxMessage.claimed_until < now))
                 .values(claimed_by=self.owner,
                         claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
-            ).rowcount
+            ))
             if claimed != 1:
                 return None
             message = session.get(OutboxMessage, message_id)
+            if message is None:  # the row just claimed, in this transaction: not expected
+                return None
             target = self.targets[message.target]
             if target.supersede:
                 newest = session.scalar(

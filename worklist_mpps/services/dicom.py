@@ -85,7 +85,7 @@ def _write(ds: Dataset) -> bytes:
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = False, True
     write_dataset(fp, ds)
-    return fp.parent.getvalue()
+    return fp.getvalue()
 
 
 def encode_dataset(ds: Dataset) -> bytes:

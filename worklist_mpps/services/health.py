@@ -24,7 +24,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from worklist_mpps.config import redact_url
-from worklist_mpps.db.engine import Database
+from worklist_mpps.db.engine import Database, rowcount
 from worklist_mpps.db.models import Heartbeat, utcnow
 
 log = logging.getLogger("worklist_mpps.services.health")
@@ -124,10 +124,10 @@ def probe_write(db: Database, instance: str) -> Health:
         return problem
     try:
         with db.write() as session:
-            changed = session.execute(
+            changed = rowcount(session.execute(
                 update(Heartbeat).where(Heartbeat.id == 1).values(
                     beats=Heartbeat.beats + 1, at=utcnow(), instance=instance[:120])
-            ).rowcount
+            ))
             if not changed:  # an UPDATE of no row writes nothing: make the row
                 session.add(Heartbeat(id=1, beats=1, at=utcnow(), instance=instance[:120]))
     except SQLAlchemyError as exc:

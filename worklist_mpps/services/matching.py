@@ -16,8 +16,12 @@ import calendar
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import ColumnElement, SQLColumnExpression, and_, or_
+
+# a column argument: a Core column or an ORM mapped attribute (WorklistItem.patient_id)
+Column = SQLColumnExpression[Any]
 
 # VRs for which '*' and '?' are wildcards (PS3.4 C.2.2.2.4).
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
@@ -122,17 +126,17 @@ def _like_pattern(value: str) -> str:
     return "".join(out)
 
 
-def single_value(column: ColumnElement, value: str) -> ColumnElement:
+def single_value(column: Column, value: str) -> ColumnElement:
     """Single Value Matching (C.2.2.2.1): exact, case-sensitive."""
     return column == value
 
 
-def wildcard(column: ColumnElement, value: str) -> ColumnElement:
+def wildcard(column: Column, value: str) -> ColumnElement:
     """Wildcard Matching (C.2.2.2.4): '*' any run, '?' any one character."""
     return column.like(_like_pattern(value), escape="\\")
 
 
-def string_match(column: ColumnElement, value: str, vr: str) -> ColumnElement | None:
+def string_match(column: Column, value: str, vr: str) -> ColumnElement | None:
     """Single value or wildcard matching of one string value; padding that is not
     significant for the VR is ignored (PS3.5 Table 6.2-1: ' A10001' finds 'A10001')."""
     value = strip_padding(vr, value)
@@ -143,14 +147,14 @@ def string_match(column: ColumnElement, value: str, vr: str) -> ColumnElement | 
     return single_value(column, value)
 
 
-def person_name(folded_column: ColumnElement, value: str) -> ColumnElement | None:
+def person_name(folded_column: Column, value: str) -> ColumnElement | None:
     """Person Name: single value or wildcard, case- and accent-insensitive."""
     if is_universal(value):
         return None
     return string_match(folded_column, fold_pn(value) or "", "PN")
 
 
-def uid_list(column: ColumnElement, values: list[str]) -> ColumnElement | None:
+def uid_list(column: Column, values: list[str]) -> ColumnElement | None:
     """List of UID Matching (C.2.2.2.2): any of the UIDs."""
     values = [v for v in (strip_padding("UI", v) for v in values) if v]
     if not values:
@@ -160,9 +164,10 @@ def uid_list(column: ColumnElement, values: list[str]) -> ColumnElement | None:
 
 def any_of(clauses: list[ColumnElement | None]) -> ColumnElement | None:
     """A multi-valued key matches when any of its values matches."""
-    if any(c is None for c in clauses):
+    present = [c for c in clauses if c is not None]
+    if len(present) < len(clauses):
         return None
-    return clauses[0] if len(clauses) == 1 else or_(*clauses)
+    return present[0] if len(present) == 1 else or_(*present)
 
 
 # --- dates and times ---------------------------------------------------------------
@@ -172,7 +177,7 @@ def _real_date(year: int, month: int, day: int) -> bool:
     """A day of the Gregorian calendar (PS3.5 Table 6.2-1 DA)."""
     if not 1 <= month <= 12:
         return False
-    days = 29 if month == 2 and calendar.isleap(year) else calendar.mdays[month]
+    days = calendar.monthrange(year, month)[1]  # February of leap years included
     return 1 <= day <= days
 
 
@@ -280,7 +285,7 @@ def parse_range(keyword: str, value: str, kind: str, ordered: bool = True) -> Ra
     return Range(low, high)
 
 
-def range_match(column: ColumnElement, rng: Range | None) -> ColumnElement | None:
+def range_match(column: Column, rng: Range | None) -> ColumnElement | None:
     """Range Matching (C.2.2.2.5) on a column holding normalized DA or TM text."""
     if rng is None:
         return None
@@ -294,18 +299,18 @@ def range_match(column: ColumnElement, rng: Range | None) -> ColumnElement | Non
     return and_(*clauses)
 
 
-def date_match(column: ColumnElement, keyword: str, value: str) -> ColumnElement | None:
+def date_match(column: Column, keyword: str, value: str) -> ColumnElement | None:
     return range_match(column, parse_range(keyword, value, "DA"))
 
 
-def time_match(column: ColumnElement, keyword: str, value: str) -> ColumnElement | None:
+def time_match(column: Column, keyword: str, value: str) -> ColumnElement | None:
     return range_match(column, parse_range(keyword, value, "TM"))
 
 
 def combined_datetime(
-    date_column: ColumnElement,
-    time_column: ColumnElement,
-    datetime_column: ColumnElement,
+    date_column: Column,
+    time_column: Column,
+    datetime_column: Column,
     date_value: str,
     time_value: str,
     date_keyword: str = "ScheduledProcedureStepStartDate",

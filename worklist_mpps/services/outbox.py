@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from worklist_mpps.config import Config
-from worklist_mpps.db.engine import Database
+from worklist_mpps.db.engine import Database, rowcount
 from worklist_mpps.db.models import OutboxMessage, as_utc, utcnow
 
 
@@ -57,5 +57,5 @@ def retry(db: Database, ids: Sequence[int] = (), all_failed: bool = False) -> in
             stmt = stmt.where(OutboxMessage.id.in_(list(ids)))
         else:
             stmt = stmt.where(OutboxMessage.state == "failed")
-        return session.execute(stmt.values(state="pending", next_attempt_at=utcnow(),
-                                           claimed_by=None, claimed_until=None)).rowcount
+        return rowcount(session.execute(stmt.values(state="pending", next_attempt_at=utcnow(),
+                                                    claimed_by=None, claimed_until=None)))

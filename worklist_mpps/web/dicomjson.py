@@ -51,8 +51,8 @@ def check_number(vr: str, value: Any, where: str) -> None:
     if vr in FLOAT_VRS and not math.isfinite(number):
         raise DicomJSONError(f"{where}: {vr} values must be finite (no NaN or Infinity in "
                              "DICOM JSON, PS3.18 F.2.3)")
-    low, high = INT_RANGES.get(vr, (None, None))
-    if low is not None and not low <= number <= high:
+    bounds = INT_RANGES.get(vr)
+    if bounds is not None and not bounds[0] <= number <= bounds[1]:
         raise DicomJSONError(f"{where}: {number} is outside the range of {vr}")
 
 

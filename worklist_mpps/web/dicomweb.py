@@ -255,10 +255,10 @@ def search_identifier(params: list[tuple[str, str]]) -> Dataset:
     identifier = Dataset()
     item = Dataset()
     for key in worklist.TOP_KEYS.values():
-        identifier.add_new(Tag(tag_for_keyword(key.keyword)), key.vr,
+        identifier.add_new(Tag(key.keyword), key.vr,
                            Sequence() if key.vr == "SQ" else None)
     for key in worklist.SPS_KEYS.values():
-        item.add_new(Tag(tag_for_keyword(key.keyword)), key.vr,
+        item.add_new(Tag(key.keyword), key.vr,
                      Sequence() if key.vr == "SQ" else None)
     sps_tag = tag_for_keyword(worklist.SPS_SEQUENCE)
     for name, value in params:

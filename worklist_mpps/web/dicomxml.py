@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as safe_fromstring
@@ -61,7 +62,7 @@ def _pn_element(parent: ET.Element, number: int, value: PersonName) -> None:
 
 def _dataset_children(parent: ET.Element, ds: Dataset) -> None:
     for elem in ds:
-        attr = ET.SubElement(parent, "DicomAttribute", tag=f"{elem.tag:08X}", vr=elem.VR)
+        attr = ET.SubElement(parent, "DicomAttribute", {"tag": f"{elem.tag:08X}", "vr": elem.VR})
         if elem.keyword:
             attr.set("keyword", elem.keyword)
         if elem.VR == "SQ":
@@ -122,6 +123,7 @@ def _attribute_value(attr: ET.Element, vr: str):  # noqa: ANN202
             return check_base64(binary.text or "", f"attribute {attr.get('tag')}")
         except DicomJSONError as exc:
             raise XMLError(str(exc)) from None
+    values: list[Any]  # text first, then the VR's Python type
     if vr == "PN":
         values = [_pn_value(c) for c in children if _local(c.tag) == "PersonName"]
     else:

@@ -120,7 +120,7 @@ def preflight(origin: str, cors_origins: list[str]) -> tuple[int, dict[str, str]
 
 def cors_headers(origin: str | None, cors_origins: list[str]) -> dict[str, str]:
     """Headers that let a configured origin's script read a response."""
-    if not _listed(origin, cors_origins):
+    if origin is None or not _listed(origin, cors_origins):
         return {}
     return {"Access-Control-Allow-Origin": origin,
             "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS, "Vary": "Origin"}
