@@ -149,3 +149,12 @@ def test_search_filters(db):
     assert bad.value.field == "date"
     with pytest.raises(ItemError):
         schedule.search_items(db, status="CANCELED")
+
+
+def test_patient_search_with_a_universal_key_finds_every_patient(db):
+    """'*' alone is universal matching (PS3.4 C.2.2.2.3): it was WHERE NULL, no patient."""
+    new_item(db, "A1", patient_id="P1")
+    new_item(db, "A2", patient_id="P2")
+    assert schedule.search_patients(db, patient_id="*").total == 2
+    assert schedule.search_patients(db, patient_id="P*").total == 2
+    assert schedule.search_patients(db, patient_id="P2").total == 1

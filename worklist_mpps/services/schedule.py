@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sqlalchemy import ColumnElement, false, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -276,11 +276,10 @@ def search_patients(db: Database, *, patient_id: str | None = None,
     """Patients matching Patient ID and name as in C-FIND (PS3.4 C.2.2.2)."""
     stmt = select(Patient)
     try:
-        if patient_id:
-            # TODO: universal matching ('*', blanks) gives no clause, and this has always
-            # been WHERE NULL (no patient); C.2.2.2.3 says every patient. Kept as it was.
-            clause = matching.string_match(Patient.patient_id, patient_id, "LO")
-            stmt = stmt.where(clause if clause is not None else false())
+        # a universal key ('*' alone) gives no clause: every patient (PS3.4 C.2.2.2.3)
+        if patient_id and (clause := matching.string_match(Patient.patient_id, patient_id,
+                                                           "LO")) is not None:
+            stmt = stmt.where(clause)
         if patient_name and (clause := matching.person_name(Patient.patient_name_folded,
                                                             patient_name)) is not None:
             stmt = stmt.where(clause)
