@@ -56,6 +56,8 @@ from dicom_clients import echo, find, worklist_query
 from worklist_mpps.services.mpps import decode_dataset
 from worklist_mpps.client.messages import ScheduledStep, n_create
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 SEED = 0x5EED_2024
 FUZZ_BUDGET = 90.0  # s for all categories together; a category stops early past it
 REPLY_TIMEOUT = 3.0  # s for the server's answer to one complete message

@@ -7,6 +7,7 @@ from typing import Callable, Collection, Mapping
 
 from pydicom import Dataset
 
+from worklist_mpps.dimse.pynetdicom_ext.assoc import note, set_note
 
 
 def peer(assoc) -> str:  # noqa: ANN001
@@ -16,12 +17,12 @@ def peer(assoc) -> str:  # noqa: ANN001
 
 
 def count_request(assoc) -> None:  # noqa: ANN001
-    assoc.wm_requests = getattr(assoc, "wm_requests", 0) + 1
+    set_note(assoc, "requests", note(assoc, "requests", 0) + 1)
 
 
 def allowed(assoc, service: str) -> bool:  # noqa: ANN001
     """May this association's device use ``service``? (Without a device list: yes.)"""
-    device = getattr(assoc, "wm_device", None)
+    device = note(assoc, "device")
     return device is None or service in device.services
 
 
