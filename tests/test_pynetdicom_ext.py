@@ -94,3 +94,84 @@ def test_only_pynetdicom_ext_touches_pynetdicom_internals():
         if uses:
             offenders[str(path.relative_to(ROOT))] = uses
     assert not offenders, offenders
+
+
+# --- the dimse_fast_path switch ---------------------------------------------------------------
+
+
+def test_dimse_fast_path_setting():
+    from worklist_mpps.config import load_config
+
+    assert load_config(env={}).dimse_fast_path is True
+    assert load_config(env={"WORKLIST_MPPS_DIMSE_FAST_PATH": "false"}).dimse_fast_path is False
+    assert load_config(env={}, overrides={"dimse_fast_path": "false"}).dimse_fast_path is False
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_dimse_fast_path_picks_the_reactors(tmp_path, fast):
+    """On: the event-driven reactors (the DUL waits in select on its wake-up pipe) and
+    wire.py's status-only responses; off: pynetdicom's own loops and encoding, with the
+    message bound and the handshake deadline still set."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from worklist_mpps.config import Config
+    from worklist_mpps.context import AppContext
+    from worklist_mpps.db import migrate
+    from worklist_mpps.db.engine import Database
+    from worklist_mpps.dimse.server import DicomServer
+
+    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    migrate.upgrade(db.engine)
+    server = DicomServer(AppContext(Config(bind="127.0.0.1", port=0, dimse_fast_path=fast),
+                                    db))
+    server.start()
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(Verification)
+        assoc = scu.associate("127.0.0.1", server.port, ae_title="WORKLISTS")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_echo().Status == 0
+            (acceptor,) = server.ae.active_associations
+            assert (acceptor.fast_path, acceptor.dul.fast_path, acceptor.dimse.fast_path) \
+                == (fast,) * 3
+            assert (acceptor.dul._pipe is not None) == fast  # only the event-driven DUL
+            assert acceptor.dimse.max_message_size == Config().max_message_size
+            assert acceptor.ticket is not None and acceptor.ticket.associated
+        finally:
+            assoc.release()
+    finally:
+        server.stop(grace=2)
+        db.dispose()
+
+
+def test_c_find_without_fast_path_yields_every_response_to_pynetdicom(tmp_path):
+    """dimse_fast_path off: even on a little-endian plain context, every pending response
+    goes through pynetdicom's own encoding (the handler yields it; wire.py is not asked)."""
+    from types import SimpleNamespace
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from conftest import SAMPLE
+    from dicom_clients import worklist_query
+    from worklist_mpps.config import Config
+    from worklist_mpps.context import AppContext
+    from worklist_mpps.db import migrate
+    from worklist_mpps.db.engine import Database
+    from worklist_mpps.dimse.worklist import handle_find
+    from worklist_mpps.services.loader import load_file
+
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate.upgrade(db.engine)
+    load_file(db, SAMPLE)
+    requestor = SimpleNamespace(ae_title="SCU", address="127.0.0.1", port=1)
+    # an association without a DUL or DIMSE provider: wire.py cannot be used on it
+    event = SimpleNamespace(identifier=worklist_query(), is_cancelled=False,
+                            assoc=SimpleNamespace(requestor=requestor),
+                            context=SimpleNamespace(context_id=1,
+                                                    transfer_syntax=ExplicitVRLittleEndian))
+    sent = list(handle_find(event, AppContext(Config(dimse_fast_path=False), db)))
+    assert len(sent) > 1 and {s for s, _ in sent} == {0xFF00}
+    assert all(ds.AccessionNumber for _, ds in sent)
+    db.dispose()
