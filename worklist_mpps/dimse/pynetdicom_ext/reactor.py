@@ -447,11 +447,11 @@ class EventDrivenAssociation(Association):
                     self.requestor.ae_title, self.requestor.address, context_id, status, why)
         self.dimse.send_msg(rsp, context_id)
 
+    fast_path = True  # False: pynetdicom's own reactors (config dimse_fast_path)
+
     def set_fast_path(self, on: bool) -> None:
         """Event-driven reactors and wire.py's shortcuts (True), or pynetdicom's own."""
         self.fast_path = self.dul.fast_path = self.dimse.fast_path = on
-
-    fast_path = True
 
     def _run_reactor(self) -> None:
         """pynetdicom's ``Association._run_reactor``, waiting on ``_wake`` for its sleep."""
