@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make serve   start the server on the embedded SQLite default with sample data
-#   make test    run the whole test suite (installs DCMTK, Orthanc and docker-compose
-#                when missing, as root)
+#   make test    run the whole test suite, then its DIMSE tests with dimse_fast_path off
+#                (installs DCMTK, Orthanc and docker-compose when missing, as root)
 # Dependencies come from the lock files, every file checked against its hash
 # (requirements.lock: runtime, for the Dockerfile; requirements-test.lock: runtime and
 # test tools, for make install/test and CI); `make lock` refreshes both (README).
@@ -26,8 +26,11 @@ serve: $(STAMP)
 system-tools:
 	./scripts/install-system-tools.sh
 
+# the whole suite, then the DIMSE tests again on pynetdicom's stock paths
+# (dimse_fast_path false, README)
 test: $(STAMP) system-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m dimse --dimse-fast-path=off $(PYTEST_ARGS)
 
 bench: $(STAMP) system-tools
 	$(BIN)/python bench/run.py --write bench/RESULTS.md $(BENCH_ARGS)

@@ -141,8 +141,21 @@ def require_tool(name: str) -> str:
     return dcmtk(name)
 
 
+def pytest_addoption(parser) -> None:  # noqa: ANN001
+    parser.addoption(
+        "--dimse-fast-path", choices=("on", "off"), default="on",
+        help="off: every live server runs with --dimse-fast-path false (pynetdicom's own "
+             "reactors and encoding); make test runs the dimse-marked tests both ways")
+
+
+def pytest_configure(config) -> None:  # noqa: ANN001
+    LiveServer.fast_path = config.getoption("--dimse-fast-path") == "on"
+
+
 class LiveServer:
     """A ``worklist-mpps serve`` subprocess on a loopback port, stopped by PID."""
+
+    fast_path = True  # --dimse-fast-path=off: every server starts with dimse_fast_path false
 
     def __init__(self, workdir: Path, database_url: str, *extra: str, env: dict | None = None,
                  port: int | None = None):
@@ -163,6 +176,8 @@ class LiveServer:
             "--http-bind", "127.0.0.1", "--http-port", str(self.http_port),
             "--database-url", self.database_url, *self.extra,
         ]
+        if not self.fast_path and "--dimse-fast-path" not in self.extra:
+            cmd += ["--dimse-fast-path", "false"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WORKLIST_MPPS_")}
         env.update(self.env)
         self._log = open(self.log_path, "ab")

@@ -15,6 +15,8 @@ from worklist_mpps.config import ConfigError, load_config
 from worklist_mpps.client.messages import ScheduledStep, n_create
 from worklist_mpps.client.scu import Association, Peer, Rejected
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 DEVICES = [
     {"ae_title": "CT01", "hosts": ["127.0.0.1"]},
     {"ae_title": "RIS1", "hosts": ["127.0.0.0/8"], "services": ["worklist"]},

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import requests
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from pydicom.uid import generate_uid
@@ -21,6 +22,8 @@ from worklist_mpps.client.messages import (
     n_set_completed,
     n_set_progress,
 )
+
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 
 def audit(server, *args) -> list[dict]:

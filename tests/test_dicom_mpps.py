@@ -31,6 +31,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from conftest import ROOT, SAMPLE, LiveServer, free_port, module_server
 from dicom_clients import find
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 CMD_TIMEOUT = 60
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

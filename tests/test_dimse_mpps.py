@@ -41,6 +41,8 @@ from worklist_mpps.client.messages import (
     n_set_progress,
 )
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 MPPS = ModalityPerformedProcedureStep
 MPPS_RETRIEVE = ModalityPerformedProcedureStepRetrieve
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

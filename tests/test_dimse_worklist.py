@@ -19,6 +19,8 @@ from worklist_mpps.context import AppContext
 from worklist_mpps.dimse.worklist import handle_find
 from worklist_mpps.services.loader import load_file
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 
 query = worklist_query
 

@@ -32,7 +32,7 @@ UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 SPECIFIC_CHARSET = Tag(0x0008, 0x0005)
 SPS_SEQUENCE = Tag(0x0040, 0x0100)
 
-pytestmark = pytest.mark.dcmtk
+pytestmark = [pytest.mark.dcmtk, pytest.mark.dimse]
 
 
 @dataclass(frozen=True)

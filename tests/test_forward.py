@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from pydicom.uid import CTImageStorage, generate_uid
 
@@ -18,6 +19,8 @@ from worklist_mpps.client.messages import (
     n_set_completed,
     n_set_progress,
 )
+
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 
 def wait_for(check, timeout: float = 30.0):

@@ -29,6 +29,8 @@ from fuzz_generators import VR_VALUES, tag_for, unscheduled
 from fuzz_harness import InstancePool, exchange, our_tracebacks
 from fuzz_harness import captured, quiet_clients, server  # noqa: F401 (module fixtures)
 
+pytestmark = pytest.mark.dimse  # talks DICOM to a live server
+
 
 # --- findings: minimal regression cases ---------------------------------------------------------
 # Each reproduces one finding of the fuzz run with the smallest input found; xfail(strict)

@@ -18,6 +18,8 @@ and report). Run: .venv/bin/pytest tests/test_fuzz_*.py -q -p no:cacheprovider -
 
 from __future__ import annotations
 
+import pytest
+
 import contextlib
 import os
 import sqlite3
@@ -33,6 +35,8 @@ from fuzz_wire import FUZZ_BUDGET, MAX_ASSOCIATIONS, SEED, show
 from fuzz_harness import Case, Report, Traceback, db_path, tracebacks
 from fuzz_harness import captured, quiet_clients, server  # noqa: F401 (module fixtures)
 from fuzz_runner import Fuzzer
+
+pytestmark = pytest.mark.dimse  # talks DICOM to a live server
 
 
 # --- the fuzz run ---------------------------------------------------------------------------

@@ -3,11 +3,15 @@ of the fuzz run (tests/test_fuzz_listener.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from dicom_clients import worklist_query
 from fuzz_wire import PC_FIND_I, command, ds_bytes, find_rq, message
 from fuzz_mutators import split_pdus
 from fuzz_harness import exchange
 from fuzz_harness import captured, quiet_clients, server  # noqa: F401 (module fixtures)
+
+pytestmark = pytest.mark.dimse  # talks DICOM to a live server
 
 
 # FINDING F5, fixed: max_pdu_size was only announced; a 1 MB P-DATA-TF PDU was read whole.

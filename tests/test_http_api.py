@@ -240,6 +240,7 @@ def test_two_items_get_different_study_uids(api):
     assert a["study_instance_uid"] != b["study_instance_uid"]
 
 
+@pytest.mark.dimse
 def test_study_uid_cannot_be_given_or_changed(api, server):
     item = api.create_item()
     uid = item["study_instance_uid"]
@@ -271,6 +272,7 @@ def test_get_item_and_404(api):
     assert_problem(api.delete("/api/worklist-items/987654321"), 404, None)
 
 
+@pytest.mark.dimse
 def test_patch_moves_time_and_station_visible_in_cfind(api, server):
     item = api.create_item(sps_start_date="20300220", sps_start_time="0800",
                            scheduled_station_ae_title="HTTPCT01")
@@ -314,6 +316,7 @@ def _sps_key(**values: str) -> Dataset:
     return item
 
 
+@pytest.mark.dimse
 def test_delete_discontinues_and_leaves_default_worklist(api, server):
     item = api.create_item()
     acc = item["accession_number"]
@@ -331,6 +334,7 @@ def test_delete_discontinues_and_leaves_default_worklist(api, server):
     assert api.accessions(accession=acc, status="DISCONTINUED") == [acc]
 
 
+@pytest.mark.dimse
 def test_delete_purge_removes_item(api, server):
     item = api.create_item()
     response = api.delete(f"/api/worklist-items/{item['id']}", params={"purge": "true"})
@@ -344,6 +348,7 @@ def test_delete_purge_removes_item(api, server):
                  AccessionNumber=item["accession_number"]) == []
 
 
+@pytest.mark.dimse
 def test_purge_of_item_with_mpps_is_refused(api, server):
     item = api.create_item(modality="MR", scheduled_station_ae_title="HTTPMR01")
     mpps_uid = mpps_create(server.port, item)
@@ -386,6 +391,7 @@ def test_patch_onto_existing_accession_and_step_id_is_409(api):
         "accession_number"]
 
 
+@pytest.mark.dimse
 def test_patch_moves_item_to_another_patient(api, server):
     item = api.create_item()
     other = api.post("/api/patients", json={"patient_id": uniq("HP"),
@@ -666,6 +672,7 @@ def test_patient_validation(api, body, field):
     assert_problem(api.post("/api/patients", json=body), 422, field)
 
 
+@pytest.mark.dimse
 def test_patient_patch_name_visible_in_cfind(api, server):
     pid = uniq("HPP")
     patient = api.post("/api/patients", json={"patient_id": pid,
@@ -758,6 +765,7 @@ def test_patient_delete(api):
     ("山田^花子", "ISO_IR 192"),
     ("Lefèvre-Müller^Zoé Ångström", "ISO_IR 100"),
 ], ids=["japanese", "accented"])
+@pytest.mark.dimse
 def test_item_identical_in_api_findscu_and_dicomweb(api, server, tmp_path, name, charset):
     require_tool("findscu")
     item = api.create_item(

@@ -565,6 +565,7 @@ def test_dimse_n_create_then_http_update_and_retrieve(env):
     assert canonical(attrs) == canonical(got)
 
 
+@pytest.mark.dimse
 def test_http_mpps_drives_worklist_status_seen_by_c_find(env):
     port = env.server.port
     item = cfind_item(port, "A10003")
@@ -703,6 +704,7 @@ FINDSCU_SPS = "(0040,0100)[0]."
     ({}, []),
 ], ids=["accession", "modality-keyword", "modality-tags", "date-range", "name-wildcard",
         "name-star", "universal"])
+@pytest.mark.dimse
 def test_search_matches_findscu(env, http_params, findscu_keys):
     fmt = {"today": env.date(0), "tomorrow": env.date(1)}
     params = {k: v.format(**fmt) for k, v in http_params.items()}
@@ -722,6 +724,7 @@ def test_search_matches_findscu(env, http_params, findscu_keys):
 # === 6. Status as a query parameter =====================================================
 
 
+@pytest.mark.dimse
 def test_search_by_status_completed_finds_completed_items_only(env):
     port = env.server.port
     item = cfind_item(port, "A10005")

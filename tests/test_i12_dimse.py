@@ -20,7 +20,6 @@ Over 400 lines: three items on one module server and one Peer (association) help
 
 from __future__ import annotations
 
-import inspect
 import struct
 import time
 from io import BytesIO
@@ -51,6 +50,8 @@ from pynetdicom.sop_class import (
 
 from conftest import SAMPLE, module_server
 from worklist_mpps.client.messages import ScheduledStep, n_create, n_set_completed, n_set_progress
+
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 MPPS = ModalityPerformedProcedureStep
 MPPS_RETRIEVE = ModalityPerformedProcedureStepRetrieve
@@ -405,21 +406,3 @@ def test_refusal_rule():
     assert refusal("N-DELETE", CT_IMAGE_STORAGE, MPPS, ops)[0] == 0x0118
     assert refusal("C-STORE", CT_IMAGE_STORAGE, MPPS, ops)[0] == 0x0122
     assert refusal("C-ECHO", MWL, Verification, ops)[0] == 0x0122
-
-
-# --- the pynetdicom internals these rules rely on -----------------------------------------
-
-def test_pynetdicom_internals_relied_on_are_there():
-    """reactor.py and wire.py name what they use of pynetdicom's internals; each must
-    still exist with the parameters used (a pynetdicom upgrade that renames one fails
-    here, not silently on the wire)."""
-    from worklist_mpps.dimse.pynetdicom_ext import reactor, wire
-
-    internals = {**reactor.PYNETDICOM_INTERNALS, **wire.PYNETDICOM_INTERNALS}
-    assert internals
-    for name, (obj, params) in internals.items():
-        if params is None:
-            assert obj, name
-            continue
-        got = list(inspect.signature(obj).parameters)
-        assert got[:len(params)] == list(params), f"{name}: {got}"

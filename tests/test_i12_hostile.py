@@ -26,6 +26,8 @@ from dicom_clients import associate, echo, find, worklist_query
 from test_tls import pki, tls_flags  # noqa: F401 - the module's certificates fixture
 from worklist_mpps.client.messages import ScheduledStep, n_create
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 MPPS = "1.2.840.10008.3.1.2.3.3"
 VERIFICATION = "1.2.840.10008.1.1"
 MWL_FIND = "1.2.840.10008.5.1.4.31"
@@ -457,31 +459,3 @@ def test_a_flood_of_idle_connections_from_many_addresses_cannot_fill_the_handsha
             peer.close()
     assert "max_pending_connections reached" in server.log()
 
-
-def test_pynetdicom_internals_relied_on_are_still_there():
-    """reactor.py and wire.py re-implement or call these pynetdicom 3.0 internals: if an
-    upgrade changes them, this fails before the server misbehaves."""
-    import inspect
-
-    from pynetdicom.dimse import DIMSEServiceProvider
-    from pynetdicom.dimse_messages import DIMSEMessage
-    from pynetdicom.dul import DULServiceProvider
-    from pynetdicom.transport import AssociationServer, RequestHandler
-
-    assert callable(DULServiceProvider._decode_pdu)
-    assert "_read_pdu_data()" in inspect.getsource(DULServiceProvider._is_transport_event)
-    for name in ("_recv_pdu", "event_queue", "state_machine", "socket"):
-        assert name in inspect.getsource(DULServiceProvider.__init__), name
-    receive = inspect.getsource(DIMSEServiceProvider.receive_primitive)
-    assert "self.message = DIMSEMessage()" in receive and "self.msg_queue.put" in receive
-    assert {"encoded_command_set", "data_set", "context_id"} <= set(vars(DIMSEMessage()))
-    assert callable(DIMSEMessage.message_to_primitive)
-    assert "self.finish_request(request, client_address)" in inspect.getsource(
-        AssociationServer.process_request)
-    assert "wrap_socket" in inspect.getsource(AssociationServer.get_request)
-    assert "assoc.start()" in inspect.getsource(RequestHandler.handle)
-    from pynetdicom import acse
-    assert "maximum_associations" in inspect.getsource(acse.ACSE._negotiate_as_acceptor)
-    from pynetdicom.association import Association
-    assert "receive_pdu(wait=True, timeout=self.acse_timeout)" in inspect.getsource(
-        Association.run_reactor)

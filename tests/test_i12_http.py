@@ -531,6 +531,7 @@ def echoscu_succeeds(port: int) -> bool:
     return proc.returncode == 0
 
 
+@pytest.mark.dimse
 def test_300_slow_clients_stop_neither_healthz_nor_dicom(live_server):
     """The server starts with a soft open-files limit of 256 (hard unchanged), as on a
     host with ulimit -n 256: 300 clients holding half a request head must not exhaust

@@ -165,6 +165,7 @@ def test_short_token_refused_off_loopback():
     assert short not in started.stderr
 
 
+@pytest.mark.dimse
 def test_secrets_from_files_never_reach_log_command_line_or_config(tmp_path, servers):
     """The token and the Orthanc password come from files: the server's command line
     (what ps shows) and environment hold paths only, and neither its log (401s, Orthanc
@@ -210,6 +211,7 @@ def test_secrets_from_files_never_reach_log_command_line_or_config(tmp_path, ser
 # --- 14. health tells the truth ------------------------------------------------------------
 
 
+@pytest.mark.dimse
 def test_healthz_503_and_log_say_read_only_database(tmp_path, servers):
     """SQLite opened read-only (``mode=ro``): SQLite refuses writes to root too. Reads
     still work (SELECT 1 succeeded, so /healthz used to answer 200)."""

@@ -43,6 +43,8 @@ from worklist_mpps.services.matching import MatchError
 from worklist_mpps.services.status import INVALID_ATTRIBUTE_VALUE, MPPSError
 from worklist_mpps.client.messages import ScheduledStep, Series, n_create, n_set_progress
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 TIMEOUT = 15
 FINDSCU_TIMEOUT = 30
 SPS_TAG = Tag(0x0040, 0x0100)

@@ -7,11 +7,14 @@ import socket
 import subprocess
 import time
 
+import pytest
 import requests
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from conftest import SAMPLE
 from dicom_clients import associate, echo, find, worklist_query
+
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 
 def test_a_query_over_the_cap_is_refused_with_a700(live_server):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from conftest import SAMPLE
@@ -16,6 +17,8 @@ from worklist_mpps.client.messages import (
     n_set_completed,
     n_set_discontinued,
 )
+
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 
 

@@ -21,6 +21,8 @@ from worklist_mpps.client.messages import (
     n_set_completed,
 )
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 
 @pytest.fixture
 def orthanc(tmp_path):

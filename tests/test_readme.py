@@ -91,6 +91,7 @@ def test_readme_calls_dcmtk_by_its_path():
     assert "pynetdicom" in README and "argparse error" in README
 
 
+@pytest.mark.dimse
 def test_readme_findscu_examples_work(live_server, tmp_path):
     dcmtk("findscu")
     server = live_server(None, "--sample-file", str(SAMPLE))
@@ -107,6 +108,7 @@ def test_readme_findscu_examples_work(live_server, tmp_path):
         assert ("Find Response" in output) == expect_matches, f"{command}\n{output}"
 
 
+@pytest.mark.dimse
 def test_readme_dicom_mpps_example_works(live_server, tmp_path):
     """The create / update example as written (renamed host aside), in one bash each
     way: COMPLETED, or DISCONTINUED. A failing line (``UID=...`` is read-only in bash)

@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from pydicom import Dataset
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
@@ -44,6 +45,8 @@ from worklist_mpps.client.messages import (
     n_set_progress,
 )
 from worklist_mpps.services.outbox import list_messages
+
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 UID_ROOT = "1.2.826.0.1.3680043.10.543"
 # Non-ASCII person names (ISO_IR 192); a middle name makes each instance's name unique.

@@ -14,6 +14,8 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 from conftest import SAMPLE, free_port, require_tool
 from dicom_clients import echo, worklist_query
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 
 def openssl(*args: str, cwd: Path) -> None:
     proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)

@@ -31,6 +31,8 @@ from worklist_mpps.db.engine import Database
 from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.services.loader import load_file
 
+pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
+
 
 def pynetdicom_pdvs(message_id: int, status: int, identifier: bytes | None,
                     context_id: int, max_pdu: int) -> list[tuple[int, bytes]]:

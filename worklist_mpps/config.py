@@ -252,6 +252,11 @@ class Config:
     handshake_timeout: float = field(
         default=5.0,
         metadata={"help": "a connection must complete TLS and its A-ASSOCIATE-RQ within (s)"})
+    dimse_fast_path: bool = field(
+        default=True,
+        metadata={"help": "event-driven association threads and direct C-FIND response "
+                          "encoding (false: pynetdicom's own polling reactors and encoding; "
+                          "the protective limits apply either way)"})
     max_pending_connections: int = field(
         default=64,
         metadata={"help": "connections not yet associated, beside max_associations "

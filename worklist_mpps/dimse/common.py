@@ -7,6 +7,7 @@ from typing import Callable, Collection, Mapping
 
 from pydicom import Dataset
 
+from worklist_mpps.dimse.pynetdicom_ext.assoc import note, set_note
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.status import (
     NO_SUCH_SOP_CLASS,
@@ -22,12 +23,12 @@ def peer(assoc) -> str:  # noqa: ANN001
 
 
 def count_request(assoc) -> None:  # noqa: ANN001
-    assoc.wm_requests = getattr(assoc, "wm_requests", 0) + 1
+    set_note(assoc, "requests", note(assoc, "requests", 0) + 1)
 
 
 def allowed(assoc, service: str) -> bool:  # noqa: ANN001
     """May this association's device use ``service``? (Without a device list: yes.)"""
-    device = getattr(assoc, "wm_device", None)
+    device = note(assoc, "device")
     return device is None or service in device.services
 
 
@@ -63,8 +64,7 @@ def decoded(get: Callable[[], Dataset], every_element: bool = True) -> Dataset:
 
 # --- requests a presentation context does not serve (used by reactor.py) ----------------------
 
-# Their statuses are defined in services/status.py (reactor.py imports
-# SOP_CLASS_NOT_SUPPORTED through this module).
+# Their statuses are defined in services/status.py.
 
 
 def requested_sop_class(msg) -> str:  # noqa: ANN001

@@ -27,6 +27,13 @@ from worklist_mpps.services.status import SUCCESS
 from worklist_mpps.context import AppContext
 from worklist_mpps.dimse.common import count_request, peer
 from worklist_mpps.dimse.mpps import handle_n_create, handle_n_get, handle_n_set
+from worklist_mpps.dimse.pynetdicom_ext.assoc import (
+    note,
+    register_server,
+    reject,
+    set_note,
+    socket_of,
+)
 from worklist_mpps.dimse.pynetdicom_ext.reactor import (
     EventDrivenRequestHandler,
     GatedAssociationServer,
@@ -59,28 +66,28 @@ def _on_conn_open(event, ctx: AppContext) -> None:  # noqa: ANN001
     sends half a PDU and stalls would hold its thread and association slot forever;
     with the timeout the read fails and pynetdicom aborts that association only.
     """
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    sock = socket_of(event.assoc)
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(ctx.config.network_timeout)
         except OSError:
             pass
-    event.assoc.wm_opened = time.monotonic()
+    set_note(event.assoc, "opened", time.monotonic())
 
 
 def _on_accepted(event) -> None:  # noqa: ANN001
-    event.assoc.wm_opened = getattr(event.assoc, "wm_opened", time.monotonic())
+    set_note(event.assoc, "opened", note(event.assoc, "opened", time.monotonic()))
 
 
 def _on_closed(how: str, event) -> None:  # noqa: ANN001
     assoc = event.assoc
-    if not getattr(assoc, "wm_logged", False):
-        assoc.wm_logged = True
+    if not note(assoc, "logged", False):
+        set_note(assoc, "logged", True)
         log.info(
             "Association %s from %s to %s: %d requests, %.1f ms",
-            how, peer(assoc), assoc.acceptor.ae_title, getattr(assoc, "wm_requests", 0),
-            (time.monotonic() - getattr(assoc, "wm_opened", time.monotonic())) * 1000,
+            how, peer(assoc), assoc.acceptor.ae_title, note(assoc, "requests", 0),
+            (time.monotonic() - note(assoc, "opened", time.monotonic())) * 1000,
         )
 
 
@@ -94,9 +101,8 @@ def _on_requested(event, ctx: AppContext) -> None:  # noqa: ANN001
     if ticket is not None and not ticket.promote():
         log.warning("Association rejected from %s: all %d association slots in use",
                     peer(assoc), ctx.config.max_associations)
-        assoc.wm_logged = True
-        assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, provider (presentation), 2
-        assoc.kill()
+        set_note(assoc, "logged", True)
+        reject(assoc, 0x02, 0x03, 0x02)  # transient, provider (presentation), 2
         return
     devices = ctx.config.devices
     if not devices:
@@ -107,11 +113,10 @@ def _on_requested(event, ctx: AppContext) -> None:  # noqa: ANN001
     if device is None or not device.allows_address(address):
         log.warning("Association rejected from %s@%s: %s", calling, address,
                     "unknown calling AE title" if device is None else "not allowed from here")
-        assoc.wm_logged = True
-        assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user, reason 3
-        assoc.kill()  # as pynetdicom does after its own rejections
+        set_note(assoc, "logged", True)
+        reject(assoc, 0x01, 0x01, 0x03)  # rejected-permanent, service-user, reason 3
         return
-    assoc.wm_device = device
+    set_note(assoc, "device", device)
 
 
 def _on_rejected(event) -> None:  # noqa: ANN001
@@ -183,9 +188,10 @@ class DicomServer:
     def _listen(self, port: int, ssl_context: ssl.SSLContext | None = None
                 ) -> AssociationServer:
         """As ``AE.start_server(block=False)``, with the event-driven associations of
-        reactor.py. The listener thread itself creates and starts each association (it
-        only sets objects up and starts the association's thread), saving pynetdicom's
-        extra thread per connection."""
+        reactor.py. With ``dimse_fast_path`` the listener thread itself creates and starts
+        each association (it only sets objects up and starts the association's thread),
+        saving pynetdicom's extra thread per connection; without it, a thread per
+        connection does that, as in pynetdicom's ThreadedAssociationServer."""
         server = self.ae.make_server(
             (self.ctx.config.bind, port), ssl_context=ssl_context,
             evt_handlers=handlers(self.ctx), server_class=GatedAssociationServer,
@@ -193,9 +199,10 @@ class DicomServer:
         server.gate = self.gate
         server.handshake_timeout = self.ctx.config.handshake_timeout
         server.max_message_size = self.ctx.config.max_message_size
+        server.fast_path = self.ctx.config.dimse_fast_path
         threading.Thread(target=server.serve_forever, name=f"DicomListener@{port}",
                          daemon=True).start()
-        self.ae._servers.append(server)
+        register_server(self.ae, server)
         return server
 
     def start(self) -> None:

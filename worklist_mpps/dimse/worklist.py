@@ -85,7 +85,8 @@ def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None
         yield failure(OUT_OF_RESOURCES, f"More than {cap} matches: narrow the query"), None
         return
     status = PENDING_WARNING if query.optional_keys_unsupported else PENDING
-    fast = FastResponses(event, status) if wire.usable(
+    # dimse_fast_path off: every response is pynetdicom's own encoding
+    fast = FastResponses(event, status) if ctx.config.dimse_fast_path and wire.usable(
         event.assoc, event.context.transfer_syntax) else None
     sent = 0
     for row in rows:
@@ -121,7 +122,7 @@ class FastResponses:
         self.message_id = event.request.MessageID
         self.context_id = event.context.context_id
         self.explicit = event.context.transfer_syntax == ExplicitVRLittleEndian
-        self.max_pdu = event.assoc.dimse.maximum_pdu_size
+        self.max_pdu = wire.peer_max_pdu(event.assoc)
         self.pending: list[bytes] = []
         self.ok = True
         wire.drain(self.assoc)

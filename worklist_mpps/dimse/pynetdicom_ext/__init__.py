@@ -1,3 +1,5 @@
 """The only code touching pynetdicom's internals (private classes, methods and attributes):
-reactor.py and wire.py. Each lists what it relies on in PYNETDICOM_INTERNALS, checked by
-tests/test_pynetdicom_ext.py."""
+reactor.py (event-driven reactors, the gated listener), wire.py (C-FIND response encoding,
+the message bound, the N-CREATE Attribute Identifier List) and assoc.py (per-association
+state and operations for the rest of dimse/). internals.py lists what they rely on,
+checked by tests/test_pynetdicom_ext.py."""

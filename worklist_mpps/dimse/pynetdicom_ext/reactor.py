@@ -16,6 +16,15 @@ and only change how the two threads wait:
 Both still wake every ``TICK`` seconds to look at their timers (ARTIM, network
 idle timeout) and kill flags, as the polling loops did.
 
+With ``fast_path`` False (config ``dimse_fast_path``) both threads run pynetdicom's own
+polling loops (``DULServiceProvider.run_reactor``, ``Association._run_reactor``), the
+listener starts a thread per connection as pynetdicom's ThreadedAssociationServer, and
+wire.py's encoding shortcuts are off. What protects the server stays on either way: the
+bounded PDU read below (pynetdicom's loop calls ``_read_pdu_data`` too), the handshake
+deadline (checked from ``_is_transport_event``, which its loop calls every turn),
+admission at accept, the message bound of wire.DIMSEProvider and the refusals of
+``_serve_request``.
+
 The DUL also reads PDUs its own way (header first, bounded, plain and TLS alike, under
 the handshake deadline before association), and the listener applies admission.py's
 limits at accept. This module is over 400 lines because it is the one place (with
@@ -24,6 +33,7 @@ wire.py) allowed to subclass pynetdicom's internals; splitting it would spread t
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -44,7 +54,8 @@ from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHa
 
 from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.dimse.admission import ConnectionGate, RateLimitedLog, Ticket
-from worklist_mpps.dimse.common import SOP_CLASS_NOT_SUPPORTED, refusal, requested_sop_class
+from worklist_mpps.dimse.common import refusal, requested_sop_class
+from worklist_mpps.services.status import SOP_CLASS_NOT_SUPPORTED
 
 log = logging.getLogger("worklist_mpps.dimse")
 TICK = 0.02  # seconds between timer checks while nothing happens
@@ -107,6 +118,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_assoc = wake_assoc
         self.handshake_deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         self._tls_done = False
+        self.fast_path = True
+        self._connected = False  # left Sta1 once: a later Sta1 means the connection closed
 
     def _poke(self) -> None:
         with self._pipe_lock:
@@ -271,8 +284,33 @@ class EventDrivenDUL(DULServiceProvider):
         self.assoc._kill = True
         self._kill_thread = True
 
+    def _is_transport_event(self) -> bool:
+        """pynetdicom's, after the checks the event-driven loop makes each turn, so that
+        pynetdicom's own loop (``fast_path`` off) makes them too."""
+        if not self.fast_path:
+            self._check_handshake_deadline()
+            if self.state_machine.current_state != "Sta1":
+                self._connected = True
+            elif self._connected:
+                self.to_user_queue.close()
+        return super()._is_transport_event()
+
+    def _stock_run_reactor(self) -> None:
+        """pynetdicom's own polling loop; what it lets end the thread with a traceback (a
+        message its state machine cannot take) aborts the association instead."""
+        try:
+            super().run_reactor()
+        except Exception as exc:  # noqa: BLE001 - as in run_reactor below
+            self._abort(f"{exc.__class__.__name__}: {exc}")
+        finally:
+            self.to_user_queue.close()
+            self._wake_assoc()
+
     def run_reactor(self) -> None:
         """pynetdicom's ``DULServiceProvider.run_reactor`` with ``_wait`` for its sleep."""
+        if not self.fast_path:
+            self._stock_run_reactor()
+            return
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
@@ -410,8 +448,17 @@ class EventDrivenAssociation(Association):
                     self.requestor.ae_title, self.requestor.address, context_id, status, why)
         self.dimse.send_msg(rsp, context_id)
 
+    fast_path = True  # False: pynetdicom's own reactors (config dimse_fast_path)
+
+    def set_fast_path(self, on: bool) -> None:
+        """Event-driven reactors and wire.py's shortcuts (True), or pynetdicom's own."""
+        self.fast_path = self.dul.fast_path = self.dimse.fast_path = on
+
     def _run_reactor(self) -> None:
         """pynetdicom's ``Association._run_reactor``, waiting on ``_wake`` for its sleep."""
+        if not self.fast_path:
+            super()._run_reactor()
+            return
         self._is_paused = False
         while not self._kill:
             if not self.dimse.msg_queue.qsize():
@@ -458,11 +505,13 @@ class EventDrivenRequestHandler(RequestHandler):
 
     # SOP Class -> DIMSE operations served, for EventDrivenAssociation._serve_request
     operations: Mapping[str, Collection[str]] | None = None
+    server: GatedAssociationServer
 
     def _create_association(self) -> Association:
         # as pynetdicom's RequestHandler._create_association, with the class above
         assoc = EventDrivenAssociation(self.ae, "acceptor")
         assoc.operations = self.operations
+        assoc.set_fast_path(self.server.fast_path)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.set_socket(AssociationSocket(assoc, client_socket=self.request))
@@ -473,7 +522,8 @@ class EventDrivenRequestHandler(RequestHandler):
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         # pynetdicom deep-copies these for every association; its negotiation only reads
         # the acceptor's contexts (presentation.negotiate_as_acceptor), so a list will do
-        assoc.acceptor.supported_contexts = list(self.server.contexts)
+        assoc.acceptor.supported_contexts = (list(self.server.contexts) if self.server.fast_path
+                                             else copy.deepcopy(self.server.contexts))
         assoc.requestor.address_info = self.remote
         assoc.dimse.max_message_size = self.server.max_message_size
         assoc.dul.handshake_deadline = time.monotonic() + self.server.handshake_timeout
@@ -509,7 +559,17 @@ class GatedAssociationServer(AssociationServer):
     request_queue_size = 256  # listen backlog; socketserver's 5 drops SYNs under a flood
     handshake_timeout = HANDSHAKE_TIMEOUT
     max_message_size = 0
-    admitting: Ticket | None = None  # the ticket of the connection being set up
+    fast_path = True  # False: a thread per connection sets it up, as pynetdicom's servers
+    _setting_up = threading.local()
+
+    @property
+    def admitting(self) -> Ticket | None:
+        """The ticket of the connection this thread is setting up."""
+        return getattr(self._setting_up, "ticket", None)
+
+    @admitting.setter
+    def admitting(self, ticket: Ticket | None) -> None:
+        self._setting_up.ticket = ticket
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client_socket, address = self.socket.accept()
@@ -526,6 +586,13 @@ class GatedAssociationServer(AssociationServer):
                 REFUSED.warning("Connection from %s refused: %s", client_address[0], why)
                 self.shutdown_request(request)
                 return
+        if self.fast_path:
+            self._set_up(request, client_address, ticket)
+            return
+        threading.Thread(target=self._set_up_thread, args=(request, client_address, ticket),
+                         daemon=True).start()
+
+    def _set_up(self, request, client_address, ticket: Ticket | None) -> None:  # noqa: ANN001
         self.admitting = ticket
         try:
             self.finish_request(request, client_address)
@@ -536,20 +603,14 @@ class GatedAssociationServer(AssociationServer):
         finally:
             self.admitting = None
 
+    def _set_up_thread(self, request, client_address, ticket: Ticket | None  # noqa: ANN001
+                       ) -> None:
+        """As ThreadingMixIn.process_request_thread."""
+        try:
+            self._set_up(request, client_address, ticket)
+        except Exception:  # noqa: BLE001
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
 
-# What this module relies on of pynetdicom's internals, with the leading parameters used
-# (None: only that it exists); tests/test_i12_dimse.py checks each after an upgrade. (Also
-# the instance attributes Association._accepted_cx, dimse, dul, _kill, _is_paused and
-# _reactor_checkpoint, which the live tests exercise.)
-PYNETDICOM_INTERNALS = {
-    "Association._serve_request": (Association._serve_request, ("self", "msg", "context_id")),
-    "Association._run_reactor": (Association._run_reactor, ("self",)),
-    "Association.abort": (Association.abort, ("self",)),
-    "DULServiceProvider.run_reactor": (DULServiceProvider.run_reactor, ("self",)),
-    "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data, ("self",)),
-    "DULServiceProvider._process_recv_primitive": (
-        DULServiceProvider._process_recv_primitive, ("self",)),
-    "DULServiceProvider._is_transport_event": (DULServiceProvider._is_transport_event,
-                                               ("self",)),
-    "RequestHandler._create_association": (RequestHandler._create_association, ("self",)),
-}
+
+# What this module relies on of pynetdicom's internals is listed in internals.py.

@@ -66,6 +66,11 @@ def codec(charset: str | None) -> str | None:
 MIN_PDU = 14  # a PDU of a PDV item with an 8-byte fragment: pynetdicom's smallest
 
 
+def peer_max_pdu(assoc) -> int:  # noqa: ANN001
+    """The peer's Maximum Length (PS3.8 D.1): the largest PDU sent to it (0: no limit)."""
+    return assoc.dimse.maximum_pdu_size
+
+
 def usable(assoc, transfer_syntax: str) -> bool:  # noqa: ANN001
     """Can responses on this association and presentation context take the fast path?"""
     if transfer_syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
@@ -283,11 +288,12 @@ def refusal_response(request, comment: str):  # noqa: ANN001, ANN201
 
 
 class DIMSEProvider(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider; status-only C-ECHO and C-FIND responses skip pydicom's
-    command set encoding and go to the DUL as one ready P-DATA primitive; and a received
-    message is bounded by ``max_message_size``."""
+    """pynetdicom's DIMSE provider; with ``fast_path``, status-only C-ECHO and C-FIND
+    responses skip pydicom's command set encoding and go to the DUL as one ready P-DATA
+    primitive; in both modes a received message is bounded by ``max_message_size``."""
 
     max_message_size = 0  # bytes of one message, command and data set (0: no bound)
+    fast_path = True  # dimse_fast_path: status-only responses skip pydicom's encoding
     _received = 0  # bytes of the message being received
     _discarding = False  # its data set is over the bound: fragments are dropped
 
@@ -380,7 +386,7 @@ class DIMSEProvider(DIMSEServiceProvider):
                         "small to carry any message", req.ae_title, req.address, max_pdu)
             self.assoc.abort()
             return
-        command = status_only_command(primitive)
+        command = status_only_command(primitive) if self.fast_path else None
         if (command is None or (max_pdu and len(command) + 6 > max_pdu)
                 or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
             super().send_msg(primitive, context_id)  # fragments, or logging wants the message
@@ -390,15 +396,4 @@ class DIMSEProvider(DIMSEServiceProvider):
         self.dul.send_pdu(pdata)
 
 
-# What this module relies on of pynetdicom's internals, with the leading parameters used
-# (None: only that it exists); tests/test_i12_dimse.py checks each after an upgrade.
-PYNETDICOM_INTERNALS = {
-    "DIMSEServiceProvider.send_msg": (DIMSEServiceProvider.send_msg,
-                                      ("self", "primitive", "context_id")),
-    "DIMSEServiceProvider.maximum_pdu_size": (DIMSEServiceProvider.maximum_pdu_size, None),
-    "ServiceClass.validate_status": (ServiceClass.validate_status, ("self", "status", "rsp")),
-    "dimse_messages._COMMAND_SET_KEYWORDS[N-CREATE-RSP]": (
-        dimse_messages._COMMAND_SET_KEYWORDS.get("N-CREATE-RSP"), None),
-    "DIMSEMessage.primitive_to_message": (dimse_messages.DIMSEMessage.primitive_to_message,
-                                          ("self", "primitive")),
-}
+# What this module relies on of pynetdicom's internals is listed in internals.py.

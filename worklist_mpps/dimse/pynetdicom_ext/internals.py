@@ -1,0 +1,166 @@
+"""What pynetdicom_ext relies on of pynetdicom's internals, in one list, and the check of
+it (``problems``), run by tests/test_pynetdicom_ext.py so that a pynetdicom release that
+changes one fails there, naming it, instead of on the wire.
+
+No pynetdicom import at module level: a changed internal must be reported, not break the
+import of this list. The private names are the ones reactor.py, wire.py and assoc.py use;
+the public methods listed are ones they override or call from an override.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# The pynetdicom releases pynetdicom_ext was tested with (pyproject.toml pins the same)
+TESTED_PYNETDICOM = ">=3.0.4,<3.1"
+
+
+@dataclass(frozen=True)
+class Internal:
+    """One thing relied on: ``name`` (Class.attribute in module ``module``, or a module
+    attribute), the leading parameters used (None: not called with arguments), code its
+    source must still contain (what pynetdicom_ext relies on it doing), or instance
+    attributes an object of that class must have (``attributes``, with ``name`` a
+    class)."""
+
+    user: str  # the pynetdicom_ext module relying on it
+    module: str
+    name: str
+    params: tuple[str, ...] | None = None
+    source: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ()
+
+
+DUL, ASSOC, TRANSPORT = "pynetdicom.dul", "pynetdicom.association", "pynetdicom.transport"
+DIMSE, MESSAGES = "pynetdicom.dimse", "pynetdicom.dimse_messages"
+
+PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
+    # reactor.py: the event-driven DUL and association, the gated listener
+    Internal("reactor.py", DUL, "DULServiceProvider.run_reactor", ("self",)),
+    Internal("reactor.py", DUL, "DULServiceProvider._read_pdu_data", ("self",)),
+    Internal("reactor.py", DUL, "DULServiceProvider._process_recv_primitive", ("self",)),
+    Internal("reactor.py", DUL, "DULServiceProvider._is_transport_event", ("self",),
+             source=("_read_pdu_data()",)),
+    Internal("reactor.py", DUL, "DULServiceProvider._decode_pdu", ("self", "bytestream")),
+    Internal("reactor.py", DUL, "DULServiceProvider.kill_dul", ("self",)),
+    Internal("reactor.py", DUL, "DULServiceProvider.idle_timer_expired", ("self",)),
+    Internal("reactor.py", DUL, "DULServiceProvider", attributes=(
+        "_recv_pdu", "event_queue", "state_machine", "socket", "to_provider_queue",
+        "to_user_queue", "_idle_timer", "artim_timer", "_kill_thread")),
+    Internal("reactor.py", ASSOC, "Association._serve_request", ("self", "msg", "context_id")),
+    Internal("reactor.py", ASSOC, "Association._run_reactor", ("self",)),
+    Internal("reactor.py", ASSOC, "Association.run_reactor", ("self",),
+             source=("receive_pdu(wait=True, timeout=self.acse_timeout)",)),
+    Internal("reactor.py", ASSOC, "Association.abort", ("self",)),
+    Internal("reactor.py", ASSOC, "Association.kill", ("self",)),
+    Internal("reactor.py", ASSOC, "Association", attributes=(
+        "_accepted_cx", "dimse", "dul", "acse", "_kill", "_is_paused", "_reactor_checkpoint",
+        "_dul_ready", "_sent_release", "_server")),
+    Internal("reactor.py", "pynetdicom.dimse_primitives", "C_FIND", attributes=(
+        "REQUEST_KEYWORDS", "is_valid_request", "msg_type")),
+    Internal("reactor.py", TRANSPORT, "RequestHandler._create_association", ("self",)),
+    Internal("reactor.py", TRANSPORT, "RequestHandler.handle", ("self",),
+             source=("assoc.start()",)),
+    Internal("reactor.py", TRANSPORT, "AssociationServer.__init__", source=("self._handlers",)),
+    Internal("reactor.py", TRANSPORT, "AssociationServer.process_request",
+             ("self", "request", "client_address"),
+             source=("self.finish_request(request, client_address)",)),
+    Internal("reactor.py", TRANSPORT, "AssociationServer.get_request", ("self",),
+             source=("wrap_socket",)),
+    Internal("reactor.py", "pynetdicom.acse", "ACSE._negotiate_as_acceptor",
+             source=("maximum_associations",)),
+    # wire.py: C-FIND responses, status-only responses, the bound on received messages,
+    # the N-CREATE Attribute Identifier List
+    Internal("wire.py", DIMSE, "DIMSEServiceProvider.send_msg",
+             ("self", "primitive", "context_id")),
+    Internal("wire.py", DIMSE, "DIMSEServiceProvider.maximum_pdu_size"),
+    Internal("wire.py", DIMSE, "DIMSEServiceProvider.receive_primitive", ("self", "primitive"),
+             source=("self.message = DIMSEMessage()", "self.msg_queue.put")),
+    Internal("wire.py", DIMSE, "DIMSEServiceProvider", attributes=(
+        "message", "msg_queue", "dul", "assoc")),
+    Internal("wire.py", "pynetdicom.service_class", "ServiceClass.validate_status",
+             ("self", "status", "rsp")),
+    Internal("wire.py", MESSAGES, "_COMMAND_SET_KEYWORDS"),
+    Internal("wire.py", MESSAGES, "DIMSEMessage.primitive_to_message", ("self", "primitive")),
+    Internal("wire.py", MESSAGES, "DIMSEMessage.message_to_primitive", ("self",)),
+    Internal("wire.py", MESSAGES, "DIMSEMessage", attributes=(
+        "encoded_command_set", "data_set", "context_id")),
+    # assoc.py: per-association notes, A-ASSOCIATE-RJ, listeners started by server.py
+    Internal("assoc.py", "pynetdicom.acse", "ACSE.send_reject",
+             ("self", "result", "source", "diagnostic")),
+    Internal("assoc.py", "pynetdicom.ae", "ApplicationEntity", attributes=("_servers",)),
+)
+
+
+def _instance(module: str, name: str) -> Any:
+    """An object of the class ``name``, for its instance attributes."""
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    makers: dict[str, Callable[[], Any]] = {
+        "Association": lambda: Association(AE(), "acceptor"),
+        "DULServiceProvider": lambda: Association(AE(), "acceptor").dul,
+        "DIMSEServiceProvider": lambda: Association(AE(), "acceptor").dimse,
+        "ApplicationEntity": AE,
+    }
+    cls = getattr(importlib.import_module(module), name)
+    return makers[name]() if name in makers else cls()
+
+
+def problems(internals: tuple[Internal, ...] = PYNETDICOM_INTERNALS) -> list[str]:
+    """One message per internal that is missing or changed, naming it."""
+    found = []
+    for item in internals:
+        what = f"pynetdicom internal {item.name} ({item.module}, used by pynetdicom_ext/" \
+               f"{item.user})"
+        try:
+            obj: Any = importlib.import_module(item.module)
+            for part in item.name.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            found.append(f"{what} is missing: {exc}")
+            continue
+        if item.params is not None:
+            try:
+                got = tuple(inspect.signature(obj).parameters)
+            except (TypeError, ValueError) as exc:
+                found.append(f"{what} changed: no longer a function ({exc})")
+                continue
+            if got[:len(item.params)] != item.params:
+                found.append(f"{what} changed: expected parameters {item.params}, got {got}")
+        if item.source:
+            try:
+                text = inspect.getsource(obj)
+            except (OSError, TypeError) as exc:
+                found.append(f"{what}: source not readable ({exc})")
+                continue
+            for code in item.source:
+                if code not in text:
+                    found.append(f"{what} changed: its code no longer contains {code!r}")
+        if item.attributes:
+            try:
+                instance = _instance(item.module, item.name)
+            except Exception as exc:  # noqa: BLE001 - report, whatever the change
+                found.append(f"{what} changed: cannot be created ({exc})")
+                continue
+            for attribute in item.attributes:
+                if not hasattr(instance, attribute):
+                    found.append(f"{what} changed: instance attribute {attribute} is missing")
+    return found
+
+
+def version_problem() -> str | None:
+    """A message when the installed pynetdicom is outside TESTED_PYNETDICOM."""
+    from importlib.metadata import version
+
+    from packaging.specifiers import SpecifierSet
+
+    installed = version("pynetdicom")
+    if installed not in SpecifierSet(TESTED_PYNETDICOM):
+        return (f"pynetdicom {installed} is installed; pynetdicom_ext was tested with "
+                f"{TESTED_PYNETDICOM}: check tests/test_pynetdicom_ext.py and the internals "
+                "in pynetdicom_ext/internals.py before widening the pin")
+    return None
