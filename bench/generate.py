@@ -24,20 +24,73 @@ from worklist_mpps.services.schedule_values import FOLDED, normalize_item, norma
 
 PER_DAY = 200
 STATIONS = {  # station AE title -> modality (20 stations)
-    **{f"CT0{i}": "CT" for i in range(1, 5)}, **{f"MR0{i}": "MR" for i in range(1, 4)},
-    **{f"US0{i}": "US" for i in range(1, 5)}, **{f"CR0{i}": "CR" for i in range(1, 4)},
-    **{f"DX0{i}": "DX" for i in range(1, 4)}, "MG01": "MG", "XA01": "XA", "NM01": "NM",
+    **{f"CT0{i}": "CT" for i in range(1, 5)},
+    **{f"MR0{i}": "MR" for i in range(1, 4)},
+    **{f"US0{i}": "US" for i in range(1, 5)},
+    **{f"CR0{i}": "CR" for i in range(1, 4)},
+    **{f"DX0{i}": "DX" for i in range(1, 4)},
+    "MG01": "MG",
+    "XA01": "XA",
+    "NM01": "NM",
 }
-FAMILY = ["Müller", "Sánchez", "Lefèvre", "Øster", "Dvořák", "Nuñez", "Björk", "Smith",
-          "O'Brien", "Nguyen", "Kowalski", "Rossi", "Schmidt", "García", "Martin", "Yılmaz",
-          "Papadopoulos", "Ivanova", "Haddad", "Novak", "Иванов", "山田", "Παπαδόπουλος"]
-GIVEN = ["Hans", "María", "Zoé", "Søren", "Antonín", "José", "Åsa", "John", "Liam", "Anh",
-         "Ewa", "Giulia", "Jürgen", "Lucía", "Élodie", "Ayşe", "Giorgos", "Olga", "Karim",
-         "Иван", "太郎", "Γιώργος"]
+FAMILY = [
+    "Müller",
+    "Sánchez",
+    "Lefèvre",
+    "Øster",
+    "Dvořák",
+    "Nuñez",
+    "Björk",
+    "Smith",
+    "O'Brien",
+    "Nguyen",
+    "Kowalski",
+    "Rossi",
+    "Schmidt",
+    "García",
+    "Martin",
+    "Yılmaz",
+    "Papadopoulos",
+    "Ivanova",
+    "Haddad",
+    "Novak",
+    "Иванов",
+    "山田",
+    "Παπαδόπουλος",
+]
+GIVEN = [
+    "Hans",
+    "María",
+    "Zoé",
+    "Søren",
+    "Antonín",
+    "José",
+    "Åsa",
+    "John",
+    "Liam",
+    "Anh",
+    "Ewa",
+    "Giulia",
+    "Jürgen",
+    "Lucía",
+    "Élodie",
+    "Ayşe",
+    "Giorgos",
+    "Olga",
+    "Karim",
+    "Иван",
+    "太郎",
+    "Γιώργος",
+]
 PROCEDURES = {
-    "CT": ["CT Thorax", "CT Abdomen", "CT Head", "CT Angio"], "MR": ["MR Knee", "MR Brain"],
-    "US": ["US Abdomen", "US Thyroid"], "CR": ["Chest PA"], "DX": ["Hand 2 views", "Ankle"],
-    "MG": ["Mammography screening"], "XA": ["Coronary angiography"], "NM": ["Bone scan"],
+    "CT": ["CT Thorax", "CT Abdomen", "CT Head", "CT Angio"],
+    "MR": ["MR Knee", "MR Brain"],
+    "US": ["US Abdomen", "US Thyroid"],
+    "CR": ["Chest PA"],
+    "DX": ["Hand 2 views", "Ankle"],
+    "MG": ["Mammography screening"],
+    "XA": ["Coronary angiography"],
+    "NM": ["Bone scan"],
 }
 
 
@@ -67,21 +120,26 @@ def make_items(n: int, today: dt.date, seed: int = 7) -> list[tuple[dict, dict]]
             "sex": "MFO"[pid % 3 if pid % 50 else 2],
         }
         item = {
-            "accession_number": f"B{i:08d}", "sps_id": f"S{i:08d}",
+            "accession_number": f"B{i:08d}",
+            "sps_id": f"S{i:08d}",
             "requested_procedure_id": f"RP{i:08d}",
             "requested_procedure_description": description,
             "requested_procedure_priority": "STAT" if i % 97 == 0 else "ROUTINE",
-            "requested_procedure_codes": [{"value": f"{30000 + i % 40}-{i % 9}", "scheme": "LN",
-                                           "meaning": description}],
+            "requested_procedure_codes": [
+                {"value": f"{30000 + i % 40}-{i % 9}", "scheme": "LN", "meaning": description}
+            ],
             "referring_physician_name": f"{FAMILY[i % 7]}^{GIVEN[i % 5]}^^Dr.",
-            "sps_description": description, "modality": modality,
-            "scheduled_station_ae_title": station, "scheduled_station_name": station + "-ROOM",
+            "sps_description": description,
+            "modality": modality,
+            "scheduled_station_ae_title": station,
+            "scheduled_station_name": station + "-ROOM",
             "sps_location": "Radiology",
             "sps_start_date": (today + dt.timedelta(days=day)).strftime("%Y%m%d"),
             "sps_start_time": f"{min(minute // 60, 23):02d}{minute % 60:02d}00",
             "scheduled_performing_physician_name": f"{FAMILY[(i + 3) % 9]}^{GIVEN[i % 4]}",
-            "scheduled_protocol_codes": [{"value": f"P-{modality}-{i % 5}", "scheme": "99LOCAL",
-                                          "meaning": description}],
+            "scheduled_protocol_codes": [
+                {"value": f"P-{modality}-{i % 5}", "scheme": "99LOCAL", "meaning": description}
+            ],
         }
         pairs.append((patient, item))
     return pairs
@@ -99,26 +157,34 @@ def load(db: Database, pairs: list[tuple[dict, dict]], batch: int = 5000) -> Non
     with db.write() as session:
         rows = list(patient_rows.values())
         for start in range(0, len(rows), batch):
-            session.execute(insert(Patient), rows[start:start + batch])
-        ids = dict(session.execute(Patient.__table__.select().with_only_columns(
-            Patient.patient_id, Patient.id)).all())
+            session.execute(insert(Patient), rows[start : start + batch])
+        ids = dict(
+            session.execute(
+                Patient.__table__.select().with_only_columns(Patient.patient_id, Patient.id)
+            ).all()
+        )
         items = []
         for patient, item in pairs:
             row = normalize_item(item)
             for name, folded in FOLDED.items():
                 if name in row:
                     row[folded] = fold(row[name])
-            row.update(patient_pk=ids[patient["patient_id"]], sps_status="SCHEDULED",
-                       study_instance_uid=generate_uid(prefix=None), created_at=now,
-                       updated_at=now,
-                       sps_start=row["sps_start_date"] + row["sps_start_time"])
+            row.update(
+                patient_pk=ids[patient["patient_id"]],
+                sps_status="SCHEDULED",
+                study_instance_uid=generate_uid(prefix=None),
+                created_at=now,
+                updated_at=now,
+                sps_start=row["sps_start_date"] + row["sps_start_time"],
+            )
             items.append(row)
         for start in range(0, len(items), batch):
-            session.execute(insert(WorklistItem), items[start:start + batch])
+            session.execute(insert(WorklistItem), items[start : start + batch])
 
 
 def fold(value: str | None) -> str | None:
     from worklist_mpps.services.matching import fold_pn
+
     return fold_pn(value)
 
 

@@ -15,7 +15,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 managed_instances: dict[str, Dataset] = {}
 
 
-def handle_create(event):  # noqa: ANN001, ANN201
+def handle_create(event):
     req = event.request
     if req.AffectedSOPInstanceUID is None:
         return 0x0106, None
@@ -32,7 +32,7 @@ def handle_create(event):  # noqa: ANN001, ANN201
     return 0x0000, ds
 
 
-def handle_set(event):  # noqa: ANN001, ANN201
+def handle_set(event):
     req = event.request
     if req.RequestedSOPInstanceUID not in managed_instances:
         return 0x0112, None

@@ -11,8 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -74,6 +74,7 @@ def db_url(request, tmp_path) -> Iterator[str]:
 def pg_url() -> Iterator[str]:
     yield from _pg_schema_url()
 
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def shared_url(request, tmp_path) -> Iterator[str]:
     """One database for every server of a test: a SQLite file, or a fresh PostgreSQL
@@ -82,8 +83,12 @@ def shared_url(request, tmp_path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'shared.db'}"
         return
     pg = request.getfixturevalue("pg_url")
-    upgrade = subprocess.run([sys.executable, "-m", "worklist_mpps", "db", "upgrade",
-                              "--database-url", pg], capture_output=True, text=True, timeout=120)
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", "db", "upgrade", "--database-url", pg],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert upgrade.returncode == 0, upgrade.stderr
     yield pg
 
@@ -106,20 +111,26 @@ def db(db_url) -> Iterator[Database]:
 # ``sys.executable -m ...``); dcmtk() below also refuses anything but DCMTK's own tool.
 VENV_BIN = Path(sys.executable).parent
 os.environ["PATH"] = os.pathsep.join(
-    p for p in os.environ.get("PATH", "").split(os.pathsep)
-    if p and Path(p).resolve() != VENV_BIN.resolve())
+    p
+    for p in os.environ.get("PATH", "").split(os.pathsep)
+    if p and Path(p).resolve() != VENV_BIN.resolve()
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _find_dcmtk(name: str) -> str | None:
     for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
         candidate = Path(folder) / name
-        if (not candidate.is_file() or not os.access(candidate, os.X_OK)
-                or candidate.resolve().parent == VENV_BIN.resolve()):
+        if (
+            not candidate.is_file()
+            or not os.access(candidate, os.X_OK)
+            or candidate.resolve().parent == VENV_BIN.resolve()
+        ):
             continue
         try:
-            said = subprocess.run([str(candidate), "--version"], capture_output=True,
-                                  text=True, timeout=10)
+            said = subprocess.run(
+                [str(candidate), "--version"], capture_output=True, text=True, timeout=10
+            )
         except OSError:
             continue
         if "dcmtk" in (said.stdout + said.stderr).lower():
@@ -131,8 +142,9 @@ def dcmtk(name: str) -> str:
     """The absolute path of DCMTK's ``name`` (never pynetdicom's script of that name)."""
     path = _find_dcmtk(name)
     if path is None:
-        pytest.skip(f"DCMTK {name} not installed (Debian package dcmtk; 'make test' "
-                    "installs it as root)")
+        pytest.skip(
+            f"DCMTK {name} not installed (Debian package dcmtk; 'make test' installs it as root)"
+        )
     return path
 
 
@@ -141,14 +153,17 @@ def require_tool(name: str) -> str:
     return dcmtk(name)
 
 
-def pytest_addoption(parser) -> None:  # noqa: ANN001
+def pytest_addoption(parser) -> None:
     parser.addoption(
-        "--dimse-fast-path", choices=("on", "off"), default="on",
+        "--dimse-fast-path",
+        choices=("on", "off"),
+        default="on",
         help="off: every live server runs with --dimse-fast-path false (pynetdicom's own "
-             "reactors and encoding); make test runs the dimse-marked tests both ways")
+        "reactors and encoding); make test runs the dimse-marked tests both ways",
+    )
 
 
-def pytest_configure(config) -> None:  # noqa: ANN001
+def pytest_configure(config) -> None:
     LiveServer.fast_path = config.getoption("--dimse-fast-path") == "on"
 
 
@@ -157,8 +172,14 @@ class LiveServer:
 
     fast_path = True  # --dimse-fast-path=off: every server starts with dimse_fast_path false
 
-    def __init__(self, workdir: Path, database_url: str, *extra: str, env: dict | None = None,
-                 port: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        *extra: str,
+        env: dict | None = None,
+        port: int | None = None,
+    ):
         self.workdir = workdir
         self.database_url = database_url
         self.extra = list(extra)
@@ -171,18 +192,30 @@ class LiveServer:
 
     def start(self, timeout: float = 20.0) -> LiveServer:
         cmd = [
-            sys.executable, "-m", "worklist_mpps", "serve",
-            "--bind", "127.0.0.1", "--port", str(self.port),
-            "--http-bind", "127.0.0.1", "--http-port", str(self.http_port),
-            "--database-url", self.database_url, *self.extra,
+            sys.executable,
+            "-m",
+            "worklist_mpps",
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--http-bind",
+            "127.0.0.1",
+            "--http-port",
+            str(self.http_port),
+            "--database-url",
+            self.database_url,
+            *self.extra,
         ]
         if not self.fast_path and "--dimse-fast-path" not in self.extra:
             cmd += ["--dimse-fast-path", "false"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WORKLIST_MPPS_")}
         env.update(self.env)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -201,6 +234,7 @@ class LiveServer:
         if not port_open("127.0.0.1", self.http_port, 0.2):
             return False
         import urllib.request
+
         try:
             with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as rsp:
                 return rsp.status == 200
@@ -232,8 +266,12 @@ def live_server(tmp_path) -> Iterator:
     """Factory: live_server(database_url=None, *extra_flags) -> started LiveServer."""
     servers: list[LiveServer] = []
 
-    def start(database_url: str | None = None, *extra: str, env: dict | None = None,
-              port: int | None = None) -> LiveServer:
+    def start(
+        database_url: str | None = None,
+        *extra: str,
+        env: dict | None = None,
+        port: int | None = None,
+    ) -> LiveServer:
         url = database_url or f"sqlite:///{tmp_path / 'live.db'}"
         server = LiveServer(tmp_path, url, *extra, env=env, port=port)
         servers.append(server)

@@ -66,8 +66,18 @@ def findscu_files(port: int, outdir: Path, *keys: str, timeout: float = 30) -> l
     from conftest import dcmtk  # DCMTK's findscu, not pynetdicom's of the same name
 
     outdir.mkdir(parents=True, exist_ok=False)
-    cmd = [dcmtk("findscu"), "-v", "-W", "-aec", "WORKLISTS", "-X", "-od", str(outdir),
-           "127.0.0.1", str(port)]
+    cmd = [
+        dcmtk("findscu"),
+        "-v",
+        "-W",
+        "-aec",
+        "WORKLISTS",
+        "-X",
+        "-od",
+        str(outdir),
+        "127.0.0.1",
+        str(port),
+    ]
     for key in keys:
         cmd += ["-k", key]
     proc = subprocess.run(cmd, capture_output=True, timeout=timeout)

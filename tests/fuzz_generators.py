@@ -4,46 +4,140 @@ N-GET requests (PS3.4 K.6, F.7)."""
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 
 from dicom_clients import worklist_query
-from worklist_mpps.client.messages import ScheduledStep, n_create
 from fuzz_wire import SEED, show
+from worklist_mpps.client.messages import ScheduledStep, n_create
 
-
-NASTY_TEXT = ["", "*", "?", "**?*", "%", "_", "\\", "A" * 65, "A" * 1025, "\x00", "a\x00b",
-              "Ü", "日本^太郎", "\u202eevil", "'; DROP TABLE patients; --", "A\\B\\C", "=",
-              "^^^^", "a=b=c=d", "-", "--", "20200101-", "2020AB01", "99999999", "00000000",
-              "20201332", "١٩٦٨٠٨٢٢", "２０２６０１０１", "1.2.3", "1." * 100, "0." * 32,
-              " ", "\t\n", "x" * 64]
-NASTY_DATES = ["2020AB01", "20201301", "20200132", "2020-01-01", "-", "--", "2020.01.01",
-               "20200101-20200102-20200103", "١٩٦٨٠٨٢٢", "20200101\\20200102", "*", "?",
-               "19000101-", "99991231", "00000000", "2020"]
-NASTY_TIMES = ["25", "2400", "1260", "126061", "12:00:00", "1200-0800", "-", "ab", "1.5",
-               "120000.1234567", "٠٨١٥", "*", "120000-"]
+NASTY_TEXT = [
+    "",
+    "*",
+    "?",
+    "**?*",
+    "%",
+    "_",
+    "\\",
+    "A" * 65,
+    "A" * 1025,
+    "\x00",
+    "a\x00b",
+    "Ü",
+    "日本^太郎",
+    "\u202eevil",
+    "'; DROP TABLE patients; --",
+    "A\\B\\C",
+    "=",
+    "^^^^",
+    "a=b=c=d",
+    "-",
+    "--",
+    "20200101-",
+    "2020AB01",
+    "99999999",
+    "00000000",
+    "20201332",
+    "١٩٦٨٠٨٢٢",
+    "２０２６０１０１",
+    "1.2.3",
+    "1." * 100,
+    "0." * 32,
+    " ",
+    "\t\n",
+    "x" * 64,
+]
+NASTY_DATES = [
+    "2020AB01",
+    "20201301",
+    "20200132",
+    "2020-01-01",
+    "-",
+    "--",
+    "2020.01.01",
+    "20200101-20200102-20200103",
+    "١٩٦٨٠٨٢٢",
+    "20200101\\20200102",
+    "*",
+    "?",
+    "19000101-",
+    "99991231",
+    "00000000",
+    "2020",
+]
+NASTY_TIMES = [
+    "25",
+    "2400",
+    "1260",
+    "126061",
+    "12:00:00",
+    "1200-0800",
+    "-",
+    "ab",
+    "1.5",
+    "120000.1234567",
+    "٠٨١٥",
+    "*",
+    "120000-",
+]
 LO_1MB = "L" * 1_000_000
 VR_VALUES = {  # a wrong VR for a key, with a value pydicom can encode in it
     "SQ": lambda: Sequence([Dataset()]),
-    "US": lambda: 65535, "UL": lambda: 2 ** 32 - 1, "SS": lambda: -1,
-    "FD": lambda: float("nan"), "OB": lambda: b"\x00\xff" * 8, "UN": lambda: b"\x01\x02",
-    "AT": lambda: 0x00100010, "DA": lambda: "2020AB01", "TM": lambda: "2500",
-    "UI": lambda: "1." * 100, "LO": lambda: "x" * 70, "PN": lambda: "a=b=c",
-    "DS": lambda: "1e400", "IS": lambda: "99999999999",
+    "US": lambda: 65535,
+    "UL": lambda: 2**32 - 1,
+    "SS": lambda: -1,
+    "FD": lambda: float("nan"),
+    "OB": lambda: b"\x00\xff" * 8,
+    "UN": lambda: b"\x01\x02",
+    "AT": lambda: 0x00100010,
+    "DA": lambda: "2020AB01",
+    "TM": lambda: "2500",
+    "UI": lambda: "1." * 100,
+    "LO": lambda: "x" * 70,
+    "PN": lambda: "a=b=c",
+    "DS": lambda: "1e400",
+    "IS": lambda: "99999999999",
 }
-FIND_TOP = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
-            "StudyInstanceUID", "RequestedProcedureID", "RequestedProcedureCodeSequence",
-            "ReferringPhysicianName", "PatientWeight", "ReferencedStudySequence",
-            "PatientComments", "SpecificCharacterSet"]
-FIND_SPS = ["ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
-            "ScheduledProcedureStepStartTime", "Modality", "ScheduledPerformingPhysicianName",
-            "ScheduledProtocolCodeSequence", "ScheduledProcedureStepStatus",
-            "ScheduledProcedureStepSequence", "PatientName"]
-CHARSETS = ["ISO_IR 999", ["", "ISO 2022 IR 87"], ["ISO 2022 IR 6", "ISO 2022 IR 87"],
-            "ISO_IR 192", "ISO_IR 100", "GB18030", "ISO 2022 IR 149", ["ISO_IR 100", "ISO_IR 192"],
-            "", "\\ISO 2022 IR 87"]
+FIND_TOP = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "RequestedProcedureID",
+    "RequestedProcedureCodeSequence",
+    "ReferringPhysicianName",
+    "PatientWeight",
+    "ReferencedStudySequence",
+    "PatientComments",
+    "SpecificCharacterSet",
+]
+FIND_SPS = [
+    "ScheduledStationAETitle",
+    "ScheduledProcedureStepStartDate",
+    "ScheduledProcedureStepStartTime",
+    "Modality",
+    "ScheduledPerformingPhysicianName",
+    "ScheduledProtocolCodeSequence",
+    "ScheduledProcedureStepStatus",
+    "ScheduledProcedureStepSequence",
+    "PatientName",
+]
+CHARSETS = [
+    "ISO_IR 999",
+    ["", "ISO 2022 IR 87"],
+    ["ISO 2022 IR 6", "ISO 2022 IR 87"],
+    "ISO_IR 192",
+    "ISO_IR 100",
+    "GB18030",
+    "ISO 2022 IR 149",
+    ["ISO_IR 100", "ISO_IR 192"],
+    "",
+    "\\ISO 2022 IR 87",
+]
 
 
 def deep_sequence(depth: int) -> Sequence:
@@ -66,11 +160,13 @@ def set_key(ds: Dataset, keyword: str, rng: random.Random) -> str:
 
 def tag_for(keyword: str) -> int:
     from pydicom.datadict import tag_for_keyword
+
     return tag_for_keyword(keyword)
 
 
 def _set_key(ds: Dataset, keyword: str, rng: random.Random) -> str:
     from pydicom.datadict import dictionary_VR, tag_for_keyword
+
     tag, vr = tag_for_keyword(keyword), dictionary_VR(keyword)
     roll = rng.random()
     if keyword == "SpecificCharacterSet":
@@ -137,19 +233,36 @@ def nasty_find(rng: random.Random) -> tuple[Dataset, str]:
     return ds, "; ".join(labels)
 
 
-CREATE_KEYS = ["PatientName", "PatientID", "PatientBirthDate", "PerformedProcedureStepID",
-               "PerformedStationAETitle", "PerformedProcedureStepStartDate",
-               "PerformedProcedureStepStartTime", "PerformedProcedureStepStatus", "Modality",
-               "ScheduledStepAttributesSequence", "PerformedSeriesSequence",
-               "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime",
-               "PerformedProcedureStepDiscontinuationReasonCodeSequence",
-               "SpecificCharacterSet", "StudyID", "PatientComments", "ProcedureCodeSequence"]
+CREATE_KEYS = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PerformedProcedureStepID",
+    "PerformedStationAETitle",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepStatus",
+    "Modality",
+    "ScheduledStepAttributesSequence",
+    "PerformedSeriesSequence",
+    "PerformedProcedureStepEndDate",
+    "PerformedProcedureStepEndTime",
+    "PerformedProcedureStepDiscontinuationReasonCodeSequence",
+    "SpecificCharacterSet",
+    "StudyID",
+    "PatientComments",
+    "ProcedureCodeSequence",
+]
 
 
 def unscheduled(uid_n: int) -> Dataset:
-    return n_create([ScheduledStep(f"2.25.{SEED}{uid_n:06d}9", accession_number=f"FZ{uid_n}")],
-                    modality="CT", station_ae_title="FUZZ", patient_name="Fuzz^Patient",
-                    patient_id=f"FZ{uid_n}")
+    return n_create(
+        [ScheduledStep(f"2.25.{SEED}{uid_n:06d}9", accession_number=f"FZ{uid_n}")],
+        modality="CT",
+        station_ae_title="FUZZ",
+        patient_name="Fuzz^Patient",
+        patient_id=f"FZ{uid_n}",
+    )
 
 
 def nasty_create(rng: random.Random, new_uid: Callable[[], str]) -> tuple[Dataset, str, str | None]:
@@ -164,8 +277,9 @@ def nasty_create(rng: random.Random, new_uid: Callable[[], str]) -> tuple[Datase
                 delattr(ds, keyword)
             labels.append(f"without {keyword}")
         elif roll < 0.25:
-            status = rng.choice(["COMPLETED", "in progress", "", "IN PROGRESS\\COMPLETED",
-                                 "X" * 100])
+            status = rng.choice(
+                ["COMPLETED", "in progress", "", "IN PROGRESS\\COMPLETED", "X" * 100]
+            )
             ds.PerformedProcedureStepStatus = status
             labels.append(f"status {status[:20]!r}")
         else:
@@ -183,11 +297,19 @@ def nasty_create(rng: random.Random, new_uid: Callable[[], str]) -> tuple[Datase
     return ds, "; ".join(labels), uid
 
 
-SET_KEYS = ["PerformedProcedureStepStatus", "PerformedSeriesSequence",
-            "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime",
-            "PerformedProcedureStepDiscontinuationReasonCodeSequence", "PatientName",
-            "PerformedProcedureStepStartDate", "SpecificCharacterSet", "PatientComments",
-            "ProcedureCodeSequence", "CommentsOnThePerformedProcedureStep"]
+SET_KEYS = [
+    "PerformedProcedureStepStatus",
+    "PerformedSeriesSequence",
+    "PerformedProcedureStepEndDate",
+    "PerformedProcedureStepEndTime",
+    "PerformedProcedureStepDiscontinuationReasonCodeSequence",
+    "PatientName",
+    "PerformedProcedureStepStartDate",
+    "SpecificCharacterSet",
+    "PatientComments",
+    "ProcedureCodeSequence",
+    "CommentsOnThePerformedProcedureStep",
+]
 
 
 def nasty_set(rng: random.Random) -> tuple[Dataset, str]:
@@ -209,7 +331,15 @@ def nasty_set(rng: random.Random) -> tuple[Dataset, str]:
 
 
 def nasty_get(rng: random.Random) -> tuple[list, str]:
-    tags = rng.choice([[], [0x00400252], [0x00400252, 0x00100010, 0x00091010],
-                       [0x7FE00010], [0xFFFFFFFF], [0x00400340, 0x00400340],
-                       [0x00400270, 0x00000000]])
+    tags = rng.choice(
+        [
+            [],
+            [0x00400252],
+            [0x00400252, 0x00100010, 0x00091010],
+            [0x7FE00010],
+            [0xFFFFFFFF],
+            [0x00400340, 0x00400340],
+            [0x00400270, 0x00000000],
+        ]
+    )
     return tags, f"N-GET of {[f'{t:08X}' for t in tags]}"

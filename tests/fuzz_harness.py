@@ -10,17 +10,20 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-from pydicom import Dataset, config as pydicom_config
+from pydicom import Dataset
+from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config as pynetdicom_config, evt
+from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind
 
 from conftest import SAMPLE, module_server
 from dicom_clients import worklist_query
+from fuzz_generators import unscheduled
 from fuzz_wire import (
     ACSE_TIMEOUT,
     CONTEXTS,
@@ -31,10 +34,7 @@ from fuzz_wire import (
     SEED,
     assoc_case,
     ds_bytes,
-    message,
 )
-from fuzz_generators import unscheduled
-
 
 # --- server log -----------------------------------------------------------------------------
 
@@ -83,9 +83,16 @@ def tracebacks(text: str) -> list[Traceback]:
         inner = (own or frames or [("?", "?", "?")])[-1]
         where = f"{Path(inner[0]).name}:{inner[1]} {inner[2]}"
         origin = frames[-1][0] if frames else "?"
-        found.append(Traceback(m.group(2), lines[0][m.end():][:120], exc[:200],
-                               m.group(2).startswith("worklist_mpps") or bool(own), where,
-                               origin))
+        found.append(
+            Traceback(
+                m.group(2),
+                lines[0][m.end() :][:120],
+                exc[:200],
+                m.group(2).startswith("worklist_mpps") or bool(own),
+                where,
+                origin,
+            )
+        )
     return found
 
 
@@ -123,7 +130,7 @@ class Client:
         self.port, self.implicit, self.assoc = port, implicit, None
         self.started = 0.0
 
-    def _assoc(self):  # noqa: ANN202
+    def _assoc(self):
         if self.assoc is None or not self.assoc.is_established:
             ae = AE(ae_title="FUZZSCU")
             ae.acse_timeout = ae.network_timeout = 5
@@ -192,7 +199,8 @@ class InstancePool:
         self.n += 1
         uid = f"{self.prefix}{self.n:05d}"
         status, _ = self.client._assoc().send_n_create(
-            unscheduled(900_000 + self.n), ModalityPerformedProcedureStep, uid)
+            unscheduled(900_000 + self.n), ModalityPerformedProcedureStep, uid
+        )
         assert status.get("Status") == 0x0000, f"valid N-CREATE failed: {status}"
         self.last = uid
         return uid
@@ -200,8 +208,10 @@ class InstancePool:
     def stored(self, uid: str, keyword: str) -> str | None:
         """One attribute of an instance as the server has it now (N-GET)."""
         from pydicom.datadict import tag_for_keyword
-        status, ds = self.client._assoc().send_n_get([tag_for_keyword(keyword)],
-                                                     ModalityPerformedProcedureStep, uid)
+
+        status, ds = self.client._assoc().send_n_get(
+            [tag_for_keyword(keyword)], ModalityPerformedProcedureStep, uid
+        )
         if ds is None or keyword not in ds:
             return None
         return str(ds[keyword].value or "")
@@ -216,21 +226,36 @@ class InstancePool:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):  # noqa: ANN201
-    with module_server(tmp_path_factory, "fuzz", "--sample-file", str(SAMPLE),
-                       "--acse-timeout", str(ACSE_TIMEOUT), "--network-timeout", "10",
-                       "--dimse-timeout", "10",
-                       "--max-associations", str(MAX_ASSOCIATIONS),
-                       # all from 127.0.0.1: its slot check opens MAX_ASSOCIATIONS at once
-                       "--max-connections-per-address", str(2 * MAX_ASSOCIATIONS)) as live:
+def server(tmp_path_factory):
+    with module_server(
+        tmp_path_factory,
+        "fuzz",
+        "--sample-file",
+        str(SAMPLE),
+        "--acse-timeout",
+        str(ACSE_TIMEOUT),
+        "--network-timeout",
+        "10",
+        "--dimse-timeout",
+        "10",
+        "--max-associations",
+        str(MAX_ASSOCIATIONS),
+        # all from 127.0.0.1: its slot check opens MAX_ASSOCIATIONS at once
+        "--max-connections-per-address",
+        str(2 * MAX_ASSOCIATIONS),
+    ) as live:
         yield live
 
 
 @pytest.fixture(scope="module")
 def quiet_clients() -> Iterator[None]:
     """pydicom/pynetdicom settings of this process only, restored afterwards."""
-    saved = (pynetdicom_config.LOG_HANDLER_LEVEL, pynetdicom_config.LOG_REQUEST_IDENTIFIERS,
-             pydicom_config.settings.writing_validation_mode, sys.getrecursionlimit())
+    saved = (
+        pynetdicom_config.LOG_HANDLER_LEVEL,
+        pynetdicom_config.LOG_REQUEST_IDENTIFIERS,
+        pydicom_config.settings.writing_validation_mode,
+        sys.getrecursionlimit(),
+    )
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
@@ -238,13 +263,16 @@ def quiet_clients() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-    (pynetdicom_config.LOG_HANDLER_LEVEL, pynetdicom_config.LOG_REQUEST_IDENTIFIERS,
-     pydicom_config.settings.writing_validation_mode) = saved[:3]
+    (
+        pynetdicom_config.LOG_HANDLER_LEVEL,
+        pynetdicom_config.LOG_REQUEST_IDENTIFIERS,
+        pydicom_config.settings.writing_validation_mode,
+    ) = saved[:3]
     sys.setrecursionlimit(saved[3])
 
 
 @pytest.fixture(scope="module")
-def captured(server, quiet_clients) -> dict:  # noqa: ANN001
+def captured(server, quiet_clients) -> dict:
     """Real PDUs of a pynetdicom client (A-ASSOCIATE-RQ, C-ECHO, C-FIND, N-CREATE, N-SET),
     recorded with EVT_DATA_SENT, plus encoded data sets for building messages."""
     sent: list[bytes] = []
@@ -252,8 +280,12 @@ def captured(server, quiet_clients) -> dict:  # noqa: ANN001
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     for _, abstract, ts in CONTEXTS:
         ae.add_requested_context(abstract, [ts])
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="WORKLISTS",
-                         evt_handlers=[(evt.EVT_DATA_SENT, lambda e: sent.append(bytes(e.data)))])
+    assoc = ae.associate(
+        "127.0.0.1",
+        server.port,
+        ae_title="WORKLISTS",
+        evt_handlers=[(evt.EVT_DATA_SENT, lambda e: sent.append(bytes(e.data)))],
+    )
     assert assoc.is_established
     accepted = {cx.context_id for cx in assoc.accepted_contexts}
     assert accepted == {c[0] for c in CONTEXTS} - {PC_REJECTED}, accepted
@@ -272,29 +304,33 @@ def captured(server, quiet_clients) -> dict:  # noqa: ANN001
     progress.PerformedProcedureStepDescription = "fuzz capture"
     record("C-ECHO", assoc.send_c_echo)
     record("C-FIND", lambda: list(assoc.send_c_find(query, ModalityWorklistInformationFind)))
-    record("N-CREATE", lambda: assoc.send_n_create(create, ModalityPerformedProcedureStep,
-                                                   set_uid))
+    record("N-CREATE", lambda: assoc.send_n_create(create, ModalityPerformedProcedureStep, set_uid))
     record("N-SET", lambda: assoc.send_n_set(progress, ModalityPerformedProcedureStep, set_uid))
-    record("N-GET", lambda: assoc.send_n_get([0x00400252], ModalityPerformedProcedureStep,
-                                             set_uid))
+    record("N-GET", lambda: assoc.send_n_get([0x00400252], ModalityPerformedProcedureStep, set_uid))
     assoc.release()
     rq = sent[0]
     assert rq[0] == 0x01 and all(messages.values()), messages.keys()
     return {
-        "rq": rq, "messages": messages, "set_uid": set_uid,
-        "find_data_i": ds_bytes(query), "find_data_e": ds_bytes(query, False),
-        "create_data_i": ds_bytes(create), "create_data_e": ds_bytes(create, False),
-        "set_data_i": ds_bytes(progress), "set_data_e": ds_bytes(progress, False),
+        "rq": rq,
+        "messages": messages,
+        "set_uid": set_uid,
+        "find_data_i": ds_bytes(query),
+        "find_data_e": ds_bytes(query, False),
+        "create_data_i": ds_bytes(create),
+        "create_data_e": ds_bytes(create, False),
+        "set_data_i": ds_bytes(progress),
+        "set_data_e": ds_bytes(progress, False),
     }
 
 
-def db_path(server) -> Path:  # noqa: ANN001
+def db_path(server) -> Path:
     return Path(server.database_url.removeprefix("sqlite:///"))
+
 
 # until it is fixed.
 
 
-def exchange(server, captured: dict, payload: bytes) -> tuple[str, str]:  # noqa: ANN001
+def exchange(server, captured: dict, payload: bytes) -> tuple[str, str]:
     """(outcome, server log lines) of one message on a fresh raw association."""
     tail = LogTail(server.log_path)
     outcome = assoc_case(server.port, captured["rq"], payload)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import struct
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 from fuzz_wire import (
     MPPS,
@@ -30,7 +30,6 @@ from fuzz_wire import (
     us,
 )
 
-
 # --- mutation helpers ------------------------------------------------------------------------
 
 
@@ -45,8 +44,9 @@ def flip_bits(rng: random.Random, data: bytes, count: int, start: int = 0) -> by
 def mutate_pdu(rng: random.Random, data: bytes, keep_framing: bool) -> tuple[bytes, str]:
     """A mutated single PDU; with ``keep_framing`` the PDU length matches the new body."""
     body = data[6:]
-    kind = rng.choice(["bits", "bytes", "insert", "delete", "item-length", "ae", "version",
-                       "duplicate-items"])
+    kind = rng.choice(
+        ["bits", "bytes", "insert", "delete", "item-length", "ae", "version", "duplicate-items"]
+    )
     if kind == "bits":
         n = rng.choice([1, 1, 2, 4, 16])
         body = flip_bits(rng, body, n)
@@ -62,19 +62,27 @@ def mutate_pdu(rng: random.Random, data: bytes, keep_framing: bool) -> tuple[byt
         label = f"bytes inserted at {at}"
     elif kind == "delete":
         at = rng.randrange(len(body))
-        body = body[:at] + body[at + rng.randint(1, 32):]
+        body = body[:at] + body[at + rng.randint(1, 32) :]
         label = f"bytes deleted at {at}"
     elif kind == "item-length":
         items = item_offsets(body)
         at = rng.choice(items)
         new = rng.choice([0, 1, 3, 0xFFFF, rng.randrange(0x10000)])
-        body = body[:at + 2] + struct.pack(">H", new) + body[at + 4:]
+        body = body[: at + 2] + struct.pack(">H", new) + body[at + 4 :]
         label = f"item at {at} length {new:#x}"
     elif kind == "ae":
-        title = rng.choice([b"\x00" * 16, b" " * 16, b"\xff" * 16, b"A\x00B" + b" " * 13,
-                            "ÄÖÜ".encode() + b" " * 10, b"\\*?%_" + b" " * 11])
+        title = rng.choice(
+            [
+                b"\x00" * 16,
+                b" " * 16,
+                b"\xff" * 16,
+                b"A\x00B" + b" " * 13,
+                "ÄÖÜ".encode() + b" " * 10,
+                b"\\*?%_" + b" " * 11,
+            ]
+        )
         at = rng.choice([4, 20])
-        body = body[:at] + title + body[at + 16:]
+        body = body[:at] + title + body[at + 16 :]
         label = f"{'called' if at == 4 else 'calling'} AE title {title[:8]!r}"
     elif kind == "version":
         version = rng.choice([0, 2, 0xFFFF])
@@ -83,10 +91,10 @@ def mutate_pdu(rng: random.Random, data: bytes, keep_framing: bool) -> tuple[byt
     else:
         items = item_offsets(body)
         at = rng.choice(items)
-        (length,) = struct.unpack(">H", body[at + 2:at + 4])
-        item = body[at:at + 4 + length]
+        (length,) = struct.unpack(">H", body[at + 2 : at + 4])
+        item = body[at : at + 4 + length]
         times = rng.choice([2, 50, 300])
-        body = body[:at] + item * times + body[at + 4 + length:]
+        body = body[:at] + item * times + body[at + 4 + length :]
         label = f"item type {body[at]:#04x} repeated {times}x"
     if keep_framing:
         return pdu(data[0], body), label
@@ -99,12 +107,12 @@ def item_offsets(body: bytes) -> list[int]:
     out, i = [], 68
     while i + 4 <= len(body):
         out.append(i)
-        itype, _, length = struct.unpack(">BBH", body[i:i + 4])
+        itype, _, length = struct.unpack(">BBH", body[i : i + 4])
         if itype in (0x20, 0x21, 0x50):  # descend into sub-items
             j = i + 4 + (4 if itype in (0x20, 0x21) else 0)
             while j + 4 <= i + 4 + length:
                 out.append(j)
-                j += 4 + struct.unpack(">H", body[j + 2:j + 4])[0]
+                j += 4 + struct.unpack(">H", body[j + 2 : j + 4])[0]
         i += 4 + length
     return out or [68]
 
@@ -112,8 +120,8 @@ def item_offsets(body: bytes) -> list[int]:
 def split_pdus(data: bytes) -> list[bytes]:
     out, i = [], 0
     while i + 6 <= len(data):
-        (length,) = struct.unpack(">L", data[i + 2:i + 6])
-        out.append(data[i:i + 6 + length])
+        (length,) = struct.unpack(">L", data[i + 2 : i + 6])
+        out.append(data[i : i + 6 + length])
         i += 6 + length
     return out
 
@@ -131,8 +139,22 @@ def _mutate_message(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     k = rng.randrange(len(pdus))
     target = pdus[k]
     where = "command" if target[11] & 0x01 else "data set"
-    kind = rng.choice(["bits", "bits", "truncate", "pcid", "mch", "pdv-length", "pdu-type",
-                       "drop", "swap", "split", "duplicate", "zero-tail"])
+    kind = rng.choice(
+        [
+            "bits",
+            "bits",
+            "truncate",
+            "pcid",
+            "mch",
+            "pdv-length",
+            "pdu-type",
+            "drop",
+            "swap",
+            "split",
+            "duplicate",
+            "zero-tail",
+        ]
+    )
     if kind == "bits":
         n = rng.choice([1, 1, 2, 3, 8, 32])
         target = flip_bits(rng, target, n, start=6)
@@ -171,8 +193,9 @@ def _mutate_message(rng: random.Random, data: bytes) -> tuple[bytes, str]:
         body = target[12:]
         at = rng.randrange(0, max(1, len(body)))
         mch = target[11]
-        target = (pdu(0x04, pdv(target[10], mch & ~0x02, body[:at]))
-                  + pdu(0x04, pdv(target[10], mch, body[at:])))
+        target = pdu(0x04, pdv(target[10], mch & ~0x02, body[:at])) + pdu(
+            0x04, pdv(target[10], mch, body[at:])
+        )
         label = f"{where} PDV split at {at}"
     elif kind == "duplicate":
         target, label = target * 2, f"{where} PDU sent twice"
@@ -184,18 +207,52 @@ def _mutate_message(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     return b"".join(pdus), label
 
 
-COMMAND_FIELDS = [0x0001, 0x0010, 0x0020, 0x0021, 0x0030, 0x0100, 0x0110, 0x0120, 0x0130,
-                  0x0140, 0x0150, 0x0FFF, 0x8020, 0x8030, 0x8140, 0x0000, 0x0002, 0x7FFF,
-                  0xFFFF, 0x1234]
+COMMAND_FIELDS = [
+    0x0001,
+    0x0010,
+    0x0020,
+    0x0021,
+    0x0030,
+    0x0100,
+    0x0110,
+    0x0120,
+    0x0130,
+    0x0140,
+    0x0150,
+    0x0FFF,
+    0x8020,
+    0x8030,
+    0x8140,
+    0x0000,
+    0x0002,
+    0x7FFF,
+    0xFFFF,
+    0x1234,
+]
 
 
-def random_dimse(rng: random.Random, cap: dict, new_uid: Callable[[], str]
-                 ) -> tuple[bytes, str]:
+def random_dimse(rng: random.Random, cap: dict, new_uid: Callable[[], str]) -> tuple[bytes, str]:
     """A well-framed P-DATA message whose command set (or data set) is wrong."""
     mid = rng.randrange(1, 0xFFFF)
-    kind = rng.choice(["field", "field", "no-class", "unnegotiated", "wrong-class", "garbage-ds",
-                       "garbage-ds", "dataset-type", "elements", "n-get", "cancel", "response",
-                       "no-message-id", "group-length", "extra-element"])
+    kind = rng.choice(
+        [
+            "field",
+            "field",
+            "no-class",
+            "unnegotiated",
+            "wrong-class",
+            "garbage-ds",
+            "garbage-ds",
+            "dataset-type",
+            "elements",
+            "n-get",
+            "cancel",
+            "response",
+            "no-message-id",
+            "group-length",
+            "extra-element",
+        ]
+    )
     find_data = cap["find_data_i"]
     if kind == "field":
         cf = rng.choice(COMMAND_FIELDS)
@@ -204,20 +261,26 @@ def random_dimse(rng: random.Random, cap: dict, new_uid: Callable[[], str]
         with_data = rng.random() < 0.5
         if not with_data:
             fields[0x00000800] = us(0x0101)
-        return (message(PC_FIND_I, command(fields), find_data if with_data else None),
-                f"CommandField {cf:#06x} on the worklist context" + (" + data set" * with_data))
+        return (
+            message(PC_FIND_I, command(fields), find_data if with_data else None),
+            f"CommandField {cf:#06x} on the worklist context" + (" + data set" * with_data),
+        )
     if kind == "no-class":
         fields = find_rq(mid)
         del fields[0x00000002]
         return message(PC_FIND_I, command(fields), find_data), "C-FIND without AffectedSOPClassUID"
     if kind == "unnegotiated":
         pcid = rng.choice([PC_ECHO, PC_REJECTED, PC_MPPS_I, 17, 0, 255])
-        return (message(pcid, command(find_rq(mid)), find_data),
-                f"worklist C-FIND on presentation context {pcid}")
+        return (
+            message(pcid, command(find_rq(mid)), find_data),
+            f"worklist C-FIND on presentation context {pcid}",
+        )
     if kind == "wrong-class":
         sop = rng.choice([MPPS, VERIFICATION, "1.2.3", "", "9" * 64, "1.2.840.10008.5.1.4.1.2.1.1"])
-        return (message(PC_FIND_I, command(find_rq(mid, sop)), find_data),
-                f"C-FIND with AffectedSOPClassUID {sop[:20]!r}")
+        return (
+            message(PC_FIND_I, command(find_rq(mid, sop)), find_data),
+            f"C-FIND with AffectedSOPClassUID {sop[:20]!r}",
+        )
     if kind == "garbage-ds":
         service = rng.choice(["C-FIND", "N-CREATE", "N-SET"])
         data = rng.randbytes(rng.choice([1, 7, 8, 100, 1000]))
@@ -227,37 +290,61 @@ def random_dimse(rng: random.Random, cap: dict, new_uid: Callable[[], str]
             cmd, pcid = n_create_rq(mid, new_uid()), PC_MPPS_I
         else:
             cmd, pcid = n_set_rq(mid, cap["set_uid"]), PC_MPPS_I
-        return (message(pcid, command(cmd), data),
-                f"{service} with {len(data)} random bytes as data set")
+        return (
+            message(pcid, command(cmd), data),
+            f"{service} with {len(data)} random bytes as data set",
+        )
     if kind == "dataset-type":
         fields = find_rq(mid)
         value = rng.choice([0x0101, 0x0000, 0xFFFF, 0x0102])
         fields[0x00000800] = us(value)
         with_data = value == 0x0101
-        return (message(PC_FIND_I, command(fields), find_data if with_data else None),
-                f"C-FIND CommandDataSetType {value:#06x}, data set "
-                f"{'sent anyway' if with_data else 'not sent'}")
+        return (
+            message(PC_FIND_I, command(fields), find_data if with_data else None),
+            f"C-FIND CommandDataSetType {value:#06x}, data set "
+            f"{'sent anyway' if with_data else 'not sent'}",
+        )
     if kind == "elements":
         fields = find_rq(mid)
         tag = rng.choice([0x00000100, 0x00000110, 0x00000700, 0x00000800, 0x00000002])
         fields[tag] = rng.choice([b"", b"\x01", b"\x01\x02\x03", b"\xff" * 8, b"\x00" * 200])
-        return (message(PC_FIND_I, command(fields), find_data),
-                f"C-FIND command element {tag:#010x} = {fields[tag][:8].hex()} "
-                f"({len(fields[tag])} bytes)")
+        return (
+            message(PC_FIND_I, command(fields), find_data),
+            f"C-FIND command element {tag:#010x} = {fields[tag][:8].hex()} "
+            f"({len(fields[tag])} bytes)",
+        )
     if kind == "n-get":
-        tags = rng.choice([None, b"", b"\x10\x00", b"\x10\x00\x10\x00\x20", b"\xff" * 4000,
-                           struct.pack("<HH", 0x0040, 0x0252)])
+        tags = rng.choice(
+            [
+                None,
+                b"",
+                b"\x10\x00",
+                b"\x10\x00\x10\x00\x20",
+                b"\xff" * 4000,
+                struct.pack("<HH", 0x0040, 0x0252),
+            ]
+        )
         uid = rng.choice([cap["set_uid"], "1.2.3.4", "", "x" * 200])
-        return (message(PC_MPPS_I, command(n_get_rq(mid, uid, tags))),
-                f"N-GET {uid[:16]!r} AttributeIdentifierList "
-                f"{'absent' if tags is None else tags[:6].hex() + f' ({len(tags)} bytes)'}")
+        return (
+            message(PC_MPPS_I, command(n_get_rq(mid, uid, tags))),
+            f"N-GET {uid[:16]!r} AttributeIdentifierList "
+            f"{'absent' if tags is None else tags[:6].hex() + f' ({len(tags)} bytes)'}",
+        )
     if kind == "cancel":
-        fields = {0x00000100: us(0x0FFF), 0x00000120: us(rng.randrange(0x10000)),
-                  0x00000800: us(0x0101)}
+        fields = {
+            0x00000100: us(0x0FFF),
+            0x00000120: us(rng.randrange(0x10000)),
+            0x00000800: us(0x0101),
+        }
         return message(PC_FIND_I, command(fields)), "C-CANCEL-RQ for an unknown message"
     if kind == "response":
-        fields = {0x00000002: ui(VERIFICATION), 0x00000100: us(0x8030), 0x00000120: us(mid),
-                  0x00000800: us(0x0101), 0x00000900: us(0)}
+        fields = {
+            0x00000002: ui(VERIFICATION),
+            0x00000100: us(0x8030),
+            0x00000120: us(mid),
+            0x00000800: us(0x0101),
+            0x00000900: us(0),
+        }
         return message(PC_ECHO, command(fields)), "an unsolicited C-ECHO-RSP"
     if kind == "no-message-id":
         fields = find_rq(mid)
@@ -265,13 +352,17 @@ def random_dimse(rng: random.Random, cap: dict, new_uid: Callable[[], str]
         return message(PC_FIND_I, command(fields), find_data), "C-FIND without MessageID"
     if kind == "group-length":
         gl = rng.choice([0, 1, 0xFFFFFFFF, 10_000])
-        return (message(PC_FIND_I, command(find_rq(mid), group_length=gl), find_data),
-                f"C-FIND CommandGroupLength {gl:#x}")
+        return (
+            message(PC_FIND_I, command(find_rq(mid), group_length=gl), find_data),
+            f"C-FIND CommandGroupLength {gl:#x}",
+        )
     tag = rng.choice([0x00080050, 0x00100010, 0x7FE00010, 0x00001234])
     fields = find_rq(mid)
     fields[tag] = b"ABCD"
-    return (message(PC_FIND_I, command(fields), find_data),
-            f"C-FIND command set with extra element {tag:#010x}")
+    return (
+        message(PC_FIND_I, command(fields), find_data),
+        f"C-FIND command set with extra element {tag:#010x}",
+    )
 
 
 # --- malformed data sets (raw bytes) ---------------------------------------------------------
@@ -285,35 +376,68 @@ def nested(depth: int, leaf: bytes, implicit: bool) -> bytes:
     data = leaf
     for _ in range(depth):
         item = el_i(ITEM, b"", UNDEFINED) + data + el_i(ITEM_END, b"")
-        seq_head = (el_i(0x00400100, b"", UNDEFINED) if implicit
-                    else el_e(0x00400100, "SQ", b"", UNDEFINED))
+        seq_head = (
+            el_i(0x00400100, b"", UNDEFINED) if implicit else el_e(0x00400100, "SQ", b"", UNDEFINED)
+        )
         data = seq_head + item + el_i(SEQ_END, b"")
     return data
 
 
-def malformed_dataset(rng: random.Random, cap: dict, service: str, implicit: bool
-                      ) -> tuple[bytes, str]:
+def malformed_dataset(
+    rng: random.Random, cap: dict, service: str, implicit: bool
+) -> tuple[bytes, str]:
     """A data set with one malformed element (or nesting, or encoding) for ``service``."""
-    base = cap[{"C-FIND": "find_data", "N-CREATE": "create_data", "N-SET": "set_data"}[service]
-               + ("_i" if implicit else "_e")]
+    base = cap[
+        {"C-FIND": "find_data", "N-CREATE": "create_data", "N-SET": "set_data"}[service]
+        + ("_i" if implicit else "_e")
+    ]
     e = (lambda tag, vr, value, length=None: el_i(tag, value, length)) if implicit else el_e
     ts = "implicit" if implicit else "explicit"
-    kind = rng.choice(["us-length", "fd-length", "sq-garbage", "sq-open", "overlong", "odd-text",
-                       "deep", "deep", "many", "no-item-tag", "random", "bitflip", "deflated",
-                       "big-endian", "charset", "charset", "group-0000", "duplicate", "item-ff"])
+    kind = rng.choice(
+        [
+            "us-length",
+            "fd-length",
+            "sq-garbage",
+            "sq-open",
+            "overlong",
+            "odd-text",
+            "deep",
+            "deep",
+            "many",
+            "no-item-tag",
+            "random",
+            "bitflip",
+            "deflated",
+            "big-endian",
+            "charset",
+            "charset",
+            "group-0000",
+            "duplicate",
+            "item-ff",
+        ]
+    )
     if kind == "us-length":
         return base + e(0x00280010, "US", b"\x01\x02\x03"), f"{ts}, Rows (US) 3 bytes long"
     if kind == "fd-length":
         return base + e(0x00189087, "FD", b"\x01" * 5), f"{ts}, an FD element 5 bytes long"
     if kind == "sq-garbage":
-        return (base + e(0x00400340, "SQ", rng.randbytes(24)),
-                f"{ts}, PerformedSeriesSequence of 24 random bytes")
+        return (
+            base + e(0x00400340, "SQ", rng.randbytes(24)),
+            f"{ts}, PerformedSeriesSequence of 24 random bytes",
+        )
     if kind == "sq-open":
-        return (base + e(0x00400340, "SQ", b"", UNDEFINED) + el_i(ITEM, b"", UNDEFINED)
-                + e(0x00080060, "CS", b"CT"), f"{ts}, undefined-length sequence never closed")
+        return (
+            base
+            + e(0x00400340, "SQ", b"", UNDEFINED)
+            + el_i(ITEM, b"", UNDEFINED)
+            + e(0x00080060, "CS", b"CT"),
+            f"{ts}, undefined-length sequence never closed",
+        )
     if kind == "overlong":
-        return (base + e(0x00100020, "LO", b"ABCD", 0xFFF0 if not implicit else 1_000_000),
-                f"{ts}, element length beyond the end of the data set")
+        return (
+            base + e(0x00100020, "LO", b"ABCD", 0xFFF0 if not implicit else 1_000_000),
+            f"{ts}, element length beyond the end of the data set",
+        )
     if kind == "odd-text":
         return base + e(0x00100020, "LO", b"ABC"), f"{ts}, odd-length LO"
     if kind == "deep":
@@ -324,12 +448,13 @@ def malformed_dataset(rng: random.Random, cap: dict, service: str, implicit: boo
     if kind == "many":
         count = rng.choice([2000, 20_000])
         data = base + b"".join(e(0x00091000 + k, "LO", b"XX") for k in range(min(count, 0xFF)))
-        data += b"".join(e(0x00110000 | ((k % 0xFF00) + 0x1000), "LO", b"XY")
-                         for k in range(count))
+        data += b"".join(e(0x00110000 | ((k % 0xFF00) + 0x1000), "LO", b"XY") for k in range(count))
         return data, f"{ts}, {count} private elements"
     if kind == "no-item-tag":
-        return (base + e(0x00400100, "SQ", el_i(0x00080060, b"CT\x00\x00")),
-                f"{ts}, sequence content without an item tag")
+        return (
+            base + e(0x00400100, "SQ", el_i(0x00080060, b"CT\x00\x00")),
+            f"{ts}, sequence content without an item tag",
+        )
     if kind == "random":
         return rng.randbytes(rng.choice([2, 9, 64, 512])), f"{ts}, random bytes"
     if kind == "bitflip":
@@ -339,20 +464,24 @@ def malformed_dataset(rng: random.Random, cap: dict, service: str, implicit: boo
         if rng.random() < 0.5:
             return rng.randbytes(100), "deflated context, random (not deflate) bytes"
         comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-        return (comp.compress(rng.randbytes(300)) + comp.flush(),
-                "deflated context, deflated random bytes")
+        return (
+            comp.compress(rng.randbytes(300)) + comp.flush(),
+            "deflated context, deflated random bytes",
+        )
     if kind == "big-endian":
         return base, f"big endian context, a {ts} little endian data set"
     if kind == "charset":
-        charset, text = rng.choice([
-            (b"ISO_IR 192", b"\xc3\x28\xa0\xa1\xff"),
-            (b"ISO 2022 IR 87", b"\x1b$B\x80\xff\x1b(B"),
-            (b"\\ISO 2022 IR 87", b"Yamada^\x1b$B;3ED\x1b(B\x1b$B\xff"),
-            (b"ISO_IR 999 ", b"\xff\xfe\xfd\xfc"),
-            (b"ISO 2022 IR 6\\ISO 2022 IR 87\\ISO_IR 999", b"\x1b$)C\x0e\xff\x0f"),
-            (b"\x00\x00", b"\xe9"),
-            (b"ISO 2022 IR 13\\ISO 2022 IR 87", b"\x1b)I\xb1\x1b$B\x21\x21"),
-        ])
+        charset, text = rng.choice(
+            [
+                (b"ISO_IR 192", b"\xc3\x28\xa0\xa1\xff"),
+                (b"ISO 2022 IR 87", b"\x1b$B\x80\xff\x1b(B"),
+                (b"\\ISO 2022 IR 87", b"Yamada^\x1b$B;3ED\x1b(B\x1b$B\xff"),
+                (b"ISO_IR 999 ", b"\xff\xfe\xfd\xfc"),
+                (b"ISO 2022 IR 6\\ISO 2022 IR 87\\ISO_IR 999", b"\x1b$)C\x0e\xff\x0f"),
+                (b"\x00\x00", b"\xe9"),
+                (b"ISO 2022 IR 13\\ISO 2022 IR 87", b"\x1b)I\xb1\x1b$B\x21\x21"),
+            ]
+        )
         charset = charset + (b" " if len(charset) % 2 else b"")
         text = text + (b" " if len(text) % 2 else b"")
         cs_tag = e(0x00080005, "CS", charset)
@@ -362,8 +491,10 @@ def malformed_dataset(rng: random.Random, cap: dict, service: str, implicit: boo
         data = cs_tag + base + e(0x00400280, "ST", text)
         return data, f"{ts}, Specific Character Set {charset!r}, Comments {text!r}"
     if kind == "group-0000":
-        return (e(0x00000100, "US", us(0x0030)) + e(0x00000900, "US", us(0)) + base,
-                f"{ts}, command elements inside the data set")
+        return (
+            e(0x00000100, "US", us(0x0030)) + e(0x00000900, "US", us(0)) + base,
+            f"{ts}, command elements inside the data set",
+        )
     if kind == "duplicate":
         return base + base, f"{ts}, the data set twice (duplicate, unsorted tags)"
     item = el_i(ITEM, e(0x00080060, "CS", b"CT"), 0xFFFFFFF0)

@@ -7,11 +7,14 @@ import collections
 import random
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pydicom import Dataset
 
 from dicom_clients import echo
+from fuzz_generators import nasty_create, nasty_find, nasty_get, nasty_set
+from fuzz_harness import Case, Client, InstancePool, LogTail, Report
+from fuzz_mutators import malformed_dataset, mutate_message, mutate_pdu, random_dimse
 from fuzz_wire import (
     ACSE_TIMEOUT,
     FUZZ_BUDGET,
@@ -35,13 +38,10 @@ from fuzz_wire import (
     pdv,
     raw_bytes_case,
 )
-from fuzz_mutators import malformed_dataset, mutate_message, mutate_pdu, random_dimse
-from fuzz_generators import nasty_create, nasty_find, nasty_get, nasty_set
-from fuzz_harness import Case, Client, InstancePool, LogTail, Report
 
 
 class Fuzzer:
-    def __init__(self, server, captured: dict, report: Report) -> None:  # noqa: ANN001
+    def __init__(self, server, captured: dict, report: Report) -> None:
         self.server, self.port, self.cap, self.report = server, server.port, captured, report
         self.rng = random.Random(SEED)
         self.tail = LogTail(server.log_path)
@@ -105,8 +105,12 @@ class Fuzzer:
             data = bytearray(self.rng.randbytes(size))
             if size and self.rng.random() < 0.6:
                 data[0] = self.rng.randint(1, 7)  # a known PDU type
-            self.run("raw random bytes", f"{size} random bytes", bytes(data),
-                     lambda d=bytes(data): raw_bytes_case(self.port, d))
+            self.run(
+                "raw random bytes",
+                f"{size} random bytes",
+                bytes(data),
+                lambda d=bytes(data): raw_bytes_case(self.port, d),
+            )
 
     def raw_truncated(self, n: int) -> None:
         rq = self.cap["rq"]
@@ -119,31 +123,65 @@ class Fuzzer:
             if i % 2 and cut > 6:  # declared length fitted to the cut: complete, but short
                 data = pdu(0x01, rq[6:cut])
                 label += ", length fitted"
-            self.run("truncated A-ASSOCIATE-RQ", label, data,
-                     lambda d=data: raw_bytes_case(self.port, d))
+            self.run(
+                "truncated A-ASSOCIATE-RQ", label, data, lambda d=data: raw_bytes_case(self.port, d)
+            )
 
     def raw_lengths(self, n: int) -> None:
         rq = self.cap["rq"]
         body = rq[6:]
-        lengths = [0, 1, 5, 67, 68, len(body) - 1, len(body) + 1, len(body) + 100, 0x10000,
-                   0x7FFFFFFF, 0xFFFFFFFF]
+        lengths = [
+            0,
+            1,
+            5,
+            67,
+            68,
+            len(body) - 1,
+            len(body) + 1,
+            len(body) + 100,
+            0x10000,
+            0x7FFFFFFF,
+            0xFFFFFFFF,
+        ]
         for i in range(n):
             if self.over_budget():
                 return
-            length = lengths[i % len(lengths)] if i < 2 * len(lengths) else \
-                self.rng.randrange(0, 0xFFFFFFFF)
+            length = (
+                lengths[i % len(lengths)]
+                if i < 2 * len(lengths)
+                else self.rng.randrange(0, 0xFFFFFFFF)
+            )
             close = i % 2 == 1
             data = pdu(0x01, body, length)
             if length == 0xFFFFFFFF and i >= len(lengths):
                 data += self.rng.randbytes(1 << 20)  # then a megabyte of it, then close
                 close = True
-            self.run("wrong PDU length", f"A-ASSOCIATE-RQ declaring {length:#x} bytes"
-                     + (", then close" if close else ""), data,
-                     lambda d=data, c=close: raw_bytes_case(self.port, d, close_after_send=c))
+            self.run(
+                "wrong PDU length",
+                f"A-ASSOCIATE-RQ declaring {length:#x} bytes" + (", then close" if close else ""),
+                data,
+                lambda d=data, c=close: raw_bytes_case(self.port, d, close_after_send=c),
+            )
 
     def raw_unknown_types(self, n: int) -> None:
-        types = [0x00, 0x08, 0x09, 0x0A, 0x10, 0x41, 0x7F, 0x80, 0xFE, 0xFF,
-                 0x02, 0x03, 0x04, 0x05, 0x06, 0x07]
+        types = [
+            0x00,
+            0x08,
+            0x09,
+            0x0A,
+            0x10,
+            0x41,
+            0x7F,
+            0x80,
+            0xFE,
+            0xFF,
+            0x02,
+            0x03,
+            0x04,
+            0x05,
+            0x06,
+            0x07,
+        ]
         for i in range(n):
             if self.over_budget():
                 return
@@ -152,8 +190,12 @@ class Fuzzer:
             if ptype == 0x04 and i % 2:
                 body = pdv(PC_ECHO, 0x03, command(echo_rq(1)))  # a C-ECHO before associating
             data = pdu(ptype, body)
-            self.run("unknown / out-of-order PDU type", f"PDU type {ptype:#04x}, "
-                     f"{len(body)}-byte body", data, lambda d=data: raw_bytes_case(self.port, d))
+            self.run(
+                "unknown / out-of-order PDU type",
+                f"PDU type {ptype:#04x}, {len(body)}-byte body",
+                data,
+                lambda d=data: raw_bytes_case(self.port, d),
+            )
 
     def rq_mutations(self, n: int) -> None:
         rq = self.cap["rq"]
@@ -161,8 +203,9 @@ class Fuzzer:
             if self.over_budget():
                 return
             data, label = mutate_pdu(self.rng, rq, keep_framing=self.rng.random() < 0.7)
-            self.run("mutated A-ASSOCIATE-RQ", label, data,
-                     lambda d=data: raw_bytes_case(self.port, d))
+            self.run(
+                "mutated A-ASSOCIATE-RQ", label, data, lambda d=data: raw_bytes_case(self.port, d)
+            )
 
     def max_pdu_lengths(self) -> None:
         """A valid association announcing a tiny (or no) maximum PDU length, then a
@@ -173,11 +216,15 @@ class Fuzzer:
         for length in (0, 1, 2, 5, 6, 7, 8, 12, 13, 14, 64, 0xFFFFFFFF):
             if self.over_budget():
                 return
-            data = rq[:at + 4] + struct.pack(">L", length) + rq[at + 8:]
+            data = rq[: at + 4] + struct.pack(">L", length) + rq[at + 8 :]
             payload = message(PC_FIND_I, command(find_rq(7)), self.cap["find_data_i"])
-            self.run("peer maximum PDU length", f"peer max PDU length {length}, C-FIND",
-                     f"A-ASSOCIATE-RQ with Maximum Length {length}; C-FIND AccessionNumber"
-                     "=A10001; C-ECHO", lambda d=data, p=payload: assoc_case(self.port, d, p))
+            self.run(
+                "peer maximum PDU length",
+                f"peer max PDU length {length}, C-FIND",
+                f"A-ASSOCIATE-RQ with Maximum Length {length}; C-FIND AccessionNumber"
+                "=A10001; C-ECHO",
+                lambda d=data, p=payload: assoc_case(self.port, d, p),
+            )
 
     # 2. P-DATA and DIMSE on an association ---------------------------------------------
 
@@ -188,8 +235,12 @@ class Fuzzer:
                 return
             name = self.rng.choice(sorted(templates))
             data, label = mutate_message(self.rng, templates[name])
-            self.run("mutated P-DATA-TF", f"{name}: {label}", data,
-                     lambda d=data: assoc_case(self.port, rq, d))
+            self.run(
+                "mutated P-DATA-TF",
+                f"{name}: {label}",
+                data,
+                lambda d=data: assoc_case(self.port, rq, d),
+            )
 
     def dimse_commands(self, n: int) -> None:
         rq = self.cap["rq"]
@@ -197,8 +248,9 @@ class Fuzzer:
             if self.over_budget():
                 return
             data, label = random_dimse(self.rng, self.cap, self.uid)
-            self.run("random DIMSE command", label, data,
-                     lambda d=data: assoc_case(self.port, rq, d))
+            self.run(
+                "random DIMSE command", label, data, lambda d=data: assoc_case(self.port, rq, d)
+            )
 
     def raw_datasets(self, n: int) -> None:
         rq = self.cap["rq"]
@@ -269,8 +321,12 @@ class Fuzzer:
                     tags, label = nasty_get(self.rng)
                     uid = self.mpps_pool.take(fresh=False)
                     fn = lambda c=client, t=tags, u=uid: c.get(t, u)  # noqa: E731
-                case = self.run("dataset via pynetdicom", f"{service} ({ts}): {label}",
-                                f"{service} ({ts}): {label}", fn)
+                case = self.run(
+                    "dataset via pynetdicom",
+                    f"{service} ({ts}): {label}",
+                    f"{service} ({ts}): {label}",
+                    fn,
+                )
                 if case.outcome.startswith("SKIP"):
                     self.report.cases.pop()
                     self.report.skipped[case.outcome] += 1

@@ -7,8 +7,8 @@ import contextlib
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from io import BytesIO
-from typing import Iterator
 
 from pydicom import Dataset
 from pydicom.uid import (
@@ -24,7 +24,6 @@ from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
     Verification,
 )
-
 
 SEED = 0x5EED_2024
 FUZZ_BUDGET = 90.0  # s for all categories together; a category stops early past it
@@ -54,7 +53,8 @@ CONTEXTS = [
     (15, ModalityPerformedProcedureStep, ExplicitVRBigEndian),
 ]
 PC_ECHO, PC_FIND_I, PC_FIND_E, PC_MPPS_I, PC_MPPS_E, PC_REJECTED, PC_FIND_DEFL, PC_MPPS_BE = (
-    c[0] for c in CONTEXTS)
+    c[0] for c in CONTEXTS
+)
 
 PENDING = (0xFF00, 0xFF01)
 
@@ -76,8 +76,10 @@ ABORT_RQ = pdu(0x07, b"\x00\x00\x00\x00")
 
 def el_i(tag: int, value: bytes, length: int | None = None) -> bytes:
     """One Implicit VR Little Endian element (exact bytes: no padding added)."""
-    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF,
-                       len(value) if length is None else length) + value
+    return (
+        struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value) if length is None else length)
+        + value
+    )
 
 
 LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
@@ -103,36 +105,61 @@ def us(n: int) -> bytes:
 def command(fields: dict[int, bytes], group_length: int | None = None) -> bytes:
     """An Implicit VR LE command set, Command Group Length first."""
     body = b"".join(el_i(t, v) for t, v in sorted(fields.items()))
-    return el_i(0x00000000, struct.pack("<I", len(body) if group_length is None
-                                        else group_length)) + body
+    return (
+        el_i(0x00000000, struct.pack("<I", len(body) if group_length is None else group_length))
+        + body
+    )
 
 
 def echo_rq(mid: int) -> dict[int, bytes]:
-    return {0x00000002: ui(VERIFICATION), 0x00000100: us(0x0030), 0x00000110: us(mid),
-            0x00000800: us(0x0101)}
+    return {
+        0x00000002: ui(VERIFICATION),
+        0x00000100: us(0x0030),
+        0x00000110: us(mid),
+        0x00000800: us(0x0101),
+    }
 
 
 def find_rq(mid: int, sop: str = MWL) -> dict[int, bytes]:
-    return {0x00000002: ui(sop), 0x00000100: us(0x0020), 0x00000110: us(mid),
-            0x00000700: us(0), 0x00000800: us(0x0001)}
+    return {
+        0x00000002: ui(sop),
+        0x00000100: us(0x0020),
+        0x00000110: us(mid),
+        0x00000700: us(0),
+        0x00000800: us(0x0001),
+    }
 
 
 def n_create_rq(mid: int, uid: str | None) -> dict[int, bytes]:
-    fields = {0x00000002: ui(MPPS), 0x00000100: us(0x0140), 0x00000110: us(mid),
-              0x00000800: us(0x0001)}
+    fields = {
+        0x00000002: ui(MPPS),
+        0x00000100: us(0x0140),
+        0x00000110: us(mid),
+        0x00000800: us(0x0001),
+    }
     if uid is not None:
         fields[0x00001000] = ui(uid)
     return fields
 
 
 def n_set_rq(mid: int, uid: str) -> dict[int, bytes]:
-    return {0x00000003: ui(MPPS), 0x00000100: us(0x0120), 0x00000110: us(mid),
-            0x00000800: us(0x0001), 0x00001001: ui(uid)}
+    return {
+        0x00000003: ui(MPPS),
+        0x00000100: us(0x0120),
+        0x00000110: us(mid),
+        0x00000800: us(0x0001),
+        0x00001001: ui(uid),
+    }
 
 
 def n_get_rq(mid: int, uid: str, tags: bytes | None) -> dict[int, bytes]:
-    fields = {0x00000003: ui(MPPS), 0x00000100: us(0x0110), 0x00000110: us(mid),
-              0x00000800: us(0x0101), 0x00001001: ui(uid)}
+    fields = {
+        0x00000003: ui(MPPS),
+        0x00000100: us(0x0110),
+        0x00000110: us(mid),
+        0x00000800: us(0x0101),
+        0x00001001: ui(uid),
+    }
     if tags is not None:
         fields[0x00001005] = tags
     return fields
@@ -141,11 +168,13 @@ def n_get_rq(mid: int, uid: str, tags: bytes | None) -> dict[int, bytes]:
 def message(pcid: int, cmd: bytes, data: bytes | None = None, fragment: int = 0) -> bytes:
     """P-DATA-TF PDUs of one DIMSE message (command, then data set, ``fragment`` bytes
     per PDV when non-zero)."""
+
     def pdvs(payload: bytes, bit: int) -> Iterator[bytes]:
         size = fragment or max(1, len(payload))
-        parts = [payload[i:i + size] for i in range(0, len(payload), size)] or [b""]
+        parts = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
         for n, part in enumerate(parts):
             yield pdu(0x04, pdv(pcid, bit | (0x02 if n == len(parts) - 1 else 0), part))
+
     out = b"".join(pdvs(cmd, 0x01))
     if data is not None:
         out += b"".join(pdvs(data, 0x00))
@@ -164,8 +193,14 @@ def ds_bytes(ds: Dataset, implicit: bool = True) -> bytes:
 # --- raw connections -----------------------------------------------------------------------
 
 
-PDU_NAMES = {0x02: "A-ASSOCIATE-AC", 0x03: "A-ASSOCIATE-RJ", 0x04: "P-DATA-TF",
-             0x05: "A-RELEASE-RQ", 0x06: "A-RELEASE-RP", 0x07: "A-ABORT"}
+PDU_NAMES = {
+    0x02: "A-ASSOCIATE-AC",
+    0x03: "A-ASSOCIATE-RJ",
+    0x04: "P-DATA-TF",
+    0x05: "A-RELEASE-RQ",
+    0x06: "A-RELEASE-RP",
+    0x07: "A-ABORT",
+}
 
 
 class Wire:
@@ -219,8 +254,8 @@ class Wire:
                 return "closed", 0, b""
         except TimeoutError:
             return "timeout", 0, b""
-        body = bytes(self.buf[6:6 + length])
-        del self.buf[:6 + length]
+        body = bytes(self.buf[6 : 6 + length])
+        del self.buf[: 6 + length]
         return "pdu", ptype, body
 
 
@@ -233,8 +268,8 @@ class Reassembler:
     def feed(self, body: bytes) -> list[Dataset]:
         out, i = [], 0
         while i + 6 <= len(body):
-            (n,) = struct.unpack(">L", body[i:i + 4])
-            mch, data = body[i + 5], body[i + 6:i + 4 + n]
+            (n,) = struct.unpack(">L", body[i : i + 4])
+            mch, data = body[i + 5], body[i + 6 : i + 4 + n]
             i += 4 + n
             if mch & 0x01:
                 self.cmd += data
@@ -247,8 +282,9 @@ class Reassembler:
         return out
 
 
-def converse(wire: Wire, timeout: float, until_sentinel: bool = True
-             ) -> tuple[list[tuple[int | None, int | None]], str]:
+def converse(
+    wire: Wire, timeout: float, until_sentinel: bool = True
+) -> tuple[list[tuple[int | None, int | None]], str]:
     """Read the server's answers: ([(message id responded to, status)], how it ended)."""
     rx, responses = Reassembler(), []
     deadline = time.monotonic() + timeout
@@ -259,8 +295,12 @@ def converse(wire: Wire, timeout: float, until_sentinel: bool = True
         if ptype == 0x04:
             for cmd in rx.feed(body):
                 mid = cmd.get("MessageIDBeingRespondedTo")
-                responses.append((None if mid is None else int(mid),
-                                  None if cmd.get("Status") is None else int(cmd.Status)))
+                responses.append(
+                    (
+                        None if mid is None else int(mid),
+                        None if cmd.get("Status") is None else int(cmd.Status),
+                    )
+                )
                 if until_sentinel and mid == SENTINEL_ID:
                     return responses, "sentinel"
             continue
@@ -271,7 +311,7 @@ def parse_ac(body: bytes) -> dict[int, int]:
     """{presentation context id: result} of an A-ASSOCIATE-AC body."""
     results, i = {}, 68
     while i + 4 <= len(body):
-        itype, _, length = struct.unpack(">BBH", body[i:i + 4])
+        itype, _, length = struct.unpack(">BBH", body[i : i + 4])
         if itype == 0x21 and length >= 4:
             results[body[i + 4]] = body[i + 6]
         i += 4 + length
@@ -338,8 +378,11 @@ def assoc_case(port: int, rq: bytes, payload: bytes, sentinel: bool = True) -> s
                     return "HANG (no answer, no release, no close after EOF)"
                 return outcome or "waited for more data, closed at EOF"
             if outcome is None:
-                outcome = ("swallowed (no reply to it nor to the next request), released"
-                           if end2 == "A-RELEASE-RP" else f"no reply, then {end2}")
+                outcome = (
+                    "swallowed (no reply to it nor to the next request), released"
+                    if end2 == "A-RELEASE-RP"
+                    else f"no reply, then {end2}"
+                )
         return outcome
     finally:
         wire.close()
@@ -348,5 +391,5 @@ def assoc_case(port: int, rq: bytes, payload: bytes, sentinel: bool = True) -> s
 def show(data: bytes | str, limit: int = 160) -> str:
     if isinstance(data, str):
         return data if len(data) <= limit else data[:limit] + f"... ({len(data)} chars)"
-    text = data[:limit // 2].hex(" ")
+    text = data[: limit // 2].hex(" ")
     return text + (f" ... ({len(data)} bytes)" if len(data) > limit // 2 else "")

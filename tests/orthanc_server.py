@@ -39,11 +39,17 @@ class Orthanc:
         self.proc: subprocess.Popen | None = None
         config = json.loads((ROOT / "orthanc" / "orthanc.json").read_text())
         storage = workdir / "orthanc-db"
-        config.update({
-            "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-            "HttpPort": self.port, "DicomServerEnabled": False,
-            "RemoteAccessAllowed": False, "Plugins": [], "StableAge": 1,
-        })
+        config.update(
+            {
+                "StorageDirectory": str(storage),
+                "IndexDirectory": str(storage),
+                "HttpPort": self.port,
+                "DicomServerEnabled": False,
+                "RemoteAccessAllowed": False,
+                "Plugins": [],
+                "StableAge": 1,
+            }
+        )
         self.config_path = workdir / "orthanc-test.json"
         self.config_path.write_text(json.dumps(config, indent=2))
         self.http = requests.Session()
@@ -52,8 +58,13 @@ class Orthanc:
     def start(self, timeout: float = 30.0) -> Orthanc:
         env = dict(os.environ, ORTHANC_USER=USER, ORTHANC_PASSWORD=PASSWORD)
         self._log = open(self.workdir / "orthanc.log", "ab")
-        self.proc = subprocess.Popen([self.binary, str(self.config_path)], cwd=self.workdir,
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            [self.binary, str(self.config_path)],
+            cwd=self.workdir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -86,8 +97,9 @@ class Orthanc:
 
     # --- content ------------------------------------------------------------------------
 
-    def upload(self, study_uid: str, series_uid: str, sop_uid: str,
-               patient_id: str = "PID-T") -> None:
+    def upload(
+        self, study_uid: str, series_uid: str, sop_uid: str, patient_id: str = "PID-T"
+    ) -> None:
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

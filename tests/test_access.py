@@ -11,9 +11,9 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from conftest import SAMPLE
 from dicom_clients import associate, find, worklist_query
-from worklist_mpps.config import ConfigError, load_config
 from worklist_mpps.client.messages import ScheduledStep, n_create
 from worklist_mpps.client.scu import Association, Peer, Rejected
+from worklist_mpps.config import ConfigError, load_config
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
@@ -27,8 +27,9 @@ DEVICES = [
 
 @pytest.fixture
 def guarded(live_server):
-    return live_server(None, "--sample-file", str(SAMPLE),
-                       env={"WORKLIST_MPPS_DEVICES": json.dumps(DEVICES)})
+    return live_server(
+        None, "--sample-file", str(SAMPLE), env={"WORKLIST_MPPS_DEVICES": json.dumps(DEVICES)}
+    )
 
 
 def rejection(port: int, calling: str, called: str = "WORKLISTS") -> str:
@@ -40,8 +41,12 @@ def rejection(port: int, calling: str, called: str = "WORKLISTS") -> str:
 
 def test_unknown_calling_ae_title_is_rejected(guarded):
     assert "Calling AE title not recognised" in rejection(guarded.port, "NOPE")
-    proc = subprocess.run(["echoscu", "-aet", "NOPE", "-aec", "WORKLISTS", "127.0.0.1",
-                           str(guarded.port)], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["echoscu", "-aet", "NOPE", "-aec", "WORKLISTS", "127.0.0.1", str(guarded.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode != 0 and "Rejected" in proc.stdout + proc.stderr
     assert "Association rejected from NOPE@127.0.0.1: unknown calling AE title" in guarded.log()
 
@@ -56,11 +61,9 @@ def test_called_ae_title_must_be_the_servers_with_a_device_list(guarded):
 
 
 def test_allowed_devices_get_their_services_only(guarded):
-    statuses, found = find(guarded.port, worklist_query(AccessionNumber="A10001"),
-                           ae_title="CT01")
+    statuses, found = find(guarded.port, worklist_query(AccessionNumber="A10001"), ae_title="CT01")
     assert statuses[-1].Status == 0 and len(found) == 1
-    statuses, found = find(guarded.port, worklist_query(AccessionNumber="A10001"),
-                           ae_title="RIS1")
+    statuses, found = find(guarded.port, worklist_query(AccessionNumber="A10001"), ae_title="RIS1")
     assert statuses[-1].Status == 0 and len(found) == 1
     statuses, found = find(guarded.port, worklist_query(), ae_title="MPPSONLY")
     assert statuses[-1].Status == 0x0124 and found == []
@@ -85,13 +88,16 @@ def test_without_a_device_list_any_caller_is_accepted(live_server):
         pass
 
 
-@pytest.mark.parametrize("value,names", [
-    ('[{"hosts": ["127.0.0.1"]}]', "ae_title"),
-    ('[{"ae_title": "A", "hosts": ["not-an-ip"]}]', "not-an-ip"),
-    ('[{"ae_title": "A", "services": ["storage"]}]', "storage"),
-    ('[{"ae_title": "A"}, {"ae_title": "A"}]', "unique"),
-    ('[{"ae_title": "A", "colour": 1}]', "colour"),
-])
+@pytest.mark.parametrize(
+    "value,names",
+    [
+        ('[{"hosts": ["127.0.0.1"]}]', "ae_title"),
+        ('[{"ae_title": "A", "hosts": ["not-an-ip"]}]', "not-an-ip"),
+        ('[{"ae_title": "A", "services": ["storage"]}]', "storage"),
+        ('[{"ae_title": "A"}, {"ae_title": "A"}]', "unique"),
+        ('[{"ae_title": "A", "colour": 1}]', "colour"),
+    ],
+)
 def test_bad_device_lists_are_named(value, names):
     with pytest.raises(ConfigError) as exc:
         load_config(env={"WORKLIST_MPPS_DEVICES": value})

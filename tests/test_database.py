@@ -16,8 +16,9 @@ from worklist_mpps.services.worklist import SPS_KEYS, TOP_KEYS
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "worklist_mpps", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_db_upgrade_and_current(db_url):
@@ -47,8 +48,12 @@ def test_every_matched_column_is_indexed(db):
 
 def test_serve_refuses_an_unmigrated_postgres_then_serves_it(pg_url, live_server, tmp_path):
     refused = subprocess.run(
-        [sys.executable, "-m", "worklist_mpps", "serve", "--port", "0",
-         "--database-url", pg_url], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        [sys.executable, "-m", "worklist_mpps", "serve", "--port", "0", "--database-url", pg_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert refused.returncode == 2 and "db upgrade" in refused.stderr
     assert cli("db", "upgrade", "--database-url", pg_url).returncode == 0
     server = live_server(pg_url, "--sample-file", str(SAMPLE))

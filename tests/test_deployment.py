@@ -19,11 +19,21 @@ def compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose not installed (Debian package; 'make test' installs it)")
-    return subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), *args],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          env={**{k: v for k, v in os.environ.items()
-                                  if not k.startswith(("ORTHANC", "WORKLIST_MPPS"))},
-                               **(env or {})})
+    return subprocess.run(
+        [binary, "-f", str(ROOT / "docker-compose.yml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("ORTHANC", "WORKLIST_MPPS"))
+            },
+            **(env or {}),
+        },
+    )
 
 
 def test_compose_file_is_valid_and_wired():
@@ -68,16 +78,17 @@ def test_dockerfile_installs_exactly_the_lock_file():
     without resolving dependencies; the healthcheck writes the database."""
     text = (ROOT / "Dockerfile").read_text()
     assert "COPY requirements.lock ./" in text
-    installs = [line for line in text.replace("\\\n", " ").splitlines()
-                if "pip install" in line]
+    installs = [line for line in text.replace("\\\n", " ").splitlines() if "pip install" in line]
     assert any("--require-hashes -r requirements.lock" in line for line in installs)
     for line in installs:
         assert "--require-hashes -r requirements.lock" in line or (
-            "--no-deps" in line and "--no-build-isolation" in line), line
+            "--no-deps" in line and "--no-build-isolation" in line
+        ), line
     assert text.index("--require-hashes -r requirements.lock") < text.index("--no-deps")
     assert "requirements.lock" not in (ROOT / ".dockerignore").read_text()
-    assert 'HEALTHCHECK --interval=30s --timeout=10s CMD ["worklist-mpps", "ping", "--deep"]' \
-        in text
+    assert (
+        'HEALTHCHECK --interval=30s --timeout=10s CMD ["worklist-mpps", "ping", "--deep"]' in text
+    )
 
 
 def test_orthanc_json_declares_every_metadata_the_hook_writes():

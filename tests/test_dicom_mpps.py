@@ -19,8 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from pydicom import Dataset
@@ -71,7 +71,11 @@ def dicom_mpps(*args: str, timeout: float = CMD_TIMEOUT) -> subprocess.Completed
     """Run ``dicom-mpps ARGS`` as a subprocess; stdout/stderr as text."""
     return subprocess.run(
         [sys.executable, "-m", "worklist_mpps.cli.dicom_mpps", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def show(proc: subprocess.CompletedProcess) -> str:
@@ -97,7 +101,7 @@ def values(ds: dict, tag: str) -> list:
     return ds.get(tag, {}).get("Value", [])
 
 
-def value(ds: dict, tag: str):  # noqa: ANN201
+def value(ds: dict, tag: str):
     found = values(ds, tag)
     return found[0] if found else None
 
@@ -137,8 +141,14 @@ def sps_status(item: Dataset) -> str:
     return item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus
 
 
-def write_image(path: Path, study: str, series: str, sop: str, sop_class: str = CT_IMAGE,
-                protocol: str = "CT Routine") -> None:
+def write_image(
+    path: Path,
+    study: str,
+    series: str,
+    sop: str,
+    sop_class: str = CT_IMAGE,
+    protocol: str = "CT Routine",
+) -> None:
     """A small DICOM file (no pixel data) of one instance."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -204,8 +214,6 @@ class Listener:
 # --- fixtures -----------------------------------------------------------------------------
 
 
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[LiveServer]:
     with module_server(tmp_path_factory, "mpps", "--sample-file", str(SAMPLE)) as live:
@@ -215,8 +223,14 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory) -> Iterator[LiveServer]:
     """A server that rejects any Called AE Title other than its own (WORKLISTS)."""
-    with module_server(tmp_path_factory, "strict", "--sample-file",
-                      str(SAMPLE), "--require-called-ae-title", "true") as live:
+    with module_server(
+        tmp_path_factory,
+        "strict",
+        "--sample-file",
+        str(SAMPLE),
+        "--require-called-ae-title",
+        "true",
+    ) as live:
         yield live
 
 
@@ -233,8 +247,11 @@ def closed_url() -> str:
 
 def create(url: str, *extra: str, study: str | None = None) -> str:
     """``create`` of an unscheduled step; the MPPS UID it printed."""
-    proc = ok(dicom_mpps("create", url, "--aet", "MODALITY",
-                         "--study-uid", study or generate_uid(), *extra))
+    proc = ok(
+        dicom_mpps(
+            "create", url, "--aet", "MODALITY", "--study-uid", study or generate_uid(), *extra
+        )
+    )
     uid = proc.stdout.strip()
     assert UID_RE.match(uid), show(proc)
     return uid
@@ -249,8 +266,18 @@ def get_json(url: str, uid: str, *extra: str) -> dict:
 
 
 def test_create_prints_one_uid_and_get_shows_in_progress(url):
-    proc = ok(dicom_mpps("create", url, "--aet", "MODALITY", "--study-uid", "1.2.3.4.5.6.7.8.9",
-                         "--status", "IN PROGRESS"))
+    proc = ok(
+        dicom_mpps(
+            "create",
+            url,
+            "--aet",
+            "MODALITY",
+            "--study-uid",
+            "1.2.3.4.5.6.7.8.9",
+            "--status",
+            "IN PROGRESS",
+        )
+    )
     assert proc.stdout.endswith("\n") and proc.stdout.count("\n") == 1, show(proc)
     uid = proc.stdout.strip()
     assert UID_RE.match(uid) and len(uid) <= 64, show(proc)
@@ -268,10 +295,26 @@ def test_create_prints_one_uid_and_get_shows_in_progress(url):
 
 def test_update_completed_with_series_and_images(url):
     uid = create(url, study="1.2.3.4.5")
-    proc = ok(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                         "--status", "COMPLETED", "--study-uid", "1.2.3.4.5",
-                         "--series-uid", "1.2.3.4.5.6", "--image-uid", "1.2.3.4.5.6.7",
-                         "--image-uid", "1.2.3.4.5.6.8"))
+    proc = ok(
+        dicom_mpps(
+            "update",
+            url,
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            uid,
+            "--status",
+            "COMPLETED",
+            "--study-uid",
+            "1.2.3.4.5",
+            "--series-uid",
+            "1.2.3.4.5.6",
+            "--image-uid",
+            "1.2.3.4.5.6.7",
+            "--image-uid",
+            "1.2.3.4.5.6.8",
+        )
+    )
     assert proc.stdout == f"{uid} COMPLETED\n", show(proc)
 
     ds = get_json(url, uid)
@@ -287,8 +330,9 @@ def test_update_completed_with_series_and_images(url):
 
 def test_completed_without_any_series_is_refused_0121(url):
     uid = create(url)
-    proc = dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                      "--status", "COMPLETED")
+    proc = dicom_mpps(
+        "update", url, "--aet", "MODALITY", "--mpps-uid", uid, "--status", "COMPLETED"
+    )
     fails(proc, 1, "0x0121", "PerformedSeriesSequence")
     assert proc.stdout == ""
     # the refused N-SET changed nothing
@@ -297,8 +341,11 @@ def test_completed_without_any_series_is_refused_0121(url):
 
 def test_update_discontinued(url):
     uid = create(url)
-    proc = ok(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                         "--status", "DISCONTINUED"))
+    proc = ok(
+        dicom_mpps(
+            "update", url, "--aet", "MODALITY", "--mpps-uid", uid, "--status", "DISCONTINUED"
+        )
+    )
     assert proc.stdout == f"{uid} DISCONTINUED\n"
     ds = get_json(url, uid)
     assert value(ds, PPS_STATUS) == "DISCONTINUED"
@@ -307,8 +354,20 @@ def test_update_discontinued(url):
 
 def test_update_discontinued_with_a_reason(url):
     uid = create(url)
-    ok(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                  "--status", "DISCONTINUED", "--discontinuation-reason", "110514"))
+    ok(
+        dicom_mpps(
+            "update",
+            url,
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            uid,
+            "--status",
+            "DISCONTINUED",
+            "--discontinuation-reason",
+            "110514",
+        )
+    )
     ds = get_json(url, uid)
     assert value(ds, PPS_STATUS) == "DISCONTINUED"
     [code] = values(ds, DISCONTINUATION)
@@ -318,8 +377,17 @@ def test_update_discontinued_with_a_reason(url):
 
 
 def test_create_with_server_assigned_uid(url):
-    proc = ok(dicom_mpps("create", url, "--aet", "MODALITY", "--study-uid", "1.2.3.4.5.6.7.8.9",
-                         "--server-assigns-uid"))
+    proc = ok(
+        dicom_mpps(
+            "create",
+            url,
+            "--aet",
+            "MODALITY",
+            "--study-uid",
+            "1.2.3.4.5.6.7.8.9",
+            "--server-assigns-uid",
+        )
+    )
     assert proc.stdout.count("\n") == 1, show(proc)
     uid = proc.stdout.strip()
     assert UID_RE.match(uid), show(proc)
@@ -330,21 +398,42 @@ def test_create_with_server_assigned_uid(url):
 
 def test_create_with_a_given_uid_and_json(url):
     mpps_uid = generate_uid()
-    proc = ok(dicom_mpps("create", url, "--aet", "MODALITY", "--study-uid", "1.2.3.4.5.6.7.8.9",
-                         "--mpps-uid", mpps_uid, "--json"))
+    proc = ok(
+        dicom_mpps(
+            "create",
+            url,
+            "--aet",
+            "MODALITY",
+            "--study-uid",
+            "1.2.3.4.5.6.7.8.9",
+            "--mpps-uid",
+            mpps_uid,
+            "--json",
+        )
+    )
     result = json.loads(proc.stdout)
     assert result["mpps_uid"] == mpps_uid
     assert result["status"] == "0x0000"
     assert result["pps_status"] == "IN PROGRESS"
     assert result["study_instance_uids"] == ["1.2.3.4.5.6.7.8.9"]
     # the same UID again: duplicate SOP instance
-    fails(dicom_mpps("create", url, "--aet", "MODALITY", "--study-uid", "1.2.3",
-                     "--mpps-uid", mpps_uid), 1, "0x0111")
+    fails(
+        dicom_mpps(
+            "create", url, "--aet", "MODALITY", "--study-uid", "1.2.3", "--mpps-uid", mpps_uid
+        ),
+        1,
+        "0x0111",
+    )
 
 
 def test_create_with_another_status_than_in_progress_is_refused(url):
-    fails(dicom_mpps("create", url, "--aet", "MODALITY", "--study-uid", "1.2.3",
-                     "--status", "COMPLETED"), 1, "0x0106")
+    fails(
+        dicom_mpps(
+            "create", url, "--aet", "MODALITY", "--study-uid", "1.2.3", "--status", "COMPLETED"
+        ),
+        1,
+        "0x0106",
+    )
 
 
 # --- 2. from the worklist -----------------------------------------------------------------
@@ -355,8 +444,9 @@ def test_full_cycle_from_worklist_to_completed_with_images(url, server, tmp_path
     assert sps_status(item) == "SCHEDULED"
     study = item.StudyInstanceUID
 
-    proc = ok(dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist",
-                         "--accession", "A10001"))
+    proc = ok(
+        dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist", "--accession", "A10001")
+    )
     uid = proc.stdout.strip()
     assert proc.stdout.count("\n") == 1 and UID_RE.match(uid), show(proc)
 
@@ -386,21 +476,46 @@ def test_full_cycle_from_worklist_to_completed_with_images(url, server, tmp_path
     write_image(images / "sub" / "IM3.dcm", study, series_b, sops[2], protocol="CT Late")
     (images / "README.txt").write_text("not a DICOM file\n")
 
-    proc = ok(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                         "--status", "COMPLETED", "--images", str(images), "--json"))
+    proc = ok(
+        dicom_mpps(
+            "update",
+            url,
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            uid,
+            "--status",
+            "COMPLETED",
+            "--images",
+            str(images),
+            "--json",
+        )
+    )
     result = json.loads(proc.stdout)
-    assert result == {"mpps_uid": uid, "pps_status": "COMPLETED", "status": "0x0000",
-                      "warning": None, "series": 2, "instances": 3}
+    assert result == {
+        "mpps_uid": uid,
+        "pps_status": "COMPLETED",
+        "status": "0x0000",
+        "warning": None,
+        "series": 2,
+        "instances": 3,
+    }
 
     ds = get_json(url, uid)
     assert value(ds, PPS_STATUS) == "COMPLETED"
     performed = {value(s, SERIES_UID): s for s in values(ds, PERFORMED_SERIES)}
     assert set(performed) == {series_a, series_b}
-    refs = {value(s, SERIES_UID): {(value(i, REF_SOP_CLASS), value(i, REF_SOP_INSTANCE))
-                                   for i in values(s, REFERENCED_IMAGES)}
-            for s in performed.values()}
-    assert refs == {series_a: {(CT_IMAGE, sops[0]), (CT_IMAGE, sops[1])},
-                    series_b: {(CT_IMAGE, sops[2])}}
+    refs = {
+        value(s, SERIES_UID): {
+            (value(i, REF_SOP_CLASS), value(i, REF_SOP_INSTANCE))
+            for i in values(s, REFERENCED_IMAGES)
+        }
+        for s in performed.values()
+    }
+    assert refs == {
+        series_a: {(CT_IMAGE, sops[0]), (CT_IMAGE, sops[1])},
+        series_b: {(CT_IMAGE, sops[2])},
+    }
     assert value(performed[series_b], PROTOCOL_NAME) == "CT Late"
 
     # finished: out of the default worklist query, found when asking for COMPLETED
@@ -409,15 +524,19 @@ def test_full_cycle_from_worklist_to_completed_with_images(url, server, tmp_path
     assert sps_status(item) == "COMPLETED"
 
     # and the finished step may no longer be updated
-    proc = dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                      "--status", "DISCONTINUED")
+    proc = dicom_mpps(
+        "update", url, "--aet", "MODALITY", "--mpps-uid", uid, "--status", "DISCONTINUED"
+    )
     fails(proc, 1, "0x0110", NO_LONGER_UPDATED, "0xA710")
 
 
 def test_create_from_worklist_json(url, server):
     [item] = worklist(server.port, "A10008")
-    proc = ok(dicom_mpps("create", url, "--aet", "CT01", "--from-worklist",
-                         "--accession", "A10008", "--json"))
+    proc = ok(
+        dicom_mpps(
+            "create", url, "--aet", "CT01", "--from-worklist", "--accession", "A10008", "--json"
+        )
+    )
     result = json.loads(proc.stdout)
     assert UID_RE.match(result["mpps_uid"])
     assert result["status"] == "0x0000" and result["warning"] is None
@@ -437,14 +556,23 @@ def test_create_from_worklist_json(url, server):
 
 def test_create_from_worklist_by_patient_id_of_today(url):
     # PID00011 has A10014 today and A10021 tomorrow: --date defaults to today
-    proc = ok(dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist",
-                         "--patient-id", "PID00011", "--json"))
+    proc = ok(
+        dicom_mpps(
+            "create",
+            url,
+            "--aet",
+            "MODALITY",
+            "--from-worklist",
+            "--patient-id",
+            "PID00011",
+            "--json",
+        )
+    )
     assert json.loads(proc.stdout)["accession_numbers"] == ["A10014"]
 
 
 def test_create_from_worklist_no_item(url):
-    proc = dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist",
-                      "--accession", "NOPE")
+    proc = dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist", "--accession", "NOPE")
     fails(proc, 9, "no scheduled worklist item", "NOPE")
     assert proc.stdout == ""
 
@@ -455,12 +583,31 @@ def test_create_from_worklist_several_items_must_be_chosen(url):
     # (a valid SPS Start Date key) covering both days matches two items.
     today = dt.date.today()
     days = f"{today:%Y%m%d}-{today + dt.timedelta(days=1):%Y%m%d}"
-    proc = dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist",
-                      "--patient-id", "PID00011", "--date", days)
+    proc = dicom_mpps(
+        "create",
+        url,
+        "--aet",
+        "MODALITY",
+        "--from-worklist",
+        "--patient-id",
+        "PID00011",
+        "--date",
+        days,
+    )
     stderr = fails(proc, 9, "choose", "A10014", "A10021")
     assert "2 worklist items" in stderr
-    proc = dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist",
-                      "--patient-id", "PID00011", "--date", days, "--json")
+    proc = dicom_mpps(
+        "create",
+        url,
+        "--aet",
+        "MODALITY",
+        "--from-worklist",
+        "--patient-id",
+        "PID00011",
+        "--date",
+        days,
+        "--json",
+    )
     assert proc.returncode == 9
     error = json.loads(proc.stdout)
     assert error["error"] == "worklist" and error["exit_code"] == 9
@@ -468,8 +615,11 @@ def test_create_from_worklist_several_items_must_be_chosen(url):
 
 
 def test_create_from_worklist_without_a_key_is_a_bad_value(url):
-    fails(dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist"), 4,
-          "--from-worklist needs")
+    fails(
+        dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist"),
+        4,
+        "--from-worklist needs",
+    )
 
 
 def test_create_without_study_uid_is_a_bad_value(url):
@@ -478,8 +628,19 @@ def test_create_without_study_uid_is_a_bad_value(url):
 
 def test_one_mpps_for_two_accessions(url, server):
     # A10001 is completed by the full-cycle test; A10002 and A10003 are not used elsewhere
-    proc = ok(dicom_mpps("create", url, "--aet", "MODALITY", "--from-worklist",
-                         "--accession", "A10002", "--accession", "A10003"))
+    proc = ok(
+        dicom_mpps(
+            "create",
+            url,
+            "--aet",
+            "MODALITY",
+            "--from-worklist",
+            "--accession",
+            "A10002",
+            "--accession",
+            "A10003",
+        )
+    )
     uid = proc.stdout.strip()
     ds = get_json(url, uid)
     steps = values(ds, SSAS)
@@ -493,15 +654,33 @@ def test_one_mpps_for_two_accessions(url, server):
 # --- 3. the storage SOP class of --image-uid ----------------------------------------------
 
 
-@pytest.mark.parametrize("extra, sop_class", [
-    ((), CT_IMAGE),  # by the step's Modality CT
-    (("--sop-class-uid", MR_IMAGE), MR_IMAGE),  # given explicitly
-])
+@pytest.mark.parametrize(
+    "extra, sop_class",
+    [
+        ((), CT_IMAGE),  # by the step's Modality CT
+        (("--sop-class-uid", MR_IMAGE), MR_IMAGE),  # given explicitly
+    ],
+)
 def test_referenced_sop_class_by_modality_or_option(url, extra, sop_class):
     uid = create(url, "--modality", "CT")
     series, image = generate_uid(), generate_uid()
-    ok(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid, "--status", "COMPLETED",
-                  "--series-uid", series, "--image-uid", image, *extra))
+    ok(
+        dicom_mpps(
+            "update",
+            url,
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            uid,
+            "--status",
+            "COMPLETED",
+            "--series-uid",
+            series,
+            "--image-uid",
+            image,
+            *extra,
+        )
+    )
     ds = get_json(url, uid)
     assert value(ds, MODALITY) == "CT"
     [performed] = values(ds, PERFORMED_SERIES)
@@ -511,9 +690,22 @@ def test_referenced_sop_class_by_modality_or_option(url, extra, sop_class):
 
 def test_image_uid_without_series_uid_is_a_bad_value(url):
     uid = create(url)
-    fails(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                     "--status", "COMPLETED", "--image-uid", generate_uid()),
-          4, "--image-uid needs --series-uid")
+    fails(
+        dicom_mpps(
+            "update",
+            url,
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            uid,
+            "--status",
+            "COMPLETED",
+            "--image-uid",
+            generate_uid(),
+        ),
+        4,
+        "--image-uid needs --series-uid",
+    )
 
 
 def test_images_with_study_uid_count_only_that_study(url, tmp_path):
@@ -522,9 +714,23 @@ def test_images_with_study_uid_count_only_that_study(url, tmp_path):
     keep = generate_uid()
     write_image(tmp_path / "a.dcm", study, generate_uid(), keep)
     write_image(tmp_path / "b.dcm", other, generate_uid(), generate_uid())
-    proc = ok(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                         "--status", "COMPLETED", "--study-uid", study,
-                         "--images", str(tmp_path), "--json"))
+    proc = ok(
+        dicom_mpps(
+            "update",
+            url,
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            uid,
+            "--status",
+            "COMPLETED",
+            "--study-uid",
+            study,
+            "--images",
+            str(tmp_path),
+            "--json",
+        )
+    )
     assert json.loads(proc.stdout)["instances"] == 1
     [performed] = values(get_json(url, uid), PERFORMED_SERIES)
     assert [value(i, REF_SOP_INSTANCE) for i in values(performed, REFERENCED_IMAGES)] == [keep]
@@ -533,13 +739,37 @@ def test_images_with_study_uid_count_only_that_study(url, tmp_path):
 def test_images_without_dicom_files_exit_10(url, tmp_path):
     uid = create(url)
     (tmp_path / "notes.txt").write_text("no images here\n")
-    proc = dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                      "--status", "COMPLETED", "--images", str(tmp_path), "--json")
+    proc = dicom_mpps(
+        "update",
+        url,
+        "--aet",
+        "MODALITY",
+        "--mpps-uid",
+        uid,
+        "--status",
+        "COMPLETED",
+        "--images",
+        str(tmp_path),
+        "--json",
+    )
     fails(proc, 10, "no DICOM instances")
     assert json.loads(proc.stdout)["error"] == "images"
-    fails(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                     "--status", "COMPLETED", "--images", str(tmp_path / "missing")),
-          10, "not a directory")
+    fails(
+        dicom_mpps(
+            "update",
+            url,
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            uid,
+            "--status",
+            "COMPLETED",
+            "--images",
+            str(tmp_path / "missing"),
+        ),
+        10,
+        "not a directory",
+    )
     assert value(get_json(url, uid), PPS_STATUS) == "IN PROGRESS"
 
 
@@ -563,16 +793,25 @@ def test_get_readable_json_and_selected_tags(url):
     assert value(ds, PPS_STATUS) == "IN PROGRESS"
     assert set(get_json(url, uid, "--tag", "(0008,0060)")) <= {MODALITY, "00080005"}
 
-    fails(dicom_mpps("get", url, "--aet", "MODALITY", "--mpps-uid", uid, "--tag", "NoSuchThing"),
-          4, "unknown attribute")
+    fails(
+        dicom_mpps("get", url, "--aet", "MODALITY", "--mpps-uid", uid, "--tag", "NoSuchThing"),
+        4,
+        "unknown attribute",
+    )
 
 
 # --- 5. errors ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [
-    "http://127.0.0.1:104", "pacs://127.0.0.1:notaport", "pacs://127.0.0.1:104/path", "pacs://",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "http://127.0.0.1:104",
+        "pacs://127.0.0.1:notaport",
+        "pacs://127.0.0.1:104/path",
+        "pacs://",
+    ],
+)
 def test_bad_url_exit_3(bad):
     proc = dicom_mpps("create", bad, "--aet", "MODALITY", "--study-uid", "1.2.3", "--json")
     fails(proc, 3, "bad URL")
@@ -591,32 +830,52 @@ def test_closed_port_exit_5(closed_url):
 
 
 def test_unknown_host_exit_5():
-    proc = dicom_mpps("create", "pacs://no-such-host.invalid:104", "--aet", "MODALITY",
-                      "--study-uid", "1.2.3")
+    proc = dicom_mpps(
+        "create", "pacs://no-such-host.invalid:104", "--aet", "MODALITY", "--study-uid", "1.2.3"
+    )
     fails(proc, 5, "cannot resolve host", "no-such-host.invalid")
 
 
-@pytest.mark.parametrize("args", [
-    ("update", "--mpps-uid", "1.2.abc", "--status", "COMPLETED"),
-    ("update", "--mpps-uid", "1.2.3", "--status", "COMPLETED", "--study-uid", "01.2"),
-    ("update", "--mpps-uid", "1.2.3", "--status", "COMPLETED", "--series-uid", "1.2.3",
-     "--image-uid", "1.2." + "3" * 70),
-    ("create", "--study-uid", "01.2"),
-    ("create", "--study-uid", "1.2.3", "--mpps-uid", "1..2"),
-    ("get", "--mpps-uid", "1.2.abc"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("update", "--mpps-uid", "1.2.abc", "--status", "COMPLETED"),
+        ("update", "--mpps-uid", "1.2.3", "--status", "COMPLETED", "--study-uid", "01.2"),
+        (
+            "update",
+            "--mpps-uid",
+            "1.2.3",
+            "--status",
+            "COMPLETED",
+            "--series-uid",
+            "1.2.3",
+            "--image-uid",
+            "1.2." + "3" * 70,
+        ),
+        ("create", "--study-uid", "01.2"),
+        ("create", "--study-uid", "1.2.3", "--mpps-uid", "1..2"),
+        ("get", "--mpps-uid", "1.2.abc"),
+    ],
+)
 def test_invalid_uid_exit_4_without_network(closed_url, args):
     command, *rest = args
     proc = dicom_mpps(command, closed_url, "--aet", "MODALITY", *rest)
     fails(proc, 4, "invalid UID")  # 4, not 5: nothing was sent to the closed port
 
 
-@pytest.mark.parametrize("args, text", [
-    (("--status", "DISCONTINUED", "--discontinuation-reason", "999999"),
-     "unknown discontinuation reason"),
-    (("--status", "COMPLETED", "--discontinuation-reason", "110514"),
-     "--discontinuation-reason goes with --status DISCONTINUED"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (
+            ("--status", "DISCONTINUED", "--discontinuation-reason", "999999"),
+            "unknown discontinuation reason",
+        ),
+        (
+            ("--status", "COMPLETED", "--discontinuation-reason", "110514"),
+            "--discontinuation-reason goes with --status DISCONTINUED",
+        ),
+    ],
+)
 def test_bad_discontinuation_reason_exit_4(closed_url, args, text):
     proc = dicom_mpps("update", closed_url, "--aet", "MODALITY", "--mpps-uid", "1.2.3", *args)
     fails(proc, 4, text)
@@ -624,16 +883,26 @@ def test_bad_discontinuation_reason_exit_4(closed_url, args, text):
 
 @pytest.mark.parametrize("aet", ["THIS-AE-TITLE-IS-TOO-LONG", "A\\B"])
 def test_bad_calling_ae_title_exit_4(closed_url, aet):
-    fails(dicom_mpps("get", closed_url, "--aet", aet, "--mpps-uid", "1.2.3"), 4,
-          "calling AE title")
+    fails(dicom_mpps("get", closed_url, "--aet", aet, "--mpps-uid", "1.2.3"), 4, "calling AE title")
 
 
-@pytest.mark.parametrize("argv", [
-    ("get", "pacs://127.0.0.1:104", "--mpps-uid", "1.2.3"),  # no --aet
-    ("update", "pacs://127.0.0.1:104", "--aet", "X", "--mpps-uid", "1.2.3",
-     "--status", "IN PROGRESS"),  # not a final status
-    ("frobnicate",),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("get", "pacs://127.0.0.1:104", "--mpps-uid", "1.2.3"),  # no --aet
+        (
+            "update",
+            "pacs://127.0.0.1:104",
+            "--aet",
+            "X",
+            "--mpps-uid",
+            "1.2.3",
+            "--status",
+            "IN PROGRESS",
+        ),  # not a final status
+        ("frobnicate",),
+    ],
+)
 def test_bad_command_line_exit_2(argv):
     proc = dicom_mpps(*argv)
     assert proc.returncode == 2, show(proc)
@@ -643,8 +912,9 @@ def test_bad_command_line_exit_2(argv):
 def test_unknown_instance_exit_1_0112(url):
     unknown = generate_uid()
     for proc in (
-        dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", unknown,
-                   "--status", "DISCONTINUED"),
+        dicom_mpps(
+            "update", url, "--aet", "MODALITY", "--mpps-uid", unknown, "--status", "DISCONTINUED"
+        ),
         dicom_mpps("get", url, "--aet", "MODALITY", "--mpps-uid", unknown),
     ):
         fails(proc, 1, "0x0112")
@@ -653,15 +923,40 @@ def test_unknown_instance_exit_1_0112(url):
 
 def test_update_of_a_finished_step_exit_1_0110_with_json(url):
     uid = create(url)
-    ok(dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                  "--status", "COMPLETED", "--series-uid", generate_uid(),
-                  "--image-uid", generate_uid()))
-    proc = dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                      "--status", "COMPLETED", "--series-uid", generate_uid(),
-                      "--image-uid", generate_uid())
+    ok(
+        dicom_mpps(
+            "update",
+            url,
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            uid,
+            "--status",
+            "COMPLETED",
+            "--series-uid",
+            generate_uid(),
+            "--image-uid",
+            generate_uid(),
+        )
+    )
+    proc = dicom_mpps(
+        "update",
+        url,
+        "--aet",
+        "MODALITY",
+        "--mpps-uid",
+        uid,
+        "--status",
+        "COMPLETED",
+        "--series-uid",
+        generate_uid(),
+        "--image-uid",
+        generate_uid(),
+    )
     fails(proc, 1, "0x0110", NO_LONGER_UPDATED, "0xA710")
-    proc = dicom_mpps("update", url, "--aet", "MODALITY", "--mpps-uid", uid,
-                      "--status", "DISCONTINUED", "--json")
+    proc = dicom_mpps(
+        "update", url, "--aet", "MODALITY", "--mpps-uid", uid, "--status", "DISCONTINUED", "--json"
+    )
     fails(proc, 1, "0x0110", NO_LONGER_UPDATED, "0xA710")
     error = json.loads(proc.stdout)
     assert error["error"] == "dimse-failure" and error["exit_code"] == 1
@@ -673,8 +968,18 @@ def test_update_of_a_finished_step_exit_1_0110_with_json(url):
 def test_silent_peer_times_out_exit_7():
     with Listener("hold") as listener:
         started = time.monotonic()
-        proc = dicom_mpps("create", f"pacs://127.0.0.1:{listener.port}", "--aet", "MODALITY",
-                          "--study-uid", "1.2.3", "--timeout", "2", "--json", timeout=30)
+        proc = dicom_mpps(
+            "create",
+            f"pacs://127.0.0.1:{listener.port}",
+            "--aet",
+            "MODALITY",
+            "--study-uid",
+            "1.2.3",
+            "--timeout",
+            "2",
+            "--json",
+            timeout=30,
+        )
         elapsed = time.monotonic() - started
     fails(proc, 7, "within 2 s")
     assert elapsed < 20, elapsed
@@ -685,8 +990,17 @@ def test_silent_peer_times_out_exit_7():
 def test_peer_closing_the_connection_is_aborted_exit_8():
     with Listener("close") as listener:
         started = time.monotonic()
-        proc = dicom_mpps("get", f"pacs://127.0.0.1:{listener.port}", "--aet", "MODALITY",
-                          "--mpps-uid", "1.2.3", "--timeout", "10", timeout=30)
+        proc = dicom_mpps(
+            "get",
+            f"pacs://127.0.0.1:{listener.port}",
+            "--aet",
+            "MODALITY",
+            "--mpps-uid",
+            "1.2.3",
+            "--timeout",
+            "10",
+            timeout=30,
+        )
         elapsed = time.monotonic() - started
     fails(proc, 8, "aborted")
     assert elapsed < 20, elapsed
@@ -696,12 +1010,22 @@ def test_help_lists_the_exit_codes():
     for argv in (("--help",), ("create", "--help"), ("update", "--help"), ("get", "--help")):
         proc = ok(dicom_mpps(*argv))
         assert "exit codes:" in proc.stdout, show(proc)
-        for code, text in ((1, "failure status"), (2, "bad command line"), (3, "bad URL"),
-                           (4, "bad value"), (5, "unreachable"), (6, "rejected"),
-                           (7, "timeout"), (8, "aborted"), (9, "--from-worklist"),
-                           (10, "--images")):
+        for code, text in (
+            (1, "failure status"),
+            (2, "bad command line"),
+            (3, "bad URL"),
+            (4, "bad value"),
+            (5, "unreachable"),
+            (6, "rejected"),
+            (7, "timeout"),
+            (8, "aborted"),
+            (9, "--from-worklist"),
+            (10, "--images"),
+        ):
             assert re.search(rf"^\s+{code}\s+.*{re.escape(text)}", proc.stdout, re.M), (
-                code, proc.stdout)
+                code,
+                proc.stdout,
+            )
 
 
 # --- called AE title ----------------------------------------------------------------------
@@ -710,8 +1034,7 @@ def test_help_lists_the_exit_codes():
 @pytest.mark.parametrize("extra", [("--called-aet", "WRONG"), ()])  # () : ANY-SCP
 def test_wrong_called_ae_title_is_rejected_exit_6(strict_server, extra):
     url = f"pacs://127.0.0.1:{strict_server.port}"
-    proc = dicom_mpps("create", url, "--aet", "MODALITY", "--study-uid", "1.2.3", *extra,
-                      "--json")
+    proc = dicom_mpps("create", url, "--aet", "MODALITY", "--study-uid", "1.2.3", *extra, "--json")
     fails(proc, 6, "rejected", "Called AE title not recognised")
     error = json.loads(proc.stdout)
     assert (error["error"], error["exit_code"]) == ("rejected", 6)

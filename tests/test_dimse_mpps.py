@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from pydicom import Dataset
@@ -76,11 +76,15 @@ class Modality:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
         ae.add_requested_context(MPPS)
         ae.add_requested_context(MPPS_RETRIEVE)
-        self.assoc = ae.associate("127.0.0.1", port, ae_title="WORKLISTS",
-                                  evt_handlers=[(evt.EVT_DIMSE_RECV, self._on_recv)])
+        self.assoc = ae.associate(
+            "127.0.0.1",
+            port,
+            ae_title="WORKLISTS",
+            evt_handlers=[(evt.EVT_DIMSE_RECV, self._on_recv)],
+        )
         assert self.assoc.is_established, "MPPS association was not accepted"
 
-    def _on_recv(self, event) -> None:  # noqa: ANN001
+    def _on_recv(self, event) -> None:
         self.received.append(event.message)
 
     def create(self, ds: Dataset, uid: str | None = None) -> tuple[Dataset, str | None]:
@@ -88,8 +92,7 @@ class Modality:
         self.received.clear()
         status, _ = self.assoc.send_n_create(ds, MPPS, uid)
         assert "Status" in status, "no N-CREATE response (association aborted or timed out)"
-        responses = [m for m in self.received
-                     if m.command_set.get("CommandField") == N_CREATE_RSP]
+        responses = [m for m in self.received if m.command_set.get("CommandField") == N_CREATE_RSP]
         assigned = responses[-1].command_set.get("AffectedSOPInstanceUID") if responses else None
         return status, (uid or (str(assigned) if assigned else None))
 
@@ -98,7 +101,7 @@ class Modality:
         assert "Status" in status, "no N-SET response (association aborted or timed out)"
         return status
 
-    def get(self, uid: str, tags: list | None = None, sop_class=MPPS) -> tuple[Dataset, Dataset]:  # noqa: ANN001
+    def get(self, uid: str, tags: list | None = None, sop_class=MPPS) -> tuple[Dataset, Dataset]:
         status, attrs = self.assoc.send_n_get(list(tags or []), sop_class, uid)
         assert "Status" in status, "no N-GET response (association aborted or timed out)"
         return status, attrs
@@ -145,13 +148,16 @@ def default_statuses(port: int, accession: str | None = None) -> dict[str, str]:
     ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus = ""
     statuses, found = find(port, ds)
     assert statuses[-1].Status == 0x0000
-    return {d.AccessionNumber: d.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus
-            for d in found}
+    return {
+        d.AccessionNumber: d.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus
+        for d in found
+    }
 
 
 def worklist_status(port: int, accession: str) -> str:
-    return sample_item(port, accession).ScheduledProcedureStepSequence[0] \
-        .ScheduledProcedureStepStatus
+    return (
+        sample_item(port, accession).ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus
+    )
 
 
 def step_of(item: Dataset) -> ScheduledStep:
@@ -165,32 +171,43 @@ def step_of(item: Dataset) -> ScheduledStep:
 
 
 def create_for(item: Dataset, **overrides) -> Dataset:
-    kwargs = dict(modality=item.ScheduledProcedureStepSequence[0].Modality,
-                  station_ae_title="MODALITY1", patient_name=str(item.PatientName),
-                  patient_id=item.PatientID)
+    kwargs = dict(
+        modality=item.ScheduledProcedureStepSequence[0].Modality,
+        station_ae_title="MODALITY1",
+        patient_name=str(item.PatientName),
+        patient_id=item.PatientID,
+    )
     kwargs.update(overrides)
     return n_create([step_of(item)], **kwargs)
 
 
 def plain_create(**overrides) -> Dataset:
     """An unscheduled N-CREATE (new study, no accession)."""
-    kwargs = dict(modality="CT", station_ae_title="MODALITY1",
-                  patient_name="Test^Patient", patient_id="TP0001")
+    kwargs = dict(
+        modality="CT",
+        station_ae_title="MODALITY1",
+        patient_name="Test^Patient",
+        patient_id="TP0001",
+    )
     kwargs.update(overrides)
     return n_create([ScheduledStep(generate_uid())], **kwargs)
 
 
 def series(n_instances: int) -> Series:
-    return Series(generate_uid(), [Instance(CT_IMAGE, generate_uid()) for _ in range(n_instances)],
-                  protocol_name="Routine", series_description="Axial",
-                  retrieve_ae_title="PACS")
+    return Series(
+        generate_uid(),
+        [Instance(CT_IMAGE, generate_uid()) for _ in range(n_instances)],
+        protocol_name="Routine",
+        series_description="Axial",
+        retrieve_ae_title="PACS",
+    )
 
 
 def tag(keyword: str) -> int:
     return int(tag_for_keyword(keyword))
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
+def wait_for(predicate, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -199,7 +216,7 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
     return predicate()
 
 
-def value(elem_value) -> object:  # noqa: ANN001
+def value(elem_value) -> object:
     return "" if elem_value is None else str(elem_value).rstrip()
 
 
@@ -313,11 +330,17 @@ def test_n_set_on_a_final_instance_gets_0110_a710(server, final):
     with modality(server.port) as m:
         uid = generate_uid()
         assert m.create(plain_create(), uid)[0].Status == 0x0000
-        done = (n_set_completed([series(2)]) if final == "COMPLETED"
-                else n_set_discontinued(reason=discontinuation_reason("110501")))
+        done = (
+            n_set_completed([series(2)])
+            if final == "COMPLETED"
+            else n_set_discontinued(reason=discontinuation_reason("110501"))
+        )
         assert m.set(uid, done).Status == 0x0000
-        for attempt in (n_set_progress([series(1)]), n_set_completed([series(1)]),
-                        n_set_discontinued()):
+        for attempt in (
+            n_set_progress([series(1)]),
+            n_set_completed([series(1)]),
+            n_set_discontinued(),
+        ):
             status = m.set(uid, attempt)
             assert status.Status == 0x0110
             assert status.ErrorComment == NO_LONGER_UPDATED
@@ -327,13 +350,14 @@ def test_n_set_on_a_final_instance_gets_0110_a710(server, final):
     assert echo(server.port) == 0x0000
 
 
-@pytest.mark.parametrize("keyword,new_value", [("PatientName", "Other^Name"),
-                                               ("Modality", "MR")])
+@pytest.mark.parametrize("keyword,new_value", [("PatientName", "Other^Name"), ("Modality", "MR")])
 def test_n_set_of_a_create_only_attribute_is_a_0107_warning(server, keyword, new_value):
     with modality(server.port) as m:
         uid = generate_uid()
-        assert m.create(plain_create(patient_name="Test^Patient", modality="CT"),
-                        uid)[0].Status == 0x0000
+        assert (
+            m.create(plain_create(patient_name="Test^Patient", modality="CT"), uid)[0].Status
+            == 0x0000
+        )
         mods = Dataset()
         setattr(mods, keyword, new_value)
         mods.PerformedProcedureStepDescription = "changed description"
@@ -476,19 +500,41 @@ def test_ihe_cycle_scheduled_in_progress_completed(server):
     uid = generate_uid()
     with modality(port, "US01") as m:
         create = n_create(
-            [ScheduledStep(item.StudyInstanceUID, "A10001", sps_id="S10001",
-                           requested_procedure_id="RP10001")],
-            modality="US", station_ae_title="US01", patient_name=str(item.PatientName),
-            patient_id=item.PatientID)
+            [
+                ScheduledStep(
+                    item.StudyInstanceUID,
+                    "A10001",
+                    sps_id="S10001",
+                    requested_procedure_id="RP10001",
+                )
+            ],
+            modality="US",
+            station_ae_title="US01",
+            patient_name=str(item.PatientName),
+            patient_id=item.PatientID,
+        )
         assert m.create(create, uid)[0].Status == 0x0000
         assert default_statuses(port, "A10001") == {"A10001": "IN PROGRESS"}
 
         findscu = require_tool("findscu")
         done = subprocess.run(
-            [findscu, "-W", "-v", "-aec", "WORKLISTS", "127.0.0.1", str(port),
-             "-k", "AccessionNumber=A10001",
-             "-k", "(0040,0100)[0].ScheduledProcedureStepStatus"],
-            capture_output=True, text=True, timeout=30)
+            [
+                findscu,
+                "-W",
+                "-v",
+                "-aec",
+                "WORKLISTS",
+                "127.0.0.1",
+                str(port),
+                "-k",
+                "AccessionNumber=A10001",
+                "-k",
+                "(0040,0100)[0].ScheduledProcedureStepStatus",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         out = done.stdout + done.stderr
         assert done.returncode == 0, out
         assert "IN PROGRESS" in out, out
@@ -520,16 +566,22 @@ def test_one_mpps_for_two_scheduled_steps(server):
     assert first.PatientID == second.PatientID  # the same patient, two orders
     uid = generate_uid()
     with modality(port, "CR01") as m:
-        create = n_create([step_of(first), step_of(second)], modality="CR",
-                          station_ae_title="CR01", patient_name=str(first.PatientName),
-                          patient_id=first.PatientID)
+        create = n_create(
+            [step_of(first), step_of(second)],
+            modality="CR",
+            station_ae_title="CR01",
+            patient_name=str(first.PatientName),
+            patient_id=first.PatientID,
+        )
         assert m.create(create, uid)[0].Status == 0x0000
         assert default_statuses(port, "A10004") == {"A10004": "IN PROGRESS"}
         assert default_statuses(port, "A10012") == {"A10012": "IN PROGRESS"}
         assert m.set(uid, n_set_completed([series(1), series(1)])).Status == 0x0000
         got = m.fetch(uid)
         assert [s.AccessionNumber for s in got.ScheduledStepAttributesSequence] == [
-            "A10004", "A10012"]
+            "A10004",
+            "A10012",
+        ]
     assert worklist_status(port, "A10004") == "COMPLETED"
     assert worklist_status(port, "A10012") == "COMPLETED"
     assert "A10004" not in default_statuses(port) and "A10012" not in default_statuses(port)
@@ -542,8 +594,13 @@ def test_unscheduled_mpps_changes_no_worklist_item(server):
     study = generate_uid()
     uid = generate_uid()
     with modality(port) as m:
-        create = n_create([ScheduledStep(study)], modality="CT", station_ae_title="CT01",
-                          patient_name="Walk^In", patient_id="WALKIN1")
+        create = n_create(
+            [ScheduledStep(study)],
+            modality="CT",
+            station_ae_title="CT01",
+            patient_name="Walk^In",
+            patient_id="WALKIN1",
+        )
         assert create.ScheduledStepAttributesSequence[0].AccessionNumber == ""
         assert m.create(create, uid)[0].Status == 0x0000
         assert default_statuses(port) == before
@@ -561,9 +618,16 @@ def test_mpps_survives_sigkill_of_the_server(live_server, tmp_path):
     server = live_server(url, "--sample-file", str(SAMPLE))
     item = sample_item(server.port, "A10008")
     start = dt.datetime(2024, 3, 5, 9, 30, 15)
-    create = n_create([step_of(item)], modality="CT", station_ae_title="CT01",
-                      patient_name="Müller^Hans", patient_id=item.PatientID,
-                      pps_id="PPS-DUR-1", start=start, description="CT Thorax")
+    create = n_create(
+        [step_of(item)],
+        modality="CT",
+        station_ae_title="CT01",
+        patient_name="Müller^Hans",
+        patient_id=item.PatientID,
+        pps_id="PPS-DUR-1",
+        start=start,
+        description="CT Thorax",
+    )
     uid = generate_uid()
     with modality(server.port, "CT01") as m:
         assert m.create(create, uid)[0].Status == 0x0000
@@ -605,7 +669,11 @@ def race_server(request, live_server, tmp_path):
         url = request.getfixturevalue("pg_url")
         done = subprocess.run(
             [sys.executable, "-m", "worklist_mpps", "db", "upgrade", "--database-url", url],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr
     return live_server(url, "--sample-file", str(SAMPLE))
 
@@ -624,8 +692,9 @@ def run_at_once(port: int, uid: str, requests: list[Dataset]) -> list:
             results[n] = exc
             barrier.abort()
 
-    threads = [threading.Thread(target=worker, args=(n,), daemon=True)
-               for n in range(len(requests))]
+    threads = [
+        threading.Thread(target=worker, args=(n,), daemon=True) for n in range(len(requests))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -644,10 +713,14 @@ def test_completed_and_discontinued_race_has_exactly_one_winner(race_server):
         uid = generate_uid()
         with modality(port) as m:
             assert m.create(create_for(item), uid)[0].Status == 0x0000
-        outcomes = run_at_once(port, uid, [
-            n_set_completed([series(1)]),
-            n_set_discontinued(reason=discontinuation_reason("110501")),
-        ])
+        outcomes = run_at_once(
+            port,
+            uid,
+            [
+                n_set_completed([series(1)]),
+                n_set_discontinued(reason=discontinuation_reason("110501")),
+            ],
+        )
         codes = [s.Status for s in outcomes]
         assert sorted(codes) == [0x0000, 0x0110], (accession, codes)
         loser = outcomes[codes.index(0x0110)]
@@ -660,8 +733,9 @@ def test_completed_and_discontinued_race_has_exactly_one_winner(race_server):
             assert len(got.PerformedSeriesSequence) == 1
             assert not got.PerformedProcedureStepDiscontinuationReasonCodeSequence
         else:
-            assert got.PerformedProcedureStepDiscontinuationReasonCodeSequence[0] \
-                .CodeValue == "110501"
+            assert (
+                got.PerformedProcedureStepDiscontinuationReasonCodeSequence[0].CodeValue == "110501"
+            )
         assert worklist_status(port, accession) == winner
     assert echo(port) == 0x0000
 
@@ -680,9 +754,14 @@ def test_concurrent_progress_updates_all_succeed(race_server):
         requests.append(mods)
     outcomes = run_at_once(port, uid, requests)
     assert [s.Status for s in outcomes] == [0x0000] * 6
+
     def n_set_lines() -> int:
-        return sum(1 for line in race_server.log().splitlines()
-                   if "N-SET from" in line and f": {uid} IN PROGRESS" in line)
+        return sum(
+            1
+            for line in race_server.log().splitlines()
+            if "N-SET from" in line and f": {uid} IN PROGRESS" in line
+        )
+
     assert wait_for(lambda: n_set_lines() == 6), race_server.log()[-3000:]
     with modality(port) as m:
         got = m.fetch(uid)

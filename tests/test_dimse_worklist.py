@@ -13,9 +13,9 @@ from pydicom.uid import ExplicitVRBigEndian
 from conftest import SAMPLE
 from dicom_clients import echo, find, worklist_query
 from worklist_mpps.config import Config
+from worklist_mpps.context import AppContext
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
-from worklist_mpps.context import AppContext
 from worklist_mpps.dimse.worklist import handle_find
 from worklist_mpps.services.loader import load_file
 
@@ -92,11 +92,11 @@ def test_restart_returns_the_same_study_instance_uids(live_server, tmp_path):
 
 
 def test_calling_ae_filter(live_server):
-    server = live_server(None, "--sample-file", str(SAMPLE),
-                         "--worklist-filter-by-calling-ae", "true")
+    server = live_server(
+        None, "--sample-file", str(SAMPLE), "--worklist-filter-by-calling-ae", "true"
+    )
     _, found = find(server.port, query(), ae_title="CT01")
-    assert found and all(
-        d.ScheduledProcedureStepSequence[0].Modality == "CT" for d in found)
+    assert found and all(d.ScheduledProcedureStepSequence[0].Modality == "CT" for d in found)
     _, none = find(server.port, query(), ae_title="NOSUCHSTATION")
     assert none == []
 
@@ -116,8 +116,7 @@ def test_c_cancel_stops_the_response_stream(tmp_path):
     requestor = SimpleNamespace(ae_title="SCU", address="127.0.0.1", port=1)
     # big endian: pynetdicom's own response path, the one that yields each response
     context = SimpleNamespace(context_id=1, transfer_syntax=ExplicitVRBigEndian)
-    event = Event(identifier=query(), assoc=SimpleNamespace(requestor=requestor),
-                  context=context)
+    event = Event(identifier=query(), assoc=SimpleNamespace(requestor=requestor), context=context)
     for status, ds in handle_find(event, AppContext(Config(), db)):
         sent.append((status, ds))
     assert [s for s, _ in sent][:3] == [0xFF00] * 3
@@ -128,10 +127,20 @@ def test_c_cancel_stops_the_response_stream(tmp_path):
 def test_ping_command_for_healthchecks(server, tmp_path):
     import subprocess
     import sys
-    ok = subprocess.run([sys.executable, "-m", "worklist_mpps", "ping", "--port",
-                         str(server.port)], capture_output=True, text=True, timeout=60)
+
+    ok = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", "ping", "--port", str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "answers C-ECHO" in ok.stdout
     from conftest import free_port
-    down = subprocess.run([sys.executable, "-m", "worklist_mpps", "ping", "--port",
-                           str(free_port())], capture_output=True, text=True, timeout=60)
+
+    down = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", "ping", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert down.returncode == 1 and "cannot connect" in down.stderr

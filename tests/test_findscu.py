@@ -12,9 +12,9 @@ import datetime as dt
 import itertools
 import re
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pydicom
 import pytest
@@ -47,20 +47,23 @@ class Item:
 
 
 # Mirrors tests/data/e2e_worklist.yaml.
-ITEMS = {i.accession: i for i in [
-    Item("A01", "P01", "Smith^John", "CT", "CT01", -1, "110000"),
-    Item("A02", "P02", "Müller^Hans", "CT", "CT01", 0, "080000"),
-    Item("A03", "P03", "MÜLLER^Greta", "MR", "MR01", 0, "103000"),
-    Item("A04", "P04", "Dvořák^Antonín", "US", "US01", 0, "150000"),
-    Item("A05", "P05", "山田^太郎", "CT", "CT02", 0, "120000"),
-    Item("A06", "P06", "Mueller^Karl", "MR", "MR01", 1, "090000"),
-    Item("A07", "P01", "Smith^John", "CT", "CT02", 1, "110000"),
-    Item("A08", "P08", "Jones^Mary", "US", "US01", 1, "140000"),
-    Item("A09", "P04", "Dvořák^Antonín", "CT", "CT01", 2, "110000"),
-    Item("A10", "P10", "Brown^Alice", "MR", "MR01", 2, "160000"),
-    Item("A11", "P11", "Taylor^Tom", "US", "US01", -1, "170000"),
-    Item("A12", "P12", "Lee^Kim", "CT", "CT01", 1, "120000"),
-]}
+ITEMS = {
+    i.accession: i
+    for i in [
+        Item("A01", "P01", "Smith^John", "CT", "CT01", -1, "110000"),
+        Item("A02", "P02", "Müller^Hans", "CT", "CT01", 0, "080000"),
+        Item("A03", "P03", "MÜLLER^Greta", "MR", "MR01", 0, "103000"),
+        Item("A04", "P04", "Dvořák^Antonín", "US", "US01", 0, "150000"),
+        Item("A05", "P05", "山田^太郎", "CT", "CT02", 0, "120000"),
+        Item("A06", "P06", "Mueller^Karl", "MR", "MR01", 1, "090000"),
+        Item("A07", "P01", "Smith^John", "CT", "CT02", 1, "110000"),
+        Item("A08", "P08", "Jones^Mary", "US", "US01", 1, "140000"),
+        Item("A09", "P04", "Dvořák^Antonín", "CT", "CT01", 2, "110000"),
+        Item("A10", "P10", "Brown^Alice", "MR", "MR01", 2, "160000"),
+        Item("A11", "P11", "Taylor^Tom", "US", "US01", -1, "170000"),
+        Item("A12", "P12", "Lee^Kim", "CT", "CT01", 1, "120000"),
+    ]
+}
 
 
 @dataclass
@@ -82,15 +85,24 @@ class E2E:
         out = self.outdir / f"q{next(self._calls):03d}"
         out.mkdir()
         cmd: list[str | bytes] = [
-            "findscu", "-v", "-W", "-aec", "WORKLISTS", "-X", "-od", str(out),
-            "127.0.0.1", str(self.server.port),
+            "findscu",
+            "-v",
+            "-W",
+            "-aec",
+            "WORKLISTS",
+            "-X",
+            "-od",
+            str(out),
+            "127.0.0.1",
+            str(self.server.port),
         ]
         for key in keys:
             cmd += ["-k", key]
         proc = subprocess.run(cmd, capture_output=True, timeout=FINDSCU_TIMEOUT)
         text = (proc.stdout + proc.stderr).decode(errors="replace")
         assert proc.returncode == 0, (
-            f"findscu exited {proc.returncode}\n{text}\nserver log:\n{self.server.log()}")
+            f"findscu exited {proc.returncode}\n{text}\nserver log:\n{self.server.log()}"
+        )
         return [pydicom.dcmread(f) for f in sorted(out.glob("rsp*.dcm"))], text
 
     def find(self, *keys: str | bytes) -> list[Dataset]:
@@ -132,9 +144,13 @@ def top_tags(ds: Dataset) -> set[Tag]:
 
 
 STANDARD_KEYS = (
-    "AccessionNumber=", "PatientName=", "PatientID=",
-    SPS + "Modality=", SPS + "ScheduledStationAETitle=",
-    SPS + "ScheduledProcedureStepStartDate=", SPS + "ScheduledProcedureStepStartTime=",
+    "AccessionNumber=",
+    "PatientName=",
+    "PatientID=",
+    SPS + "Modality=",
+    SPS + "ScheduledStationAETitle=",
+    SPS + "ScheduledProcedureStepStartDate=",
+    SPS + "ScheduledProcedureStepStartTime=",
     SPS + "ScheduledProcedureStepStatus=",
 )
 
@@ -175,12 +191,15 @@ def test_empty_identifier_sequence_returns_whole_sps_item(e2e):
         assert step.ScheduledProcedureStepStartDate == e2e.date(item.day)
 
 
-@pytest.mark.parametrize("modality, expected", [
-    ("CT", {"A01", "A02", "A05", "A07", "A09", "A12"}),
-    ("MR", {"A03", "A06", "A10"}),
-    ("US", {"A04", "A08", "A11"}),
-    ("XA", set()),
-])
+@pytest.mark.parametrize(
+    "modality, expected",
+    [
+        ("CT", {"A01", "A02", "A05", "A07", "A09", "A12"}),
+        ("MR", {"A03", "A06", "A10"}),
+        ("US", {"A04", "A08", "A11"}),
+        ("XA", set()),
+    ],
+)
 def test_by_modality(e2e, modality, expected):
     keys = [k for k in STANDARD_KEYS if "Modality" not in k] + [SPS + f"Modality={modality}"]
     responses = e2e.find(*keys)
@@ -192,7 +211,8 @@ def test_by_modality(e2e, modality, expected):
 
 def _date_keys(value: str) -> list[str]:
     return [k for k in STANDARD_KEYS if "StartDate" not in k] + [
-        SPS + f"ScheduledProcedureStepStartDate={value}"]
+        SPS + f"ScheduledProcedureStepStartDate={value}"
+    ]
 
 
 def test_by_date_range_today_tomorrow(e2e):
@@ -201,8 +221,7 @@ def test_by_date_range_today_tomorrow(e2e):
     assert expected == {"A02", "A03", "A04", "A05", "A06", "A07", "A08", "A12"}
     assert len(responses) == 8
     assert set(accessions(responses)) == expected
-    assert {sps(r).ScheduledProcedureStepStartDate for r in responses} == {
-        e2e.date(0), e2e.date(1)}
+    assert {sps(r).ScheduledProcedureStepStartDate for r in responses} == {e2e.date(0), e2e.date(1)}
     check_values(e2e, responses)
 
 
@@ -239,7 +258,8 @@ def test_combined_date_and_time_range(e2e):
 
 def test_time_range_alone_filters_every_day(e2e):
     keys = [k for k in STANDARD_KEYS if "StartTime" not in k] + [
-        SPS + "ScheduledProcedureStepStartTime=1000-1200"]
+        SPS + "ScheduledProcedureStepStartTime=1000-1200"
+    ]
     responses = e2e.find(*keys)
     assert set(accessions(responses)) == {"A01", "A03", "A05", "A07", "A09", "A12"}
     check_values(e2e, responses)
@@ -250,7 +270,8 @@ def test_time_range_alone_filters_every_day(e2e):
 
 def test_by_accession_number(e2e):
     keys = [k for k in STANDARD_KEYS if not k.startswith("AccessionNumber")] + [
-        "AccessionNumber=A07"]
+        "AccessionNumber=A07"
+    ]
     responses = e2e.find(*keys)
     assert len(responses) == 1
     ds = responses[0]
@@ -270,22 +291,30 @@ def test_by_accession_number_wildcard(e2e):
     responses = e2e.find("AccessionNumber=A1?", "PatientName=")
     assert len(responses) == 3
     assert {(r.AccessionNumber, str(r.PatientName)) for r in responses} == {
-        ("A10", "Brown^Alice"), ("A11", "Taylor^Tom"), ("A12", "Lee^Kim")}
+        ("A10", "Brown^Alice"),
+        ("A11", "Taylor^Tom"),
+        ("A12", "Lee^Kim"),
+    }
 
 
 def test_sequence_keys_and_top_keys_combine(e2e):
     keys = [k for k in STANDARD_KEYS if "Modality" not in k and "StartDate" not in k] + [
-        SPS + "Modality=CT", SPS + f"ScheduledProcedureStepStartDate={e2e.date(0)}"]
+        SPS + "Modality=CT",
+        SPS + f"ScheduledProcedureStepStartDate={e2e.date(0)}",
+    ]
     responses = e2e.find(*keys)
     assert len(responses) == 2
     assert {(r.AccessionNumber, str(r.PatientName)) for r in responses} == {
-        ("A02", "Müller^Hans"), ("A05", "山田^太郎")}
+        ("A02", "Müller^Hans"),
+        ("A05", "山田^太郎"),
+    }
     check_values(e2e, responses)
 
 
 def test_by_station_ae_title(e2e):
     keys = [k for k in STANDARD_KEYS if "ScheduledStationAETitle" not in k] + [
-        SPS + "ScheduledStationAETitle=CT01"]
+        SPS + "ScheduledStationAETitle=CT01"
+    ]
     responses = e2e.find(*keys)
     assert len(responses) == 4
     assert set(accessions(responses)) == {"A01", "A02", "A09", "A12"}
@@ -297,7 +326,9 @@ def test_patient_name_wildcard_utf8_case_insensitive(e2e):
     responses = e2e.find(UTF8, "PatientName=müller*", "AccessionNumber=", "PatientID=")
     assert len(responses) == 2
     assert {(r.AccessionNumber, str(r.PatientName)) for r in responses} == {
-        ("A02", "Müller^Hans"), ("A03", "MÜLLER^Greta")}
+        ("A02", "Müller^Hans"),
+        ("A03", "MÜLLER^Greta"),
+    }
     for ds in responses:
         assert ds.SpecificCharacterSet == "ISO_IR 192"  # the query's set can encode it
 
@@ -306,10 +337,11 @@ def test_patient_name_wildcard_latin1_bytes(e2e):
     responses = e2e.find(LATIN1, b"PatientName=M\xfcller*", "AccessionNumber=")
     assert len(responses) == 2
     # Latin-1 bytes on the wire (read before pydicom decodes the element)
-    assert {raw_value(r, 0x00100010) for r in responses} == {
-        b"M\xfcller^Hans", b"M\xdcLLER^Greta"}
+    assert {raw_value(r, 0x00100010) for r in responses} == {b"M\xfcller^Hans", b"M\xdcLLER^Greta"}
     assert {(r.AccessionNumber, str(r.PatientName)) for r in responses} == {
-        ("A02", "Müller^Hans"), ("A03", "MÜLLER^Greta")}
+        ("A02", "Müller^Hans"),
+        ("A03", "MÜLLER^Greta"),
+    }
     for ds in responses:
         assert ds.SpecificCharacterSet == "ISO_IR 100"
 
@@ -331,13 +363,16 @@ def test_patient_name_single_value_case_insensitive(e2e):
 # --- character sets ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("accession, name, charset", [
-    ("A01", "Smith^John", None),
-    ("A02", "Müller^Hans", "ISO_IR 100"),
-    ("A03", "MÜLLER^Greta", "ISO_IR 100"),
-    ("A04", "Dvořák^Antonín", "ISO_IR 192"),
-    ("A05", "山田^太郎", "ISO_IR 192"),
-])
+@pytest.mark.parametrize(
+    "accession, name, charset",
+    [
+        ("A01", "Smith^John", None),
+        ("A02", "Müller^Hans", "ISO_IR 100"),
+        ("A03", "MÜLLER^Greta", "ISO_IR 100"),
+        ("A04", "Dvořák^Antonín", "ISO_IR 192"),
+        ("A05", "山田^太郎", "ISO_IR 192"),
+    ],
+)
 def test_response_character_set_without_query_charset(e2e, accession, name, charset):
     responses = e2e.find(f"AccessionNumber={accession}", "PatientName=")
     assert len(responses) == 1
@@ -354,7 +389,7 @@ def test_non_latin_name_with_latin1_query_switches_to_utf8(e2e):
     """ISO_IR 100 cannot encode 山田^太郎: the response falls back to ISO_IR 192."""
     responses = e2e.find(LATIN1, "AccessionNumber=A05", "PatientName=")
     assert len(responses) == 1
-    assert raw_value(responses[0], 0x00100010) == "山田^太郎".encode("utf-8")
+    assert raw_value(responses[0], 0x00100010) == "山田^太郎".encode()
     assert responses[0].SpecificCharacterSet == "ISO_IR 192"
     assert str(responses[0].PatientName) == "山田^太郎"
 
@@ -371,18 +406,37 @@ def test_non_latin_name_query_by_name(e2e):
 # --- response structure -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("keys, top, in_sps", [
-    (["AccessionNumber="], {(0x0008, 0x0050)}, None),
-    (["PatientName=", "PatientID=", "PatientBirthDate=", "PatientSex="],
-     {(0x0010, 0x0010), (0x0010, 0x0020), (0x0010, 0x0030), (0x0010, 0x0040)}, None),
-    (["AccessionNumber=", "StudyInstanceUID=", SPS + "Modality=", SPS + "ScheduledProcedureStepID="],
-     {(0x0008, 0x0050), (0x0020, 0x000D), (0x0040, 0x0100)},
-     {(0x0008, 0x0060), (0x0040, 0x0009)}),
-    (["RequestedProcedureID=", "RequestedProcedureDescription=",
-      SPS + "ScheduledProcedureStepDescription=", SPS + "ScheduledStationName="],
-     {(0x0040, 0x1001), (0x0032, 0x1060), (0x0040, 0x0100)},
-     {(0x0040, 0x0007), (0x0040, 0x0010)}),
-])
+@pytest.mark.parametrize(
+    "keys, top, in_sps",
+    [
+        (["AccessionNumber="], {(0x0008, 0x0050)}, None),
+        (
+            ["PatientName=", "PatientID=", "PatientBirthDate=", "PatientSex="],
+            {(0x0010, 0x0010), (0x0010, 0x0020), (0x0010, 0x0030), (0x0010, 0x0040)},
+            None,
+        ),
+        (
+            [
+                "AccessionNumber=",
+                "StudyInstanceUID=",
+                SPS + "Modality=",
+                SPS + "ScheduledProcedureStepID=",
+            ],
+            {(0x0008, 0x0050), (0x0020, 0x000D), (0x0040, 0x0100)},
+            {(0x0008, 0x0060), (0x0040, 0x0009)},
+        ),
+        (
+            [
+                "RequestedProcedureID=",
+                "RequestedProcedureDescription=",
+                SPS + "ScheduledProcedureStepDescription=",
+                SPS + "ScheduledStationName=",
+            ],
+            {(0x0040, 0x1001), (0x0032, 0x1060), (0x0040, 0x0100)},
+            {(0x0040, 0x0007), (0x0040, 0x0010)},
+        ),
+    ],
+)
 def test_response_holds_exactly_the_requested_keys(e2e, keys, top, in_sps):
     responses = e2e.find(*keys)
     assert len(responses) == 12
@@ -406,8 +460,12 @@ def test_response_holds_exactly_the_requested_keys_with_query_charset(e2e):
     responses = e2e.find(UTF8, "AccessionNumber=A01", "PatientName=", SPS + "Modality=")
     assert len(responses) == 1
     ds = responses[0]
-    assert top_tags(ds) == {SPECIFIC_CHARSET, Tag(0x0008, 0x0050), Tag(0x0010, 0x0010),
-                            SPS_SEQUENCE}
+    assert top_tags(ds) == {
+        SPECIFIC_CHARSET,
+        Tag(0x0008, 0x0050),
+        Tag(0x0010, 0x0010),
+        SPS_SEQUENCE,
+    }
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     assert {e.tag for e in sps(ds)} == {Tag(0x0008, 0x0060)}
 
@@ -446,11 +504,14 @@ def test_study_instance_uids_valid_and_stable(e2e):
 # --- failures ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", [
-    SPS + "ScheduledProcedureStepStartDate=20261125-20261123",  # ends before it starts
-    SPS + "ScheduledProcedureStepStartDate=2026-11-23",  # not a date range
-    SPS + "ScheduledProcedureStepStartTime=2500",  # no such hour
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        SPS + "ScheduledProcedureStepStartDate=20261125-20261123",  # ends before it starts
+        SPS + "ScheduledProcedureStepStartDate=2026-11-23",  # not a date range
+        SPS + "ScheduledProcedureStepStartTime=2500",  # no such hour
+    ],
+)
 def test_invalid_date_or_time_key_fails_with_a900(e2e, key):
     responses, text = e2e.run("AccessionNumber=", key)
     assert responses == []

@@ -18,28 +18,36 @@ and report). Run: .venv/bin/pytest tests/test_fuzz_*.py -q -p no:cacheprovider -
 
 from __future__ import annotations
 
-import pytest
-
 import contextlib
 import os
 import sqlite3
 import time
 
+import pytest
 from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_clients import echo, find, worklist_query
-from worklist_mpps.services.dicom import decode_dataset
-from fuzz_wire import FUZZ_BUDGET, MAX_ASSOCIATIONS, SEED, show
-from fuzz_harness import Case, Report, Traceback, db_path, tracebacks
-from fuzz_harness import captured, quiet_clients, server  # noqa: F401 (module fixtures)
+from fuzz_harness import (  # noqa: F401 (module fixtures)
+    Case,
+    Report,
+    Traceback,
+    captured,
+    db_path,
+    quiet_clients,
+    server,
+    tracebacks,
+)
 from fuzz_runner import Fuzzer
+from fuzz_wire import FUZZ_BUDGET, MAX_ASSOCIATIONS, SEED, show
+from worklist_mpps.services.dicom import decode_dataset
 
 pytestmark = pytest.mark.dimse  # talks DICOM to a live server
 
 
 # --- the fuzz run ---------------------------------------------------------------------------
+
 
 def known_finding(tb: Traceback) -> str | None:
     """Which open finding a worklist_mpps traceback is: none are open (F1 to F6 are fixed,
@@ -48,7 +56,7 @@ def known_finding(tb: Traceback) -> str | None:
     return None
 
 
-def test_fuzz_dicom_listener(server, captured):  # noqa: ANN001
+def test_fuzz_dicom_listener(server, captured):
     report = Report()
     started = time.monotonic()
     fuzz = Fuzzer(server, captured, report)
@@ -75,8 +83,9 @@ def test_fuzz_dicom_listener(server, captured):  # noqa: ANN001
     trailing_log = fuzz.tail.read()
 
     # --- report ---------------------------------------------------------------------------
-    print(f"\n=== DICOM fuzz: seed {SEED:#x}, {len(report.cases)} cases in "
-          f"{report.seconds:.1f} s ===")
+    print(
+        f"\n=== DICOM fuzz: seed {SEED:#x}, {len(report.cases)} cases in {report.seconds:.1f} s ==="
+    )
     for category, outcomes in report.by_category().items():
         total = sum(outcomes.values())
         print(f"{category}: {total} cases")
@@ -103,13 +112,17 @@ def test_fuzz_dicom_listener(server, captured):  # noqa: ANN001
     for tb in tracebacks(trailing_log):
         seen.setdefault(tb.signature, (tb, Case("after the run", "", b""), 1))
     ours = {s: v for s, v in seen.items() if v[0].ours}
-    print(f"\nTracebacks in the server log: {sum(v[2] for v in seen.values())} "
-          f"({sum(v[2] for v in ours.values())} from worklist_mpps code)")
+    print(
+        f"\nTracebacks in the server log: {sum(v[2] for v in seen.values())} "
+        f"({sum(v[2] for v in ours.values())} from worklist_mpps code)"
+    )
     for sig, (tb, case, count) in sorted(seen.items()):
-        tag = (f"OURS {known_finding(tb) or 'NEW'}" if tb.ours else "pynetdicom")
-        print(f"  [{tag}] x{count} {sig}\n"
-              f"      {tb.message} -> {tb.exception}\n"
-              f"      first: {case.category} / {case.label}: {show(case.data)} => {case.outcome}")
+        tag = f"OURS {known_finding(tb) or 'NEW'}" if tb.ours else "pynetdicom"
+        print(
+            f"  [{tag}] x{count} {sig}\n"
+            f"      {tb.message} -> {tb.exception}\n"
+            f"      first: {case.category} / {case.label}: {show(case.data)} => {case.outcome}"
+        )
     not_applied = [c for c in report.cases if "NOT APPLIED" in c.outcome]
     if not_applied:
         print(f"\nN-SET answered 0x0000 but not applied ({len(not_applied)}):")
@@ -164,8 +177,10 @@ def test_fuzz_dicom_listener(server, captured):  # noqa: ANN001
             continue
         if str(ds.get("PerformedProcedureStepStatus", "")).strip() != (column or ""):
             inconsistent.append((uid, column, ds.get("PerformedProcedureStepStatus")))
-    print(f"MPPS rows stored: {len(rows)}, undecodable: {len(undecodable)}, status column "
-          f"differing from the stored data set: {len(inconsistent)}")
+    print(
+        f"MPPS rows stored: {len(rows)}, undecodable: {len(undecodable)}, status column "
+        f"differing from the stored data set: {len(inconsistent)}"
+    )
     print(f"fuzz time {report.seconds:.1f} s, whole test {time.monotonic() - started:.1f} s")
     assert not undecodable, undecodable
     assert not inconsistent, inconsistent

@@ -6,17 +6,16 @@ from __future__ import annotations
 import pytest
 
 from dicom_clients import worklist_query
-from fuzz_wire import PC_FIND_I, command, ds_bytes, find_rq, message
+from fuzz_harness import captured, exchange, quiet_clients, server  # noqa: F401 (module fixtures)
 from fuzz_mutators import split_pdus
-from fuzz_harness import exchange
-from fuzz_harness import captured, quiet_clients, server  # noqa: F401 (module fixtures)
+from fuzz_wire import PC_FIND_I, command, ds_bytes, find_rq, message
 
 pytestmark = pytest.mark.dimse  # talks DICOM to a live server
 
 
 # FINDING F5, fixed: max_pdu_size was only announced; a 1 MB P-DATA-TF PDU was read whole.
 # Now a PDU over the announced Maximum Length is aborted before it is read (reactor.py).
-def test_a_pdu_over_the_maximum_length_is_refused(server, captured):  # noqa: ANN001
+def test_a_pdu_over_the_maximum_length_is_refused(server, captured):
     ds = worklist_query(AccessionNumber="A10001")
     ds.PatientComments = "x" * 1_000_000
     payload = message(PC_FIND_I, command(find_rq(1)), ds_bytes(ds))  # one PDU of ~1 MB
@@ -28,9 +27,10 @@ def test_a_pdu_over_the_maximum_length_is_refused(server, captured):  # noqa: AN
 # FINDING F6, fixed: pynetdicom dropped a request without a required command element
 # (here Affected SOP Class UID) and the SCU waited for its DIMSE timeout; now the
 # association is aborted at once (reactor.py).
-def test_a_request_missing_a_required_command_element_is_answered(server, captured):  # noqa: ANN001
+def test_a_request_missing_a_required_command_element_is_answered(server, captured):
     fields = find_rq(1)
     del fields[0x00000002]
-    outcome, log = exchange(server, captured, message(
-        PC_FIND_I, command(fields), captured["find_data_i"]))
+    outcome, log = exchange(
+        server, captured, message(PC_FIND_I, command(fields), captured["find_data_i"])
+    )
     assert outcome.startswith("status ") or outcome in ("aborted", "closed"), f"{outcome}\n{log}"

@@ -19,8 +19,9 @@ import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -32,8 +33,8 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from conftest import SAMPLE, LiveServer, free_port, module_server, port_open, require_tool
 from dicom_clients import find, findscu_files
-from worklist_mpps.services.matching import fold_pn
 from worklist_mpps.client.messages import ScheduledStep, n_create
+from worklist_mpps.services.matching import fold_pn
 
 TIMEOUT = 15
 FINDSCU_TIMEOUT = 30
@@ -100,10 +101,13 @@ def item_body(**fields: Any) -> dict:
         "scheduled_station_ae_title": "HTTPCT01",
         "sps_start_date": "20300115",
         "sps_start_time": "0900",
-        "requested_procedure_codes": [{"value": "24725-4", "scheme": "LN",
-                                       "meaning": "CT Head"}],
-        "patient": {"patient_id": uniq("HP"), "patient_name": "Test^Patient",
-                    "birth_date": "19800101", "sex": "O"},
+        "requested_procedure_codes": [{"value": "24725-4", "scheme": "LN", "meaning": "CT Head"}],
+        "patient": {
+            "patient_id": uniq("HP"),
+            "patient_name": "Test^Patient",
+            "birth_date": "19800101",
+            "sex": "O",
+        },
     }
     for key, value in fields.items():
         if value is None:
@@ -156,12 +160,21 @@ def cfind(port: int, statuses: str | None = None, **top: str) -> list[Dataset]:
     """Worklist C-FIND (pynetdicom): the response identifiers, the final status Success."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    for keyword in ("PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID",
-                    "RequestedProcedureDescription"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "RequestedProcedureDescription",
+    ):
         setattr(ds, keyword, "")
     item = Dataset()
-    for keyword in ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
-                    "ScheduledProcedureStepStartTime"):
+    for keyword in (
+        "Modality",
+        "ScheduledStationAETitle",
+        "ScheduledProcedureStepStartDate",
+        "ScheduledProcedureStepStartTime",
+    ):
         setattr(item, keyword, "")
     if statuses is not None:
         item.ScheduledProcedureStepStatus = statuses
@@ -180,14 +193,19 @@ def findscu(server: LiveServer, outdir: Path, *keys: str) -> list[Dataset]:
 
 def mpps_create(port: int, item: dict) -> str:
     """An MPPS N-CREATE (IN PROGRESS) over DIMSE referencing this item: its SOP Instance UID."""
-    step = ScheduledStep(study_instance_uid=item["study_instance_uid"],
-                         accession_number=item["accession_number"],
-                         requested_procedure_id=item["requested_procedure_id"] or "",
-                         sps_id=item["sps_id"] or "")
-    ds = n_create([step], modality=item["modality"],
-                  station_ae_title=item["scheduled_station_ae_title"],
-                  patient_name=item["patient"]["patient_name"] or "",
-                  patient_id=item["patient"]["patient_id"])
+    step = ScheduledStep(
+        study_instance_uid=item["study_instance_uid"],
+        accession_number=item["accession_number"],
+        requested_procedure_id=item["requested_procedure_id"] or "",
+        sps_id=item["sps_id"] or "",
+    )
+    ds = n_create(
+        [step],
+        modality=item["modality"],
+        station_ae_title=item["scheduled_station_ae_title"],
+        patient_name=item["patient"]["patient_name"] or "",
+        patient_id=item["patient"]["patient_id"],
+    )
     uid = generate_uid()
     ae = AE(ae_title="HTTPTEST")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
@@ -206,8 +224,14 @@ def mpps_create(port: int, item: dict) -> str:
 
 
 def test_create_item_generates_study_uid_and_location(api):
-    body = item_body(patient={"patient_id": uniq("HP"), "patient_name": "Nested^Patient",
-                              "birth_date": "19750203", "sex": "F"})
+    body = item_body(
+        patient={
+            "patient_id": uniq("HP"),
+            "patient_name": "Nested^Patient",
+            "birth_date": "19750203",
+            "sex": "F",
+        }
+    )
     response = api.post("/api/worklist-items", json=body)
     assert response.status_code == 201, response.text
     item = response.json()
@@ -219,7 +243,8 @@ def test_create_item_generates_study_uid_and_location(api):
     assert item["sps_start_date"] == "20300115"
     assert item["sps_start_time"] == "090000"  # stored in DICOM form
     assert item["requested_procedure_codes"] == [
-        {"value": "24725-4", "scheme": "LN", "meaning": "CT Head", "version": None}]
+        {"value": "24725-4", "scheme": "LN", "meaning": "CT Head", "version": None}
+    ]
     patient = item["patient"]
     assert patient["patient_id"] == body["patient"]["patient_id"]
     assert patient["patient_name"] == "Nested^Patient"
@@ -231,8 +256,7 @@ def test_create_item_generates_study_uid_and_location(api):
     for key in TIMESTAMPS:  # same instant (the suffix differs: see the timestamp bug test)
         assert again.json()[key].rstrip("Z") == item[key].rstrip("Z")
     # the patient was created with it
-    assert api.get(f"/api/patients/{patient['id']}").json()["patient_id"] == patient[
-        "patient_id"]
+    assert api.get(f"/api/patients/{patient['id']}").json()["patient_id"] == patient["patient_id"]
 
 
 def test_two_items_get_different_study_uids(api):
@@ -247,12 +271,12 @@ def test_study_uid_cannot_be_given_or_changed(api, server):
     # not an input field: neither on create nor on update
     refused = api.post("/api/worklist-items", json=item_body(study_instance_uid="1.2.3.4"))
     assert_problem(refused, 422, "study_instance_uid")
-    refused = api.patch(f"/api/worklist-items/{item['id']}",
-                        json={"study_instance_uid": "1.2.3.4"})
+    refused = api.patch(f"/api/worklist-items/{item['id']}", json={"study_instance_uid": "1.2.3.4"})
     assert_problem(refused, 422, "study_instance_uid")
     # a PATCH of other fields keeps it
-    changed = api.patch(f"/api/worklist-items/{item['id']}",
-                        json={"sps_description": "changed", "modality": "MR"})
+    changed = api.patch(
+        f"/api/worklist-items/{item['id']}", json={"sps_description": "changed", "modality": "MR"}
+    )
     assert changed.status_code == 200, changed.text
     assert changed.json()["study_instance_uid"] == uid
     assert changed.json()["modality"] == "MR"
@@ -267,23 +291,28 @@ def test_get_item_and_404(api):
     assert response.status_code == 200
     assert content(response.json()) == content(item)
     assert_problem(api.get("/api/worklist-items/987654321"), 404, None)
-    assert_problem(api.patch("/api/worklist-items/987654321", json={"modality": "CT"}), 404,
-                   None)
+    assert_problem(api.patch("/api/worklist-items/987654321", json={"modality": "CT"}), 404, None)
     assert_problem(api.delete("/api/worklist-items/987654321"), 404, None)
 
 
 @pytest.mark.dimse
 def test_patch_moves_time_and_station_visible_in_cfind(api, server):
-    item = api.create_item(sps_start_date="20300220", sps_start_time="0800",
-                           scheduled_station_ae_title="HTTPCT01")
+    item = api.create_item(
+        sps_start_date="20300220", sps_start_time="0800", scheduled_station_ae_title="HTTPCT01"
+    )
     acc = item["accession_number"]
     [before] = cfind(server.port, AccessionNumber=acc)
     assert before.ScheduledProcedureStepSequence[0].ScheduledStationAETitle == "HTTPCT01"
     assert before.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime == "080000"
 
-    response = api.patch(f"/api/worklist-items/{item['id']}",
-                         json={"sps_start_date": "20300221", "sps_start_time": "1415",
-                               "scheduled_station_ae_title": "HTTPCT02"})
+    response = api.patch(
+        f"/api/worklist-items/{item['id']}",
+        json={
+            "sps_start_date": "20300221",
+            "sps_start_time": "1415",
+            "scheduled_station_ae_title": "HTTPCT02",
+        },
+    )
     assert response.status_code == 200, response.text
     patched = response.json()
     assert patched["sps_start_date"] == "20300221"
@@ -299,12 +328,26 @@ def test_patch_moves_time_and_station_visible_in_cfind(api, server):
     assert sps.ScheduledProcedureStepStartTime == "141500"
     assert after.StudyInstanceUID == item["study_instance_uid"]
     # the matching (combined start column) follows the move too
-    moved = cfind(server.port, AccessionNumber=acc, ScheduledProcedureStepSequence=Sequence(
-        [_sps_key(ScheduledProcedureStepStartDate="20300221",
-                  ScheduledProcedureStepStartTime="1400-1500")]))
+    moved = cfind(
+        server.port,
+        AccessionNumber=acc,
+        ScheduledProcedureStepSequence=Sequence(
+            [
+                _sps_key(
+                    ScheduledProcedureStepStartDate="20300221",
+                    ScheduledProcedureStepStartTime="1400-1500",
+                )
+            ]
+        ),
+    )
     assert [ds.AccessionNumber for ds in moved] == [acc]
-    old = cfind(server.port, AccessionNumber=acc, ScheduledProcedureStepSequence=Sequence(
-        [_sps_key(ScheduledProcedureStepStartDate="20300220")]))
+    old = cfind(
+        server.port,
+        AccessionNumber=acc,
+        ScheduledProcedureStepSequence=Sequence(
+            [_sps_key(ScheduledProcedureStepStartDate="20300220")]
+        ),
+    )
     assert old == []
 
 
@@ -341,11 +384,13 @@ def test_delete_purge_removes_item(api, server):
     assert response.status_code == 204
     assert response.content == b""
     assert_problem(api.get(f"/api/worklist-items/{item['id']}"), 404, None)
-    assert_problem(api.delete(f"/api/worklist-items/{item['id']}",
-                              params={"purge": "true"}), 404, None)
+    assert_problem(
+        api.delete(f"/api/worklist-items/{item['id']}", params={"purge": "true"}), 404, None
+    )
     assert api.items(accession=item["accession_number"])["total"] == 0
-    assert cfind(server.port, statuses="DISCONTINUED",
-                 AccessionNumber=item["accession_number"]) == []
+    assert (
+        cfind(server.port, statuses="DISCONTINUED", AccessionNumber=item["accession_number"]) == []
+    )
 
 
 @pytest.mark.dimse
@@ -374,62 +419,79 @@ def test_duplicate_accession_and_step_id_is_409(api):
     # without a step ID the accession alone is the key
     acc = uniq("HA")
     api.create_item(accession_number=acc, sps_id=None)
-    assert_problem(api.post("/api/worklist-items",
-                            json=item_body(accession_number=acc, sps_id=None)),
-                   409, "accession_number")
+    assert_problem(
+        api.post("/api/worklist-items", json=item_body(accession_number=acc, sps_id=None)),
+        409,
+        "accession_number",
+    )
     assert api.items(accession=item["accession_number"])["total"] == 2
     assert api.items(accession=acc)["total"] == 1
 
 
 def test_patch_onto_existing_accession_and_step_id_is_409(api):
     a, b = api.create_item(), api.create_item()
-    response = api.patch(f"/api/worklist-items/{b['id']}",
-                         json={"accession_number": a["accession_number"],
-                               "sps_id": a["sps_id"]})
+    response = api.patch(
+        f"/api/worklist-items/{b['id']}",
+        json={"accession_number": a["accession_number"], "sps_id": a["sps_id"]},
+    )
     assert_problem(response, 409, "accession_number")
-    assert api.get(f"/api/worklist-items/{b['id']}").json()["accession_number"] == b[
-        "accession_number"]
+    assert (
+        api.get(f"/api/worklist-items/{b['id']}").json()["accession_number"]
+        == b["accession_number"]
+    )
 
 
 @pytest.mark.dimse
 def test_patch_moves_item_to_another_patient(api, server):
     item = api.create_item()
-    other = api.post("/api/patients", json={"patient_id": uniq("HP"),
-                                            "patient_name": "Other^Owner"}).json()
+    other = api.post(
+        "/api/patients", json={"patient_id": uniq("HP"), "patient_name": "Other^Owner"}
+    ).json()
     response = api.patch(f"/api/worklist-items/{item['id']}", json={"patient_pk": other["id"]})
     assert response.status_code == 200, response.text
     assert response.json()["patient"]["patient_id"] == other["patient_id"]
     [ds] = cfind(server.port, AccessionNumber=item["accession_number"])
     assert ds.PatientID == other["patient_id"]
     assert str(ds.PatientName) == "Other^Owner"
-    assert_problem(api.patch(f"/api/worklist-items/{item['id']}",
-                             json={"patient_pk": 987654321}), 422, "patient_pk")
+    assert_problem(
+        api.patch(f"/api/worklist-items/{item['id']}", json={"patient_pk": 987654321}),
+        422,
+        "patient_pk",
+    )
 
 
 # --- 2. validation ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"sps_start_date": "2026-13-45"}, "sps_start_date"),
-    ({"sps_start_date": "20261345"}, "sps_start_date"),
-    ({"sps_start_time": "2561"}, "sps_start_time"),
-    ({"sps_start_time": "25:00"}, "sps_start_time"),
-    ({"sps_status": "DONE"}, "sps_status"),
-    ({"requested_procedure_priority": "URGENT"}, "requested_procedure_priority"),
-    ({"accession_number": "A" * 17}, "accession_number"),
-    ({"accession_number": ""}, "accession_number"),
-    ({"sps_id": "S" * 17}, "sps_id"),
-    ({"scheduled_station_ae_title": "X" * 17}, "scheduled_station_ae_title"),
-    ({"colour": "blue"}, "colour"),
-    ({"patient": {"patient_id": "HPX", "colour": "blue"}}, "patient.colour"),
-    ({"patient": {"patient_id": "HPX", "sex": "X"}}, "patient.sex"),
-    ({"patient": {"patient_id": "HPX", "birth_date": "19801301"}}, "patient.birth_date"),
-    ({"patient": {"patient_name": "No^Id"}}, "patient.patient_id"),
-    ({"requested_procedure_codes": [{"value": "24725-4"}]},
-     "requested_procedure_codes.0.scheme"),
-    ({"scheduled_protocol_codes": [{"value": "P1", "meaning": "no scheme"}]},
-     "scheduled_protocol_codes.0.scheme"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"sps_start_date": "2026-13-45"}, "sps_start_date"),
+        ({"sps_start_date": "20261345"}, "sps_start_date"),
+        ({"sps_start_time": "2561"}, "sps_start_time"),
+        ({"sps_start_time": "25:00"}, "sps_start_time"),
+        ({"sps_status": "DONE"}, "sps_status"),
+        ({"requested_procedure_priority": "URGENT"}, "requested_procedure_priority"),
+        ({"accession_number": "A" * 17}, "accession_number"),
+        ({"accession_number": ""}, "accession_number"),
+        ({"sps_id": "S" * 17}, "sps_id"),
+        ({"scheduled_station_ae_title": "X" * 17}, "scheduled_station_ae_title"),
+        ({"colour": "blue"}, "colour"),
+        ({"patient": {"patient_id": "HPX", "colour": "blue"}}, "patient.colour"),
+        ({"patient": {"patient_id": "HPX", "sex": "X"}}, "patient.sex"),
+        ({"patient": {"patient_id": "HPX", "birth_date": "19801301"}}, "patient.birth_date"),
+        ({"patient": {"patient_name": "No^Id"}}, "patient.patient_id"),
+        (
+            {"requested_procedure_codes": [{"value": "24725-4"}]},
+            "requested_procedure_codes.0.scheme",
+        ),
+        (
+            {"scheduled_protocol_codes": [{"value": "P1", "meaning": "no scheme"}]},
+            "scheduled_protocol_codes.0.scheme",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_create_validation_names_the_field(api, change, field):
     body = item_body(**change)
     response = api.post("/api/worklist-items", json=body)
@@ -453,20 +515,25 @@ def test_create_without_accession_is_422(api):
 
 
 def test_create_with_non_json_body_is_422(api):
-    response = api.post("/api/worklist-items", data=b"not json",
-                        headers={"Content-Type": "application/json"})
+    response = api.post(
+        "/api/worklist-items", data=b"not json", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 422, response.text
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"sps_start_date": "2026-13-45"}, "sps_start_date"),
-    ({"sps_start_time": "2561"}, "sps_start_time"),
-    ({"sps_status": "DONE"}, "sps_status"),
-    ({"requested_procedure_priority": "URGENT"}, "requested_procedure_priority"),
-    ({"accession_number": "A" * 17}, "accession_number"),
-    ({"patient": {"patient_id": "X"}}, "patient"),  # PATCH moves with patient_pk only
-    ({"requested_procedure_codes": [{"scheme": "LN"}]}, "requested_procedure_codes.0.value"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"sps_start_date": "2026-13-45"}, "sps_start_date"),
+        ({"sps_start_time": "2561"}, "sps_start_time"),
+        ({"sps_status": "DONE"}, "sps_status"),
+        ({"requested_procedure_priority": "URGENT"}, "requested_procedure_priority"),
+        ({"accession_number": "A" * 17}, "accession_number"),
+        ({"patient": {"patient_id": "X"}}, "patient"),  # PATCH moves with patient_pk only
+        ({"requested_procedure_codes": [{"scheme": "LN"}]}, "requested_procedure_codes.0.value"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_patch_validation_names_the_field_and_changes_nothing(api, change, field):
     item = api.create_item()
     response = api.patch(f"/api/worklist-items/{item['id']}", json=change)
@@ -477,13 +544,21 @@ def test_patch_validation_names_the_field_and_changes_nothing(api, change, field
 def test_valid_dicom_forms_are_normalized(api):
     item = api.create_item(sps_start_time="07", sps_start_date="20300301")
     assert item["sps_start_time"] == "070000"
-    response = api.patch(f"/api/worklist-items/{item['id']}",
-                         json={"sps_start_time": "163005", "sps_status": "IN PROGRESS",
-                               "requested_procedure_priority": "STAT"})
+    response = api.patch(
+        f"/api/worklist-items/{item['id']}",
+        json={
+            "sps_start_time": "163005",
+            "sps_status": "IN PROGRESS",
+            "requested_procedure_priority": "STAT",
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert (body["sps_start_time"], body["sps_status"], body["requested_procedure_priority"]
-            ) == ("163005", "IN PROGRESS", "STAT")
+    assert (body["sps_start_time"], body["sps_status"], body["requested_procedure_priority"]) == (
+        "163005",
+        "IN PROGRESS",
+        "STAT",
+    )
 
 
 # --- 3. listing ------------------------------------------------------------------------------
@@ -509,14 +584,22 @@ def listing(api) -> dict:
     items = {}
     for key, date, time_, modality, station, pkey, name in LIST_ITEMS:
         item = api.create_item(
-            accession_number=uniq("HL"), sps_start_date=date, sps_start_time=time_,
-            modality=modality, scheduled_station_ae_title=station,
-            patient={"patient_id": patients[pkey], "patient_name": name})
+            accession_number=uniq("HL"),
+            sps_start_date=date,
+            sps_start_time=time_,
+            modality=modality,
+            scheduled_station_ae_title=station,
+            patient={"patient_id": patients[pkey], "patient_name": name},
+        )
         acc[key] = item["accession_number"]
         items[key] = item
     # L6 is finished, L7 cancelled
-    assert api.patch(f"/api/worklist-items/{items['L6']['id']}",
-                     json={"sps_status": "COMPLETED"}).status_code == 200
+    assert (
+        api.patch(
+            f"/api/worklist-items/{items['L6']['id']}", json={"sps_status": "COMPLETED"}
+        ).status_code
+        == 200
+    )
     assert api.delete(f"/api/worklist-items/{items['L7']['id']}").status_code == 200
     return {"acc": acc, "patients": patients, "items": items}
 
@@ -529,28 +612,32 @@ def _keys(listing: dict, accessions: list[str]) -> list[str]:
 YEAR_2036 = "20360101-20361231"
 
 
-@pytest.mark.parametrize("params, expected", [
-    ({"date": "20360301"}, ["L1", "L2"]),
-    ({"date": "20360302"}, ["L3"]),
-    ({"date": "20360301-20360303"}, ["L1", "L2", "L3", "L4"]),
-    ({"date": "20360303-20360305"}, ["L4", "L5", "L6"]),
-    ({"date": "-20360302", "modality": "XA"}, ["L3"]),
-    ({"date": "20360305-", "station": "HLST02"}, ["L7"]),
-    ({"date": YEAR_2036}, ["L1", "L2", "L3", "L4", "L5", "L6", "L7"]),
-    ({"modality": "NM"}, ["L1", "L2", "L5", "L7"]),
-    ({"modality": "XA"}, ["L3", "L4", "L6"]),
-    ({"station": "HLST02"}, ["L2", "L4", "L7"]),
-    ({"station": "HLST0*", "modality": "XA"}, ["L3", "L4", "L6"]),
-    ({"date": YEAR_2036, "status": "SCHEDULED"}, ["L1", "L2", "L3", "L4", "L5"]),
-    ({"date": YEAR_2036, "status": "COMPLETED"}, ["L6"]),
-    ({"date": YEAR_2036, "status": "DISCONTINUED"}, ["L7"]),
-    ({"date": YEAR_2036, "status": "IN PROGRESS"}, []),
-    ({"date": YEAR_2036, "patient_name": "grünwald*"}, ["L1", "L2", "L4", "L6"]),
-    ({"date": YEAR_2036, "patient_name": "GRUNWALD^B*"}, ["L2", "L6"]),
-    ({"date": YEAR_2036, "patient_name": "gruenwald*"}, ["L3"]),
-    ({"date": YEAR_2036, "patient_name": "山田^花子"}, ["L5", "L7"]),
-    ({"date": YEAR_2036, "patient_name": "gr?nwald^anna"}, ["L1", "L4"]),
-], ids=lambda v: "&".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"date": "20360301"}, ["L1", "L2"]),
+        ({"date": "20360302"}, ["L3"]),
+        ({"date": "20360301-20360303"}, ["L1", "L2", "L3", "L4"]),
+        ({"date": "20360303-20360305"}, ["L4", "L5", "L6"]),
+        ({"date": "-20360302", "modality": "XA"}, ["L3"]),
+        ({"date": "20360305-", "station": "HLST02"}, ["L7"]),
+        ({"date": YEAR_2036}, ["L1", "L2", "L3", "L4", "L5", "L6", "L7"]),
+        ({"modality": "NM"}, ["L1", "L2", "L5", "L7"]),
+        ({"modality": "XA"}, ["L3", "L4", "L6"]),
+        ({"station": "HLST02"}, ["L2", "L4", "L7"]),
+        ({"station": "HLST0*", "modality": "XA"}, ["L3", "L4", "L6"]),
+        ({"date": YEAR_2036, "status": "SCHEDULED"}, ["L1", "L2", "L3", "L4", "L5"]),
+        ({"date": YEAR_2036, "status": "COMPLETED"}, ["L6"]),
+        ({"date": YEAR_2036, "status": "DISCONTINUED"}, ["L7"]),
+        ({"date": YEAR_2036, "status": "IN PROGRESS"}, []),
+        ({"date": YEAR_2036, "patient_name": "grünwald*"}, ["L1", "L2", "L4", "L6"]),
+        ({"date": YEAR_2036, "patient_name": "GRUNWALD^B*"}, ["L2", "L6"]),
+        ({"date": YEAR_2036, "patient_name": "gruenwald*"}, ["L3"]),
+        ({"date": YEAR_2036, "patient_name": "山田^花子"}, ["L5", "L7"]),
+        ({"date": YEAR_2036, "patient_name": "gr?nwald^anna"}, ["L1", "L4"]),
+    ],
+    ids=lambda v: "&".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None,
+)
 def test_list_filters(api, listing, params, expected):
     body = api.items(limit=500, **params)
     assert _keys(listing, [i["accession_number"] for i in body["items"]]) == expected
@@ -615,15 +702,19 @@ def test_list_whole_sample(api):
     assert api.items(limit=1)["total"] >= 30
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"limit": 501}, "limit"),
-    ({"limit": 0}, "limit"),
-    ({"offset": -1}, "offset"),
-    ({"limit": "many"}, "limit"),
-    ({"status": "DONE"}, "status"),
-    ({"date": "2026-13-45"}, "date"),
-    ({"date": "20360310-20360301"}, "date"),
-], ids=lambda v: "&".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"limit": 501}, "limit"),
+        ({"limit": 0}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"limit": "many"}, "limit"),
+        ({"status": "DONE"}, "status"),
+        ({"date": "2026-13-45"}, "date"),
+        ({"date": "20360310-20360301"}, "date"),
+    ],
+    ids=lambda v: "&".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None,
+)
 def test_list_invalid_query_is_422(api, params, field):
     assert_problem(api.get("/api/worklist-items", params=params), 422, field)
 
@@ -639,8 +730,15 @@ def test_list_limit_500_is_allowed(api):
 
 def test_patient_create_read_duplicate(api):
     pid = uniq("HPP")
-    body = {"patient_id": pid, "patient_name": "Łukasiewicz^Jan", "birth_date": "19600101",
-            "sex": "M", "weight": "80", "allergies": "LATEX", "pregnancy_status": 4}
+    body = {
+        "patient_id": pid,
+        "patient_name": "Łukasiewicz^Jan",
+        "birth_date": "19600101",
+        "sex": "M",
+        "weight": "80",
+        "allergies": "LATEX",
+        "pregnancy_status": 4,
+    }
     response = api.post("/api/patients", json=body)
     assert response.status_code == 201, response.text
     patient = response.json()
@@ -655,19 +753,25 @@ def test_patient_create_read_duplicate(api):
     other = api.post("/api/patients", json={"patient_id": pid, "issuer_of_patient_id": "HOSP2"})
     assert other.status_code == 201, other.text
     assert other.json()["id"] != patient["id"]
-    assert_problem(api.post("/api/patients",
-                            json={"patient_id": pid, "issuer_of_patient_id": "HOSP2"}),
-                   409, "patient_id")
+    assert_problem(
+        api.post("/api/patients", json={"patient_id": pid, "issuer_of_patient_id": "HOSP2"}),
+        409,
+        "patient_id",
+    )
     assert_problem(api.get("/api/patients/987654321"), 404, None)
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"patient_name": "No^Id"}, "patient_id"),
-    ({"patient_id": ""}, "patient_id"),
-    ({"patient_id": "X", "sex": "X"}, "sex"),
-    ({"patient_id": "X", "pregnancy_status": 7}, "pregnancy_status"),
-    ({"patient_id": "X", "colour": "blue"}, "colour"),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"patient_name": "No^Id"}, "patient_id"),
+        ({"patient_id": ""}, "patient_id"),
+        ({"patient_id": "X", "sex": "X"}, "sex"),
+        ({"patient_id": "X", "pregnancy_status": 7}, "pregnancy_status"),
+        ({"patient_id": "X", "colour": "blue"}, "colour"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_patient_validation(api, body, field):
     assert_problem(api.post("/api/patients", json=body), 422, field)
 
@@ -675,30 +779,34 @@ def test_patient_validation(api, body, field):
 @pytest.mark.dimse
 def test_patient_patch_name_visible_in_cfind(api, server):
     pid = uniq("HPP")
-    patient = api.post("/api/patients", json={"patient_id": pid,
-                                              "patient_name": "Alt^Name"}).json()
+    patient = api.post("/api/patients", json={"patient_id": pid, "patient_name": "Alt^Name"}).json()
     a = api.create_item(patient={"patient_id": pid})
     b = api.create_item(patient={"patient_id": pid}, modality="MR")
     assert a["patient"]["id"] == b["patient"]["id"] == patient["id"]
     assert {str(ds.PatientName) for ds in cfind(server.port, PatientID=pid)} == {"Alt^Name"}
 
-    response = api.patch(f"/api/patients/{patient['id']}",
-                         json={"patient_name": "Neumann-Şahin^Zoë", "sex": "F"})
+    response = api.patch(
+        f"/api/patients/{patient['id']}", json={"patient_name": "Neumann-Şahin^Zoë", "sex": "F"}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["patient_name"] == "Neumann-Şahin^Zoë"
     assert response.json()["patient_id"] == pid
 
     found = cfind(server.port, PatientID=pid)
     assert sorted(ds.AccessionNumber for ds in found) == sorted(
-        [a["accession_number"], b["accession_number"]])
+        [a["accession_number"], b["accession_number"]]
+    )
     assert {str(ds.PatientName) for ds in found} == {"Neumann-Şahin^Zoë"}
     # the folded name column follows: C-FIND and the API match the new name
     by_name = cfind(server.port, PatientName="neumann-sahin*")
     assert {ds.PatientID for ds in by_name} == {pid}
     assert sorted(api.accessions(patient_name="NEUMANN-SAHIN^zoe")) == sorted(
-        [a["accession_number"], b["accession_number"]])
-    assert api.get(f"/api/worklist-items/{a['id']}").json()["patient"][
-        "patient_name"] == "Neumann-Şahin^Zoë"
+        [a["accession_number"], b["accession_number"]]
+    )
+    assert (
+        api.get(f"/api/worklist-items/{a['id']}").json()["patient"]["patient_name"]
+        == "Neumann-Şahin^Zoë"
+    )
 
 
 def test_patient_patch_validation(api):
@@ -720,20 +828,22 @@ def test_patient_patch_onto_existing_identity_is_409(api):
 
 def test_patient_list_filters(api):
     stem = uniq("HPL")
-    made = [api.post("/api/patients", json={"patient_id": f"{stem}{n}", "patient_name": name}
-                     ).json()
-            for n, name in enumerate(["Çelik^Ayşe", "CELIK^Mehmet", "Kaya^Emre"])]
+    made = [
+        api.post("/api/patients", json={"patient_id": f"{stem}{n}", "patient_name": name}).json()
+        for n, name in enumerate(["Çelik^Ayşe", "CELIK^Mehmet", "Kaya^Emre"])
+    ]
     listed = api.get("/api/patients", params={"patient_id": f"{stem}*"}, timeout=TIMEOUT).json()
     assert listed["total"] == 3
     assert [p["id"] for p in listed["patients"]] == [p["id"] for p in made]
     exact = api.get("/api/patients", params={"patient_id": f"{stem}2"}).json()
     assert [p["patient_name"] for p in exact["patients"]] == ["Kaya^Emre"]
-    by_name = api.get("/api/patients", params={"patient_id": f"{stem}*",
-                                               "patient_name": "çelik*"}).json()
-    assert sorted(p["patient_name"] for p in by_name["patients"]) == ["CELIK^Mehmet",
-                                                                      "Çelik^Ayşe"]
-    page = api.get("/api/patients", params={"patient_id": f"{stem}*", "offset": 1,
-                                            "limit": 1}).json()
+    by_name = api.get(
+        "/api/patients", params={"patient_id": f"{stem}*", "patient_name": "çelik*"}
+    ).json()
+    assert sorted(p["patient_name"] for p in by_name["patients"]) == ["CELIK^Mehmet", "Çelik^Ayşe"]
+    page = api.get(
+        "/api/patients", params={"patient_id": f"{stem}*", "offset": 1, "limit": 1}
+    ).json()
     assert page["total"] == 3 and [p["id"] for p in page["patients"]] == [made[1]["id"]]
     assert_problem(api.get("/api/patients", params={"limit": 501}), 422, "limit")
 
@@ -752,8 +862,9 @@ def test_patient_delete(api):
 
     # once its only item is purged, the patient can go
     item = api.create_item()
-    assert api.delete(f"/api/worklist-items/{item['id']}",
-                      params={"purge": "true"}).status_code == 204
+    assert (
+        api.delete(f"/api/worklist-items/{item['id']}", params={"purge": "true"}).status_code == 204
+    )
     assert api.delete(f"/api/patients/{item['patient']['id']}").status_code == 204
 
 
@@ -761,18 +872,25 @@ def test_patient_delete(api):
 
 
 @pytest.mark.dcmtk
-@pytest.mark.parametrize("name, charset", [
-    ("山田^花子", "ISO_IR 192"),
-    ("Lefèvre-Müller^Zoé Ångström", "ISO_IR 100"),
-], ids=["japanese", "accented"])
+@pytest.mark.parametrize(
+    "name, charset",
+    [
+        ("山田^花子", "ISO_IR 192"),
+        ("Lefèvre-Müller^Zoé Ångström", "ISO_IR 100"),
+    ],
+    ids=["japanese", "accented"],
+)
 @pytest.mark.dimse
 def test_item_identical_in_api_findscu_and_dicomweb(api, server, tmp_path, name, charset):
     require_tool("findscu")
     item = api.create_item(
-        sps_start_date="20310412", sps_start_time="1345", modality="MR",
+        sps_start_date="20310412",
+        sps_start_time="1345",
+        modality="MR",
         scheduled_station_ae_title="HTTPMR07",
         requested_procedure_description="MRT Knie rechts, nativ",
-        patient={"patient_id": uniq("HPC"), "patient_name": name, "sex": "F"})
+        patient={"patient_id": uniq("HPC"), "patient_name": name, "sex": "F"},
+    )
     acc = item["accession_number"]
     expected = {
         "PatientName": name,
@@ -799,16 +917,26 @@ def test_item_identical_in_api_findscu_and_dicomweb(api, server, tmp_path, name,
     } == expected
 
     [dimse] = findscu(
-        server, tmp_path / "findscu", f"AccessionNumber={acc}", "PatientName", "PatientID",
-        "StudyInstanceUID", "RequestedProcedureDescription", SPS + "Modality",
-        SPS + "ScheduledStationAETitle", SPS + "ScheduledProcedureStepStartDate",
-        SPS + "ScheduledProcedureStepStartTime")
+        server,
+        tmp_path / "findscu",
+        f"AccessionNumber={acc}",
+        "PatientName",
+        "PatientID",
+        "StudyInstanceUID",
+        "RequestedProcedureDescription",
+        SPS + "Modality",
+        SPS + "ScheduledStationAETitle",
+        SPS + "ScheduledProcedureStepStartDate",
+        SPS + "ScheduledProcedureStepStartTime",
+    )
     assert dimse.SpecificCharacterSet == charset
     assert _values(dimse) == expected
 
-    response = api.get("/modality-scheduled-procedure-steps",
-                       params={"AccessionNumber": acc},
-                       headers={"Accept": "application/dicom+json"})
+    response = api.get(
+        "/modality-scheduled-procedure-steps",
+        params={"AccessionNumber": acc},
+        headers={"Accept": "application/dicom+json"},
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/dicom+json")
     docs = response.json()
@@ -817,8 +945,7 @@ def test_item_identical_in_api_findscu_and_dicomweb(api, server, tmp_path, name,
 
     # the name finds it on both DICOM sides (folded, wildcard)
     family = fold_pn(name).split("^")[0]
-    assert acc in [ds.AccessionNumber for ds in cfind(server.port,
-                                                      PatientName=family + "*")]
+    assert acc in [ds.AccessionNumber for ds in cfind(server.port, PatientName=family + "*")]
 
 
 def _values(ds: Dataset) -> dict[str, str]:
@@ -842,8 +969,9 @@ def test_dicomweb_search_follows_patch_and_cancel(api):
     api.patch(f"/api/worklist-items/{item['id']}", json={"scheduled_station_ae_title": "HTTPX9"})
     response = api.get("/modality-scheduled-procedure-steps", params={"AccessionNumber": acc})
     [doc] = response.json()
-    assert Dataset.from_json(doc).ScheduledProcedureStepSequence[
-        0].ScheduledStationAETitle == "HTTPX9"
+    assert (
+        Dataset.from_json(doc).ScheduledProcedureStepSequence[0].ScheduledStationAETitle == "HTTPX9"
+    )
     api.delete(f"/api/worklist-items/{item['id']}", params={"purge": "true"})
     response = api.get("/modality-scheduled-procedure-steps", params={"AccessionNumber": acc})
     assert response.status_code == 204
@@ -870,21 +998,27 @@ def test_bearer_token(live_server):
     # writes need it too, and work with it
     body = item_body()
     assert requests.post(url, json=body, timeout=TIMEOUT).status_code == 401
-    created = requests.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"},
-                            timeout=TIMEOUT)
+    created = requests.post(
+        url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=TIMEOUT
+    )
     assert created.status_code == 201, created.text
     # OpenAPI and DICOMweb are behind it as well; /healthz is open
     assert requests.get(server.http_url + "/openapi.json", timeout=TIMEOUT).status_code == 401
-    assert requests.get(server.http_url + "/modality-scheduled-procedure-steps",
-                        timeout=TIMEOUT).status_code == 401
+    assert (
+        requests.get(
+            server.http_url + "/modality-scheduled-procedure-steps", timeout=TIMEOUT
+        ).status_code
+        == 401
+    )
     health = requests.get(server.http_url + "/healthz", timeout=TIMEOUT)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert TOKEN not in server.log()
 
 
 def test_basic_auth(live_server):
-    server = live_server(None, "--http-username", "u", "--http-password", "p",
-                         "--load-sample-data", "false")
+    server = live_server(
+        None, "--http-username", "u", "--http-password", "p", "--load-sample-data", "false"
+    )
     url = server.http_url + "/api/patients"
     anonymous = requests.get(url, timeout=TIMEOUT)
     assert anonymous.status_code == 401
@@ -892,14 +1026,18 @@ def test_basic_auth(live_server):
     assert requests.get(url, auth=("u", "p"), timeout=TIMEOUT).status_code == 200
     assert requests.get(url, auth=("u", "wrong"), timeout=TIMEOUT).status_code == 401
     assert requests.get(url, auth=("someone", "p"), timeout=TIMEOUT).status_code == 401
-    garbage = requests.get(url, headers={"Authorization": "Basic !!!not-base64"},
-                           timeout=TIMEOUT)
+    garbage = requests.get(url, headers={"Authorization": "Basic !!!not-base64"}, timeout=TIMEOUT)
     assert garbage.status_code == 401
     no_colon = base64.b64encode(b"u").decode()
-    assert requests.get(url, headers={"Authorization": f"Basic {no_colon}"},
-                        timeout=TIMEOUT).status_code == 401
-    assert requests.get(url, headers={"Authorization": "Bearer p"},
-                        timeout=TIMEOUT).status_code == 401
+    assert (
+        requests.get(
+            url, headers={"Authorization": f"Basic {no_colon}"}, timeout=TIMEOUT
+        ).status_code
+        == 401
+    )
+    assert (
+        requests.get(url, headers={"Authorization": "Bearer p"}, timeout=TIMEOUT).status_code == 401
+    )
     created = requests.post(url, json={"patient_id": "AUTH1"}, auth=("u", "p"), timeout=TIMEOUT)
     assert created.status_code == 201, created.text
     assert requests.get(server.http_url + "/healthz", timeout=TIMEOUT).status_code == 200
@@ -910,10 +1048,30 @@ def test_non_loopback_http_bind_without_auth_refuses_to_start(tmp_path):
     db_file = tmp_path / "never.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKLIST_MPPS_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "worklist_mpps", "serve", "--bind", "127.0.0.1",
-         "--port", str(dicom_port), "--http-bind", "0.0.0.0", "--http-port", str(http_port),
-         "--database-url", f"sqlite:///{db_file}", "--load-sample-data", "false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "worklist_mpps",
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(dicom_port),
+            "--http-bind",
+            "0.0.0.0",
+            "--http-port",
+            str(http_port),
+            "--database-url",
+            f"sqlite:///{db_file}",
+            "--load-sample-data",
+            "false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output
     assert "http_bind" in output, output
@@ -963,17 +1121,30 @@ def test_openapi_lists_the_api(api):
 
 # --- regressions: bugs these tests found, fixed -------------------------------------------
 
-@pytest.mark.parametrize("method, path, kwargs", [
-    ("GET", "/api/worklist-items/99999999999999999999", {}),
-    ("GET", "/api/worklist-items/-99999999999999999999", {}),
-    ("PATCH", "/api/worklist-items/99999999999999999999", {"json": {"modality": "CT"}}),
-    ("DELETE", "/api/worklist-items/99999999999999999999", {}),
-    ("GET", "/api/patients/99999999999999999999", {}),
-    ("DELETE", "/api/patients/99999999999999999999", {}),
-    ("GET", "/api/worklist-items?offset=99999999999999999999", {}),
-    ("GET", "/api/patients?offset=99999999999999999999", {}),
-], ids=["get-item", "get-item-negative", "patch-item", "delete-item", "get-patient",
-        "delete-patient", "list-items-offset", "list-patients-offset"])
+
+@pytest.mark.parametrize(
+    "method, path, kwargs",
+    [
+        ("GET", "/api/worklist-items/99999999999999999999", {}),
+        ("GET", "/api/worklist-items/-99999999999999999999", {}),
+        ("PATCH", "/api/worklist-items/99999999999999999999", {"json": {"modality": "CT"}}),
+        ("DELETE", "/api/worklist-items/99999999999999999999", {}),
+        ("GET", "/api/patients/99999999999999999999", {}),
+        ("DELETE", "/api/patients/99999999999999999999", {}),
+        ("GET", "/api/worklist-items?offset=99999999999999999999", {}),
+        ("GET", "/api/patients?offset=99999999999999999999", {}),
+    ],
+    ids=[
+        "get-item",
+        "get-item-negative",
+        "patch-item",
+        "delete-item",
+        "get-patient",
+        "delete-patient",
+        "list-items-offset",
+        "list-patients-offset",
+    ],
+)
 def test_regression_integer_beyond_int64_is_500(api, method, path, kwargs):
     response = api.request(method, path, **kwargs)
     assert response.status_code in (404, 422), (response.status_code, response.text)
@@ -981,8 +1152,9 @@ def test_regression_integer_beyond_int64_is_500(api, method, path, kwargs):
 
 def test_regression_patient_pk_beyond_int64_is_500(api):
     item = api.create_item()
-    response = api.patch(f"/api/worklist-items/{item['id']}",
-                         json={"patient_pk": 99999999999999999999})
+    response = api.patch(
+        f"/api/worklist-items/{item['id']}", json={"patient_pk": 99999999999999999999}
+    )
     assert_problem(response, 422, "patient_pk")
 
 
@@ -1000,8 +1172,9 @@ def test_regression_blank_accession_is_stored_as_null(api):
 def test_regression_patch_makes_duplicate_accession_without_step_id(api):
     a = api.create_item(sps_id=None)
     b = api.create_item(sps_id=None)
-    response = api.patch(f"/api/worklist-items/{b['id']}",
-                         json={"accession_number": a["accession_number"]})
+    response = api.patch(
+        f"/api/worklist-items/{b['id']}", json={"accession_number": a["accession_number"]}
+    )
     assert_problem(response, 409, "accession_number")
 
 
@@ -1009,8 +1182,9 @@ def test_regression_patient_duplicate_with_blanks_is_201(api):
     pid = uniq("HPB")
     first = api.post("/api/patients", json={"patient_id": pid, "patient_name": "First^One"})
     assert first.status_code == 201
-    response = api.post("/api/patients", json={"patient_id": f" {pid} ",
-                                               "patient_name": "Second^Two"})
+    response = api.post(
+        "/api/patients", json={"patient_id": f" {pid} ", "patient_name": "Second^Two"}
+    )
     assert_problem(response, 409, "patient_id")
 
 
@@ -1043,11 +1217,15 @@ FUZZ_EXAMPLES = 25
 # The /api/ operations of the served OpenAPI (test_fuzz_covers_every_api_operation keeps
 # this list complete).
 API_OPERATIONS = [
-    ("GET", "/api/worklist-items"), ("POST", "/api/worklist-items"),
-    ("GET", "/api/worklist-items/{item_id}"), ("PATCH", "/api/worklist-items/{item_id}"),
+    ("GET", "/api/worklist-items"),
+    ("POST", "/api/worklist-items"),
+    ("GET", "/api/worklist-items/{item_id}"),
+    ("PATCH", "/api/worklist-items/{item_id}"),
     ("DELETE", "/api/worklist-items/{item_id}"),
-    ("GET", "/api/patients"), ("POST", "/api/patients"),
-    ("GET", "/api/patients/{patient_pk}"), ("PATCH", "/api/patients/{patient_pk}"),
+    ("GET", "/api/patients"),
+    ("POST", "/api/patients"),
+    ("GET", "/api/patients/{patient_pk}"),
+    ("PATCH", "/api/patients/{patient_pk}"),
     ("DELETE", "/api/patients/{patient_pk}"),
 ]
 
@@ -1074,14 +1252,14 @@ def hypothesis_home(tmp_path_factory) -> Iterator[None]:
 def api_schema(fuzz_server, hypothesis_home):
     if not _SCHEMATHESIS_4:
         pytest.skip("schemathesis >= 4 is not installed")
-    return schemathesis.openapi.from_url(fuzz_server.http_url + "/openapi.json",
-                                         timeout=TIMEOUT)
+    return schemathesis.openapi.from_url(fuzz_server.http_url + "/openapi.json", timeout=TIMEOUT)
 
 
 def test_fuzz_covers_every_api_operation(api_schema):
-    served = sorted((op.method.upper(), op.path) for op in
-                    (r.ok() for r in api_schema.include(path_regex=r"^/api/")
-                     .get_all_operations()))
+    served = sorted(
+        (op.method.upper(), op.path)
+        for op in (r.ok() for r in api_schema.include(path_regex=r"^/api/").get_all_operations())
+    )
     assert served == sorted(API_OPERATIONS)
 
 
@@ -1090,19 +1268,29 @@ def test_fuzz_covers_every_api_operation(api_schema):
 # schemathesis strategy is driven by hypothesis here, and checked with schemathesis'
 # not_a_server_error.
 @pytest.mark.parametrize("mode", ["positive", "negative"])
-@pytest.mark.parametrize("method, path", API_OPERATIONS,
-                         ids=[f"{m} {p}" for m, p in API_OPERATIONS])
+@pytest.mark.parametrize(
+    "method, path", API_OPERATIONS, ids=[f"{m} {p}" for m, p in API_OPERATIONS]
+)
 def test_schemathesis_no_server_error(api_schema, fuzz_server, method, path, mode):
     """Generated valid (positive) and invalid (negative) requests: never a 5xx."""
     operation = api_schema[path][method]
     strategy = operation.as_strategy(GenerationMode(mode))
     session = requests.Session()
 
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=strategy)
-    def run(case) -> None:  # noqa: ANN001
-        case.call_and_validate(base_url=fuzz_server.http_url, session=session,
-                               checks=[not_a_server_error], timeout=TIMEOUT)
+    def run(case) -> None:
+        case.call_and_validate(
+            base_url=fuzz_server.http_url,
+            session=session,
+            checks=[not_a_server_error],
+            timeout=TIMEOUT,
+        )
 
     run()

@@ -18,9 +18,10 @@ import datetime as dt
 import itertools
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -56,8 +57,22 @@ SPS_STATUS = f"{SPS}.ScheduledProcedureStepStatus"
 SPS_DATE = f"{SPS}.ScheduledProcedureStepStartDate"
 
 # Sample items (sample_data/worklist.yaml) scheduled today (day 0) and later.
-TODAY = {"A10007", "A10008", "A10009", "A10010", "A10011", "A10012", "A10013", "A10014",
-         "A10015", "A10016", "A10017", "A10018", "A10019", "A10020"}
+TODAY = {
+    "A10007",
+    "A10008",
+    "A10009",
+    "A10010",
+    "A10011",
+    "A10012",
+    "A10013",
+    "A10014",
+    "A10015",
+    "A10016",
+    "A10017",
+    "A10018",
+    "A10019",
+    "A10020",
+}
 TOMORROW = {"A10021", "A10022", "A10023", "A10024", "A10025", "A10026"}
 DAY_AFTER = {"A10027", "A10028", "A10029", "A10030"}
 CT_FROM_TODAY = {"A10008", "A10011", "A10012", "A10019", "A10021", "A10026"}
@@ -84,8 +99,12 @@ class Env:
     def findscu(self, *keys: str) -> list[Dataset]:
         """DCMTK findscu -W -X: the response identifiers of a C-FIND ending in Success."""
         require_tool("findscu")
-        return findscu_files(self.server.port, self.workdir / f"q{next(self._calls):03d}",
-                             *keys, timeout=FINDSCU_TIMEOUT)
+        return findscu_files(
+            self.server.port,
+            self.workdir / f"q{next(self._calls):03d}",
+            *keys,
+            timeout=FINDSCU_TIMEOUT,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -104,18 +123,23 @@ def as_json(ds: Dataset) -> dict:
     return doc
 
 
-def post_create(env: Env, uid: str, body: Any, content_type: str = DICOM_JSON
-                ) -> requests.Response:
+def post_create(env: Env, uid: str, body: Any, content_type: str = DICOM_JSON) -> requests.Response:
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     if isinstance(data, str):
         data = data.encode()
-    return requests.post(env.mpps_url(uid), data=data,
-                         headers={"Content-Type": content_type}, timeout=TIMEOUT)
+    return requests.post(
+        env.mpps_url(uid), data=data, headers={"Content-Type": content_type}, timeout=TIMEOUT
+    )
 
 
 def post_update(env: Env, uid: str, ds: Dataset) -> requests.Response:
-    return requests.post(env.mpps_url(uid), params={"update": ""}, data=json.dumps(as_json(ds)),
-                         headers={"Content-Type": DICOM_JSON}, timeout=TIMEOUT)
+    return requests.post(
+        env.mpps_url(uid),
+        params={"update": ""},
+        data=json.dumps(as_json(ds)),
+        headers={"Content-Type": DICOM_JSON},
+        timeout=TIMEOUT,
+    )
 
 
 def retrieve(env: Env, uid: str, **params) -> Dataset:
@@ -131,8 +155,9 @@ def detail(rsp: requests.Response) -> str:
 
 def create_ds(patient_name: str = "Test^Patient", **overrides) -> Dataset:
     """An unscheduled N-CREATE attribute list (a new study, no accession)."""
-    kwargs = dict(modality="CT", station_ae_title="MODALITY1", patient_name=patient_name,
-                  patient_id="TP0001")
+    kwargs = dict(
+        modality="CT", station_ae_title="MODALITY1", patient_name=patient_name, patient_id="TP0001"
+    )
     kwargs.update(overrides)
     steps = kwargs.pop("steps", None) or [ScheduledStep(generate_uid())]
     return n_create(steps, **kwargs)
@@ -146,13 +171,22 @@ def http_create(env: Env, ds: Dataset | None = None) -> str:
 
 
 def series(n_instances: int = 2) -> Series:
-    return Series(generate_uid(), [Instance(CT_IMAGE, generate_uid()) for _ in range(n_instances)],
-                  protocol_name="Routine", series_description="Axial", retrieve_ae_title="PACS")
+    return Series(
+        generate_uid(),
+        [Instance(CT_IMAGE, generate_uid()) for _ in range(n_instances)],
+        protocol_name="Routine",
+        series_description="Axial",
+        retrieve_ae_title="PACS",
+    )
 
 
 def search(env: Env, params: list[tuple[str, str]] | dict, **headers) -> requests.Response:
-    return requests.get(f"{env.url}/modality-scheduled-procedure-steps", params=params,
-                        headers=headers, timeout=TIMEOUT)
+    return requests.get(
+        f"{env.url}/modality-scheduled-procedure-steps",
+        params=params,
+        headers=headers,
+        timeout=TIMEOUT,
+    )
 
 
 def search_results(env: Env, params: list[tuple[str, str]] | dict) -> list[Dataset]:
@@ -179,8 +213,9 @@ def sps_status(ds: Dataset) -> str:
 def canonical(value: Any) -> Any:
     """A comparable form of a dataset or value: empty is None, numbers and names as text."""
     if isinstance(value, Dataset):
-        return {f"{int(e.tag):08X}": (e.VR, canonical(e.value)) for e in value
-                if e.tag.group != 0x0002}
+        return {
+            f"{int(e.tag):08X}": (e.VR, canonical(e.value)) for e in value if e.tag.group != 0x0002
+        }
     if isinstance(value, (list, tuple, MultiValue, Sequence)):
         items = [canonical(v) for v in value]
         return items or None
@@ -249,10 +284,12 @@ def cfind_item(port: int, accession: str) -> Dataset:
 
 
 def scheduled_step(item: Dataset) -> ScheduledStep:
-    return ScheduledStep(study_instance_uid=item.StudyInstanceUID,
-                         accession_number=item.AccessionNumber,
-                         requested_procedure_id=item.RequestedProcedureID,
-                         sps_id=item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID)
+    return ScheduledStep(
+        study_instance_uid=item.StudyInstanceUID,
+        accession_number=item.AccessionNumber,
+        requested_procedure_id=item.RequestedProcedureID,
+        sps_id=item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID,
+    )
 
 
 # === 1. Create ==========================================================================
@@ -279,8 +316,10 @@ def test_create_with_dicom_xml_is_201(env):
     got = retrieve(env, uid)
     assert str(got.PatientName) == "Xml^Created"
     assert got.PerformedProcedureStepID == "PPSXML1"
-    assert got.ScheduledStepAttributesSequence[0].StudyInstanceUID == \
-        ds.ScheduledStepAttributesSequence[0].StudyInstanceUID
+    assert (
+        got.ScheduledStepAttributesSequence[0].StudyInstanceUID
+        == ds.ScheduledStepAttributesSequence[0].StudyInstanceUID
+    )
 
 
 def _completed_at_create() -> dict:
@@ -293,12 +332,16 @@ def _without_modality() -> dict:
     return as_json(ds)
 
 
-@pytest.mark.parametrize("body, words", [
-    (b"{this is not json", ["invalid DICOM JSON"]),
-    (lambda: [as_json(create_ds()), as_json(create_ds())], ["one DICOM JSON object"]),
-    (_completed_at_create, ["IN PROGRESS", "COMPLETED"]),
-    (_without_modality, ["Modality"]),
-], ids=["not-json", "array-of-2", "completed-at-create", "missing-modality"])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (b"{this is not json", ["invalid DICOM JSON"]),
+        (lambda: [as_json(create_ds()), as_json(create_ds())], ["one DICOM JSON object"]),
+        (_completed_at_create, ["IN PROGRESS", "COMPLETED"]),
+        (_without_modality, ["Modality"]),
+    ],
+    ids=["not-json", "array-of-2", "completed-at-create", "missing-modality"],
+)
 def test_create_with_invalid_body_is_400_and_creates_nothing(env, body, words):
     uid = generate_uid()
     rsp = post_create(env, uid, body() if callable(body) else body)
@@ -344,8 +387,7 @@ def test_update_is_200_and_visible_in_retrieve(env):
     got = retrieve(env, uid)
     assert got.PerformedProcedureStepStatus == "IN PROGRESS"
     assert got.PerformedProcedureStepDescription == "Chest CT, first series"
-    assert [s.SeriesInstanceUID for s in got.PerformedSeriesSequence] == [
-        done.series_instance_uid]
+    assert [s.SeriesInstanceUID for s in got.PerformedSeriesSequence] == [done.series_instance_uid]
     assert len(got.PerformedSeriesSequence[0].ReferencedImageSequence) == 3
 
     rsp = post_update(env, uid, n_set_completed([done, series(1)]))
@@ -406,9 +448,16 @@ def test_update_completed_without_series_is_400_and_stays_in_progress(env):
 @pytest.fixture(scope="module")
 def cyrillic(env) -> tuple[str, Dataset]:
     """An instance with a non-Latin patient name, a scheduled step and a series."""
-    ds = create_ds("Иванов^Иван", patient_id="RU0001", description="КТ грудной клетки",
-                   steps=[ScheduledStep(generate_uid(), accession_number="XRT1",
-                                        sps_id="SXRT1", sps_description="Шаг")])
+    ds = create_ds(
+        "Иванов^Иван",
+        patient_id="RU0001",
+        description="КТ грудной клетки",
+        steps=[
+            ScheduledStep(
+                generate_uid(), accession_number="XRT1", sps_id="SXRT1", sps_description="Шаг"
+            )
+        ],
+    )
     uid = http_create(env, ds)
     assert post_update(env, uid, n_set_progress([series(2)])).status_code == 200
     return uid, ds
@@ -425,8 +474,10 @@ def test_retrieve_default_is_dicom_json(env, cyrillic):
     assert got.SOPInstanceUID == uid
     assert got.PatientID == "RU0001"
     assert got.SpecificCharacterSet == "ISO_IR 192"
-    assert got.ScheduledStepAttributesSequence[0].StudyInstanceUID == \
-        sent.ScheduledStepAttributesSequence[0].StudyInstanceUID
+    assert (
+        got.ScheduledStepAttributesSequence[0].StudyInstanceUID
+        == sent.ScheduledStepAttributesSequence[0].StudyInstanceUID
+    )
     assert got.ScheduledStepAttributesSequence[0].ScheduledProcedureStepDescription == "Шаг"
     # */* and application/json are answered with the default as well
     for accept in ("*/*", "application/json"):
@@ -461,9 +512,11 @@ def test_retrieve_includefield_returns_exactly_those(env, cyrillic):
         assert str(got.PatientName) == "Иванов^Иван"
         assert got.PerformedProcedureStepStatus == "IN PROGRESS"
     # repeated parameters work as a list too
-    rsp = requests.get(env.mpps_url(uid), params=[("includefield", "PatientName"),
-                                                  ("includefield", "00400252")],
-                       timeout=TIMEOUT)
+    rsp = requests.get(
+        env.mpps_url(uid),
+        params=[("includefield", "PatientName"), ("includefield", "00400252")],
+        timeout=TIMEOUT,
+    )
     assert set(rsp.json()) - {"00080005"} == {"00100010", "00400252"}
 
 
@@ -476,10 +529,13 @@ def test_retrieve_includefield_all_returns_everything(env, cyrillic):
     assert len(everything) > 20
 
 
-@pytest.mark.parametrize("value, words", [
-    ("all,PatientName", ["all"]),
-    ("PatientName,NoSuchKeyword", ["NoSuchKeyword"]),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("all,PatientName", ["all"]),
+        ("PatientName,NoSuchKeyword", ["NoSuchKeyword"]),
+    ],
+)
 def test_retrieve_bad_includefield_is_400(env, cyrillic, value, words):
     uid, _ = cyrillic
     rsp = requests.get(env.mpps_url(uid), params={"includefield": value}, timeout=TIMEOUT)
@@ -541,8 +597,9 @@ def test_http_create_then_dimse_n_set_and_n_get(env):
 def test_dimse_n_create_then_http_update_and_retrieve(env):
     uid = generate_uid()
     with mpps_association(env.server.port) as assoc:
-        status, _ = assoc.send_n_create(create_ds("Cross^Dimse", patient_id="XD0001"),
-                                        ModalityPerformedProcedureStep, uid)
+        status, _ = assoc.send_n_create(
+            create_ds("Cross^Dimse", patient_id="XD0001"), ModalityPerformedProcedureStep, uid
+        )
     assert status.Status == 0x0000, status
 
     got = retrieve(env, uid)
@@ -571,8 +628,13 @@ def test_http_mpps_drives_worklist_status_seen_by_c_find(env):
     item = cfind_item(port, "A10003")
     assert sps_status(item) == "SCHEDULED"
     assert item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID == "S10003"
-    ds = n_create([scheduled_step(item)], modality="MR", station_ae_title="MR01",
-                  patient_name=str(item.PatientName), patient_id=item.PatientID)
+    ds = n_create(
+        [scheduled_step(item)],
+        modality="MR",
+        station_ae_title="MR01",
+        patient_name=str(item.PatientName),
+        patient_id=item.PatientID,
+    )
     uid = http_create(env, ds)
 
     assert sps_status(cfind_item(port, "A10003")) == "IN PROGRESS"
@@ -602,8 +664,9 @@ def test_search_by_accession_number(env):
     assert step.ScheduledProcedureStepStatus == "SCHEDULED"
 
 
-@pytest.mark.parametrize("name", [f"{SPS}.Modality", "00400100.00080060",
-                                  f"{SPS}.00080060", "00400100.Modality"])
+@pytest.mark.parametrize(
+    "name", [f"{SPS}.Modality", "00400100.00080060", f"{SPS}.00080060", "00400100.Modality"]
+)
 def test_search_by_modality_in_the_sequence(env, name):
     found = search_results(env, {name: "CT", "limit": "1000"})
     got = set(accessions(found))
@@ -615,10 +678,11 @@ def test_search_by_date_range_today_tomorrow(env):
     found = search_results(env, {SPS_DATE: f"{env.date(0)}-{env.date(1)}", "limit": "1000"})
     assert set(accessions(found)) == TODAY | TOMORROW
     assert len(found) == len(TODAY | TOMORROW)
-    assert {d.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate
-            for d in found} == {env.date(0), env.date(1)}
-    dates = [d.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate
-             for d in found]
+    assert {d.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate for d in found} == {
+        env.date(0),
+        env.date(1),
+    }
+    dates = [d.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate for d in found]
     assert dates == sorted(dates)  # ordered by start
 
 
@@ -655,14 +719,23 @@ def test_search_nothing_matches_is_204(env):
     assert rsp.content == b""
 
 
-@pytest.mark.parametrize("params, words", [
-    ({SPS_DATE: "20261399"}, ["date"]),
-    ({SPS_DATE: "20261125-20261123"}, []),
-    ({"NoSuchAttribute": "x"}, ["NoSuchAttribute"]),
-    ({"PatientName.Modality": "CT"}, ["Scheduled Procedure Step Sequence"]),
-    ({"includefield": "NoSuchAttribute"}, ["NoSuchAttribute"]),
-], ids=["invalid-date", "reversed-range", "unknown-attribute", "not-a-sequence",
-        "unknown-includefield"])
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ({SPS_DATE: "20261399"}, ["date"]),
+        ({SPS_DATE: "20261125-20261123"}, []),
+        ({"NoSuchAttribute": "x"}, ["NoSuchAttribute"]),
+        ({"PatientName.Modality": "CT"}, ["Scheduled Procedure Step Sequence"]),
+        ({"includefield": "NoSuchAttribute"}, ["NoSuchAttribute"]),
+    ],
+    ids=[
+        "invalid-date",
+        "reversed-range",
+        "unknown-attribute",
+        "not-a-sequence",
+        "unknown-includefield",
+    ],
+)
 def test_search_bad_query_is_400(env, params, words):
     rsp = search(env, params)
     assert rsp.status_code == 400, rsp.text
@@ -693,17 +766,30 @@ FINDSCU_SPS = "(0040,0100)[0]."
 
 
 @pytest.mark.dcmtk
-@pytest.mark.parametrize("http_params, findscu_keys", [
-    ({"AccessionNumber": "A10019"}, ["AccessionNumber=A10019"]),
-    ({f"{SPS}.Modality": "CT"}, [FINDSCU_SPS + "Modality=CT"]),
-    ({"00400100.00080060": "MR"}, [FINDSCU_SPS + "Modality=MR"]),
-    ({SPS_DATE: "{today}-{tomorrow}"},
-     [FINDSCU_SPS + "ScheduledProcedureStepStartDate={today}-{tomorrow}"]),
-    ({"PatientName": "müller*"}, ["(0008,0005)=ISO_IR 192", "PatientName=müller*"]),
-    ({"PatientName": "*"}, []),
-    ({}, []),
-], ids=["accession", "modality-keyword", "modality-tags", "date-range", "name-wildcard",
-        "name-star", "universal"])
+@pytest.mark.parametrize(
+    "http_params, findscu_keys",
+    [
+        ({"AccessionNumber": "A10019"}, ["AccessionNumber=A10019"]),
+        ({f"{SPS}.Modality": "CT"}, [FINDSCU_SPS + "Modality=CT"]),
+        ({"00400100.00080060": "MR"}, [FINDSCU_SPS + "Modality=MR"]),
+        (
+            {SPS_DATE: "{today}-{tomorrow}"},
+            [FINDSCU_SPS + "ScheduledProcedureStepStartDate={today}-{tomorrow}"],
+        ),
+        ({"PatientName": "müller*"}, ["(0008,0005)=ISO_IR 192", "PatientName=müller*"]),
+        ({"PatientName": "*"}, []),
+        ({}, []),
+    ],
+    ids=[
+        "accession",
+        "modality-keyword",
+        "modality-tags",
+        "date-range",
+        "name-wildcard",
+        "name-star",
+        "universal",
+    ],
+)
 @pytest.mark.dimse
 def test_search_matches_findscu(env, http_params, findscu_keys):
     fmt = {"today": env.date(0), "tomorrow": env.date(1)}
@@ -728,8 +814,13 @@ def test_search_matches_findscu(env, http_params, findscu_keys):
 def test_search_by_status_completed_finds_completed_items_only(env):
     port = env.server.port
     item = cfind_item(port, "A10005")
-    ds = n_create([scheduled_step(item)], modality="DX", station_ae_title="DX01",
-                  patient_name=str(item.PatientName), patient_id=item.PatientID)
+    ds = n_create(
+        [scheduled_step(item)],
+        modality="DX",
+        station_ae_title="DX01",
+        patient_name=str(item.PatientName),
+        patient_id=item.PatientID,
+    )
     uid = http_create(env, ds)
     assert post_update(env, uid, n_set_completed([series()])).status_code == 200
 
@@ -750,8 +841,12 @@ def test_search_by_status_completed_finds_completed_items_only(env):
     assert statuses[-1].Status == 0x0000
     assert sorted(accessions(by_cfind)) == sorted(accessions(found))
     if shutil.which("findscu"):
-        by_findscu = env.findscu(FINDSCU_SPS + "ScheduledProcedureStepStatus=COMPLETED",
-                                 "AccessionNumber=", "StudyInstanceUID=", "PatientName=")
+        by_findscu = env.findscu(
+            FINDSCU_SPS + "ScheduledProcedureStepStatus=COMPLETED",
+            "AccessionNumber=",
+            "StudyInstanceUID=",
+            "PatientName=",
+        )
         assert sorted(map(summary, by_findscu)) == sorted(map(summary, found))
 
 
@@ -780,9 +875,15 @@ def test_bad_paging_parameters_are_400(env, params):
 
 def test_accept_quality_values_choose_the_media_type(env):
     uid = http_create(env)
-    rsp = requests.get(env.mpps_url(uid), timeout=TIMEOUT, headers={
-        "Accept": "application/dicom+xml;q=0.1, application/dicom+json"})
+    rsp = requests.get(
+        env.mpps_url(uid),
+        timeout=TIMEOUT,
+        headers={"Accept": "application/dicom+xml;q=0.1, application/dicom+json"},
+    )
     assert rsp.status_code == 200 and rsp.headers["content-type"].startswith(DICOM_JSON)
-    rsp = requests.get(env.mpps_url(uid), timeout=TIMEOUT, headers={
-        "Accept": "application/dicom+json;q=0.2, application/dicom+xml;q=0.9"})
+    rsp = requests.get(
+        env.mpps_url(uid),
+        timeout=TIMEOUT,
+        headers={"Accept": "application/dicom+json;q=0.2, application/dicom+xml;q=0.9"},
+    )
     assert rsp.headers["content-type"].startswith("application/dicom+xml")

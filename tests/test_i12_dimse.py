@@ -60,9 +60,19 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 TIMEOUT = 15
 # response Command Field values (PS3.7 E.1)
-RSP_FIELD = {"C-STORE": 0x8001, "C-GET": 0x8010, "C-FIND": 0x8020, "C-MOVE": 0x8021,
-             "C-ECHO": 0x8030, "N-EVENT-REPORT": 0x8100, "N-GET": 0x8110, "N-SET": 0x8120,
-             "N-ACTION": 0x8130, "N-CREATE": 0x8140, "N-DELETE": 0x8150}
+RSP_FIELD = {
+    "C-STORE": 0x8001,
+    "C-GET": 0x8010,
+    "C-FIND": 0x8020,
+    "C-MOVE": 0x8021,
+    "C-ECHO": 0x8030,
+    "N-EVENT-REPORT": 0x8100,
+    "N-GET": 0x8110,
+    "N-SET": 0x8120,
+    "N-ACTION": 0x8130,
+    "N-CREATE": 0x8140,
+    "N-DELETE": 0x8150,
+}
 ROWS_3_BYTES = struct.pack("<HHL", 0x0028, 0x0010, 3) + b"\x01\x02\x03"  # US, odd length
 
 
@@ -76,7 +86,7 @@ def tag(keyword: str) -> int:
     return int(tag_for_keyword(keyword))
 
 
-def tags(value) -> list[int]:  # noqa: ANN001
+def tags(value) -> list[int]:
     """An Attribute Identifier List (VM 1 or more) as a list of ints."""
     if value is None:
         return []
@@ -93,18 +103,25 @@ class Peer:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
         for context in (Verification, MWL, MPPS, MPPS_RETRIEVE):
             ae.add_requested_context(context, ImplicitVRLittleEndian)
-        self.assoc = ae.associate("127.0.0.1", port, ae_title="WORKLISTS",
-                                  evt_handlers=[(evt.EVT_DIMSE_RECV, self._on_recv)])
+        self.assoc = ae.associate(
+            "127.0.0.1",
+            port,
+            ae_title="WORKLISTS",
+            evt_handlers=[(evt.EVT_DIMSE_RECV, self._on_recv)],
+        )
         assert self.assoc.is_established
 
-    def _on_recv(self, event) -> None:  # noqa: ANN001
+    def _on_recv(self, event) -> None:
         self.received.append(event.message.command_set)
 
     def context_id(self, abstract_syntax: str) -> int:
-        return next(cx.context_id for cx in self.assoc.accepted_contexts
-                    if cx.abstract_syntax == abstract_syntax)
+        return next(
+            cx.context_id
+            for cx in self.assoc.accepted_contexts
+            if cx.abstract_syntax == abstract_syntax
+        )
 
-    def request(self, primitive, abstract_syntax: str) -> Dataset | None:  # noqa: ANN001
+    def request(self, primitive, abstract_syntax: str) -> Dataset | None:
         """Send a request primitive on the context of ``abstract_syntax`` as pynetdicom's
         send_* do; the command set of the response (None: no answer)."""
         self.received.clear()
@@ -129,8 +146,9 @@ class Peer:
 
 
 def plain_create(**overrides) -> Dataset:
-    kwargs = dict(modality="CT", station_ae_title="MODALITY1",
-                  patient_name="Twelve^Patient", patient_id="I12")
+    kwargs = dict(
+        modality="CT", station_ae_title="MODALITY1", patient_name="Twelve^Patient", patient_id="I12"
+    )
     kwargs.update(overrides)
     return n_create([ScheduledStep(generate_uid())], **kwargs)
 
@@ -153,11 +171,12 @@ def raw_n_set(uid: str, ds: Dataset, extra: bytes = b"", sop_class: str = MPPS) 
     return req
 
 
-def warnings_since(server, mark: int) -> list[str]:  # noqa: ANN001
+def warnings_since(server, mark: int) -> list[str]:
     return server.log()[mark:].splitlines()
 
 
 # --- item 3: failure statuses name the attribute -------------------------------------------
+
 
 def _missing_modality() -> Dataset:
     ds = plain_create()
@@ -172,12 +191,15 @@ def _nested_study_uid() -> Dataset:
 
 
 N_CREATE_FAILURES = {
-    "0106 status not IN PROGRESS": (lambda: plain_create(status="COMPLETED"), b"", 0x0106,
-                                    "PerformedProcedureStepStatus"),
+    "0106 status not IN PROGRESS": (
+        lambda: plain_create(status="COMPLETED"),
+        b"",
+        0x0106,
+        "PerformedProcedureStepStatus",
+    ),
     "0120 Modality absent": (_missing_modality, b"", 0x0120, "Modality"),
     "0121 Modality empty": (lambda: plain_create(modality=""), b"", 0x0121, "Modality"),
-    "0120 StudyInstanceUID of an item absent": (_nested_study_uid, b"", 0x0120,
-                                                "StudyInstanceUID"),
+    "0120 StudyInstanceUID of an item absent": (_nested_study_uid, b"", 0x0120, "StudyInstanceUID"),
     "0106 Rows of 3 bytes": (plain_create, ROWS_3_BYTES, 0x0106, "Rows"),
 }
 
@@ -218,8 +240,7 @@ def test_n_set_failure_names_the_attribute(server):
             assert tags(rsp.get("AttributeIdentifierList")) == [tag(keyword)], rsp
         # pynetdicom's own N-SET hands the list over in the status
         status, _ = peer.assoc.send_n_set(cases[1][0], MPPS, uid)
-        assert tags(status.get("AttributeIdentifierList")) == [
-            tag("PerformedProcedureStepStatus")]
+        assert tags(status.get("AttributeIdentifierList")) == [tag("PerformedProcedureStepStatus")]
         # nothing of it stuck: the step is still IN PROGRESS and can be completed
         status, attrs = peer.assoc.send_n_get([], MPPS_RETRIEVE, uid)
         assert status.Status == 0x0000 and attrs.PerformedProcedureStepStatus == "IN PROGRESS"
@@ -228,6 +249,7 @@ def test_n_set_failure_names_the_attribute(server):
 
 
 # --- item 5: operations a context does not serve ------------------------------------------
+
 
 def _c_get(sop_class: str) -> C_GET:
     req = C_GET()
@@ -297,8 +319,11 @@ def event_information() -> Dataset:
 UNSERVED = [
     ("N-DELETE", MPPS, lambda p: p.assoc.send_n_delete(MPPS, generate_uid())),
     ("N-ACTION", MPPS, lambda p: p.assoc.send_n_action(None, 1, MPPS, generate_uid())),
-    ("N-EVENT-REPORT", MPPS, lambda p: p.assoc.send_n_event_report(
-        event_information(), 1, MPPS, generate_uid())),
+    (
+        "N-EVENT-REPORT",
+        MPPS,
+        lambda p: p.assoc.send_n_event_report(event_information(), 1, MPPS, generate_uid()),
+    ),
     ("C-STORE", MPPS, None),
     ("C-GET", MPPS, lambda p: p.request(_c_get(MPPS), MPPS)),
     ("C-MOVE", MPPS, lambda p: p.request(_c_move(MPPS), MPPS)),
@@ -328,7 +353,8 @@ def test_unserved_operations_get_0211_in_their_own_response(server):
             (how or _c_store)(peer)
             rsp = peer.last()
             assert rsp.CommandField == RSP_FIELD[op], (
-                f"{op} on {context}: answered 0x{rsp.CommandField:04X}")
+                f"{op} on {context}: answered 0x{rsp.CommandField:04X}"
+            )
             assert rsp.Status == 0x0211, f"{op} on {context}: 0x{rsp.Status:04X}"
             assert peer.assoc.is_established, f"{op} on {context} ended the association"
         # the association still serves what it should
@@ -354,7 +380,7 @@ MISMATCHED = [
 ]
 
 
-def _mismatched_request(op: str, sop_class: str):  # noqa: ANN202
+def _mismatched_request(op: str, sop_class: str):
     if op == "N-CREATE":
         return _n_create(sop_class)
     if op == "N-SET":
@@ -374,7 +400,8 @@ def test_request_naming_another_sop_class_is_refused_in_its_own_response(server)
             rsp = peer.request(_mismatched_request(op, sop_class), context)
             assert rsp is not None, f"{op} naming {sop_class} on {context}: no answer"
             assert rsp.CommandField == RSP_FIELD[op], (
-                f"{op} naming {sop_class}: answered 0x{rsp.CommandField:04X}")
+                f"{op} naming {sop_class}: answered 0x{rsp.CommandField:04X}"
+            )
             assert rsp.Status == status, f"{op} naming {sop_class}: 0x{rsp.Status:04X}"
             assert rsp.AffectedSOPClassUID == sop_class  # U(=): as in the request
             assert peer.assoc.is_established
@@ -383,8 +410,7 @@ def test_request_naming_another_sop_class_is_refused_in_its_own_response(server)
         assert status.Status == 0x0000
     finally:
         peer.release()
-    lines = [line for line in warnings_since(server, mark)
-             if "0x0118" in line or "0x0122" in line]
+    lines = [line for line in warnings_since(server, mark) if "0x0118" in line or "0x0122" in line]
     assert len(lines) == len(MISMATCHED), "\n".join(lines)
     assert "Traceback" not in server.log()[mark:]
 

@@ -12,7 +12,6 @@ import ssl
 import struct
 import subprocess
 import threading
-import time
 from io import BytesIO
 
 import pytest
@@ -58,13 +57,23 @@ def associate_rq(calling: str = "ATTACKER", called: str = "WORKLISTS") -> bytes:
     """A-ASSOCIATE-RQ: MPPS (context 1), Verification (3) and Modality Worklist FIND (5),
     implicit VR little endian."""
     contexts = b"".join(
-        _item(0x20, bytes([cid, 0, 0, 0]) + _item(0x30, uid.encode())
-              + _item(0x40, IMPLICIT.encode()))
-        for cid, uid in ((1, MPPS), (3, VERIFICATION), (5, MWL_FIND)))
-    user = _item(0x50, _item(0x51, struct.pack(">L", 16382))
-                 + _item(0x52, b"1.2.826.0.1.3680043.9.7433.1"))
-    body = (struct.pack(">H2x", 1) + called.ljust(16).encode() + calling.ljust(16).encode()
-            + bytes(32) + _item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + user)
+        _item(
+            0x20, bytes([cid, 0, 0, 0]) + _item(0x30, uid.encode()) + _item(0x40, IMPLICIT.encode())
+        )
+        for cid, uid in ((1, MPPS), (3, VERIFICATION), (5, MWL_FIND))
+    )
+    user = _item(
+        0x50, _item(0x51, struct.pack(">L", 16382)) + _item(0x52, b"1.2.826.0.1.3680043.9.7433.1")
+    )
+    body = (
+        struct.pack(">H2x", 1)
+        + called.ljust(16).encode()
+        + calling.ljust(16).encode()
+        + bytes(32)
+        + _item(0x10, b"1.2.840.10008.3.1.1.1")
+        + contexts
+        + user
+    )
     return struct.pack(">BxL", 0x01, len(body)) + body
 
 
@@ -85,20 +94,35 @@ def command(**elements) -> bytes:
 def oversize_n_create(uid: str, size: int) -> tuple[bytes, bytes, int]:
     """(command set, data set start, bytes of zeros that follow): a valid MPPS N-CREATE
     attribute list, then a private OB element of ``size`` bytes at its end."""
-    ds = n_create([ScheduledStep(generate_uid())], modality="CT", station_ae_title="HOSTILE",
-                  patient_name="Hostile^Peer", patient_id="HP1")
+    ds = n_create(
+        [ScheduledStep(generate_uid())],
+        modality="CT",
+        station_ae_title="HOSTILE",
+        patient_name="Hostile^Peer",
+        patient_id="HP1",
+    )
     ds.add_new(0x7FE10010, "LO", "HOSTILE")
     start = encode(ds, True, True) + struct.pack("<HHL", 0x7FE1, 0x1000, size)
-    cmd = command(AffectedSOPClassUID=MPPS, CommandField=N_CREATE_RQ, MessageID=7,
-                  CommandDataSetType=0x0001, AffectedSOPInstanceUID=uid)
+    cmd = command(
+        AffectedSOPClassUID=MPPS,
+        CommandField=N_CREATE_RQ,
+        MessageID=7,
+        CommandDataSetType=0x0001,
+        AffectedSOPInstanceUID=uid,
+    )
     return cmd, start, size
 
 
 class Peer:
     """One raw TCP (or TLS) connection to the server."""
 
-    def __init__(self, port: int, source: str = "127.0.0.1",
-                 tls: ssl.SSLContext | None = None, timeout: float = 20) -> None:
+    def __init__(
+        self,
+        port: int,
+        source: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+        timeout: float = 20,
+    ) -> None:
         raw = socket.socket()
         raw.bind((source, 0))
         raw.settimeout(timeout)
@@ -135,15 +159,14 @@ class Peer:
             assert kind == 0x04, f"P-DATA-TF expected, got PDU type {kind:#x}"
             pos = 0
             while pos < len(body):
-                length, flags = int.from_bytes(body[pos:pos + 4], "big"), body[pos + 5]
+                length, flags = int.from_bytes(body[pos : pos + 4], "big"), body[pos + 5]
                 if flags & 1:
-                    data += body[pos + 6:pos + 4 + length]
+                    data += body[pos + 6 : pos + 4 + length]
                     if flags & 2:
                         return decode(BytesIO(data), True, True)
                 pos += 4 + length
 
-    def send_message(self, context_id: int, cmd: bytes, start: bytes = b"",
-                     zeros: int = 0) -> None:
+    def send_message(self, context_id: int, cmd: bytes, start: bytes = b"", zeros: int = 0) -> None:
         """A message in FRAGMENT-sized PDUs, the data set streamed, never built whole."""
         self.sock.sendall(pdata(context_id, 0x03, cmd))
         if not start and not zeros:
@@ -152,14 +175,21 @@ class Peer:
         block = bytes(FRAGMENT)
         while sent < total:
             if len(buffered) < FRAGMENT:
-                buffered += block[:min(FRAGMENT, total - sent - len(buffered))]
+                buffered += block[: min(FRAGMENT, total - sent - len(buffered))]
             piece, buffered = buffered[:FRAGMENT], buffered[FRAGMENT:]
             sent += len(piece)
             self.sock.sendall(pdata(context_id, 0x02 if sent >= total else 0x00, piece))
 
     def echo(self) -> int:
-        self.send_message(3, command(AffectedSOPClassUID=VERIFICATION, CommandField=C_ECHO_RQ,
-                                     MessageID=8, CommandDataSetType=0x0101))
+        self.send_message(
+            3,
+            command(
+                AffectedSOPClassUID=VERIFICATION,
+                CommandField=C_ECHO_RQ,
+                MessageID=8,
+                CommandDataSetType=0x0101,
+            ),
+        )
         return int(self.response().Status)
 
 
@@ -174,9 +204,13 @@ def stored_mpps(port: int) -> str:
     uid = generate_uid()
     assoc = associate(port, MPPS_CLASS, ae_title="MODALITY1")
     try:
-        ds = n_create([ScheduledStep(generate_uid())], modality="CT",
-                      station_ae_title="MODALITY1", patient_name="Kept^Patient",
-                      patient_id="KP1")
+        ds = n_create(
+            [ScheduledStep(generate_uid())],
+            modality="CT",
+            station_ae_title="MODALITY1",
+            patient_name="Kept^Patient",
+            patient_id="KP1",
+        )
         status, _ = assoc.send_n_create(ds, MPPS_CLASS, uid)
         assert status.Status == 0
     finally:
@@ -205,8 +239,7 @@ def test_oversize_messages_get_0213_without_being_buffered(live_server):
     limit, its association still answers C-ECHO, the server's RSS grows by less than
     the limit times the peers (plus slack), a modality is served throughout, and an MPPS
     stored before is still there while the oversize ones were not stored."""
-    server = live_server(None, "--sample-file", str(SAMPLE), "--max-message-size",
-                         str(LIMIT))
+    server = live_server(None, "--sample-file", str(SAMPLE), "--max-message-size", str(LIMIT))
     kept = stored_mpps(server.port)
     legitimate_client_is_served(server.port)  # warm: caches, first association threads
     before = rss_mb(server.proc.pid)
@@ -221,8 +254,7 @@ def test_oversize_messages_get_0213_without_being_buffered(live_server):
                 peer.associate()
                 peer.send_message(1, *oversize_n_create(uids[n], PER_PEER))
                 rsp = peer.response()
-                results[n] = (int(rsp.Status), str(rsp.get("ErrorComment", "")),
-                              peer.echo())
+                results[n] = (int(rsp.Status), str(rsp.get("ErrorComment", "")), peer.echo())
             finally:
                 peer.close()
         except Exception as exc:  # noqa: BLE001 - reported below
@@ -241,8 +273,10 @@ def test_oversize_messages_get_0213_without_being_buffered(live_server):
     peak.append(rss_mb(server.proc.pid))
     growth = max(peak) - before
     print(f"RSS {before:.0f} MB, peak +{growth:.0f} MB; results {results}")
-    assert all(results.get(n) == (0x0213, f"Message over max_message_size of {LIMIT} bytes",
-                                  0) for n in range(PEERS)), results
+    assert all(
+        results.get(n) == (0x0213, f"Message over max_message_size of {LIMIT} bytes", 0)
+        for n in range(PEERS)
+    ), results
     assert growth < PEERS * LIMIT / MiB + 40, f"RSS grew by {growth:.0f} MB"
     legitimate_client_is_served(server.port)
     assert n_get_status(server.port, kept) == 0
@@ -254,8 +288,7 @@ def test_oversize_messages_get_0213_without_being_buffered(live_server):
 def test_the_message_bound_counts_the_whole_message_not_one_pdu(live_server):
     """A message just under the bound is served as ever (here refused on its contents,
     not on its size); the bound is the message's, across all its PDUs."""
-    server = live_server(None, "--sample-file", str(SAMPLE), "--max-message-size",
-                         str(LIMIT))
+    server = live_server(None, "--sample-file", str(SAMPLE), "--max-message-size", str(LIMIT))
     peer = Peer(server.port)
     try:
         peer.associate()
@@ -275,20 +308,27 @@ def test_an_oversize_c_find_gets_a700_and_the_association_goes_on(live_server):
     """A C-FIND-RQ whose identifier passes max_message_size: 0xA700 Out of Resources
     (PS3.4 K.4.1.1.4) naming the limit, then an ordinary C-FIND on the same association
     is answered."""
-    server = live_server(None, "--sample-file", str(SAMPLE), "--max-message-size",
-                         str(LIMIT))
+    server = live_server(None, "--sample-file", str(SAMPLE), "--max-message-size", str(LIMIT))
     peer = Peer(server.port)
     try:
         peer.associate()
         query = worklist_query(AccessionNumber="A10001")
-        find_rq = command(AffectedSOPClassUID=MWL_FIND, CommandField=C_FIND_RQ, MessageID=9,
-                          Priority=0, CommandDataSetType=0x0001)
+        find_rq = command(
+            AffectedSOPClassUID=MWL_FIND,
+            CommandField=C_FIND_RQ,
+            MessageID=9,
+            Priority=0,
+            CommandDataSetType=0x0001,
+        )
         identifier = encode(query, True, True)
-        peer.send_message(5, find_rq, identifier + struct.pack("<HHL", 0x7FE1, 0x1000,
-                                                               2 * LIMIT), 2 * LIMIT)
+        peer.send_message(
+            5, find_rq, identifier + struct.pack("<HHL", 0x7FE1, 0x1000, 2 * LIMIT), 2 * LIMIT
+        )
         rsp = peer.response()
         assert (int(rsp.Status), rsp.ErrorComment) == (
-            0xA700, f"Message over max_message_size of {LIMIT} bytes")
+            0xA700,
+            f"Message over max_message_size of {LIMIT} bytes",
+        )
         peer.send_message(5, find_rq, identifier)
         statuses = [int(peer.response().Status), int(peer.response().Status)]
         assert statuses == [0xFF00, 0x0000]
@@ -299,7 +339,7 @@ def test_an_oversize_c_find_gets_a700_and_the_association_goes_on(live_server):
 # --- 8. the TLS port obeys the plain port's limits ----------------------------------------
 
 
-def _client_tls(pki) -> ssl.SSLContext:  # noqa: ANN001
+def _client_tls(pki) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.crt"))
     context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
     return context
@@ -336,15 +376,28 @@ def test_tls_pdu_over_the_limit_is_aborted_unread(live_server, pki, pdu_type):  
     assert kind == 0x07 and body[3] == 0x06, "no A-ABORT (invalid PDU parameter value)"
     assert growth < 16, f"RSS grew by {growth:.0f} MB"
     pki_echo = subprocess.run(
-        [require_tool("echoscu"), "+tls", str(pki / "client.key"), str(pki / "client.crt"),
-         "+cf", str(pki / "ca.crt"), "-to", "5", "-aec", "WORKLISTS", "127.0.0.1",
-         str(port)], capture_output=True, timeout=30)
+        [
+            require_tool("echoscu"),
+            "+tls",
+            str(pki / "client.key"),
+            str(pki / "client.crt"),
+            "+cf",
+            str(pki / "ca.crt"),
+            "-to",
+            "5",
+            "-aec",
+            "WORKLISTS",
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     assert pki_echo.returncode == 0, pki_echo.stderr
     legitimate_client_is_served(server.port)
 
 
-def test_idle_connections_on_the_tls_port_do_not_block_its_listener(live_server,
-                                                                     pki):  # noqa: F811
+def test_idle_connections_on_the_tls_port_do_not_block_its_listener(live_server, pki):  # noqa: F811
     """TCP connections that never start TLS: the TLS handshake runs in each connection's
     own thread under the handshake timeout, not in the listener, so DCMTK's echoscu over
     TLS (2 s timeouts) gets in meanwhile."""
@@ -353,9 +406,25 @@ def test_idle_connections_on_the_tls_port_do_not_block_its_listener(live_server,
     idle = [Peer(port, source="127.0.0.2") for _ in range(3)]
     try:
         done = subprocess.run(
-            [require_tool("echoscu"), "+tls", str(pki / "client.key"),
-             str(pki / "client.crt"), "+cf", str(pki / "ca.crt"), "-to", "2", "-ta", "2",
-             "-aec", "WORKLISTS", "127.0.0.1", str(port)], capture_output=True, timeout=30)
+            [
+                require_tool("echoscu"),
+                "+tls",
+                str(pki / "client.key"),
+                str(pki / "client.crt"),
+                "+cf",
+                str(pki / "ca.crt"),
+                "-to",
+                "2",
+                "-ta",
+                "2",
+                "-aec",
+                "WORKLISTS",
+                "127.0.0.1",
+                str(port),
+            ],
+            capture_output=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr.decode(errors="replace")
     finally:
         for peer in idle:
@@ -389,8 +458,11 @@ def test_idle_and_half_header_connections_do_not_take_association_slots(live_ser
             elif n % 3 == 2:
                 sock.sendall(b"\x01\x00\x00\x00\x00\xcd")  # an A-ASSOCIATE-RQ header only
             held.append(sock)
-        done = subprocess.run([echoscu, "-to", "2", "-ta", "2", "-aec", "WORKLISTS",
-                               "127.0.0.1", str(server.port)], capture_output=True, timeout=30)
+        done = subprocess.run(
+            [echoscu, "-to", "2", "-ta", "2", "-aec", "WORKLISTS", "127.0.0.1", str(server.port)],
+            capture_output=True,
+            timeout=30,
+        )
         assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")
         legitimate_client_is_served(server.port)
         growth = rss_mb(server.proc.pid) - before
@@ -418,6 +490,7 @@ def test_the_gate_counts_slots_pending_and_addresses_apart():
     """admission.py directly: association slots, pending connections (the oldest evicted
     when they are full) and connections per address are three counts."""
     from worklist_mpps.dimse.admission import ConnectionGate
+
     gate = ConnectionGate(max_associations=1, max_pending=2, per_address=2)
     evicted = []
     a1, _ = gate.admit("10.0.0.1")
@@ -438,24 +511,32 @@ def test_the_gate_counts_slots_pending_and_addresses_apart():
     assert gate.pending == gate.associated == 0 and not gate.by_address
 
 
-def test_a_flood_of_idle_connections_from_many_addresses_cannot_fill_the_handshakes(
-        live_server):
+def test_a_flood_of_idle_connections_from_many_addresses_cannot_fill_the_handshakes(live_server):
     """40 idle connections from 40 source addresses against 8 pending places and 32
     association slots: echoscu (2 s timeouts) from 127.0.0.1 still gets in, since a new
     connection evicts the oldest pending one instead of being refused."""
     echoscu = require_tool("echoscu")
-    server = live_server(None, "--sample-file", str(SAMPLE), "--max-pending-connections",
-                         "8", "--handshake-timeout", "30")
+    server = live_server(
+        None,
+        "--sample-file",
+        str(SAMPLE),
+        "--max-pending-connections",
+        "8",
+        "--handshake-timeout",
+        "30",
+    )
     held = []
     try:
         for n in range(40):
             held.append(Peer(server.port, source=f"127.0.1.{n + 1}"))
-        done = subprocess.run([echoscu, "-to", "2", "-ta", "2", "-aec", "WORKLISTS",
-                               "127.0.0.1", str(server.port)], capture_output=True, timeout=30)
+        done = subprocess.run(
+            [echoscu, "-to", "2", "-ta", "2", "-aec", "WORKLISTS", "127.0.0.1", str(server.port)],
+            capture_output=True,
+            timeout=30,
+        )
         assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")
         legitimate_client_is_served(server.port)
     finally:
         for peer in held:
             peer.close()
     assert "max_pending_connections reached" in server.log()
-

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 import h11
 import pytest
@@ -48,14 +48,22 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
         yield live
 
 
-def request(server: LiveServer, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None, host: str | None = None) -> tuple[int, dict, bytes]:
+def request(
+    server: LiveServer,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    host: str | None = None,
+) -> tuple[int, dict, bytes]:
     """One request with exactly these headers (Host defaults to the server's address)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=TIMEOUT)
     try:
         conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        all_headers = {"Host": f"127.0.0.1:{server.http_port}" if host is None else host,
-                       **(headers or {})}
+        all_headers = {
+            "Host": f"127.0.0.1:{server.http_port}" if host is None else host,
+            **(headers or {}),
+        }
         for name, value in all_headers.items():
             if value is not None:
                 conn.putheader(name, value)
@@ -71,8 +79,7 @@ def request(server: LiveServer, method: str, path: str, body: bytes | None = Non
 def mpps_create(**extra: dict) -> dict:
     """A valid N-CREATE attribute list as DICOM JSON (IN PROGRESS, unscheduled)."""
     doc = {
-        "00400270": {"vr": "SQ", "Value": [{"0020000D": {"vr": "UI",
-                                                        "Value": [generate_uid()]}}]},
+        "00400270": {"vr": "SQ", "Value": [{"0020000D": {"vr": "UI", "Value": [generate_uid()]}}]},
         "00400253": {"vr": "SH", "Value": ["PPS1"]},
         "00400241": {"vr": "AE", "Value": ["CT01"]},
         "00400244": {"vr": "DA", "Value": ["20261201"]},
@@ -100,16 +107,26 @@ def stored(server: LiveServer, path: str) -> bool:
 def test_no_cors_fetch_cannot_create_an_mpps(server):
     """What fetch(url, {method: 'POST', mode: 'no-cors', body: json}) sends from a page."""
     path = new_mpps_path()
-    status, headers, _ = request(server, "POST", path, json.dumps(mpps_create()).encode(), {
-        "Content-Type": "text/plain;charset=UTF-8", "Origin": EVIL,
-        "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"})
+    status, headers, _ = request(
+        server,
+        "POST",
+        path,
+        json.dumps(mpps_create()).encode(),
+        {
+            "Content-Type": "text/plain;charset=UTF-8",
+            "Origin": EVIL,
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "no-cors",
+        },
+    )
     assert status == 403
     assert "access-control-allow-origin" not in headers
     assert not stored(server, path)
 
 
-@pytest.mark.parametrize("content_type", [None, "application/json",
-                                          'multipart/related; type="text/plain"; boundary=x'])
+@pytest.mark.parametrize(
+    "content_type", [None, "application/json", 'multipart/related; type="text/plain"; boundary=x']
+)
 def test_dicomweb_body_needs_its_exact_media_type(server, content_type):
     """No Content-Type is no longer read as DICOM JSON; other types stay 415 (text/plain,
     form types, application/dicom+json-seq were already refused)."""
@@ -118,8 +135,9 @@ def test_dicomweb_body_needs_its_exact_media_type(server, content_type):
     status, _, answer = request(server, "POST", path, body, {"Content-Type": content_type})
     assert status == 415, answer
     assert not stored(server, path)
-    status, _, answer = request(server, "POST", path, body,
-                                {"Content-Type": "Application/DICOM+JSON; charset=utf-8"})
+    status, _, answer = request(
+        server, "POST", path, body, {"Content-Type": "Application/DICOM+JSON; charset=utf-8"}
+    )
     assert status == 201, answer
 
 
@@ -127,46 +145,68 @@ def test_dicomweb_body_needs_its_exact_media_type(server, content_type):
 def test_management_api_body_needs_application_json(server, content_type):
     patient_id = "P-" + generate_uid()[-12:]
     body = json.dumps({"patient_id": patient_id}).encode()
-    status, _, answer = request(server, "POST", "/api/patients", body,
-                                {"Content-Type": content_type})
+    status, _, answer = request(
+        server, "POST", "/api/patients", body, {"Content-Type": content_type}
+    )
     assert status == 415, answer
     status, _, answer = request(server, "GET", f"/api/patients?patient_id={patient_id}")
     assert status == 200 and json.loads(answer)["total"] == 0
-    status, _, answer = request(server, "POST", "/api/patients", body,
-                                {"Content-Type": "application/json; charset=utf-8"})
+    status, _, answer = request(
+        server, "POST", "/api/patients", body, {"Content-Type": "application/json; charset=utf-8"}
+    )
     assert status == 201, answer
 
 
 def test_cross_site_requests_cannot_discontinue_an_mpps(server):
     path = new_mpps_path()
-    status, _, _ = request(server, "POST", path, json.dumps(mpps_create()).encode(),
-                           {"Content-Type": DICOM_JSON})
+    status, _, _ = request(
+        server, "POST", path, json.dumps(mpps_create()).encode(), {"Content-Type": DICOM_JSON}
+    )
     assert status == 201
     discontinue = json.dumps({"00400252": {"vr": "CS", "Value": ["DISCONTINUED"]}}).encode()
-    for forged in ({"Origin": EVIL}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
-                   {"Sec-Fetch-Site": "same-site"},
-                   {"Origin": f"http://localhost:{server.http_port + 1}"}):
-        status, _, _ = request(server, "POST", path + "?update", discontinue,
-                               {"Content-Type": DICOM_JSON, **forged})
+    for forged in (
+        {"Origin": EVIL},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": f"http://localhost:{server.http_port + 1}"},
+    ):
+        status, _, _ = request(
+            server, "POST", path + "?update", discontinue, {"Content-Type": DICOM_JSON, **forged}
+        )
         assert status == 403, forged
     status, _, answer = request(server, "GET", path)
     assert status == 200 and json.loads(answer)["00400252"]["Value"] == ["IN PROGRESS"]
     # the server's own origin (a page it served itself) may write
-    status, _, answer = request(server, "POST", path + "?update", discontinue, {
-        "Content-Type": DICOM_JSON, "Origin": f"http://127.0.0.1:{server.http_port}",
-        "Sec-Fetch-Site": "same-origin"})
+    status, _, answer = request(
+        server,
+        "POST",
+        path + "?update",
+        discontinue,
+        {
+            "Content-Type": DICOM_JSON,
+            "Origin": f"http://127.0.0.1:{server.http_port}",
+            "Sec-Fetch-Site": "same-origin",
+        },
+    )
     assert status == 200, answer
 
 
 def test_cross_origin_api_writes_are_refused(server):
     body = json.dumps({"patient_id": "P-X-" + generate_uid()[-10:]}).encode()
-    status, _, _ = request(server, "POST", "/api/patients", body,
-                           {"Content-Type": "application/json", "Origin": EVIL})
+    status, _, _ = request(
+        server, "POST", "/api/patients", body, {"Content-Type": "application/json", "Origin": EVIL}
+    )
     assert status == 403
     status, _, _ = request(server, "DELETE", "/api/patients/1", None, {"Origin": EVIL})
     assert status == 403
-    status, _, _ = request(server, "PATCH", "/api/worklist-items/1", b'{"modality": "MR"}',
-                           {"Content-Type": "application/json", "Origin": EVIL})
+    status, _, _ = request(
+        server,
+        "PATCH",
+        "/api/worklist-items/1",
+        b'{"modality": "MR"}',
+        {"Content-Type": "application/json", "Origin": EVIL},
+    )
     assert status == 403
     # reading stays possible; the browser hides the answer without CORS headers
     status, headers, _ = request(server, "GET", "/api/patients?limit=1", None, {"Origin": EVIL})
@@ -174,24 +214,36 @@ def test_cross_origin_api_writes_are_refused(server):
 
 
 def test_cors_preflight_is_refused_without_configured_origins(server):
-    status, headers, _ = request(server, "OPTIONS", new_mpps_path(), None, {
-        "Origin": EVIL, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})
+    status, headers, _ = request(
+        server,
+        "OPTIONS",
+        new_mpps_path(),
+        None,
+        {
+            "Origin": EVIL,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert status == 403 and "access-control-allow-origin" not in headers
 
 
 def test_dns_rebinding_host_is_refused_and_loopback_names_served(server):
     """A page on evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example."""
     worklist = "/modality-scheduled-procedure-steps?limit=5"
-    for host in ("evil.example", "evil.example:5244", "127.0.0.1.nip.io",
-                 "localhost.evil.example", "[::2]:80"):
+    for host in (
+        "evil.example",
+        "evil.example:5244",
+        "127.0.0.1.nip.io",
+        "localhost.evil.example",
+        "[::2]:80",
+    ):
         status, _, body = request(server, "GET", worklist, host=host)
         assert status == 421 and b"00080050" not in body, (host, body)
     for host in ("a b", "", "x:y:z"):
         status, _, body = request(server, "GET", worklist, host=host)
         assert status == 400 and b"00080050" not in body, (host, body)
-    for host in ("localhost", "LOCALHOST:{port}", "127.0.0.1:{port}", "[::1]:{port}",
-                 "127.0.0.1"):
+    for host in ("localhost", "LOCALHOST:{port}", "127.0.0.1:{port}", "[::1]:{port}", "127.0.0.1"):
         status, _, _ = request(server, "GET", worklist, host=host.format(port=server.http_port))
         assert status == 200, host
 
@@ -206,37 +258,68 @@ def test_local_health_check_keeps_working(server):
 
 @pytest.fixture(scope="module")
 def cors_server(tmp_path_factory) -> Iterator[LiveServer]:
-    with module_server(tmp_path_factory, "i12cors", "--http-cors-origins",
-                       "http://ris.example:8080", "--http-allowed-hosts",
-                       "worklist.example,10.1.2.3") as live:
+    with module_server(
+        tmp_path_factory,
+        "i12cors",
+        "--http-cors-origins",
+        "http://ris.example:8080",
+        "--http-allowed-hosts",
+        "worklist.example,10.1.2.3",
+    ) as live:
         yield live
 
 
 def test_configured_origin_gets_a_proper_preflight(cors_server):
-    status, headers, _ = request(cors_server, "OPTIONS", "/api/patients", None, {
-        "Origin": "http://ris.example:8080", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type, authorization"})
+    status, headers, _ = request(
+        cors_server,
+        "OPTIONS",
+        "/api/patients",
+        None,
+        {
+            "Origin": "http://ris.example:8080",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, authorization",
+        },
+    )
     assert status == 204
     assert headers["access-control-allow-origin"] == "http://ris.example:8080"
     assert "POST" in headers["access-control-allow-methods"]
     assert "content-type" in headers["access-control-allow-headers"].lower()
     assert "origin" in headers["vary"].lower()
     for other in (EVIL, "http://ris.example:8081", "https://ris.example:8080"):
-        status, headers, _ = request(cors_server, "OPTIONS", "/api/patients", None, {
-            "Origin": other, "Access-Control-Request-Method": "POST"})
+        status, headers, _ = request(
+            cors_server,
+            "OPTIONS",
+            "/api/patients",
+            None,
+            {"Origin": other, "Access-Control-Request-Method": "POST"},
+        )
         assert status == 403 and "access-control-allow-origin" not in headers, other
 
 
 def test_configured_origin_may_write_and_read(cors_server):
     body = json.dumps({"patient_id": "P-C-" + generate_uid()[-10:]}).encode()
-    status, headers, answer = request(cors_server, "POST", "/api/patients", body, {
-        "Content-Type": "application/json", "Origin": "http://ris.example:8080",
-        "Sec-Fetch-Site": "cross-site"})
+    status, headers, answer = request(
+        cors_server,
+        "POST",
+        "/api/patients",
+        body,
+        {
+            "Content-Type": "application/json",
+            "Origin": "http://ris.example:8080",
+            "Sec-Fetch-Site": "cross-site",
+        },
+    )
     assert status == 201, answer
     assert headers["access-control-allow-origin"] == "http://ris.example:8080"
     assert "location" in headers["access-control-expose-headers"].lower()
-    status, _, _ = request(cors_server, "POST", "/api/patients", body, {
-        "Content-Type": "application/json", "Origin": EVIL})
+    status, _, _ = request(
+        cors_server,
+        "POST",
+        "/api/patients",
+        body,
+        {"Content-Type": "application/json", "Origin": EVIL},
+    )
     assert status == 403
 
 
@@ -282,16 +365,22 @@ def as_xml(doc: dict) -> bytes:
 
 def nested_xml(levels: int) -> bytes:
     attr = '<DicomAttribute tag="00400270" vr="SQ"><Item number="1">'
-    return (f'<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM">'
-            f'{attr * levels}{"</Item></DicomAttribute>" * levels}</NativeDicomModel>').encode()
+    return (
+        f'<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM">'
+        f"{attr * levels}{'</Item></DicomAttribute>' * levels}</NativeDicomModel>"
+    ).encode()
 
 
-@pytest.mark.parametrize("body, content_type", [
-    (json.dumps(nested_json(300)).encode(), DICOM_JSON),
-    (b"[" * 5000, DICOM_JSON),
-    (b'{"00100010": ' * 3000, DICOM_JSON),
-    (nested_xml(600), DICOM_XML),
-], ids=["json-300", "json-brackets", "json-objects", "xml-600"])
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        (json.dumps(nested_json(300)).encode(), DICOM_JSON),
+        (b"[" * 5000, DICOM_JSON),
+        (b'{"00100010": ' * 3000, DICOM_JSON),
+        (nested_xml(600), DICOM_XML),
+    ],
+    ids=["json-300", "json-brackets", "json-objects", "xml-600"],
+)
 def test_deep_nesting_is_a_400(server, body, content_type):
     path = new_mpps_path()
     status, _, answer = request(server, "POST", path, body, {"Content-Type": content_type})
@@ -299,39 +388,66 @@ def test_deep_nesting_is_a_400(server, body, content_type):
     assert not stored(server, path)
 
 
-@pytest.mark.parametrize("encode, content_type", [
-    (lambda doc: json.dumps(doc).encode(), DICOM_JSON), (as_xml, DICOM_XML)],
-    ids=["json", "xml"])
+@pytest.mark.parametrize(
+    "encode, content_type",
+    [(lambda doc: json.dumps(doc).encode(), DICOM_JSON), (as_xml, DICOM_XML)],
+    ids=["json", "xml"],
+)
 def test_sequence_depth_limit_is_exact(server, encode, content_type):
     """A valid N-CREATE nested to the limit is stored; one level more is a 400."""
     path = new_mpps_path()
-    status, _, answer = request(server, "POST", path,
-                                encode(nested_in_valid_create(MAX_SEQUENCE_DEPTH)),
-                                {"Content-Type": content_type})
+    status, _, answer = request(
+        server,
+        "POST",
+        path,
+        encode(nested_in_valid_create(MAX_SEQUENCE_DEPTH)),
+        {"Content-Type": content_type},
+    )
     assert status == 201, answer[:300]
     path = new_mpps_path()
-    status, _, answer = request(server, "POST", path,
-                                encode(nested_in_valid_create(MAX_SEQUENCE_DEPTH + 1)),
-                                {"Content-Type": content_type})
+    status, _, answer = request(
+        server,
+        "POST",
+        path,
+        encode(nested_in_valid_create(MAX_SEQUENCE_DEPTH + 1)),
+        {"Content-Type": content_type},
+    )
     assert status == 400 and b"nested deeper" in answer, answer[:300]
     assert not stored(server, path)
 
 
-@pytest.mark.parametrize("extra", [
-    {"00081030": {"vr": "XX", "Value": ["x"]}},
-    {"00091010": {"vr": "OB", "InlineBinary": "!!!!***"}},
-    {"00091010": {"vr": "OB", "InlineBinary": "QUJD=RA=="}},
-    {"00081030": {"vr": "LO", "Value": [["nested"]]}},
-    {"00081030": {"vr": "LO", "BulkDataURI": "http://169.254.169.254/"}},
-    {"00100010": {"vr": "PN", "Value": [{"Alphabetic": {"x": 1}}]}},
-    {"00280010": {"vr": "US", "Value": [70000]}},
-    {"00400270": {"vr": "SQ", "Value": ["not an item"]}},
-], ids=["vr-XX", "base64-garbage", "base64-padding", "nested-value",
-        "bulkdata-uri", "pn-object", "us-range", "sq-item-string"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"00081030": {"vr": "XX", "Value": ["x"]}},
+        {"00091010": {"vr": "OB", "InlineBinary": "!!!!***"}},
+        {"00091010": {"vr": "OB", "InlineBinary": "QUJD=RA=="}},
+        {"00081030": {"vr": "LO", "Value": [["nested"]]}},
+        {"00081030": {"vr": "LO", "BulkDataURI": "http://169.254.169.254/"}},
+        {"00100010": {"vr": "PN", "Value": [{"Alphabetic": {"x": 1}}]}},
+        {"00280010": {"vr": "US", "Value": [70000]}},
+        {"00400270": {"vr": "SQ", "Value": ["not an item"]}},
+    ],
+    ids=[
+        "vr-XX",
+        "base64-garbage",
+        "base64-padding",
+        "nested-value",
+        "bulkdata-uri",
+        "pn-object",
+        "us-range",
+        "sq-item-string",
+    ],
+)
 def test_invalid_dicom_json_is_a_400_naming_the_attribute(server, extra):
     path = new_mpps_path()
-    status, _, answer = request(server, "POST", path, json.dumps(mpps_create(**extra)).encode(),
-                                {"Content-Type": DICOM_JSON})
+    status, _, answer = request(
+        server,
+        "POST",
+        path,
+        json.dumps(mpps_create(**extra)).encode(),
+        {"Content-Type": DICOM_JSON},
+    )
     assert status == 400, answer
     assert next(iter(extra)) in json.loads(answer)["detail"]
     assert not stored(server, path)
@@ -341,24 +457,27 @@ def test_invalid_dicom_json_is_a_400_naming_the_attribute(server, extra):
 def test_non_finite_fd_is_refused_not_stored(server, number):
     """Today NaN is stored and served back as invalid JSON (PS3.18 F.2.3: JSON numbers)."""
     path = new_mpps_path()
-    text = json.dumps(mpps_create())[:-1] + (
-        f', "00189089": {{"vr": "FD", "Value": [{number}]}}}}')
-    status, _, answer = request(server, "POST", path, text.encode(),
-                                {"Content-Type": DICOM_JSON})
+    text = json.dumps(mpps_create())[:-1] + (f', "00189089": {{"vr": "FD", "Value": [{number}]}}}}')
+    status, _, answer = request(server, "POST", path, text.encode(), {"Content-Type": DICOM_JSON})
     assert status == 400, answer
     assert not stored(server, path)
 
 
-@pytest.mark.parametrize("attribute", [
-    '<DicomAttribute tag="00189089" vr="FD"><Value number="1">NaN</Value></DicomAttribute>',
-    '<DicomAttribute tag="00189089" vr="FD"><Value number="1">inf</Value></DicomAttribute>',
-    '<DicomAttribute tag="00081030" vr="XX"><Value number="1">x</Value></DicomAttribute>',
-    '<DicomAttribute tag="00091010" vr="OB"><InlineBinary>!!**</InlineBinary></DicomAttribute>',
-], ids=["fd-nan", "fd-inf", "vr-XX", "base64-garbage"])
+@pytest.mark.parametrize(
+    "attribute",
+    [
+        '<DicomAttribute tag="00189089" vr="FD"><Value number="1">NaN</Value></DicomAttribute>',
+        '<DicomAttribute tag="00189089" vr="FD"><Value number="1">inf</Value></DicomAttribute>',
+        '<DicomAttribute tag="00081030" vr="XX"><Value number="1">x</Value></DicomAttribute>',
+        '<DicomAttribute tag="00091010" vr="OB"><InlineBinary>!!**</InlineBinary></DicomAttribute>',
+    ],
+    ids=["fd-nan", "fd-inf", "vr-XX", "base64-garbage"],
+)
 def test_invalid_dicom_xml_is_a_400_naming_the_attribute(server, attribute):
     path = new_mpps_path()
-    body = as_xml(mpps_create()).replace(b"</NativeDicomModel>",
-                                         attribute.encode() + b"</NativeDicomModel>")
+    body = as_xml(mpps_create()).replace(
+        b"</NativeDicomModel>", attribute.encode() + b"</NativeDicomModel>"
+    )
     status, _, answer = request(server, "POST", path, body, {"Content-Type": DICOM_XML})
     assert status == 400, answer
     assert attribute[21:29] in json.loads(answer)["detail"]
@@ -367,46 +486,87 @@ def test_invalid_dicom_xml_is_a_400_naming_the_attribute(server, attribute):
 
 def test_absurd_search_integers_are_a_400(server):
     """offset beyond SQL BIGINT was a 500; the others (and the API's) were 4xx already."""
-    for query in ("offset=9223372036854775808", "offset=" + "9" * 40, "offset=-1",
-                  "limit=" + "9" * 40, "offset=1e3", "limit=0x10"):
-        status, _, answer = request(server, "GET",
-                                    f"/modality-scheduled-procedure-steps?{query}")
+    for query in (
+        "offset=9223372036854775808",
+        "offset=" + "9" * 40,
+        "offset=-1",
+        "limit=" + "9" * 40,
+        "offset=1e3",
+        "limit=0x10",
+    ):
+        status, _, answer = request(server, "GET", f"/modality-scheduled-procedure-steps?{query}")
         assert status == 400, (query, answer)
-    for path in ("/api/worklist-items?offset=9223372036854775808",
-                 "/api/patients?offset=" + "9" * 40, "/api/worklist-items/" + "9" * 30):
+    for path in (
+        "/api/worklist-items?offset=9223372036854775808",
+        "/api/patients?offset=" + "9" * 40,
+        "/api/worklist-items/" + "9" * 30,
+    ):
         status, _, answer = request(server, "GET", path)
         assert status == 422, (path, answer)
-    status, _, _ = request(server, "GET", "/modality-scheduled-procedure-steps?"
-                                          "offset=9223372036854775807")
+    status, _, _ = request(
+        server, "GET", "/modality-scheduled-procedure-steps?offset=9223372036854775807"
+    )
     assert status == 204
 
 
-@pytest.mark.parametrize("field, value", [
-    ("patient_id", "P\x00X"), ("patient_id", "A\\B"), ("patient_name", "Doe^John\r\nX"),
-    ("allergies", "nuts\\latex"), ("issuer_of_patient_id", "\x1b$B"), ("weight", "70\x7f"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("patient_id", "P\x00X"),
+        ("patient_id", "A\\B"),
+        ("patient_name", "Doe^John\r\nX"),
+        ("allergies", "nuts\\latex"),
+        ("issuer_of_patient_id", "\x1b$B"),
+        ("weight", "70\x7f"),
+    ],
+)
 def test_control_characters_and_backslash_are_a_422_naming_the_field(server, field, value):
     body = {"patient_id": "P-CC-" + generate_uid()[-8:], field: value}
-    status, _, answer = request(server, "POST", "/api/patients", json.dumps(body).encode(),
-                                {"Content-Type": "application/json"})
+    status, _, answer = request(
+        server,
+        "POST",
+        "/api/patients",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 422, answer
     assert json.loads(answer)["field"] == field
 
 
 def test_control_characters_in_item_fields_are_a_422_naming_the_field(server):
-    item = {"accession_number": "ACC\tX", "sps_id": "S1",
-            "patient": {"patient_id": "P-CI-" + generate_uid()[-8:]}}
-    status, _, answer = request(server, "POST", "/api/worklist-items", json.dumps(item).encode(),
-                                {"Content-Type": "application/json"})
+    item = {
+        "accession_number": "ACC\tX",
+        "sps_id": "S1",
+        "patient": {"patient_id": "P-CI-" + generate_uid()[-8:]},
+    }
+    status, _, answer = request(
+        server,
+        "POST",
+        "/api/worklist-items",
+        json.dumps(item).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 422 and json.loads(answer)["field"] == "accession_number", answer
     item.update(accession_number="ACC-CI", patient={"patient_id": "P\\Q"})
-    status, _, answer = request(server, "POST", "/api/worklist-items", json.dumps(item).encode(),
-                                {"Content-Type": "application/json"})
+    status, _, answer = request(
+        server,
+        "POST",
+        "/api/worklist-items",
+        json.dumps(item).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 422 and json.loads(answer)["field"] == "patient.patient_id", answer
-    item.update(patient={"patient_id": "P-CI2"}, requested_procedure_codes=[
-        {"value": "X\\Y", "scheme": "L"}])
-    status, _, answer = request(server, "POST", "/api/worklist-items", json.dumps(item).encode(),
-                                {"Content-Type": "application/json"})
+    item.update(
+        patient={"patient_id": "P-CI2"},
+        requested_procedure_codes=[{"value": "X\\Y", "scheme": "L"}],
+    )
+    status, _, answer = request(
+        server,
+        "POST",
+        "/api/worklist-items",
+        json.dumps(item).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 422 and json.loads(answer)["field"] == "requested_procedure_codes", answer
 
 
@@ -426,8 +586,16 @@ USER, PASSWORD = "jürgen", "pässwort-ß-€"
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory) -> Iterator[LiveServer]:
-    with module_server(tmp_path_factory, "i12auth", "--http-token", TOKEN,
-                       "--http-username", USER, "--http-password", PASSWORD) as live:
+    with module_server(
+        tmp_path_factory,
+        "i12auth",
+        "--http-token",
+        TOKEN,
+        "--http-username",
+        USER,
+        "--http-password",
+        PASSWORD,
+    ) as live:
         yield live
 
 
@@ -455,8 +623,9 @@ def test_non_ascii_credentials_work_or_get_401(auth_server):
     """Configured token and password are non-ASCII; headers carry raw UTF-8 or garbage."""
     answers = []
     for authorization, expected in CREDENTIALS:
-        status, headers, _ = request(auth_server, "GET", "/api/patients?limit=1", None,
-                                     {"Authorization": authorization})
+        status, headers, _ = request(
+            auth_server, "GET", "/api/patients?limit=1", None, {"Authorization": authorization}
+        )
         answers.append((authorization, status, "www-authenticate" in headers))
     assert answers == [(a, e, e == 401) for a, e in CREDENTIALS]
 
@@ -477,7 +646,7 @@ def closed_by_server(sock: socket.socket, trickle: bool, within: float) -> bytes
             if trickle:
                 sock.sendall(b"X")
             chunk = sock.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except (BrokenPipeError, ConnectionResetError):
             return received
@@ -489,8 +658,10 @@ def closed_by_server(sock: socket.socket, trickle: bool, within: float) -> bytes
 
 def test_slow_and_silent_http_clients_are_dropped(live_server):
     server = live_server(None, "--http-header-timeout", "2")
-    with socket.create_connection(("127.0.0.1", server.http_port), 5) as slow, \
-            socket.create_connection(("127.0.0.1", server.http_port), 5) as silent:
+    with (
+        socket.create_connection(("127.0.0.1", server.http_port), 5) as slow,
+        socket.create_connection(("127.0.0.1", server.http_port), 5) as silent,
+    ):
         slow.sendall(HEAD_START)
         answer = closed_by_server(slow, trickle=True, within=15)
         assert answer is not None, "a client trickling its headers was never dropped"
@@ -525,9 +696,23 @@ def open_files_limit(soft: int) -> Iterator[None]:
 
 def echoscu_succeeds(port: int) -> bool:
     echoscu = require_tool("echoscu")
-    proc = subprocess.run([echoscu if echoscu.startswith("/usr/") else "/usr/bin/echoscu",
-                           "-to", "5", "-ta", "5", "-td", "5", "-aec", "WORKLISTS",
-                           "127.0.0.1", str(port)], capture_output=True, timeout=30)
+    proc = subprocess.run(
+        [
+            echoscu if echoscu.startswith("/usr/") else "/usr/bin/echoscu",
+            "-to",
+            "5",
+            "-ta",
+            "5",
+            "-td",
+            "5",
+            "-aec",
+            "WORKLISTS",
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     return proc.returncode == 0
 
 
@@ -585,19 +770,31 @@ def test_uvicorn_internals_we_rely_on():
 
     from worklist_mpps.web.uvicorn_h11 import GuardedH11Protocol, guarded_protocol
 
-    for name in ("connection_made", "data_received", "on_response_complete",
-                 "connection_lost", "handle_events"):
+    for name in (
+        "connection_made",
+        "data_received",
+        "on_response_complete",
+        "connection_lost",
+        "handle_events",
+    ):
         assert callable(getattr(H11Protocol, name, None)), f"H11Protocol.{name} is gone"
     assert list(inspect.signature(H11Protocol.__init__).parameters)[:4] == [
-        "self", "config", "server_state", "app_state"], "H11Protocol.__init__ changed"
-    assert "http_protocol_class(" in inspect.getsource(Server.startup), \
+        "self",
+        "config",
+        "server_state",
+        "app_state",
+    ], "H11Protocol.__init__ changed"
+    assert "http_protocol_class(" in inspect.getsource(Server.startup), (
         "uvicorn no longer builds its protocol from Config.http"
+    )
     assert isinstance(h11.Connection(h11.SERVER).trailing_data, tuple)
     assert h11.IDLE and h11.SEND_BODY
 
     cls = guarded_protocol(3.0, 7)
-    assert issubclass(cls, GuardedH11Protocol) and (cls.header_timeout, cls.max_connections) \
-        == (3.0, 7)
+    assert issubclass(cls, GuardedH11Protocol) and (cls.header_timeout, cls.max_connections) == (
+        3.0,
+        7,
+    )
     config = uvicorn.Config(lambda *a: None, http=cls, lifespan="off")
     config.load()
     assert config.http_protocol_class is cls
@@ -621,8 +818,7 @@ def test_uvicorn_internals_we_rely_on():
 def test_guard_host_rules():
     from worklist_mpps.web import guard
 
-    cfg = Config(http_allowed_hosts=["ris.example"], http_bind="10.0.0.5",
-                 http_token="x" * 20)
+    cfg = Config(http_allowed_hosts=["ris.example"], http_bind="10.0.0.5", http_token="x" * 20)
     allowed = guard.allowed_hosts(cfg)
     assert guard.host_refusal("ris.example:5244", allowed) is None
     assert guard.host_refusal("10.0.0.5", allowed) is None
@@ -635,13 +831,22 @@ def test_guard_host_rules():
 def test_new_settings_are_validated():
     from worklist_mpps.config import ConfigError, load_config
 
-    for key, value in (("http_allowed_hosts", "evil.example:80"), ("http_allowed_hosts", "a/b"),
-                       ("http_cors_origins", "*"), ("http_cors_origins", "https://a.example/x"),
-                       ("http_header_timeout", "0"), ("http_max_connections", "0")):
+    for key, value in (
+        ("http_allowed_hosts", "evil.example:80"),
+        ("http_allowed_hosts", "a/b"),
+        ("http_cors_origins", "*"),
+        ("http_cors_origins", "https://a.example/x"),
+        ("http_header_timeout", "0"),
+        ("http_max_connections", "0"),
+    ):
         with pytest.raises(ConfigError, match=key):
             load_config(env={}, overrides={key: value})
-    cfg = load_config(env={"WORKLIST_MPPS_HTTP_ALLOWED_HOSTS": "a.example, [fd00::1]",
-                           "WORKLIST_MPPS_HTTP_CORS_ORIGINS": "https://ris.example:8443"})
+    cfg = load_config(
+        env={
+            "WORKLIST_MPPS_HTTP_ALLOWED_HOSTS": "a.example, [fd00::1]",
+            "WORKLIST_MPPS_HTTP_CORS_ORIGINS": "https://ris.example:8443",
+        }
+    )
     assert cfg.http_allowed_hosts == ["a.example", "[fd00::1]"]
     assert (cfg.http_header_timeout, cfg.http_max_connections) == (10.0, 1000)
 
@@ -660,8 +865,15 @@ def test_guard_origin_and_media_rules():
     assert media("POST", "/api/patients", "application/json", True) is None
     assert media("POST", "/api/patients", None, False)
     assert media("PATCH", "/modality-performed-procedure-steps/1", "text/plain", True)
-    assert media("POST", "/modality-performed-procedure-steps/1",
-                 'multipart/related; type="application/dicom+xml"; boundary=b', True) is None
+    assert (
+        media(
+            "POST",
+            "/modality-performed-procedure-steps/1",
+            'multipart/related; type="application/dicom+xml"; boundary=b',
+            True,
+        )
+        is None
+    )
     assert media("GET", "/modality-scheduled-procedure-steps", None, False) is None
 
 

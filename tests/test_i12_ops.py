@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -37,12 +36,19 @@ SECRET_DB = "db-pw/with@odd:chars-SECRET"
 SECRET_ORTHANC = "orthanc-pw-SECRET-42"
 
 
-def cli(*args: str, env: dict | None = None, timeout: float = 60,
-        cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict | None = None, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """``worklist-mpps ARGS`` as a subprocess, without WORKLIST_MPPS_* from outside."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("WORKLIST_MPPS_")}
-    return subprocess.run([sys.executable, "-m", "worklist_mpps", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**base, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def secret_file(tmp_path: Path, name: str, value: str) -> Path:
@@ -53,6 +59,7 @@ def secret_file(tmp_path: Path, name: str, value: str) -> Path:
 
 def healthz(server: LiveServer) -> tuple[int, dict]:
     import json
+
     try:
         with urllib.request.urlopen(server.http_url + "/healthz", timeout=10) as rsp:
             return rsp.status, json.loads(rsp.read())
@@ -100,42 +107,62 @@ def one_line(stderr: str) -> str:
 
 
 def test_config_masks_passwords_inside_urls():
-    shown = cli("config", env={
-        "WORKLIST_MPPS_DATABASE_URL": f"postgresql+psycopg://wm:{SECRET_DB}@db.example/wm",
-        "WORKLIST_MPPS_ORTHANC_URL": f"http://orthanc:{SECRET_ORTHANC}@orthanc:8042",
-        "WORKLIST_MPPS_HTTP_TOKEN": SECRET_TOKEN})
+    shown = cli(
+        "config",
+        env={
+            "WORKLIST_MPPS_DATABASE_URL": f"postgresql+psycopg://wm:{SECRET_DB}@db.example/wm",
+            "WORKLIST_MPPS_ORTHANC_URL": f"http://orthanc:{SECRET_ORTHANC}@orthanc:8042",
+            "WORKLIST_MPPS_HTTP_TOKEN": SECRET_TOKEN,
+        },
+    )
     assert shown.returncode == 0, shown.stderr
     for secret in (SECRET_DB, SECRET_ORTHANC, SECRET_TOKEN, "SECRET"):
         assert secret not in shown.stdout
-    assert re.search(r"^database_url\s+'postgresql\+psycopg://wm:\*{8}@db\.example/wm'",
-                     shown.stdout, re.M), shown.stdout
+    assert re.search(
+        r"^database_url\s+'postgresql\+psycopg://wm:\*{8}@db\.example/wm'", shown.stdout, re.M
+    ), shown.stdout
     assert re.search(r"^orthanc_url\s+'http://orthanc:\*{8}@orthanc:8042'", shown.stdout, re.M)
 
 
 def test_every_secret_can_be_read_from_a_file(tmp_path):
-    cfg = load_config(env={
-        "WORKLIST_MPPS_HTTP_TOKEN_FILE": str(secret_file(tmp_path, "token", SECRET_TOKEN)),
-        "WORKLIST_MPPS_HTTP_USERNAME": "ris",
-        "WORKLIST_MPPS_HTTP_PASSWORD_FILE": str(secret_file(tmp_path, "pw", "basic-pw-SECRET")),
-        "WORKLIST_MPPS_ORTHANC_PASSWORD_FILE": str(secret_file(tmp_path, "o", SECRET_ORTHANC)),
-        "WORKLIST_MPPS_DATABASE_URL": "postgresql+psycopg://wm@db.example:5432/wm",
-        "WORKLIST_MPPS_DATABASE_PASSWORD_FILE": str(secret_file(tmp_path, "db", SECRET_DB)),
-    })
+    cfg = load_config(
+        env={
+            "WORKLIST_MPPS_HTTP_TOKEN_FILE": str(secret_file(tmp_path, "token", SECRET_TOKEN)),
+            "WORKLIST_MPPS_HTTP_USERNAME": "ris",
+            "WORKLIST_MPPS_HTTP_PASSWORD_FILE": str(secret_file(tmp_path, "pw", "basic-pw-SECRET")),
+            "WORKLIST_MPPS_ORTHANC_PASSWORD_FILE": str(secret_file(tmp_path, "o", SECRET_ORTHANC)),
+            "WORKLIST_MPPS_DATABASE_URL": "postgresql+psycopg://wm@db.example:5432/wm",
+            "WORKLIST_MPPS_DATABASE_PASSWORD_FILE": str(secret_file(tmp_path, "db", SECRET_DB)),
+        }
+    )
     assert cfg.http_token == SECRET_TOKEN  # trailing newline stripped
     assert cfg.http_password == "basic-pw-SECRET"
     assert cfg.orthanc_password == SECRET_ORTHANC
     url = make_url(cfg.database_url)
     assert (url.username, url.password, url.host, url.database) == (
-        "wm", SECRET_DB, "db.example", "wm")
+        "wm",
+        SECRET_DB,
+        "db.example",
+        "wm",
+    )
 
 
-@pytest.mark.parametrize("problem,words", [
-    ("missing", "cannot read"), ("directory", "cannot read"), ("empty", "is empty"),
-    ("twice", "http_token is set as well")])
+@pytest.mark.parametrize(
+    "problem,words",
+    [
+        ("missing", "cannot read"),
+        ("directory", "cannot read"),
+        ("empty", "is empty"),
+        ("twice", "http_token is set as well"),
+    ],
+)
 def test_a_secret_file_that_cannot_be_used_is_a_config_error(tmp_path, problem, words):
-    path = {"missing": tmp_path / "nope", "directory": tmp_path,
-            "empty": tmp_path / "empty", "twice": secret_file(tmp_path, "t", SECRET_TOKEN)
-            }[problem]
+    path = {
+        "missing": tmp_path / "nope",
+        "directory": tmp_path,
+        "empty": tmp_path / "empty",
+        "twice": secret_file(tmp_path, "t", SECRET_TOKEN),
+    }[problem]
     if problem == "empty":
         path.write_text("\n")
     env = {"WORKLIST_MPPS_HTTP_TOKEN_FILE": str(path)}
@@ -143,8 +170,9 @@ def test_a_secret_file_that_cannot_be_used_is_a_config_error(tmp_path, problem, 
         env["WORKLIST_MPPS_HTTP_TOKEN"] = SECRET_TOKEN
     with pytest.raises(ConfigError, match=f"http_token_file: .*{words}"):
         load_config(env=env)
-    started = cli("serve", "--port", str(free_port()), "--http-port", str(free_port()),
-                  env=env, cwd=tmp_path)
+    started = cli(
+        "serve", "--port", str(free_port()), "--http-port", str(free_port()), env=env, cwd=tmp_path
+    )
     assert started.returncode == 2
     line = one_line(started.stderr)
     assert "http_token_file" in line and words in line and SECRET_TOKEN not in line
@@ -173,26 +201,50 @@ def test_secrets_from_files_never_reach_log_command_line_or_config(tmp_path, ser
     import requests
 
     orthanc_port = free_port()  # nothing listens: every delivery fails and is logged
-    env = {"WORKLIST_MPPS_HTTP_TOKEN_FILE": str(secret_file(tmp_path, "token", SECRET_TOKEN)),
-           "WORKLIST_MPPS_ORTHANC_URL": f"http://wm:url-pw-SECRET@127.0.0.1:{orthanc_port}",
-           "WORKLIST_MPPS_ORTHANC_USERNAME": "wm",
-           "WORKLIST_MPPS_ORTHANC_PASSWORD_FILE": str(secret_file(tmp_path, "orthanc",
-                                                                  SECRET_ORTHANC)),
-           "WORKLIST_MPPS_OUTBOX_RETRY_MIN": "0.2"}
+    env = {
+        "WORKLIST_MPPS_HTTP_TOKEN_FILE": str(secret_file(tmp_path, "token", SECRET_TOKEN)),
+        "WORKLIST_MPPS_ORTHANC_URL": f"http://wm:url-pw-SECRET@127.0.0.1:{orthanc_port}",
+        "WORKLIST_MPPS_ORTHANC_USERNAME": "wm",
+        "WORKLIST_MPPS_ORTHANC_PASSWORD_FILE": str(
+            secret_file(tmp_path, "orthanc", SECRET_ORTHANC)
+        ),
+        "WORKLIST_MPPS_OUTBOX_RETRY_MIN": "0.2",
+    }
     server = servers(f"sqlite:///{tmp_path / 'secrets.db'}", env=env)
     cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().decode()
     environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().decode()
     url = server.http_url + "/api/worklist-items"
     assert requests.get(url, timeout=10).status_code == 401
-    assert requests.get(url, headers={"Authorization": "Bearer wrong-" + SECRET_TOKEN},
-                        timeout=10).status_code == 401
-    assert requests.get(url, headers={"Authorization": f"Bearer {SECRET_TOKEN}"},
-                        timeout=10).status_code == 200
+    assert (
+        requests.get(
+            url, headers={"Authorization": "Bearer wrong-" + SECRET_TOKEN}, timeout=10
+        ).status_code
+        == 401
+    )
+    assert (
+        requests.get(
+            url, headers={"Authorization": f"Bearer {SECRET_TOKEN}"}, timeout=10
+        ).status_code
+        == 200
+    )
     created = subprocess.run(
-        [sys.executable, "-m", "worklist_mpps.cli.dicom_mpps", "create",
-         f"pacs://WORKLISTS@127.0.0.1:{server.port}", "--aet", "CT01", "--study-uid",
-         "1.2.826.0.1.3680043.2.1143.77", "--status", "IN PROGRESS"],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "worklist_mpps.cli.dicom_mpps",
+            "create",
+            f"pacs://WORKLISTS@127.0.0.1:{server.port}",
+            "--aet",
+            "CT01",
+            "--study-uid",
+            "1.2.826.0.1.3680043.2.1143.77",
+            "--status",
+            "IN PROGRESS",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert created.returncode == 0, created.stderr
     deadline = time.monotonic() + 20
     while "Orthanc unreachable" not in server.log() and time.monotonic() < deadline:
@@ -200,8 +252,12 @@ def test_secrets_from_files_never_reach_log_command_line_or_config(tmp_path, ser
     assert "Orthanc unreachable" in server.log(), "the outbox tried (and logged) delivery"
     shown = cli("config", env=env)
     server.stop()
-    for where, text in (("command line", cmdline), ("environment", environ),
-                        ("log", server.log()), ("config", shown.stdout + shown.stderr)):
+    for where, text in (
+        ("command line", cmdline),
+        ("environment", environ),
+        ("log", server.log()),
+        ("config", shown.stdout + shown.stderr),
+    ):
         for secret in (SECRET_TOKEN, SECRET_ORTHANC):
             assert secret not in text, f"{secret} in the {where}"
     for where, text in (("log", server.log()), ("config", shown.stdout + shown.stderr)):
@@ -217,8 +273,7 @@ def test_healthz_503_and_log_say_read_only_database(tmp_path, servers):
     still work (SELECT 1 succeeded, so /healthz used to answer 200)."""
     path = tmp_path / "ro.db"
     upgraded_sqlite(path)
-    server = servers(f"sqlite:///file:{path}?mode=ro&uri=true", "--load-sample-data",
-                     "false")
+    server = servers(f"sqlite:///file:{path}?mode=ro&uri=true", "--load-sample-data", "false")
     status, body = healthz(server)
     assert status == 503, body
     assert body["status"] == "unhealthy" and body["dicom"] == "listening"
@@ -226,15 +281,35 @@ def test_healthz_503_and_log_say_read_only_database(tmp_path, servers):
     assert "Database health: read-only database" in server.log()
     # an N-CREATE gets 0x0110 naming the cause, and the log says it in words
     created = subprocess.run(
-        [sys.executable, "-m", "worklist_mpps.cli.dicom_mpps", "create",
-         f"pacs://WORKLISTS@127.0.0.1:{server.port}", "--aet", "CT01", "--study-uid",
-         "1.2.826.0.1.3680043.2.1143.78"], capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "worklist_mpps.cli.dicom_mpps",
+            "create",
+            f"pacs://WORKLISTS@127.0.0.1:{server.port}",
+            "--aet",
+            "CT01",
+            "--study-uid",
+            "1.2.826.0.1.3680043.2.1143.78",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert created.returncode == 1
     assert "Database error: read-only database" in created.stdout + created.stderr
-    assert re.search(r"N-CREATE .* 0x0110 database error: read-only database", server.log()), server.log()
+    assert re.search(r"N-CREATE .* 0x0110 database error: read-only database", server.log()), (
+        server.log()
+    )
     # the same truth from the command line
-    ping = cli("ping", "--deep", "--port", str(server.port), "--database-url",
-               f"sqlite:///file:{path}?mode=ro&uri=true")
+    ping = cli(
+        "ping",
+        "--deep",
+        "--port",
+        str(server.port),
+        "--database-url",
+        f"sqlite:///file:{path}?mode=ro&uri=true",
+    )
     assert ping.returncode == 6, ping.stdout + ping.stderr
     assert "read-only database" in one_line(ping.stderr)
 
@@ -245,8 +320,14 @@ def test_ping_deep_writes_the_database(tmp_path, servers):
     assert healthz(server)[0] == 200
     ping = cli("ping", "--deep", "--port", str(server.port), "--database-url", url)
     assert ping.returncode == 0 and "database takes a write" in ping.stdout, ping.stderr
-    missing = cli("ping", "--deep", "--port", str(server.port), "--database-url",
-                  f"sqlite:///{tmp_path / 'missing.db'}")
+    missing = cli(
+        "ping",
+        "--deep",
+        "--port",
+        str(server.port),
+        "--database-url",
+        f"sqlite:///{tmp_path / 'missing.db'}",
+    )
     assert missing.returncode == 3 and "no SQLite database file" in one_line(missing.stderr)
     assert not (tmp_path / "missing.db").exists()
 
@@ -316,8 +397,18 @@ def test_read_only_filesystem_ends_serve_with_code_6(tmp_path):
     try:
         _mount("-o", "remount,bind,ro", str(ro))
         url = f"sqlite:///{ro / 'w.db'}"
-        started = cli("serve", "--bind", "127.0.0.1", "--port", str(free_port()),
-                      "--http-port", str(free_port()), "--database-url", url, timeout=60)
+        started = cli(
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--http-port",
+            str(free_port()),
+            "--database-url",
+            url,
+            timeout=60,
+        )
         assert started.returncode == 6, started.stderr
         assert one_line(started.stderr).startswith("worklist-mpps: read-only database")
     finally:
@@ -355,22 +446,32 @@ def test_full_disk_makes_healthz_503_and_ping_deep_6(tmp_path, servers):
 
 
 def _serve(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return cli("serve", "--bind", "127.0.0.1", "--http-bind", "127.0.0.1",
-               "--database-url", f"sqlite:///{tmp_path / 'start.db'}", *args,
-               timeout=timeout, cwd=tmp_path)
+    return cli(
+        "serve",
+        "--bind",
+        "127.0.0.1",
+        "--http-bind",
+        "127.0.0.1",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'start.db'}",
+        *args,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
 
 
-@pytest.mark.parametrize("which,code,words", [("dicom", 4, "DICOM port"),
-                                              ("http", 5, "HTTP port")])
+@pytest.mark.parametrize("which,code,words", [("dicom", 4, "DICOM port"), ("http", 5, "HTTP port")])
 def test_port_in_use_ends_serve_with_one_line_and_its_code(tmp_path, which, code, words):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        ports = {"dicom": busy, "http": free_port()} if which == "dicom" else {
-            "dicom": free_port(), "http": busy}
-        started = _serve(tmp_path, "--port", str(ports["dicom"]), "--http-port",
-                         str(ports["http"]))
+        ports = (
+            {"dicom": busy, "http": free_port()}
+            if which == "dicom"
+            else {"dicom": free_port(), "http": busy}
+        )
+        started = _serve(tmp_path, "--port", str(ports["dicom"]), "--http-port", str(ports["http"]))
     assert started.returncode == code, started.stderr
     line = one_line(started.stderr)
     assert words in line and f"127.0.0.1:{busy}" in line and "in use" in line, line
@@ -384,9 +485,20 @@ def test_unreachable_database_ends_serve_with_code_3(tmp_path, where):
         url = PG_BASE.replace("@", ":pw-SECRET@").rsplit("/", 1)[0] + "/wm_no_such_database"
     else:
         url = f"postgresql+psycopg://wm:pw-SECRET@127.0.0.1:{free_port()}/wm"
-    started = cli("serve", "--bind", "127.0.0.1", "--port", str(free_port()), "--http-port",
-                  str(free_port()), "--database-url", url, "--auto-migrate", "true",
-                  cwd=tmp_path)
+    started = cli(
+        "serve",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--http-port",
+        str(free_port()),
+        "--database-url",
+        url,
+        "--auto-migrate",
+        "true",
+        cwd=tmp_path,
+    )
     assert started.returncode == 3, started.stderr
     line = one_line(started.stderr)
     assert line.startswith("worklist-mpps: database unreachable"), line
@@ -399,8 +511,10 @@ def test_unreachable_database_ends_serve_with_code_3(tmp_path, where):
 
 def _pins(lock: Path) -> dict[str, str]:
     text = lock.read_text()
-    return {m[0].lower().replace("_", "-"): m[1]
-            for m in re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", text, re.M)}
+    return {
+        m[0].lower().replace("_", "-"): m[1]
+        for m in re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", text, re.M)
+    }
 
 
 def test_lock_files_pin_every_dependency_with_hashes():
@@ -413,7 +527,8 @@ def test_lock_files_pin_every_dependency_with_hashes():
         text = lock.read_text()
         pins = _pins(lock)
         wanted = list(project["dependencies"]) + [
-            r for e in extras for r in project["optional-dependencies"][e]]
+            r for e in extras for r in project["optional-dependencies"][e]
+        ]
         for requirement in wanted:
             name = re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower()
             assert name.replace("_", "-") in pins, f"{name} not pinned in {lock.name}"
@@ -427,15 +542,22 @@ def test_lock_files_pin_every_dependency_with_hashes():
 
 
 def test_floors_are_above_known_advisories():
+    import tomllib
+
     from packaging.requirements import Requirement
     from packaging.version import Version
 
-    import tomllib
-
-    deps = {Requirement(r).name.lower(): Requirement(r) for r in tomllib.loads(
-        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    for name, vulnerable in (("requests", "2.32.3"), ("pydicom", "3.0.1"),
-                             ("starlette", "1.0.0"), ("urllib3", "2.5.0"), ("h11", "0.15.0")):
+    deps = {
+        Requirement(r).name.lower(): Requirement(r)
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    for name, vulnerable in (
+        ("requests", "2.32.3"),
+        ("pydicom", "3.0.1"),
+        ("starlette", "1.0.0"),
+        ("urllib3", "2.5.0"),
+        ("h11", "0.15.0"),
+    ):
         assert name in deps, name
         assert Version(vulnerable) not in deps[name].specifier, (name, vulnerable)
     for name, version in _pins(ROOT / "requirements.lock").items():

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
-from typing import Iterator
 
 import pydicom
 import pytest
@@ -33,15 +33,15 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS_CLASS
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL_FIND
 
 from conftest import SAMPLE, LiveServer, module_server, require_tool
-from worklist_mpps.services import dicom, matching, worklist
+from worklist_mpps.client.messages import ScheduledStep, Series, n_create, n_set_progress
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
 from worklist_mpps.dimse.pynetdicom_ext import wire
-from worklist_mpps.services.schedule_values import ItemError, normalize_item, normalize_patient
+from worklist_mpps.services import dicom, matching, worklist
 from worklist_mpps.services.loader import load_file
 from worklist_mpps.services.matching import MatchError
+from worklist_mpps.services.schedule_values import ItemError, normalize_item, normalize_patient
 from worklist_mpps.services.status import INVALID_ATTRIBUTE_VALUE, MPPSError
-from worklist_mpps.client.messages import ScheduledStep, Series, n_create, n_set_progress
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
@@ -67,8 +67,18 @@ def findscu(server: LiveServer, outdir: Path, *keys: str) -> tuple[list[Dataset]
     """DCMTK findscu -W -X with these keys: (response identifiers, its verbose log)."""
     require_tool("findscu")
     outdir.mkdir(parents=True)
-    cmd = ["findscu", "-v", "-W", "-aec", "WORKLISTS", "-X", "-od", str(outdir),
-           "127.0.0.1", str(server.port)]
+    cmd = [
+        "findscu",
+        "-v",
+        "-W",
+        "-aec",
+        "WORKLISTS",
+        "-X",
+        "-od",
+        str(outdir),
+        "127.0.0.1",
+        str(server.port),
+    ]
     for key in keys:
         cmd += ["-k", key]
     proc = subprocess.run(cmd, capture_output=True, timeout=FINDSCU_TIMEOUT)
@@ -115,10 +125,12 @@ def assert_whole_a10002(ds: Dataset) -> None:
     assert item.ScheduledProcedureStepStatus == "SCHEDULED"
     protocol = item.ScheduledProtocolCodeSequence
     assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in protocol] == [
-        ("CT_CH_IV", "99LOCAL", "CT Chest with IV contrast")]
+        ("CT_CH_IV", "99LOCAL", "CT Chest with IV contrast")
+    ]
     codes = ds.RequestedProcedureCodeSequence
     assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning) for c in codes] == [
-        ("24628-0", "LN", "CT Chest W contrast IV")]
+        ("24628-0", "LN", "CT Chest W contrast IV")
+    ]
 
 
 # --- item 1: a sequence key with one zero-length item --------------------------------------
@@ -130,8 +142,9 @@ def test_findscu_one_empty_item_returns_the_whole_sequence(server, tmp_path, cha
     """PS3.4 C.2.2.2.6: `-k "(0040,0100)[0]"` (one zero-length item) is universal
     matching and returns the entire sequence, exactly as a zero-item sequence key does."""
     extra = [charset] if charset else []
-    one_item = found(server, tmp_path / "one", "AccessionNumber=A10002", f"{SPS}[0]",
-                     f"{RPCS}[0]", *extra)
+    one_item = found(
+        server, tmp_path / "one", "AccessionNumber=A10002", f"{SPS}[0]", f"{RPCS}[0]", *extra
+    )
     zero_items = found(server, tmp_path / "zero", "AccessionNumber=A10002", SPS, RPCS, *extra)
     assert len(one_item) == len(zero_items) == 1
     assert_whole_a10002(one_item[0])
@@ -144,13 +157,15 @@ def test_findscu_protocol_code_key_with_one_empty_item(server, tmp_path, charset
     """The Scheduled Protocol Code Sequence inside the SPS item, asked with one empty item,
     answers its whole items."""
     extra = [charset] if charset else []
-    responses = found(server, tmp_path / "q", "AccessionNumber=A10002",
-                      f"{SPS}[0].(0040,0008)[0]", *extra)
+    responses = found(
+        server, tmp_path / "q", "AccessionNumber=A10002", f"{SPS}[0].(0040,0008)[0]", *extra
+    )
     assert len(responses) == 1
     item = responses[0].ScheduledProcedureStepSequence[0]
-    assert [(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning)
-            for c in item.ScheduledProtocolCodeSequence] == [
-        ("CT_CH_IV", "99LOCAL", "CT Chest with IV contrast")]
+    assert [
+        (c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning)
+        for c in item.ScheduledProtocolCodeSequence
+    ] == [("CT_CH_IV", "99LOCAL", "CT Chest with IV contrast")]
 
 
 @pytest.fixture(scope="module")
@@ -204,24 +219,27 @@ def test_empty_item_of_a_sequence_the_model_does_not_hold_is_not_a_matching_key(
     assert worklist.whole_sequence(identifier["ScheduledProcedureStepSequence"])
     not_empty = Dataset()
     not_empty.Modality = ""
-    assert not worklist.whole_sequence(pydicom.DataElement(SPS_TAG, "SQ",
-                                                           Sequence([not_empty])))
+    assert not worklist.whole_sequence(pydicom.DataElement(SPS_TAG, "SQ", Sequence([not_empty])))
 
 
 # --- item 2: padding is not significant ----------------------------------------------------
 
 
 @pytest.mark.dcmtk
-@pytest.mark.parametrize("padded, plain", [
-    ("AccessionNumber= A10001", "AccessionNumber=A10001"),  # SH
-    ("AccessionNumber=  A10001  ", "AccessionNumber=A10001"),
-    ("AccessionNumber= A1000*", "AccessionNumber=A1000*"),  # a wildcard value too
-    ("PatientID= PID00014", "PatientID=PID00014"),  # LO
-    ("PatientName= Johnson ^Emily", "PatientName=Johnson^Emily"),  # PN components
-    (f"{SPS}[0].Modality= US", f"{SPS}[0].Modality=US"),  # CS
-])
+@pytest.mark.parametrize(
+    "padded, plain",
+    [
+        ("AccessionNumber= A10001", "AccessionNumber=A10001"),  # SH
+        ("AccessionNumber=  A10001  ", "AccessionNumber=A10001"),
+        ("AccessionNumber= A1000*", "AccessionNumber=A1000*"),  # a wildcard value too
+        ("PatientID= PID00014", "PatientID=PID00014"),  # LO
+        ("PatientName= Johnson ^Emily", "PatientName=Johnson^Emily"),  # PN components
+        (f"{SPS}[0].Modality= US", f"{SPS}[0].Modality=US"),  # CS
+    ],
+)
 def test_findscu_leading_padding_is_ignored(server, tmp_path, padded, plain):
     """PS3.5 Table 6.2-1: a key with padding spaces finds what the key without them finds."""
+
     def accessions(key: str, name: str) -> list[str]:
         rsps = found(server, tmp_path / name, "AccessionNumber", "PatientID", key)
         return sorted(str(r.AccessionNumber) for r in rsps)
@@ -249,29 +267,41 @@ def test_padded_key_finds_the_stored_value_in_sql(sample_db):
         identifier = Dataset()
         identifier.AccessionNumber = value
         query = worklist.parse_identifier(identifier)
-        rows = worklist.search(sample_db, query, ("SCHEDULED", "IN PROGRESS", "COMPLETED",
-                                                  "DISCONTINUED"))
+        rows = worklist.search(
+            sample_db, query, ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED")
+        )
         assert "A10001" in {r.AccessionNumber for r in rows}, value
     identifier = Dataset()
     identifier.StudyInstanceUID = ""
     identifier.AccessionNumber = "A10001"
-    rows = worklist.search(sample_db, worklist.parse_identifier(identifier),
-                           ("SCHEDULED", "IN PROGRESS"))
+    rows = worklist.search(
+        sample_db, worklist.parse_identifier(identifier), ("SCHEDULED", "IN PROGRESS")
+    )
     uid = rows[0].StudyInstanceUID
     identifier.StudyInstanceUID = [uid + "\0", "1.2.3"]
-    assert len(worklist.search(sample_db, worklist.parse_identifier(identifier),
-                               ("SCHEDULED", "IN PROGRESS"))) == 1
+    assert (
+        len(
+            worklist.search(
+                sample_db, worklist.parse_identifier(identifier), ("SCHEDULED", "IN PROGRESS")
+            )
+        )
+        == 1
+    )
 
 
 def test_management_api_stores_code_values_without_padding(server):
     """Every write path stores values stripped: the codes of the management API too, so
     they come back (and are answered to C-FIND) without the padding."""
     body = {
-        "accession_number": " PAD0001 ", "sps_id": " PADS1 ", "modality": " CT ",
-        "scheduled_station_ae_title": " PADCT ", "sps_start_date": "20300115",
+        "accession_number": " PAD0001 ",
+        "sps_id": " PADS1 ",
+        "modality": " CT ",
+        "scheduled_station_ae_title": " PADCT ",
+        "sps_start_date": "20300115",
         "sps_start_time": "0900",
-        "requested_procedure_codes": [{"value": " 24725-4 ", "scheme": " LN ",
-                                       "meaning": " CT Head "}],
+        "requested_procedure_codes": [
+            {"value": " 24725-4 ", "scheme": " LN ", "meaning": " CT Head "}
+        ],
         "patient": {"patient_id": " PADP1 ", "patient_name": " Pad^Patient "},
     }
     rsp = requests.post(f"{server.http_url}/api/worklist-items", json=body, timeout=TIMEOUT)
@@ -279,8 +309,9 @@ def test_management_api_stores_code_values_without_padding(server):
     item = rsp.json()
     assert item["accession_number"] == "PAD0001"
     assert item["sps_id"] == "PADS1"
-    assert [(c["value"], c["scheme"], c["meaning"]) for c in item["requested_procedure_codes"]
-            ] == [("24725-4", "LN", "CT Head")]
+    assert [(c["value"], c["scheme"], c["meaning"]) for c in item["requested_procedure_codes"]] == [
+        ("24725-4", "LN", "CT Head")
+    ]
 
 
 def test_loader_keys_items_by_the_unpadded_step_id(tmp_path):
@@ -295,7 +326,9 @@ def test_loader_keys_items_by_the_unpadded_step_id(tmp_path):
         "    time: '08:00'\n"
         "    requested_procedure_codes:\n"
         "      - {value: ' C1 ', scheme: ' 99L ', meaning: ' Code one '}\n"
-        "    patient: {patient_id: ' YP1 ', patient_name: 'Yaml^Pad'}\n", encoding="utf-8")
+        "    patient: {patient_id: ' YP1 ', patient_name: 'Yaml^Pad'}\n",
+        encoding="utf-8",
+    )
     database = Database(f"sqlite:///{tmp_path / 'load.db'}")
     try:
         migrate.upgrade(database.engine)
@@ -312,7 +345,10 @@ def test_loader_keys_items_by_the_unpadded_step_id(tmp_path):
         assert ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID == "YS1"
         code = ds.RequestedProcedureCodeSequence[0]
         assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
-            "C1", "99L", "Code one")
+            "C1",
+            "99L",
+            "Code one",
+        )
     finally:
         database.dispose()
 
@@ -338,8 +374,7 @@ def test_n_set_repeating_a_create_only_value_with_padding_is_no_change(server):
 # --- item 4: dates and times are real -------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["20260231", "20230229", "20261131", "١٩٦٨٠٨٢٢",
-                                   "20260101\n"])
+@pytest.mark.parametrize("value", ["20260231", "20230229", "20261131", "١٩٦٨٠٨٢٢", "20260101\n"])
 def test_normalize_date_refuses_what_is_no_calendar_date(value):
     with pytest.raises(MatchError):
         matching.normalize_date("PatientBirthDate", value)
@@ -361,48 +396,75 @@ def test_normalize_time_refuses_what_is_no_clock_time(value):
         matching.normalize_time("ScheduledProcedureStepStartTime", value)
 
 
-@pytest.mark.parametrize("value", ["20260231", "20261130251010", "20261130101010+1500",
-                                   "2026113010101", "20261130101010.1234567"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "20260231",
+        "20261130251010",
+        "20261130101010+1500",
+        "2026113010101",
+        "20261130101010.1234567",
+    ],
+)
 def test_normalize_datetime_refuses_what_is_no_date_time(value):
     with pytest.raises(MatchError):
         matching.normalize_datetime("k", value)
 
 
 @pytest.mark.dcmtk
-@pytest.mark.parametrize("key", [
-    f"{SPS}[0].ScheduledProcedureStepStartDate=20260231",
-    f"{SPS}[0].ScheduledProcedureStepStartDate=20260101-20260231",
-    f"{SPS}[0].ScheduledProcedureStepStartTime=10.5",
-    "PatientBirthDate=19680231",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"{SPS}[0].ScheduledProcedureStepStartDate=20260231",
+        f"{SPS}[0].ScheduledProcedureStepStartDate=20260101-20260231",
+        f"{SPS}[0].ScheduledProcedureStepStartTime=10.5",
+        "PatientBirthDate=19680231",
+    ],
+)
 def test_findscu_invalid_date_or_time_key_is_0xA900(server, tmp_path, key):
     responses, text = findscu(server, tmp_path / "q", "AccessionNumber", key)
     assert responses == []
     assert "Error: DataSetDoesNotMatchSOPClass" in text, text
-    ok, text = findscu(server, tmp_path / "ok", "AccessionNumber=A10001",
-                       f"{SPS}[0].ScheduledProcedureStepStartTime=000000-235960")
+    ok, text = findscu(
+        server,
+        tmp_path / "ok",
+        "AccessionNumber=A10001",
+        f"{SPS}[0].ScheduledProcedureStepStartTime=000000-235960",
+    )
     assert "Received Final Find Response (Success)" in text, text
 
 
-@pytest.mark.parametrize("params", [
-    {"ScheduledProcedureStepSequence.ScheduledProcedureStepStartDate": "20260231"},
-    {"PatientBirthDate": "19680231"},
-    {"ScheduledProcedureStepSequence.ScheduledProcedureStepStartTime": "10.5"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"ScheduledProcedureStepSequence.ScheduledProcedureStepStartDate": "20260231"},
+        {"PatientBirthDate": "19680231"},
+        {"ScheduledProcedureStepSequence.ScheduledProcedureStepStartTime": "10.5"},
+    ],
+)
 def test_dicomweb_search_with_invalid_date_or_time_is_400(server, params):
-    rsp = requests.get(f"{server.http_url}/modality-scheduled-procedure-steps", params=params,
-                       timeout=TIMEOUT)
+    rsp = requests.get(
+        f"{server.http_url}/modality-scheduled-procedure-steps", params=params, timeout=TIMEOUT
+    )
     assert rsp.status_code == 400, rsp.text
 
 
-@pytest.mark.parametrize("fields, name", [
-    ({"sps_start_date": "20260231"}, "sps_start_date"),
-    ({"sps_start_time": "10.5"}, "sps_start_time"),
-    ({"patient": {"patient_id": "BADDATE1", "birth_date": "19680231"}}, "patient.birth_date"),
-])
+@pytest.mark.parametrize(
+    "fields, name",
+    [
+        ({"sps_start_date": "20260231"}, "sps_start_date"),
+        ({"sps_start_time": "10.5"}, "sps_start_time"),
+        ({"patient": {"patient_id": "BADDATE1", "birth_date": "19680231"}}, "patient.birth_date"),
+    ],
+)
 def test_management_api_invalid_date_or_time_is_422(server, fields, name):
-    body = {"accession_number": "BADDATE", "sps_id": "BADS", "modality": "CT",
-            "patient": {"patient_id": "BADDATE1"}, **fields}
+    body = {
+        "accession_number": "BADDATE",
+        "sps_id": "BADS",
+        "modality": "CT",
+        "patient": {"patient_id": "BADDATE1"},
+        **fields,
+    }
     rsp = requests.post(f"{server.http_url}/api/worklist-items", json=body, timeout=TIMEOUT)
     assert rsp.status_code == 422, rsp.text
     assert name in rsp.text
@@ -416,8 +478,13 @@ def test_items_validator_refuses_invalid_dates():
 
 
 def _create_ds(**overrides: str) -> Dataset:
-    ds = n_create([ScheduledStep(generate_uid())], modality="CT", station_ae_title="MOD1",
-                  patient_name="Date^Test", patient_id="DT0001")
+    ds = n_create(
+        [ScheduledStep(generate_uid())],
+        modality="CT",
+        station_ae_title="MOD1",
+        patient_name="Date^Test",
+        patient_id="DT0001",
+    )
     for keyword, value in overrides.items():
         setattr(ds, keyword, value)
     return ds
@@ -429,12 +496,15 @@ def _series_with_date(date: str) -> Dataset:
     return ds
 
 
-@pytest.mark.parametrize("ds, keyword", [
-    (_create_ds(PerformedProcedureStepStartDate="20260231"), "PerformedProcedureStepStartDate"),
-    (_create_ds(PatientBirthDate="19680231"), "PatientBirthDate"),
-    (_create_ds(PerformedProcedureStepEndTime="2561"), "PerformedProcedureStepEndTime"),
-    (_series_with_date("20260431"), "SeriesDate"),
-])
+@pytest.mark.parametrize(
+    "ds, keyword",
+    [
+        (_create_ds(PerformedProcedureStepStartDate="20260231"), "PerformedProcedureStepStartDate"),
+        (_create_ds(PatientBirthDate="19680231"), "PatientBirthDate"),
+        (_create_ds(PerformedProcedureStepEndTime="2561"), "PerformedProcedureStepEndTime"),
+        (_series_with_date("20260431"), "SeriesDate"),
+    ],
+)
 def test_mpps_validator_names_the_attribute(ds, keyword):
     """dicom.check_dates_and_times: every DA/TM/DT of the request, in sequences too."""
     with pytest.raises(MPPSError) as info:
@@ -444,7 +514,7 @@ def test_mpps_validator_names_the_attribute(ds, keyword):
     assert keyword in info.value.comment
 
 
-def _mpps_assoc(server: LiveServer):  # noqa: ANN202
+def _mpps_assoc(server: LiveServer):
     ae = AE(ae_title="MOD1")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
     ae.add_requested_context(MPPS_CLASS, ExplicitVRLittleEndian)
@@ -453,11 +523,14 @@ def _mpps_assoc(server: LiveServer):  # noqa: ANN202
     return assoc
 
 
-@pytest.mark.parametrize("overrides", [
-    {"PerformedProcedureStepStartDate": "20260231"},
-    {"PatientBirthDate": "19680231"},
-    {"PerformedProcedureStepEndTime": "2561"},  # validated today only beside an end date
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"PerformedProcedureStepStartDate": "20260231"},
+        {"PatientBirthDate": "19680231"},
+        {"PerformedProcedureStepEndTime": "2561"},  # validated today only beside an end date
+    ],
+)
 def test_dimse_n_create_with_invalid_date_or_time_is_0x0106(server, overrides):
     assoc = _mpps_assoc(server)
     try:
@@ -468,11 +541,14 @@ def test_dimse_n_create_with_invalid_date_or_time_is_0x0106(server, overrides):
     assert next(iter(overrides)) in status.ErrorComment
 
 
-@pytest.mark.parametrize("modification", [
-    {"PerformedProcedureStepEndDate": "20261131"},
-    {"PerformedProcedureStepEndTime": "2561"},
-    {"series_date": "20260230"},
-])
+@pytest.mark.parametrize(
+    "modification",
+    [
+        {"PerformedProcedureStepEndDate": "20261131"},
+        {"PerformedProcedureStepEndTime": "2561"},
+        {"series_date": "20260230"},
+    ],
+)
 def test_dimse_n_set_with_invalid_date_or_time_is_0x0106(server, modification):
     uid = generate_uid()
     assoc = _mpps_assoc(server)
@@ -495,19 +571,25 @@ def test_dimse_n_set_with_invalid_date_or_time_is_0x0106(server, modification):
     assert pydicom.datadict.tag_for_keyword(keyword) in [int(t) for t in listed], status
 
 
-def _post(server: LiveServer, uid: str, ds: Dataset, update: bool = False
-          ) -> requests.Response:
+def _post(server: LiveServer, uid: str, ds: Dataset, update: bool = False) -> requests.Response:
     doc = ds.to_json_dict()
     doc.pop("00080005", None)
-    return requests.post(f"{server.http_url}/modality-performed-procedure-steps/{uid}",
-                         params={"update": ""} if update else None, data=json.dumps(doc),
-                         headers=JSON_HEADERS, timeout=TIMEOUT)
+    return requests.post(
+        f"{server.http_url}/modality-performed-procedure-steps/{uid}",
+        params={"update": ""} if update else None,
+        data=json.dumps(doc),
+        headers=JSON_HEADERS,
+        timeout=TIMEOUT,
+    )
 
 
-@pytest.mark.parametrize("overrides", [
-    {"PerformedProcedureStepStartDate": "20260231"},
-    {"PatientBirthDate": "19680231"},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"PerformedProcedureStepStartDate": "20260231"},
+        {"PatientBirthDate": "19680231"},
+    ],
+)
 def test_dicomweb_mpps_create_with_invalid_date_is_400(server, overrides):
     rsp = _post(server, generate_uid(), _create_ds(**overrides))
     assert rsp.status_code == 400, rsp.text
@@ -531,8 +613,13 @@ def test_check_characters_follows_the_vr_rules():
     matching.check_characters("AccessionNumber", "SH", "A1\x1b$B")  # ESC: ISO 2022
     matching.check_characters("StudyInstanceUID", "UI", "1.2.3\0")  # a UID's padding
     matching.check_characters("Comments", "LT", "line one\r\nline two\ttab")
-    for vr, value in [("SH", "A\x00B"), ("LO", "A\nB"), ("PN", "Doe\x07"), ("UI", "1.2\x003"),
-                      ("LT", "A\x00B")]:
+    for vr, value in [
+        ("SH", "A\x00B"),
+        ("LO", "A\nB"),
+        ("PN", "Doe\x07"),
+        ("UI", "1.2\x003"),
+        ("LT", "A\x00B"),
+    ]:
         with pytest.raises(MatchError, match="control character"):
             matching.check_characters("Key", vr, value)
 
@@ -548,8 +635,7 @@ def test_c_find_key_with_a_control_character_is_0xA900(server):
         identifier = Dataset()
         identifier.PatientID = "PID\x0000014"
         identifier.PatientName = ""
-        statuses = [status.Status for status, _ in assoc.send_c_find(
-            identifier, MWL_FIND)]
+        statuses = [status.Status for status, _ in assoc.send_c_find(identifier, MWL_FIND)]
     finally:
         assoc.release()
     assert statuses == [0xA900]
@@ -558,7 +644,10 @@ def test_c_find_key_with_a_control_character_is_0xA900(server):
 def test_dicomweb_search_with_a_control_character_is_400(live_server, shared_url):
     """On PostgreSQL too, where a NUL reaching the database was a 503."""
     live = live_server(shared_url)
-    rsp = requests.get(f"{live.http_url}/modality-scheduled-procedure-steps",
-                       params={"PatientID": "PID\x0000014"}, timeout=TIMEOUT)
+    rsp = requests.get(
+        f"{live.http_url}/modality-scheduled-procedure-steps",
+        params={"PatientID": "PID\x0000014"},
+        timeout=TIMEOUT,
+    )
     assert rsp.status_code == 400, rsp.text
     assert "control character" in rsp.text

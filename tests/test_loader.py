@@ -17,15 +17,19 @@ from worklist_mpps.services.loader import LoadError, load_file, load_sample_once
 
 def _items(db):
     with db.read() as s:
-        return {i.accession_number: (i.study_instance_uid, i.sps_status, i.sps_start_date)
-                for i in s.scalars(select(WorklistItem))}
+        return {
+            i.accession_number: (i.study_instance_uid, i.sps_status, i.sps_start_date)
+            for i in s.scalars(select(WorklistItem))
+        }
 
 
 def test_load_is_idempotent_and_keeps_uids_and_status(db):
     assert load_file(db, SAMPLE) == (30, 0)
     first = _items(db)
     with db.write() as s:  # an MPPS moved one item on
-        item = s.scalars(select(WorklistItem).where(WorklistItem.accession_number == "A10001")).one()
+        item = s.scalars(
+            select(WorklistItem).where(WorklistItem.accession_number == "A10001")
+        ).one()
         item.sps_status = "IN PROGRESS"
     assert load_file(db, SAMPLE) == (0, 30)
     second = _items(db)
@@ -55,24 +59,42 @@ def test_sample_data_covers_the_deployment(db):
 
 def test_relative_days_resolve_against_the_load_date(tmp_path):
     path = tmp_path / "w.yaml"
-    path.write_text(yaml.safe_dump({"items": [
-        {"accession_number": "X1", "day": -2, "time": "7:05",
-         "patient": {"patient_id": "P"}}]}))
-    (patient, data), = read_items(path, today=dt.date(2026, 3, 1))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "items": [
+                    {
+                        "accession_number": "X1",
+                        "day": -2,
+                        "time": "7:05",
+                        "patient": {"patient_id": "P"},
+                    }
+                ]
+            }
+        )
+    )
+    ((patient, data),) = read_items(path, today=dt.date(2026, 3, 1))
     assert data["sps_start_date"] == "20260227"
     assert data["sps_start_time"] == "7:05"
 
 
-@pytest.mark.parametrize("item,message", [
-    ({"accession_number": "X1", "patient": {"patient_id": "P"}, "colour": "red"}, "colour"),
-    ({"accession_number": "X1"}, "patient"),
-    ({"accession_number": "X1", "patient": {"patient_id": "P"}, "sps_status": "DONE"},
-     "sps_status"),
-    ({"accession_number": "X1", "patient": {"patient_id": "P"}, "date": "2026-01-01"},
-     "sps_start_date"),
-    ({"accession_number": "X" * 17, "patient": {"patient_id": "P"}}, "accession_number"),
-    ({"patient": {"patient_id": "P"}}, "accession_number"),
-])
+@pytest.mark.parametrize(
+    "item,message",
+    [
+        ({"accession_number": "X1", "patient": {"patient_id": "P"}, "colour": "red"}, "colour"),
+        ({"accession_number": "X1"}, "patient"),
+        (
+            {"accession_number": "X1", "patient": {"patient_id": "P"}, "sps_status": "DONE"},
+            "sps_status",
+        ),
+        (
+            {"accession_number": "X1", "patient": {"patient_id": "P"}, "date": "2026-01-01"},
+            "sps_start_date",
+        ),
+        ({"accession_number": "X" * 17, "patient": {"patient_id": "P"}}, "accession_number"),
+        ({"patient": {"patient_id": "P"}}, "accession_number"),
+    ],
+)
 def test_bad_items_are_refused_naming_item_and_field(db, tmp_path, item, message):
     path = tmp_path / "w.yaml"
     good = {"accession_number": "G1", "patient": {"patient_id": "G"}}

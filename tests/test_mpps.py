@@ -10,10 +10,6 @@ from pydicom.sequence import Sequence
 from sqlalchemy import select
 
 from conftest import SAMPLE
-from worklist_mpps.services import dicom, links, mpps
-from worklist_mpps.db.models import MPPSTracking, WorklistItem
-from worklist_mpps.services.loader import load_file
-from worklist_mpps.services.status import MPPSError
 from worklist_mpps.client.messages import (
     Instance,
     ScheduledStep,
@@ -24,6 +20,10 @@ from worklist_mpps.client.messages import (
     n_set_discontinued,
     n_set_progress,
 )
+from worklist_mpps.db.models import MPPSTracking, WorklistItem
+from worklist_mpps.services import dicom, links, mpps
+from worklist_mpps.services.loader import load_file
+from worklist_mpps.services.status import MPPSError
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -36,14 +36,16 @@ def db_loaded(db):
 
 def item(db, accession: str) -> WorklistItem:
     with db.read() as s:
-        return s.scalars(select(WorklistItem).where(
-            WorklistItem.accession_number == accession)).one()
+        return s.scalars(
+            select(WorklistItem).where(WorklistItem.accession_number == accession)
+        ).one()
 
 
 def step(db, accession: str) -> ScheduledStep:
     it = item(db, accession)
-    return ScheduledStep(it.study_instance_uid, accession, it.requested_procedure_id or "",
-                         sps_id=it.sps_id or "")
+    return ScheduledStep(
+        it.study_instance_uid, accession, it.requested_procedure_id or "", sps_id=it.sps_id or ""
+    )
 
 
 def create(db, *steps: ScheduledStep, uid: str | None = "1.2.826.0.1.3680043.10.1.1", **kw):
@@ -53,8 +55,9 @@ def create(db, *steps: ScheduledStep, uid: str | None = "1.2.826.0.1.3680043.10.
 
 
 def series(n_images: int = 2, uid: str = "1.2.3.100") -> Series:
-    return Series(uid, [Instance(CT, f"{uid}.{i}") for i in range(1, n_images + 1)],
-                  protocol_name="Thorax")
+    return Series(
+        uid, [Instance(CT, f"{uid}.{i}") for i in range(1, n_images + 1)], protocol_name="Thorax"
+    )
 
 
 def error(fn, *args, **kw) -> MPPSError:
@@ -82,7 +85,8 @@ def test_create_links_by_the_most_specific_identification(db_loaded, how):
     ref = ScheduledStep(
         full.study_instance_uid if "study" in how else "1.2.999.1",
         full.accession_number if "accession" in how else "",
-        sps_id=full.sps_id if "step" in how else "")
+        sps_id=full.sps_id if "step" in how else "",
+    )
     assert create(db_loaded, ref).linked == ["A10003/S10003"]
 
 
@@ -175,12 +179,21 @@ def test_create_only_change_is_not_applied_but_allowed_changes_are(db_loaded):
 
 
 def test_identical_repeat_of_create_attributes_is_silent(db_loaded):
-    ds = n_create([step(db_loaded, "A10001")], modality="CT", station_ae_title="CT01",
-                  patient_name="Müller^Hans")
+    ds = n_create(
+        [step(db_loaded, "A10001")],
+        modality="CT",
+        station_ae_title="CT01",
+        patient_name="Müller^Hans",
+    )
     out = mpps.create(db_loaded, ds, "1.2.5.5", "CT01")
-    repeat = n_create([step(db_loaded, "A10001")], modality="CT", station_ae_title="CT01",
-                      patient_name="Müller^Hans", pps_id=ds.PerformedProcedureStepID,
-                      start=None)
+    repeat = n_create(
+        [step(db_loaded, "A10001")],
+        modality="CT",
+        station_ae_title="CT01",
+        patient_name="Müller^Hans",
+        pps_id=ds.PerformedProcedureStepID,
+        start=None,
+    )
     repeat.PerformedProcedureStepStartDate = ds.PerformedProcedureStepStartDate
     repeat.PerformedProcedureStepStartTime = ds.PerformedProcedureStepStartTime
     assert mpps.update(db_loaded, out.uid, repeat).status == 0x0000
@@ -195,11 +208,14 @@ def test_sequences_are_replaced_whole_and_in_progress_repeats(db_loaded):
     assert mpps.show_step(db_loaded, out.uid)[0]["instances"] == 3
 
 
-@pytest.mark.parametrize("remove,code,name", [
-    ("series", 0x0121, "PerformedSeriesSequence"),
-    ("end_date_value", 0x0121, "PerformedProcedureStepEndDate"),
-    ("series_uid", 0x0120, "SeriesInstanceUID"),
-])
+@pytest.mark.parametrize(
+    "remove,code,name",
+    [
+        ("series", 0x0121, "PerformedSeriesSequence"),
+        ("end_date_value", 0x0121, "PerformedProcedureStepEndDate"),
+        ("series_uid", 0x0120, "SeriesInstanceUID"),
+    ],
+)
 def test_completed_requires_end_and_series(db_loaded, remove, code, name):
     out = create(db_loaded, step(db_loaded, "A10001"))
     mods = n_set_completed([series()])
@@ -253,8 +269,9 @@ def test_item_status_follows_all_its_steps(db_loaded):
 
 def test_character_sets_combine(db_loaded):
     """F.7.2.2.3: an N-SET in another character set does not replace the N-CREATE one."""
-    ds = n_create([step(db_loaded, "A10001")], modality="CT", station_ae_title="CT01",
-                  charset="ISO_IR 100")
+    ds = n_create(
+        [step(db_loaded, "A10001")], modality="CT", station_ae_title="CT01", charset="ISO_IR 100"
+    )
     ds.PatientName = "Müller^Hans"
     latin1 = dicom.decode_dataset(dicom.encode_dataset(ds))  # raw ISO_IR 100 bytes
     out = mpps.create(db_loaded, latin1, "1.2.8.1", "CT01")
@@ -274,8 +291,10 @@ def test_character_sets_combine(db_loaded):
 def test_get_subset_all_and_unknown(db_loaded):
     out = create(db_loaded, step(db_loaded, "A10001"), patient_name="Doe^Jane")
     status, ds = mpps.get(db_loaded, out.uid, [0x00100010, 0x00400252])
-    assert status == 0 and [e.keyword for e in ds] == ["PatientName",
-                                                       "PerformedProcedureStepStatus"]
+    assert status == 0 and [e.keyword for e in ds] == [
+        "PatientName",
+        "PerformedProcedureStepStatus",
+    ]
     status, ds = mpps.get(db_loaded, out.uid, [0x00100010, 0x00091001])  # a private tag
     assert status == 0x0001 and "PatientName" in ds
     status, ds = mpps.get(db_loaded, out.uid)
@@ -308,10 +327,12 @@ def _race(fns) -> list:
 def test_racing_final_transitions_one_wins(db_loaded):
     for n in range(5):
         out = create(db_loaded, step(db_loaded, "A10006"), uid=f"1.2.9.{n}")
-        results = _race([
-            lambda: mpps.update(db_loaded, out.uid, n_set_completed([series()])),
-            lambda: mpps.update(db_loaded, out.uid, n_set_discontinued()),
-        ])
+        results = _race(
+            [
+                lambda: mpps.update(db_loaded, out.uid, n_set_completed([series()])),
+                lambda: mpps.update(db_loaded, out.uid, n_set_discontinued()),
+            ]
+        )
         winners = [r for r in results if isinstance(r, mpps.Outcome)]
         losers = [r for r in results if isinstance(r, MPPSError)]
         assert len(winners) == 1 and len(losers) == 1, results
@@ -322,14 +343,17 @@ def test_racing_final_transitions_one_wins(db_loaded):
 
 def test_concurrent_updates_lose_nothing(db_loaded):
     out = create(db_loaded, step(db_loaded, "A10007"))
-    results = _race([
-        (lambda i=i: mpps.update(db_loaded, out.uid, n_set_progress([series(1, f"1.2.4.{i}")])))
-        for i in range(6)
-    ])
+    results = _race(
+        [
+            (lambda i=i: mpps.update(db_loaded, out.uid, n_set_progress([series(1, f"1.2.4.{i}")])))
+            for i in range(6)
+        ]
+    )
     assert all(isinstance(r, mpps.Outcome) for r in results), results
     with db_loaded.read() as s:
-        record = s.scalars(select(MPPSTracking).where(
-            MPPSTracking.sop_instance_uid == out.uid)).one()
+        record = s.scalars(
+            select(MPPSTracking).where(MPPSTracking.sop_instance_uid == out.uid)
+        ).one()
         assert record.version == 7  # created + six serialized updates
 
 
@@ -354,18 +378,26 @@ def test_mpps_list_and_show_commands(tmp_path):
     db.dispose()
 
     def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "worklist_mpps", "mpps", *args,
-                               "--database-url", url], capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "worklist_mpps", "mpps", *args, "--database-url", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
     rows = json.loads(run("list", "--json"))
     assert [(r["sop_instance_uid"], r["status"]) for r in rows] == [
-        ("1.2.10.2", "IN PROGRESS"), ("1.2.10.1", "COMPLETED")]
+        ("1.2.10.2", "IN PROGRESS"),
+        ("1.2.10.1", "COMPLETED"),
+    ]
     assert rows[1]["series"] == 1 and rows[1]["instances"] == 3
     assert rows[1]["worklist_items"] == ["A10001/S10001"]
-    assert json.loads(run("list", "--json", "--status", "COMPLETED"))[0]["accession_number"] == "A10001"
+    assert (
+        json.loads(run("list", "--json", "--status", "COMPLETED"))[0]["accession_number"]
+        == "A10001"
+    )
     table = run("list")
     assert table.splitlines()[0].startswith("STATUS") and "Müller^Hans" in table
     shown = json.loads(run("show", "1.2.10.1", "--json"))
@@ -373,6 +405,10 @@ def test_mpps_list_and_show_commands(tmp_path):
     assert shown["dataset"]["00100010"]["Value"][0]["Alphabetic"] == "Müller^Hans"
     text = run("show", "1.2.10.1")
     assert "A10001/S10001" in text and "Performed Series Sequence" in text
-    missing = subprocess.run([sys.executable, "-m", "worklist_mpps", "mpps", "show", "9.9",
-                              "--database-url", url], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", "mpps", "show", "9.9", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 1 and "No such SOP Instance" in missing.stderr

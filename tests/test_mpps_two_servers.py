@@ -21,8 +21,6 @@ from worklist_mpps.client.messages import (
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 
-
-
 def test_final_transitions_racing_through_two_servers(shared_url, live_server):
     first = live_server(shared_url, "--sample-file", str(SAMPLE))
     second = live_server(shared_url, "--load-sample-data", "false")
@@ -31,8 +29,10 @@ def test_final_transitions_racing_through_two_servers(shared_url, live_server):
         uid = f"1.2.826.0.1.3680043.10.77.{n}"
         assoc = associate(first.port, MPPS, ae_title="CT01")
         status, _ = assoc.send_n_create(
-            n_create([ScheduledStep("1.2.99.77", f"X{n}")], modality="CT",
-                     station_ae_title="CT01"), MPPS, uid)
+            n_create([ScheduledStep("1.2.99.77", f"X{n}")], modality="CT", station_ae_title="CT01"),
+            MPPS,
+            uid,
+        )
         assoc.release()
         assert status.Status == 0
         barrier = threading.Barrier(2)

@@ -8,8 +8,8 @@ import sys
 import time
 
 import pytest
-from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from pydicom.uid import CTImageStorage, generate_uid
+from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from dicom_clients import associate
 from orthanc_server import PASSWORD, USER, Orthanc, new_uids
@@ -36,10 +36,21 @@ def hooked(live_server, orthanc, tmp_path):
     """A worklist-mpps server notifying the test Orthanc (short timeouts)."""
     url = f"sqlite:///{tmp_path / 'hook.db'}"
     server = live_server(
-        url, "--load-sample-data", "false", "--orthanc-url", orthanc.url,
-        "--orthanc-username", USER, "--completeness-timeout", "6",
-        "--outbox-retry-min", "0.3", "--outbox-retry-max", "1",
-        env={"WORKLIST_MPPS_ORTHANC_PASSWORD": PASSWORD})
+        url,
+        "--load-sample-data",
+        "false",
+        "--orthanc-url",
+        orthanc.url,
+        "--orthanc-username",
+        USER,
+        "--completeness-timeout",
+        "6",
+        "--outbox-retry-min",
+        "0.3",
+        "--outbox-retry-max",
+        "1",
+        env={"WORKLIST_MPPS_ORTHANC_PASSWORD": PASSWORD},
+    )
     server.url = url
     return server
 
@@ -55,13 +66,21 @@ def wait_for(check, timeout: float = 30.0, interval: float = 0.3):
     raise AssertionError(f"condition not met within {timeout} s: {check}")
 
 
-def send(port: int, uid: str, study: str, series: list[Series] | None = None,
-         complete: bool = True) -> None:
+def send(
+    port: int, uid: str, study: str, series: list[Series] | None = None, complete: bool = True
+) -> None:
     assoc = associate(port, MPPS, ae_title="CT01")
     try:
         status, _ = assoc.send_n_create(
-            n_create([ScheduledStep(study, "ACC-H")], modality="CT", station_ae_title="CT01",
-                     patient_id="PID-T"), MPPS, uid)
+            n_create(
+                [ScheduledStep(study, "ACC-H")],
+                modality="CT",
+                station_ae_title="CT01",
+                patient_id="PID-T",
+            ),
+            MPPS,
+            uid,
+        )
         assert status.Status == 0
         if complete:
             status = assoc.send_n_set(n_set_completed(series or []), MPPS, uid)[0]
@@ -71,9 +90,12 @@ def send(port: int, uid: str, study: str, series: list[Series] | None = None,
 
 
 def cli(server, *args) -> list | dict:
-    proc = subprocess.run([sys.executable, "-m", "worklist_mpps", *args, "--json",
-                           "--database-url", server.url], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", *args, "--json", "--database-url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -90,16 +112,21 @@ def test_state_and_completeness_reach_the_orthanc_study(hooked, orthanc):
     assert orthanc.metadata(study)["MppsInstanceUID"] == uid
 
     assoc = associate(hooked.port, MPPS, ae_title="CT01")
-    series = [Series(s1, [Instance(CTImageStorage, images[0]), Instance(CTImageStorage,
-                                                                         images[1])]),
-              Series(s2, [Instance(CTImageStorage, images[2])])]
+    series = [
+        Series(s1, [Instance(CTImageStorage, images[0]), Instance(CTImageStorage, images[1])]),
+        Series(s2, [Instance(CTImageStorage, images[2])]),
+    ]
     assert assoc.send_n_set(n_set_completed(series), MPPS, uid)[0].Status == 0
     assoc.release()
-    meta = wait_for(lambda: (m := orthanc.metadata(study)).get("MppsCompleteness") == "complete"
-                    and m)
+    meta = wait_for(
+        lambda: (m := orthanc.metadata(study)).get("MppsCompleteness") == "complete" and m
+    )
     assert meta["MppsStatus"] == "COMPLETED"
     assert (meta["MppsExpected"], meta["MppsReceived"], json.loads(meta["MppsMissing"])) == (
-        "3", "3", [])
+        "3",
+        "3",
+        [],
+    )
     shown = cli(hooked, "mpps", "show", uid)
     assert (shown["completeness"], shown["received"], shown["missing"]) == ("complete", 3, [])
     assert PASSWORD not in hooked.log(), "credentials are never logged"
@@ -110,11 +137,17 @@ def test_a_missing_image_is_reported_missing(hooked, orthanc):
     present, absent = new_uids(2)
     orthanc.upload(study, series_uid, present)
     uid = generate_uid()
-    send(hooked.port, uid, study, [Series(series_uid, [Instance(CTImageStorage, present),
-                                                       Instance(CTImageStorage, absent)])])
+    send(
+        hooked.port,
+        uid,
+        study,
+        [Series(series_uid, [Instance(CTImageStorage, present), Instance(CTImageStorage, absent)])],
+    )
     assert wait_for(lambda: orthanc.metadata(study).get("MppsCompleteness")) == "checking"
-    meta = wait_for(lambda: (m := orthanc.metadata(study)).get("MppsCompleteness")
-                    == "incomplete" and m, timeout=40)
+    meta = wait_for(
+        lambda: (m := orthanc.metadata(study)).get("MppsCompleteness") == "incomplete" and m,
+        timeout=40,
+    )
     assert (meta["MppsExpected"], meta["MppsReceived"]) == ("2", "1")
     assert json.loads(meta["MppsMissing"]) == [absent]
     shown = cli(hooked, "mpps", "show", uid)
@@ -127,11 +160,16 @@ def test_late_images_and_late_study_are_waited_for(hooked, orthanc):
     study, series_uid = new_uids(2)
     first, second = new_uids(2)
     uid = generate_uid()
-    send(hooked.port, uid, study, [Series(series_uid, [Instance(CTImageStorage, first),
-                                                       Instance(CTImageStorage, second)])])
+    send(
+        hooked.port,
+        uid,
+        study,
+        [Series(series_uid, [Instance(CTImageStorage, first), Instance(CTImageStorage, second)])],
+    )
     time.sleep(1.5)  # the study is not in Orthanc yet: the notification waits
-    pending = [r for r in cli(hooked, "outbox", "list") if r["mpps_uid"] == uid
-               and r["state"] == "pending"]
+    pending = [
+        r for r in cli(hooked, "outbox", "list") if r["mpps_uid"] == uid and r["state"] == "pending"
+    ]
     assert pending and "not in Orthanc yet" in (pending[0]["last_error"] or "")
     orthanc.upload(study, series_uid, first)
     assert wait_for(lambda: orthanc.metadata(study).get("MppsCompleteness")) == "checking"
@@ -145,8 +183,9 @@ def test_orthanc_down_delays_and_loses_nothing(hooked, orthanc):
     for _ in range(3):
         study, series_uid, image = new_uids(3)
         orthanc.upload(study, series_uid, image)
-        cases.append((generate_uid(), study, [Series(series_uid, [Instance(CTImageStorage,
-                                                                           image)])]))
+        cases.append(
+            (generate_uid(), study, [Series(series_uid, [Instance(CTImageStorage, image)])])
+        )
     orthanc.stop()
     started = time.monotonic()
     for uid, study, series in cases:
@@ -154,21 +193,28 @@ def test_orthanc_down_delays_and_loses_nothing(hooked, orthanc):
     assert time.monotonic() - started < 20, "the hook must not delay DIMSE replies"
     time.sleep(2)
     waiting = [r for r in cli(hooked, "outbox", "list") if r["state"] == "pending"]
-    assert waiting and all("unreachable" in (r["last_error"] or "") for r in waiting
-                           if r["attempts"])
+    assert waiting and all(
+        "unreachable" in (r["last_error"] or "") for r in waiting if r["attempts"]
+    )
     orthanc.start()
     for uid, study, _ in cases:
-        meta = wait_for(lambda s=study: (m := orthanc.metadata(s)).get("MppsCompleteness")
-                        == "complete" and m, timeout=45)
+        meta = wait_for(
+            lambda s=study: (m := orthanc.metadata(s)).get("MppsCompleteness") == "complete" and m,
+            timeout=45,
+        )
         assert (meta["MppsStatus"], meta["MppsInstanceUID"]) == ("COMPLETED", uid)
     rows = cli(hooked, "outbox", "list")
     for uid, _, _ in cases:
         mine = sorted((r for r in rows if r["mpps_uid"] == uid), key=lambda r: r["id"])
         assert [(r["event"], r["pps_status"]) for r in mine] == [
-            ("N-CREATE", "IN PROGRESS"), ("N-SET", "COMPLETED")]
+            ("N-CREATE", "IN PROGRESS"),
+            ("N-SET", "COMPLETED"),
+        ]
         # the older state was dropped, not delivered after the newer one; the newest once
-        assert [r["state"] for r in mine] in (["superseded", "delivered"],
-                                              ["delivered", "delivered"])
+        assert [r["state"] for r in mine] in (
+            ["superseded", "delivered"],
+            ["delivered", "delivered"],
+        )
         delivered = [r for r in mine if r["state"] == "delivered"]
         assert delivered == sorted(delivered, key=lambda r: r["delivered_at"])
     log = hooked.log()
@@ -183,17 +229,30 @@ def test_outbox_retry_command_redelivers_a_failed_notification(hooked, orthanc, 
     send(hooked.port, uid, study, complete=False)
     time.sleep(1)
     import sqlite3
+
     db_path = hooked.url.removeprefix("sqlite:///")
     with sqlite3.connect(db_path) as conn:  # an operator-visible failure, as after a timeout
-        conn.execute("UPDATE outbox SET state = 'failed', last_error = 'gave up' "
-                     "WHERE mpps_uid = ?", (uid,))
+        conn.execute(
+            "UPDATE outbox SET state = 'failed', last_error = 'gave up' WHERE mpps_uid = ?", (uid,)
+        )
     orthanc.upload(study, series_uid, image)
     time.sleep(1.5)
     assert orthanc.metadata(study).get("MppsStatus") is None  # failed rows are not retried
-    failed = [r for r in cli(hooked, "outbox", "list", "--state", "failed")
-              if r["mpps_uid"] == uid]
-    proc = subprocess.run([sys.executable, "-m", "worklist_mpps", "outbox", "retry",
-                           str(failed[0]["id"]), "--database-url", hooked.url],
-                          capture_output=True, text=True, timeout=60)
+    failed = [r for r in cli(hooked, "outbox", "list", "--state", "failed") if r["mpps_uid"] == uid]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worklist_mpps",
+            "outbox",
+            "retry",
+            str(failed[0]["id"]),
+            "--database-url",
+            hooked.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and "1 message(s) due again" in proc.stdout
     assert wait_for(lambda: orthanc.metadata(study).get("MppsStatus")) == "IN PROGRESS"

@@ -54,7 +54,10 @@ def test_in_order_per_instance(db):
     while w.run_once():
         pass
     assert [d for d in rec.delivered if d[0] == "1.1"] == [
-        ("1.1", "IN PROGRESS"), ("1.1", "IN PROGRESS"), ("1.1", "COMPLETED")]
+        ("1.1", "IN PROGRESS"),
+        ("1.1", "IN PROGRESS"),
+        ("1.1", "COMPLETED"),
+    ]
     assert {s for *_, s in states(db)} == {"delivered"}
 
 
@@ -68,7 +71,9 @@ def test_retry_blocks_later_rows_of_the_same_instance_only(db):
     assert rec.delivered == [("2.2", "IN PROGRESS")]
     pending = [m for m in list_messages(db) if m["state"] == "pending"]
     assert [(m["pps_status"], m["attempts"], m["last_error"]) for m in pending] == [
-        ("COMPLETED", 0, None), ("IN PROGRESS", 1, "down")]
+        ("COMPLETED", 0, None),
+        ("IN PROGRESS", 1, "down"),
+    ]
     assert w.run_once() == 0  # the failed row is not due yet (backoff), the next waits
     with db.write() as s:
         s.execute(update(OutboxMessage).values(next_attempt_at=utcnow()))
@@ -124,7 +129,8 @@ def test_two_workers_never_deliver_a_row_twice(db):
     for t in threads:
         t.join(timeout=120)
     assert sorted(rec.delivered) == sorted(
-        [(f"5.{n}", s) for n in range(30) for s in ("IN PROGRESS", "COMPLETED")])
+        [(f"5.{n}", s) for n in range(30) for s in ("IN PROGRESS", "COMPLETED")]
+    )
     for n in range(30):
         mine = [s for u, s in rec.delivered if u == f"5.{n}"]
         assert mine == ["IN PROGRESS", "COMPLETED"]
@@ -133,23 +139,32 @@ def test_two_workers_never_deliver_a_row_twice(db):
 def test_rows_survive_and_expired_claims_are_taken_over(db):
     queue(db, "rec", "6.1", "IN PROGRESS")
     with db.write() as s:  # a process that died holding the row
-        s.execute(update(OutboxMessage).values(claimed_by="dead", claimed_until=utcnow()
-                                               - timedelta(seconds=1)))
+        s.execute(
+            update(OutboxMessage).values(
+                claimed_by="dead", claimed_until=utcnow() - timedelta(seconds=1)
+            )
+        )
     rec = Recorder()
     worker(db, rec).run_once()
     assert rec.delivered == [("6.1", "IN PROGRESS")]
 
 
 def test_target_names_follow_the_configuration():
-    cfg = Config(orthanc_url="http://orthanc:8042", forward_peers=[
-        ForwardPeer("ris", "ris", 104), ForwardPeer("old", "old", 104, enabled=False)])
+    cfg = Config(
+        orthanc_url="http://orthanc:8042",
+        forward_peers=[
+            ForwardPeer("ris", "ris", 104),
+            ForwardPeer("old", "old", 104, enabled=False),
+        ],
+    )
     assert target_names(cfg) == ["orthanc", "forward:ris"]
     assert target_names(Config()) == []
 
 
 def test_mpps_changes_are_queued_in_the_same_transaction(db):
-    from worklist_mpps.services import dicom, mpps
     from worklist_mpps.client.messages import ScheduledStep, n_create, n_set_completed
+    from worklist_mpps.services import dicom, mpps
+
     ds = n_create([ScheduledStep("1.2.3")], modality="CT", station_ae_title="CT01")
     mpps.create(db, ds, "7.1", targets=["orthanc", "forward:ris"])
     bad = n_set_completed([])  # refused: nothing may be queued
@@ -158,5 +173,7 @@ def test_mpps_changes_are_queued_in_the_same_transaction(db):
     with db.read() as s:
         rows = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
         assert [(r.target, r.event, r.pps_status) for r in rows] == [
-            ("orthanc", "N-CREATE", "IN PROGRESS"), ("forward:ris", "N-CREATE", "IN PROGRESS")]
+            ("orthanc", "N-CREATE", "IN PROGRESS"),
+            ("forward:ris", "N-CREATE", "IN PROGRESS"),
+        ]
         assert dicom.decode_dataset(rows[1].payload).Modality == "CT"

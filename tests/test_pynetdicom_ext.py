@@ -28,8 +28,8 @@ def test_pyproject_pins_the_tested_release():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pin = next(d for d in deps if re.match(r"pynetdicom\b", d))
     assert pin.replace(" ", "") == "pynetdicom" + internals.TESTED_PYNETDICOM, (
-        f"pyproject.toml has {pin!r}, pynetdicom_ext was tested with "
-        f"{internals.TESTED_PYNETDICOM}")
+        f"pyproject.toml has {pin!r}, pynetdicom_ext was tested with {internals.TESTED_PYNETDICOM}"
+    )
 
 
 def test_pynetdicom_internals_relied_on_are_there():
@@ -40,21 +40,45 @@ def test_pynetdicom_internals_relied_on_are_there():
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("broken, expected", [
-    (Internal("reactor.py", "pynetdicom.dul", "DULServiceProvider._read_pdu_data",
-              ("self", "size")),
-     "pynetdicom internal DULServiceProvider._read_pdu_data (pynetdicom.dul, used by "
-     "pynetdicom_ext/reactor.py) changed: expected parameters ('self', 'size'), got ('self',)"),
-    (Internal("wire.py", "pynetdicom.dimse", "DIMSEServiceProvider._gone"),
-     "pynetdicom internal DIMSEServiceProvider._gone (pynetdicom.dimse, used by "
-     "pynetdicom_ext/wire.py) is missing"),
-    (Internal("reactor.py", "pynetdicom.transport", "RequestHandler.handle", ("self",),
-              source=("assoc.begin()",)),
-     "its code no longer contains 'assoc.begin()'"),
-    (Internal("reactor.py", "pynetdicom.association", "Association",
-              attributes=("_no_such_attribute",)),
-     "instance attribute _no_such_attribute is missing"),
-])
+@pytest.mark.parametrize(
+    "broken, expected",
+    [
+        (
+            Internal(
+                "reactor.py",
+                "pynetdicom.dul",
+                "DULServiceProvider._read_pdu_data",
+                ("self", "size"),
+            ),
+            "pynetdicom internal DULServiceProvider._read_pdu_data (pynetdicom.dul, used by "
+            "pynetdicom_ext/reactor.py) changed: expected parameters ('self', 'size'), got ('self',)",
+        ),
+        (
+            Internal("wire.py", "pynetdicom.dimse", "DIMSEServiceProvider._gone"),
+            "pynetdicom internal DIMSEServiceProvider._gone (pynetdicom.dimse, used by "
+            "pynetdicom_ext/wire.py) is missing",
+        ),
+        (
+            Internal(
+                "reactor.py",
+                "pynetdicom.transport",
+                "RequestHandler.handle",
+                ("self",),
+                source=("assoc.begin()",),
+            ),
+            "its code no longer contains 'assoc.begin()'",
+        ),
+        (
+            Internal(
+                "reactor.py",
+                "pynetdicom.association",
+                "Association",
+                attributes=("_no_such_attribute",),
+            ),
+            "instance attribute _no_such_attribute is missing",
+        ),
+    ],
+)
 def test_a_changed_internal_is_named(broken, expected):
     """The check itself fails, naming the internal, for each kind of change."""
     problems = internals.problems((broken,))
@@ -68,11 +92,15 @@ def _private_pynetdicom_uses(path: Path) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pynetdicom"):
-            found += [f"from {node.module} import {a.name}" for a in node.names
-                      if a.name.startswith("_") or ("._" in node.module)]
+            found += [
+                f"from {node.module} import {a.name}"
+                for a in node.names
+                if a.name.startswith("_") or ("._" in node.module)
+            ]
         elif isinstance(node, ast.Attribute) and (
-                node.attr.startswith("wm_")
-                or (node.attr.startswith("_") and not node.attr.startswith("__"))):
+            node.attr.startswith("wm_")
+            or (node.attr.startswith("_") and not node.attr.startswith("__"))
+        ):
             owner = node.value
             if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
                 continue
@@ -123,8 +151,7 @@ def test_dimse_fast_path_picks_the_reactors(tmp_path, fast):
 
     db = Database(f"sqlite:///{tmp_path / 'f.db'}")
     migrate.upgrade(db.engine)
-    server = DicomServer(AppContext(Config(bind="127.0.0.1", port=0, dimse_fast_path=fast),
-                                    db))
+    server = DicomServer(AppContext(Config(bind="127.0.0.1", port=0, dimse_fast_path=fast), db))
     server.start()
     try:
         scu = AE(ae_title="SCU")
@@ -134,8 +161,9 @@ def test_dimse_fast_path_picks_the_reactors(tmp_path, fast):
         try:
             assert assoc.send_c_echo().Status == 0
             (acceptor,) = server.ae.active_associations
-            assert (acceptor.fast_path, acceptor.dul.fast_path, acceptor.dimse.fast_path) \
-                == (fast,) * 3
+            assert (acceptor.fast_path, acceptor.dul.fast_path, acceptor.dimse.fast_path) == (
+                fast,
+            ) * 3
             assert (acceptor.dul._pipe is not None) == fast  # only the event-driven DUL
             assert acceptor.dimse.max_message_size == Config().max_message_size
             assert acceptor.ticket is not None and acceptor.ticket.associated
@@ -167,10 +195,12 @@ def test_c_find_without_fast_path_yields_every_response_to_pynetdicom(tmp_path):
     load_file(db, SAMPLE)
     requestor = SimpleNamespace(ae_title="SCU", address="127.0.0.1", port=1)
     # an association without a DUL or DIMSE provider: wire.py cannot be used on it
-    event = SimpleNamespace(identifier=worklist_query(), is_cancelled=False,
-                            assoc=SimpleNamespace(requestor=requestor),
-                            context=SimpleNamespace(context_id=1,
-                                                    transfer_syntax=ExplicitVRLittleEndian))
+    event = SimpleNamespace(
+        identifier=worklist_query(),
+        is_cancelled=False,
+        assoc=SimpleNamespace(requestor=requestor),
+        context=SimpleNamespace(context_id=1, transfer_syntax=ExplicitVRLittleEndian),
+    )
     sent = list(handle_find(event, AppContext(Config(dimse_fast_path=False), db)))
     assert len(sent) > 1 and {s for s, _ in sent} == {0xFF00}
     assert all(ds.AccessionNumber for _, ds in sent)

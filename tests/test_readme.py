@@ -23,19 +23,22 @@ DCMTK_FINDSCU = "/usr/bin/findscu"  # as the README writes it (Debian's dcmtk pa
 # sh blocks not run here, by the first word of the block, and why
 NOT_RUN = {
     "make": "make serve / make test / make bench: the suite itself, a server on the "
-            "fixed port 5243, minutes of benchmark",
+    "fixed port 5243, minutes of benchmark",
     "worklist-mpps": "placeholders (2.25.1234..., [--state ...]); the commands are "
-                     "covered by tests/test_dimse_mpps.py, test_outbox.py, test_audit.py",
+    "covered by tests/test_dimse_mpps.py, test_outbox.py, test_audit.py",
     "ORTHANC_PASSWORD=change-me": "docker compose: no Docker engine here "
-                                  "(tests/test_deployment.py validates the compose file)",
+    "(tests/test_deployment.py validates the compose file)",
 }
 
 
-def bash(script: str, env: dict | None = None, timeout: float = 60
-         ) -> subprocess.CompletedProcess:
+def bash(script: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     """``script`` through bash with -e -u -o pipefail, as a careful user runs it."""
-    return subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def sh_blocks() -> list[str]:
@@ -45,8 +48,9 @@ def sh_blocks() -> list[str]:
 def commands(block: str) -> list[str]:
     """The commands of a block: continuation lines joined, comments and blanks left out."""
     joined = re.sub(r"\\\n\s*", "", block)
-    return [line for line in joined.splitlines() if line.strip() and
-            not line.lstrip().startswith("#")]
+    return [
+        line for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def with_dcmtk(command: str) -> str:
@@ -122,13 +126,26 @@ def test_readme_dicom_mpps_example_works(live_server, tmp_path):
     assert "COMPLETED" in completed and "DISCONTINUED" in discontinued
     for finish in (completed, discontinued):
         script = "\n".join((create, finish)).replace(
-            "pacs://server:5243", f"pacs://127.0.0.1:{server.port}")
+            "pacs://server:5243", f"pacs://127.0.0.1:{server.port}"
+        )
         proc = bash(script, env=env)
         output = (proc.stdout + proc.stderr).decode("utf-8", "replace")
         assert proc.returncode == 0, f"{script}\n{output}"
     listed = subprocess.run(
-        [sys.executable, "-m", "worklist_mpps", "mpps", "list", "--json",
-         "--database-url", server.database_url], capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "worklist_mpps",
+            "mpps",
+            "list",
+            "--json",
+            "--database-url",
+            server.database_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     steps = json.loads(listed.stdout)
     assert sorted(s["status"] for s in steps) == ["COMPLETED", "DISCONTINUED"], steps
 

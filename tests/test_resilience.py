@@ -33,7 +33,6 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from conftest import SAMPLE
 from dicom_clients import find, worklist_query
-from worklist_mpps.db.engine import Database
 from worklist_mpps.client.messages import (
     Instance,
     ScheduledStep,
@@ -44,18 +43,23 @@ from worklist_mpps.client.messages import (
     n_set_discontinued,
     n_set_progress,
 )
+from worklist_mpps.db.engine import Database
 from worklist_mpps.services.outbox import list_messages
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 UID_ROOT = "1.2.826.0.1.3680043.10.543"
 # Non-ASCII person names (ISO_IR 192); a middle name makes each instance's name unique.
-NAMES = [("Müller", "Jürgen"), ("Sánchez", "María"), ("Ødegård", "Åse"),
-         ("Łukasiewicz", "Zoë"), ("Дмитриев", "Иван"), ("山田", "太郎")]
+NAMES = [
+    ("Müller", "Jürgen"),
+    ("Sánchez", "María"),
+    ("Ødegård", "Åse"),
+    ("Łukasiewicz", "Zoë"),
+    ("Дмитриев", "Иван"),
+    ("山田", "太郎"),
+]
 FINALS = ("COMPLETED", "DISCONTINUED")
 NO_LONGER_UPDATED = 0xA710
-
-
 
 
 # --- one message, one association -------------------------------------------------------
@@ -71,8 +75,14 @@ class Reply:
     at: float = field(default_factory=time.monotonic)  # when the exchange ended
 
 
-def exchange(port: int, op: str, uid: str, ds: Dataset | None = None,
-             calling: str = "MODALITY", timeout: float = 10.0) -> Reply:
+def exchange(
+    port: int,
+    op: str,
+    uid: str,
+    ds: Dataset | None = None,
+    calling: str = "MODALITY",
+    timeout: float = 10.0,
+) -> Reply:
     """One N-CREATE / N-SET / N-GET on its own association; never raises."""
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -96,8 +106,13 @@ def exchange(port: int, op: str, uid: str, ds: Dataset | None = None,
         if assoc.is_established:
             assoc.release()
     code = rsp.get("Status") if rsp is not None else None  # empty dataset when aborted
-    return Reply(code, True, rsp.get("ErrorID") if rsp is not None else None, out,
-                 "" if code is not None else "no response")
+    return Reply(
+        code,
+        True,
+        rsp.get("ErrorID") if rsp is not None else None,
+        out,
+        "" if code is not None else "no response",
+    )
 
 
 # --- MPPS cycles ------------------------------------------------------------------------
@@ -124,8 +139,14 @@ class Step:
         return self.reply is not None and self.reply.status == 0x0000
 
 
-def cycle(prefix: str, t: int, c: int, final: str = "COMPLETED",
-          scheduled: ScheduledStep | None = None, extra: bool = False) -> list[Step]:
+def cycle(
+    prefix: str,
+    t: int,
+    c: int,
+    final: str = "COMPLETED",
+    scheduled: ScheduledStep | None = None,
+    extra: bool = False,
+) -> list[Step]:
     """N-CREATE, N-SET progress (one series, one image), final N-SET; with ``extra`` a
     second final N-SET of the other kind and a late progress N-SET, both to be refused."""
     uid = f"{prefix}.{t}.{c}"
@@ -135,26 +156,54 @@ def cycle(prefix: str, t: int, c: int, final: str = "COMPLETED",
     series_uid = f"{uid}.2"
     images = [Instance(CTImageStorage, f"{uid}.3.{i}") for i in (1, 2)]
     first, both = [images[0].sop_instance_uid], [i.sop_instance_uid for i in images]
-    create = n_create([sched], modality="CT", station_ae_title=f"CT{t:02d}",
-                      patient_name=name, patient_id=f"PID-{t}-{c}")
+    create = n_create(
+        [sched],
+        modality="CT",
+        station_ae_title=f"CT{t:02d}",
+        patient_name=name,
+        patient_id=f"PID-{t}-{c}",
+    )
     in_progress = {"status": "IN PROGRESS", "series": [series_uid], "refs": first}
     steps = [
-        Step(uid, "create", create, {"patient_name": name, "study": sched.study_instance_uid,
-                                     "status": "IN PROGRESS", "series": [], "refs": []}),
+        Step(
+            uid,
+            "create",
+            create,
+            {
+                "patient_name": name,
+                "study": sched.study_instance_uid,
+                "status": "IN PROGRESS",
+                "series": [],
+                "refs": [],
+            },
+        ),
         Step(uid, "progress", n_set_progress([Series(series_uid, images[:1])]), in_progress),
     ]
     completed = n_set_completed([Series(series_uid, images)])
     discontinued = n_set_discontinued(reason=discontinuation_reason("110501"))
     if final == "COMPLETED":
-        steps.append(Step(uid, "final", completed,
-                          {"status": "COMPLETED", "series": [series_uid], "refs": both}))
+        steps.append(
+            Step(
+                uid,
+                "final",
+                completed,
+                {"status": "COMPLETED", "series": [series_uid], "refs": both},
+            )
+        )
     else:  # no series in the N-SET: the step keeps the one it has
         steps.append(Step(uid, "final", discontinued, {**in_progress, "status": "DISCONTINUED"}))
     if extra:
         again = discontinued if final == "COMPLETED" else completed
         steps.append(Step(uid, "again", again, steps[-1].expect, expect_code=0x0110))
-        steps.append(Step(uid, "late", n_set_progress([Series(series_uid, images)]),
-                          steps[-1].expect, expect_code=0x0110))
+        steps.append(
+            Step(
+                uid,
+                "late",
+                n_set_progress([Series(series_uid, images)]),
+                steps[-1].expect,
+                expect_code=0x0110,
+            )
+        )
     return steps
 
 
@@ -162,16 +211,23 @@ class Load:
     """Modality threads looping over full MPPS cycles until the first failure, ``stop``,
     ``max_messages`` each or ``max_seconds``."""
 
-    def __init__(self, port: int, prefix: str, clients: int = 4, max_messages: int = 1500,
-                 max_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        prefix: str,
+        clients: int = 4,
+        max_messages: int = 1500,
+        max_seconds: float = 30.0,
+    ) -> None:
         self.port, self.prefix = port, prefix
         self.stop = threading.Event()
         self.max_messages = max_messages
         self.deadline = time.monotonic() + max_seconds
         self.sent: list[list[Step]] = [[] for _ in range(clients)]
         self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._run, args=(t,), daemon=True)
-                        for t in range(clients)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(t,), daemon=True) for t in range(clients)
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -180,11 +236,15 @@ class Load:
         try:
             for c in itertools.count():
                 for step in cycle(self.prefix, t, c):
-                    if (self.stop.is_set() or len(sent) >= self.max_messages
-                            or time.monotonic() > self.deadline):
+                    if (
+                        self.stop.is_set()
+                        or len(sent) >= self.max_messages
+                        or time.monotonic() > self.deadline
+                    ):
                         return
-                    step.reply = exchange(self.port, step.op, step.uid, step.ds,
-                                          calling=f"CT{t:02d}")
+                    step.reply = exchange(
+                        self.port, step.op, step.uid, step.ds, calling=f"CT{t:02d}"
+                    )
                     sent.append(step)
                     if not step.acked:
                         return
@@ -234,8 +294,11 @@ def observed(ds: Dataset) -> dict:
     return {
         "status": ds.get("PerformedProcedureStepStatus"),
         "series": [s.SeriesInstanceUID for s in series],
-        "refs": [r.ReferencedSOPInstanceUID for s in series
-                 for r in (s.get("ReferencedImageSequence") or [])],
+        "refs": [
+            r.ReferencedSOPInstanceUID
+            for s in series
+            for r in (s.get("ReferencedImageSequence") or [])
+        ],
         "patient_name": str(ds.get("PatientName", "")),
         "study": ssas[0].get("StudyInstanceUID"),
     }
@@ -255,9 +318,11 @@ class Durability:
     problems: list[str]
 
     def line(self) -> str:
-        return (f"{self.clients} clients, {self.sent} messages sent, "
-                f"{sum(self.acked.values())} acknowledged ({dict(self.acked)}), "
-                f"{self.unacked} unacknowledged, {self.lost} acknowledged lost")
+        return (
+            f"{self.clients} clients, {self.sent} messages sent, "
+            f"{sum(self.acked.values())} acknowledged ({dict(self.acked)}), "
+            f"{self.unacked} unacknowledged, {self.lost} acknowledged lost"
+        )
 
 
 def check_durable(port: int, steps: list[Step], clients: int) -> Durability:
@@ -286,9 +351,11 @@ def check_durable(port: int, steps: list[Step], clients: int) -> Durability:
             if seen is None:
                 ok = False
             elif step.kind == "create":
-                ok = (seen["patient_name"] == step.expect["patient_name"]
-                      and seen["study"] == step.expect["study"])
-            elif any(s.acked and s.kind == "final" for s in ss[n + 1:]):
+                ok = (
+                    seen["patient_name"] == step.expect["patient_name"]
+                    and seen["study"] == step.expect["study"]
+                )
+            elif any(s.acked and s.kind == "final" for s in ss[n + 1 :]):
                 ok = True  # replaced by the acknowledged final N-SET, checked on its own
             else:
                 allowed = [_state(step.expect)] + [_state(s.expect) for s in inflight]
@@ -297,8 +364,7 @@ def check_durable(port: int, steps: list[Step], clients: int) -> Durability:
                 lost += 1
                 problems.append(f"{uid} {step.kind}: sent {step.expect}, found {seen}")
     acked = Counter(s.kind for s in steps if s.acked)
-    return Durability(clients, len(steps), acked, sum(not s.acked for s in steps), lost,
-                      problems)
+    return Durability(clients, len(steps), acked, sum(not s.acked for s in steps), lost, problems)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -318,9 +384,14 @@ def integrity_check(url: str) -> None:
 
 def cli_json(url: str, cwd: Path, *args: str) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKLIST_MPPS_")}
-    proc = subprocess.run([sys.executable, "-m", "worklist_mpps", *args, "--json",
-                           "--database-url", url], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", *args, "--json", "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -337,7 +408,8 @@ def test_sigkill_under_load_loses_no_acknowledged_mpps(shared_url, live_server, 
     server.kill()
     load.join()
     assert sending == len(load.threads), (
-        f"only {sending} clients still sending at the kill: {load.steps[-3:]}")
+        f"only {sending} clients still sending at the kill: {load.steps[-3:]}"
+    )
     early = [s for s in load.steps if not s.acked and s.reply.at < killed_at]
     assert not early, [(s.uid, s.kind, s.reply) for s in early]  # failures only by the kill
     integrity_check(shared_url)
@@ -354,10 +426,10 @@ def test_sigkill_under_load_loses_no_acknowledged_mpps(shared_url, live_server, 
 
 
 def test_sigterm_under_load_exits_0_and_keeps_every_acknowledged_mpps(
-        shared_url, live_server, capsys):
+    shared_url, live_server, capsys
+):
     grace = 5.0
-    server = live_server(shared_url, "--load-sample-data", "false",
-                         "--shutdown-grace", str(grace))
+    server = live_server(shared_url, "--load-sample-data", "false", "--shutdown-grace", str(grace))
     load = Load(server.port, f"{UID_ROOT}.2")
     time.sleep(2.0)
     sending = load.alive()
@@ -402,20 +474,23 @@ def items_by_status(port: int, status: str) -> dict[str, str]:
     out = {}
     for ds in found:
         sps = ds.ScheduledProcedureStepSequence[0]
-        out[f"{ds.AccessionNumber}/{sps.ScheduledProcedureStepID}"] = \
+        out[f"{ds.AccessionNumber}/{sps.ScheduledProcedureStepID}"] = (
             sps.ScheduledProcedureStepStatus
+        )
     return out
 
 
-def drive(ports: list[int], t: int, instances: list[list[Step]], sent: list[Step],
-          errors: list[str]) -> None:
+def drive(
+    ports: list[int], t: int, instances: list[list[Step]], sent: list[Step], errors: list[str]
+) -> None:
     """Send each instance's messages in order, alternating the server per message."""
     try:
         for k, steps in enumerate(instances):
             for i, step in enumerate(steps):
                 step.server = (t + k + i) % len(ports)
-                step.reply = exchange(ports[step.server], step.op, step.uid, step.ds,
-                                      calling=f"CT{t:02d}")
+                step.reply = exchange(
+                    ports[step.server], step.op, step.uid, step.ds, calling=f"CT{t:02d}"
+                )
                 sent.append(step)
                 if step.kind == "create" and not step.acked:
                     break
@@ -424,15 +499,23 @@ def drive(ports: list[int], t: int, instances: list[list[Step]], sent: list[Step
 
 
 def test_two_servers_on_one_database_keep_every_transition_legal(
-        shared_url, live_server, tmp_path, capsys):
-    servers = [live_server(shared_url, "--sample-file", str(SAMPLE)),
-               live_server(shared_url, "--load-sample-data", "false")]
+    shared_url, live_server, tmp_path, capsys
+):
+    servers = [
+        live_server(shared_url, "--sample-file", str(SAMPLE)),
+        live_server(shared_url, "--load-sample-data", "false"),
+    ]
     ports = [s.port for s in servers]
     statuses, found = find(ports[1], mwl_query())
     assert statuses[-1].Status == 0
-    items = sorted((ds.AccessionNumber, ds.StudyInstanceUID,
-                    ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID)
-                   for ds in found)
+    items = sorted(
+        (
+            ds.AccessionNumber,
+            ds.StudyInstanceUID,
+            ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID,
+        )
+        for ds in found
+    )
     assert [a for a, _, _ in items] == [f"A{10001 + n}" for n in range(30)]
 
     drivers, per_driver = 6, 10
@@ -475,8 +558,10 @@ def test_two_servers_on_one_database_keep_every_transition_legal(
 
     sent: list[list[Step]] = [[] for _ in range(drivers)]
     started = time.monotonic()
-    threads = [threading.Thread(target=drive, args=(ports, t, plans[t], sent[t], errors),
-                                daemon=True) for t in range(drivers)]
+    threads = [
+        threading.Thread(target=drive, args=(ports, t, plans[t], sent[t], errors), daemon=True)
+        for t in range(drivers)
+    ]
     queries = [threading.Thread(target=query, args=(q,), daemon=True) for q in range(2)]
     for thread in threads + queries:
         thread.start()
@@ -490,9 +575,12 @@ def test_two_servers_on_one_database_keep_every_transition_legal(
     assert not errors, errors
 
     steps = [s for ss in sent for s in ss]
-    wrong = [(s.uid, s.kind, s.server, s.reply) for s in steps
-             if s.reply.status != s.expect_code
-             or (s.expect_code == 0x0110 and s.reply.error_id != NO_LONGER_UPDATED)]
+    wrong = [
+        (s.uid, s.kind, s.server, s.reply)
+        for s in steps
+        if s.reply.status != s.expect_code
+        or (s.expect_code == 0x0110 and s.reply.error_id != NO_LONGER_UPDATED)
+    ]
     assert not wrong, wrong[:10]  # every transition after a final status refused
     assert finds and all(code == 0x0000 for _, code, _ in finds), finds
     created = [s.uid for s in steps if s.kind == "create" and s.acked]
@@ -510,9 +598,13 @@ def test_two_servers_on_one_database_keep_every_transition_legal(
     for row in rows:
         expect = last[row["sop_instance_uid"]]
         assert (row["status"], row["series"], row["instances"]) == (
-            expect["status"], len(expect["series"]), len(expect["refs"])), row
+            expect["status"],
+            len(expect["series"]),
+            len(expect["refs"]),
+        ), row
         assert row["worklist_items"] == (
-            [linked[row["sop_instance_uid"]]] if row["sop_instance_uid"] in linked else []), row
+            [linked[row["sop_instance_uid"]]] if row["sop_instance_uid"] in linked else []
+        ), row
 
     # linked worklist items end in the status derived from their one MPPS, on both servers
     wanted = {item: last[uid]["status"] for uid, item in linked.items()}
@@ -523,41 +615,55 @@ def test_two_servers_on_one_database_keep_every_transition_legal(
         assert seen == wanted
 
     with capsys.disabled():
-        print(f"\n[scale-out {shared_url.split(':')[0]}] 2 servers, {drivers} MPPS clients, "
-              f"{len(created)} instances, {len(steps)} N-CREATE/N-SET "
-              f"({sum(s.acked for s in steps)} acknowledged, "
-              f"{sum(s.expect_code == 0x0110 for s in steps)} refused 0x0110 as expected), "
-              f"{len(linked)} worklist items linked, {len(finds)} C-FINDs, {elapsed:.1f} s")
+        print(
+            f"\n[scale-out {shared_url.split(':')[0]}] 2 servers, {drivers} MPPS clients, "
+            f"{len(created)} instances, {len(steps)} N-CREATE/N-SET "
+            f"({sum(s.acked for s in steps)} acknowledged, "
+            f"{sum(s.expect_code == 0x0110 for s in steps)} refused 0x0110 as expected), "
+            f"{len(linked)} worklist items linked, {len(finds)} C-FINDs, {elapsed:.1f} s"
+        )
 
 
 # --- 4. one outbox, two delivering processes ------------------------------------------------
 
 
-DELIVERED = re.compile(r"Outbox #(\d+) forward:down (\S+) (N-CREATE|N-SET) "
-                       r"(IN PROGRESS|COMPLETED|DISCONTINUED): delivered")
-RECEIVED = re.compile(r"worklist_mpps\.dimse\.mpps: (N-CREATE|N-SET) from \S+: (\S+) "
-                      r"(IN PROGRESS|COMPLETED|DISCONTINUED)")
+DELIVERED = re.compile(
+    r"Outbox #(\d+) forward:down (\S+) (N-CREATE|N-SET) "
+    r"(IN PROGRESS|COMPLETED|DISCONTINUED): delivered"
+)
+RECEIVED = re.compile(
+    r"worklist_mpps\.dimse\.mpps: (N-CREATE|N-SET) from \S+: (\S+) "
+    r"(IN PROGRESS|COMPLETED|DISCONTINUED)"
+)
 
 
 def test_two_servers_deliver_each_outbox_row_once_in_order(
-        shared_url, live_server, tmp_path, capsys):
-    downstream = live_server(f"sqlite:///{tmp_path / 'downstream.db'}",
-                             "--load-sample-data", "false")
-    peers = json.dumps([{"name": "down", "host": "127.0.0.1", "port": downstream.port,
-                         "ae_title": "WORKLISTS"}])
-    flags = ("--load-sample-data", "false", "--outbox-retry-min", "0.3",
-             "--outbox-retry-max", "1")
-    upstream = [live_server(shared_url, *flags, env={"WORKLIST_MPPS_FORWARD_PEERS": peers})
-                for _ in range(2)]
+    shared_url, live_server, tmp_path, capsys
+):
+    downstream = live_server(
+        f"sqlite:///{tmp_path / 'downstream.db'}", "--load-sample-data", "false"
+    )
+    peers = json.dumps(
+        [{"name": "down", "host": "127.0.0.1", "port": downstream.port, "ae_title": "WORKLISTS"}]
+    )
+    flags = ("--load-sample-data", "false", "--outbox-retry-min", "0.3", "--outbox-retry-max", "1")
+    upstream = [
+        live_server(shared_url, *flags, env={"WORKLIST_MPPS_FORWARD_PEERS": peers})
+        for _ in range(2)
+    ]
     ports = [s.port for s in upstream]
 
     drivers, per_driver = 4, 6
-    plans = [[cycle(f"{UID_ROOT}.4", t, k, FINALS[(t + k) % 2]) for k in range(per_driver)]
-             for t in range(drivers)]
+    plans = [
+        [cycle(f"{UID_ROOT}.4", t, k, FINALS[(t + k) % 2]) for k in range(per_driver)]
+        for t in range(drivers)
+    ]
     sent: list[list[Step]] = [[] for _ in range(drivers)]
     errors: list[str] = []
-    threads = [threading.Thread(target=drive, args=(ports, t, plans[t], sent[t], errors),
-                                daemon=True) for t in range(drivers)]
+    threads = [
+        threading.Thread(target=drive, args=(ports, t, plans[t], sent[t], errors), daemon=True)
+        for t in range(drivers)
+    ]
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -591,8 +697,10 @@ def test_two_servers_deliver_each_outbox_row_once_in_order(
     assert set(per_uid) == set(final)
     for uid, rs in per_uid.items():
         assert [(r["event"], r["pps_status"]) for r in rs] == [
-            ("N-CREATE", "IN PROGRESS"), ("N-SET", "IN PROGRESS"),
-            ("N-SET", final[uid]["status"])], rs
+            ("N-CREATE", "IN PROGRESS"),
+            ("N-SET", "IN PROGRESS"),
+            ("N-SET", final[uid]["status"]),
+        ], rs
         stamps = [r["delivered_at"] for r in rs]
         assert stamps == sorted(stamps), rs
 
@@ -613,8 +721,9 @@ def test_two_servers_deliver_each_outbox_row_once_in_order(
     for uid, rs in per_uid.items():
         assert received[uid] == [(r["event"], r["pps_status"]) for r in rs], (uid, received[uid])
     assert "0x0111" not in down_log and "0x0110" not in down_log
-    down_rows = cli_json(f"sqlite:///{tmp_path / 'downstream.db'}", tmp_path,
-                         "mpps", "list", "--limit", "10000")
+    down_rows = cli_json(
+        f"sqlite:///{tmp_path / 'downstream.db'}", tmp_path, "mpps", "list", "--limit", "10000"
+    )
     assert sorted(r["sop_instance_uid"] for r in down_rows) == sorted(final)
     creates = {s.uid: s.expect for s in steps if s.kind == "create"}
     for uid, ds in n_get_all(downstream.port, sorted(final)).items():
@@ -622,10 +731,14 @@ def test_two_servers_deliver_each_outbox_row_once_in_order(
         seen = observed(ds)
         assert (seen["status"], seen["series"], seen["refs"]) == _state(final[uid]), seen
         assert (seen["patient_name"], seen["study"]) == (
-            creates[uid]["patient_name"], creates[uid]["study"]), seen
+            creates[uid]["patient_name"],
+            creates[uid]["study"],
+        ), seen
 
     with capsys.disabled():
-        print(f"\n[outbox {shared_url.split(':')[0]}] 2 upstream servers, {drivers} clients, "
-              f"{len(final)} instances, {len(steps)} messages acknowledged, {len(rows)} outbox "
-              f"rows delivered once (by server: {by_server}), "
-              f"{len(received)} instances downstream, {delivered_in:.1f} s")
+        print(
+            f"\n[outbox {shared_url.split(':')[0]}] 2 upstream servers, {drivers} clients, "
+            f"{len(final)} instances, {len(steps)} messages acknowledged, {len(rows)} outbox "
+            f"rows delivered once (by server: {by_server}), "
+            f"{len(received)} instances downstream, {delivered_in:.1f} s"
+        )

@@ -15,11 +15,18 @@ ACTOR = Actor("ris", "10.0.0.7", "HL7")
 
 
 def new_item(db, accession="A1", sps_id="S1", patient_id="P1", **fields) -> dict:
-    data = {"accession_number": accession, "sps_id": sps_id, "modality": "CT",
-            "scheduled_station_ae_title": "CT01", "sps_start_date": "20300101",
-            "sps_start_time": "0800", **fields}
-    return schedule.create_item(db, ACTOR, {"patient_id": patient_id,
-                                            "patient_name": "Müller^Hans"}, data, "1.2.3")
+    data = {
+        "accession_number": accession,
+        "sps_id": sps_id,
+        "modality": "CT",
+        "scheduled_station_ae_title": "CT01",
+        "sps_start_date": "20300101",
+        "sps_start_time": "0800",
+        **fields,
+    }
+    return schedule.create_item(
+        db, ACTOR, {"patient_id": patient_id, "patient_name": "Müller^Hans"}, data, "1.2.3"
+    )
 
 
 def events(db, action: str) -> list[dict]:
@@ -38,8 +45,11 @@ def test_create_refuses_a_duplicate_accession_and_step(db):
     assert schedule.search_items(db).total == 1
     assert schedule.search_patients(db, patient_id="P2").total == 0  # rolled back
     [event] = events(db, "item.create")
-    assert (event["actor"], event["channel"], event["target"]) == ("ris", "HL7",
-                                                                   f"item:{item['id']}")
+    assert (event["actor"], event["channel"], event["target"]) == (
+        "ris",
+        "HL7",
+        f"item:{item['id']}",
+    )
 
 
 def test_create_names_the_invalid_field(db):
@@ -51,8 +61,9 @@ def test_create_names_the_invalid_field(db):
 
 def test_update_keeps_the_study_uid_and_refuses_a_taken_key(db):
     a, b = new_item(db), new_item(db, accession="A2")
-    changed = schedule.update_item(db, ACTOR, a["id"], {"modality": "MR",
-                                                        "study_instance_uid": "1.2.9"})
+    changed = schedule.update_item(
+        db, ACTOR, a["id"], {"modality": "MR", "study_instance_uid": "1.2.9"}
+    )
     assert changed["modality"] == "MR"
     assert changed["study_instance_uid"] == a["study_instance_uid"]
     [event] = events(db, "item.update")
@@ -73,16 +84,26 @@ def test_cancel_discontinues_with_the_reason_audited(db):
     assert cancelled["sps_status"] == "DISCONTINUED"
     assert schedule.get_item(db, item["id"])["sps_status"] == "DISCONTINUED"
     [event] = events(db, "item.cancel")
-    assert event["detail"] == {"from": "SCHEDULED", "to": "DISCONTINUED",
-                               "reason": "CA: patient declined"}
+    assert event["detail"] == {
+        "from": "SCHEDULED",
+        "to": "DISCONTINUED",
+        "reason": "CA: patient declined",
+    }
     assert (event["actor"], event["address"]) == ("ris", "10.0.0.7")
 
 
 def test_purge_is_refused_while_an_mpps_refers_to_the_item(db):
     item, other = new_item(db), new_item(db, accession="A2")
-    ds = n_create([ScheduledStep(study_instance_uid=item["study_instance_uid"],
-                                 accession_number="A1", sps_id="S1")],
-                  modality="CT", station_ae_title="CT01", patient_id="P1")
+    ds = n_create(
+        [
+            ScheduledStep(
+                study_instance_uid=item["study_instance_uid"], accession_number="A1", sps_id="S1"
+            )
+        ],
+        modality="CT",
+        station_ae_title="CT01",
+        patient_id="P1",
+    )
     mpps.create(db, ds, uid=generate_uid())
     with pytest.raises(Conflict) as refused:
         schedule.purge_item(db, ACTOR, item["id"])
@@ -100,8 +121,9 @@ def test_patient_create_update_and_delete(db):
     patient = schedule.create_patient(db, ACTOR, {"patient_id": "P7", "patient_name": "Doe^J"})
     with pytest.raises(Conflict):
         schedule.create_patient(db, ACTOR, {"patient_id": "P7"})
-    changed = schedule.update_patient(db, ACTOR, patient["id"], {"birth_date": "19650314",
-                                                                 "sex": "F"})
+    changed = schedule.update_patient(
+        db, ACTOR, patient["id"], {"birth_date": "19650314", "sex": "F"}
+    )
     assert (changed["birth_date"], changed["sex"]) == ("19650314", "F")
     assert schedule.search_patients(db, patient_name="doe*").rows[0]["id"] == patient["id"]
     [event] = events(db, "patient.update")
@@ -111,8 +133,9 @@ def test_patient_create_update_and_delete(db):
     assert bad.value.field == "patient.birth_date"
     schedule.create_patient(db, ACTOR, {"patient_id": "P8", "issuer_of_patient_id": "X"})
     with pytest.raises(Conflict) as taken:  # the unique Patient ID + issuer
-        schedule.update_patient(db, ACTOR, patient["id"], {"patient_id": "P8",
-                                                           "issuer_of_patient_id": "X"})
+        schedule.update_patient(
+            db, ACTOR, patient["id"], {"patient_id": "P8", "issuer_of_patient_id": "X"}
+        )
     assert taken.value.field == "issuer_of_patient_id"
     assert schedule.get_patient(db, patient["id"])["patient_id"] == "P7"
     new_item(db, patient_id="P1")
@@ -126,8 +149,14 @@ def test_patient_create_update_and_delete(db):
 
 def test_search_filters(db):
     new_item(db, "A1", modality="CT", sps_start_date="20300101")
-    new_item(db, "A2", modality="MR", sps_start_date="20300102", patient_id="P2",
-             scheduled_station_ae_title="MR01")
+    new_item(
+        db,
+        "A2",
+        modality="MR",
+        sps_start_date="20300102",
+        patient_id="P2",
+        scheduled_station_ae_title="MR01",
+    )
     b = new_item(db, "B3", modality="MR", sps_start_date="20300105")
     schedule.cancel_item(db, ACTOR, b["id"])
 

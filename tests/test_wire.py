@@ -25,17 +25,18 @@ from pynetdicom.sop_class import Verification
 
 from conftest import SAMPLE, module_server
 from dicom_clients import find, worklist_query
-from worklist_mpps.services import worklist
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
 from worklist_mpps.dimse.pynetdicom_ext import wire
+from worklist_mpps.services import worklist
 from worklist_mpps.services.loader import load_file
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 
-def pynetdicom_pdvs(message_id: int, status: int, identifier: bytes | None,
-                    context_id: int, max_pdu: int) -> list[tuple[int, bytes]]:
+def pynetdicom_pdvs(
+    message_id: int, status: int, identifier: bytes | None, context_id: int, max_pdu: int
+) -> list[tuple[int, bytes]]:
     """The PDVs pynetdicom itself sends for this C-FIND-RSP."""
     rsp = C_FIND()
     rsp.MessageIDBeingRespondedTo = message_id
@@ -45,8 +46,11 @@ def pynetdicom_pdvs(message_id: int, status: int, identifier: bytes | None,
         rsp.Identifier = BytesIO(identifier)
     msg = C_FIND_RSP()
     msg.primitive_to_message(rsp)
-    return [tuple(pdv) for pdata in msg.encode_msg(context_id, max_pdu)
-            for pdv in pdata.presentation_data_value_list]
+    return [
+        tuple(pdv)
+        for pdata in msg.encode_msg(context_id, max_pdu)
+        for pdv in pdata.presentation_data_value_list
+    ]
 
 
 def pdus(data: bytes) -> list[P_DATA_TF]:
@@ -55,20 +59,24 @@ def pdus(data: bytes) -> list[P_DATA_TF]:
     while data:
         length = int.from_bytes(data[2:6], "big")
         pdu = P_DATA_TF()
-        pdu.decode(data[:6 + length])
+        pdu.decode(data[: 6 + length])
         out.append(pdu)
-        data = data[6 + length:]
+        data = data[6 + length :]
     return out
 
 
-@pytest.mark.parametrize("identifier", [None, b"", b"\x10\x00\x10\x00\x04\x00\x00\x00ABCD",
-                                        bytes(range(256)) * 40])
+@pytest.mark.parametrize(
+    "identifier", [None, b"", b"\x10\x00\x10\x00\x04\x00\x00\x00ABCD", bytes(range(256)) * 40]
+)
 @pytest.mark.parametrize("max_pdu", [0, 16384, 64])
 def test_find_response_bytes_are_pynetdicoms(identifier, max_pdu):
     status = 0x0000 if identifier is None else 0xFF00
     ours = pdus(wire.find_response(513, status, identifier, 7, max_pdu))
-    pdvs = [(item.presentation_context_id, item.data)
-            for pdu in ours for item in pdu.presentation_data_value_items]
+    pdvs = [
+        (item.presentation_context_id, item.data)
+        for pdu in ours
+        for item in pdu.presentation_data_value_items
+    ]
     if identifier == b"":
         # pynetdicom refuses to send an empty identifier; ours is one empty PDV
         assert pdvs[-1] == (7, b"\x02")
@@ -80,7 +88,7 @@ def test_find_response_bytes_are_pynetdicoms(identifier, max_pdu):
         assert len(ours) == 1
 
 
-def _encoded_command(primitive, message_class) -> bytes:  # noqa: ANN001
+def _encoded_command(primitive, message_class) -> bytes:
     msg = message_class()
     msg.primitive_to_message(primitive)
     (pdata,) = msg.encode_msg(1, 0)
@@ -155,8 +163,9 @@ def _charset(ds: Dataset, term: str) -> Dataset:
 @pytest.mark.parametrize("name", QUERIES)
 def test_identifier_decodes_to_the_reference_response(sample_db, name, syntax):
     query = worklist.parse_identifier(QUERIES[name]())
-    rows = worklist.search(sample_db, query, ("SCHEDULED", "IN PROGRESS", "COMPLETED",
-                                              "DISCONTINUED"))
+    rows = worklist.search(
+        sample_db, query, ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED")
+    )
     assert len(rows) >= 20
     explicit = syntax == ExplicitVRLittleEndian
     for row in rows:
@@ -168,8 +177,11 @@ def test_identifier_decodes_to_the_reference_response(sample_db, name, syntax):
         got = read_dataset(BytesIO(raw), is_implicit_VR=not explicit, is_little_endian=True)
         if charset:
             got.decode()
-        expected_ds = read_dataset(BytesIO(_pydicom_encoded(expected, explicit)),
-                                   is_implicit_VR=not explicit, is_little_endian=True)
+        expected_ds = read_dataset(
+            BytesIO(_pydicom_encoded(expected, explicit)),
+            is_implicit_VR=not explicit,
+            is_little_endian=True,
+        )
         if charset:
             expected_ds.decode()
         assert _plain(got) == _plain(expected_ds), row
@@ -196,8 +208,9 @@ def test_iso_2022_and_other_transfer_syntaxes_are_left_to_pynetdicom():
     assert wire.codec("ISO 2022 IR 100") is None
     assert wire.codec("ISO_IR 100") == "latin_1"
     assert wire.codec(None) == "ascii"
-    assert wire.encode_identifier([(0x00100010, "PN", "Müller^Hans")], "ISO 2022 IR 100",
-                                  True) is None
+    assert (
+        wire.encode_identifier([(0x00100010, "PN", "Müller^Hans")], "ISO 2022 IR 100", True) is None
+    )
 
 
 # --- live: the paths give the same answers ------------------------------------------------------
@@ -209,8 +222,9 @@ def live(tmp_path_factory):
         yield server
 
 
-def answers(port: int, syntax: str, identifier: Dataset, max_pdu: int = 16382
-            ) -> tuple[list[int], list[list]]:
+def answers(
+    port: int, syntax: str, identifier: Dataset, max_pdu: int = 16382
+) -> tuple[list[int], list[list]]:
     ae = AE(ae_title="WIRETEST")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
     ae.maximum_pdu_size = max_pdu
@@ -247,8 +261,11 @@ def test_responses_switch_paths_mid_stream_in_order(live):
     sps = everything.ScheduledProcedureStepSequence[0]
     sps.ScheduledProcedureStepStartDate = sps.ScheduledProcedureStepStartTime = ""
     _, scheduled = find(live.port, everything)
-    first = next(i for i, ds in enumerate(scheduled)
-                 if not _latin1(str(ds.PatientName)) and i < len(scheduled) - 3)
+    first = next(
+        i
+        for i, ds in enumerate(scheduled)
+        if not _latin1(str(ds.PatientName)) and i < len(scheduled) - 3
+    )
     start = scheduled[first].ScheduledProcedureStepSequence[0]
 
     asked = worklist_query()
@@ -258,8 +275,9 @@ def test_responses_switch_paths_mid_stream_in_order(live):
     sps.ScheduledProcedureStepStartTime = f"{start.ScheduledProcedureStepStartTime}-"
     statuses, found = find(live.port, asked)
     assert statuses[-1].Status == 0x0000
-    assert [str(ds.PatientName) for ds in found] == [str(ds.PatientName)
-                                                     for ds in scheduled[first:]]
+    assert [str(ds.PatientName) for ds in found] == [
+        str(ds.PatientName) for ds in scheduled[first:]
+    ]
     assert found[0].SpecificCharacterSet == "ISO_IR 192"
     assert "ISO 2022 IR 100" in {str(ds.get("SpecificCharacterSet", "")) for ds in found[1:]}
 

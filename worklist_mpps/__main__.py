@@ -1,4 +1,5 @@
-from worklist_mpps.cli.main import main
 import sys
+
+from worklist_mpps.cli.main import main
 
 sys.exit(main())

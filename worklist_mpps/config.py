@@ -16,9 +16,10 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -61,9 +62,13 @@ class ForwardPeer:
         if unknown:
             raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
         try:
-            peer = cls(name=str(value["name"]), host=str(value["host"]), port=int(value["port"]),
-                       ae_title=str(value.get("ae_title", "ANY-SCP")),
-                       enabled=_coerce_bool(value.get("enabled", True)))
+            peer = cls(
+                name=str(value["name"]),
+                host=str(value["host"]),
+                port=int(value["port"]),
+                ae_title=str(value.get("ae_title", "ANY-SCP")),
+                enabled=_coerce_bool(value.get("enabled", True)),
+            )
         except KeyError as exc:
             raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
         except ValueError as exc:
@@ -106,8 +111,9 @@ class Device:
             try:
                 ipaddress.ip_network(str(host), strict=False)
             except ValueError:
-                raise ConfigError(f"{where}: host {host!r} is not an IP address or "
-                                  "network") from None
+                raise ConfigError(
+                    f"{where}: host {host!r} is not an IP address or network"
+                ) from None
         for service in services:
             if service not in SERVICES:
                 raise ConfigError(f"{where}: service {service!r}: one of {', '.join(SERVICES)}")
@@ -153,9 +159,13 @@ class Config:
         metadata={"help": "SQLAlchemy URL; the default is a SQLite file under ./data/"},
     )
     database_password_file: str = field(
-        default="", metadata={"help": "file holding the database password (Docker/systemd "
-                                      "secret), put into database_url",
-                              "secret_file": "database_url"})
+        default="",
+        metadata={
+            "help": "file holding the database password (Docker/systemd "
+            "secret), put into database_url",
+            "secret_file": "database_url",
+        },
+    )
     auto_migrate: bool | None = field(
         default=None,
         metadata={"help": "upgrade the schema at start; default: yes for SQLite, no otherwise"},
@@ -182,109 +192,159 @@ class Config:
     )
     devices: list[Device] = field(
         default_factory=list,
-        metadata={"help": "known devices: ae_title, hosts, services; empty: any caller"})
+        metadata={"help": "known devices: ae_title, hosts, services; empty: any caller"},
+    )
     require_called_ae_title: bool | None = field(
         default=None,
-        metadata={"help": "reject a Called AE Title other than ae_title; default: yes "
-                          "when devices are configured"},
+        metadata={
+            "help": "reject a Called AE Title other than ae_title; default: yes "
+            "when devices are configured"
+        },
     )
     orthanc_url: str = field(
-        default="", metadata={"help": "Orthanc REST API base URL; empty: no Orthanc hook"})
+        default="", metadata={"help": "Orthanc REST API base URL; empty: no Orthanc hook"}
+    )
     orthanc_username: str = field(default="", metadata={"help": "Orthanc user (basic auth)"})
     orthanc_password: str = field(
-        default="", metadata={"help": "Orthanc password (never logged)", "secret": True})
+        default="", metadata={"help": "Orthanc password (never logged)", "secret": True}
+    )
     orthanc_password_file: str = field(
-        default="", metadata={"help": "file holding orthanc_password (Docker/systemd secret)",
-                              "secret_file": "orthanc_password"})
+        default="",
+        metadata={
+            "help": "file holding orthanc_password (Docker/systemd secret)",
+            "secret_file": "orthanc_password",
+        },
+    )
     orthanc_study_timeout: float = field(
         default=21600.0,
-        metadata={"help": "seconds to wait for an MPPS's study to appear in Orthanc"})
+        metadata={"help": "seconds to wait for an MPPS's study to appear in Orthanc"},
+    )
     completeness_timeout: float = field(
         default=3600.0,
-        metadata={"help": "seconds to re-check that every referenced image reached Orthanc"})
+        metadata={"help": "seconds to re-check that every referenced image reached Orthanc"},
+    )
     forward_peers: list[ForwardPeer] = field(
         default_factory=list,
-        metadata={"help": "downstream MPPS peers: name, host, port, ae_title, enabled"})
+        metadata={"help": "downstream MPPS peers: name, host, port, ae_title, enabled"},
+    )
     outbox_retry_min: float = field(
-        default=2.0, metadata={"help": "first retry delay of a failed delivery (s)"})
+        default=2.0, metadata={"help": "first retry delay of a failed delivery (s)"}
+    )
     outbox_retry_max: float = field(
-        default=300.0, metadata={"help": "longest retry delay (s), doubling up to it"})
+        default=300.0, metadata={"help": "longest retry delay (s), doubling up to it"}
+    )
     http_enabled: bool = field(
-        default=True, metadata={"help": "serve DICOMweb, the REST API and /healthz"})
+        default=True, metadata={"help": "serve DICOMweb, the REST API and /healthz"}
+    )
     http_port: int = field(default=5244, metadata={"help": "HTTP port"})
     http_bind: str = field(
         default="127.0.0.1",
-        metadata={"help": "address the HTTP port binds to (non-loopback needs authentication)"})
+        metadata={"help": "address the HTTP port binds to (non-loopback needs authentication)"},
+    )
     http_token: str = field(
-        default="", metadata={"help": "bearer token required on HTTP (empty: none)",
-                              "secret": True})
+        default="", metadata={"help": "bearer token required on HTTP (empty: none)", "secret": True}
+    )
     http_token_file: str = field(
-        default="", metadata={"help": "file holding http_token (Docker/systemd secret)",
-                              "secret_file": "http_token"})
+        default="",
+        metadata={
+            "help": "file holding http_token (Docker/systemd secret)",
+            "secret_file": "http_token",
+        },
+    )
     http_username: str = field(default="", metadata={"help": "HTTP basic auth user"})
     http_password: str = field(
-        default="", metadata={"help": "HTTP basic auth password", "secret": True})
+        default="", metadata={"help": "HTTP basic auth password", "secret": True}
+    )
     http_password_file: str = field(
-        default="", metadata={"help": "file holding http_password (Docker/systemd secret)",
-                              "secret_file": "http_password"})
+        default="",
+        metadata={
+            "help": "file holding http_password (Docker/systemd secret)",
+            "secret_file": "http_password",
+        },
+    )
     tls_port: int = field(
-        default=0, metadata={"help": "DICOM TLS port beside the plain one (0: no TLS)"})
+        default=0, metadata={"help": "DICOM TLS port beside the plain one (0: no TLS)"}
+    )
     tls_certificate: str = field(default="", metadata={"help": "server certificate (PEM)"})
     tls_private_key: str = field(default="", metadata={"help": "its private key (PEM)"})
     tls_ca_certificates: str = field(
-        default="", metadata={"help": "CA certificates (PEM) that client certificates chain to"})
+        default="", metadata={"help": "CA certificates (PEM) that client certificates chain to"}
+    )
     tls_require_client_certificate: bool = field(
-        default=False, metadata={"help": "refuse TLS clients without a valid certificate"})
+        default=False, metadata={"help": "refuse TLS clients without a valid certificate"}
+    )
     max_associations: int = field(default=32, metadata={"help": "concurrent associations"})
     network_timeout: float = field(
-        default=60.0, metadata={"help": "an idle or stalled association is dropped after (s)"})
+        default=60.0, metadata={"help": "an idle or stalled association is dropped after (s)"}
+    )
     acse_timeout: float = field(
-        default=10.0,
-        metadata={"help": "a connection must request an association within (s)"})
+        default=10.0, metadata={"help": "a connection must request an association within (s)"}
+    )
     dimse_timeout: float = field(
-        default=60.0, metadata={"help": "wait for a DIMSE message at most (s)"})
+        default=60.0, metadata={"help": "wait for a DIMSE message at most (s)"}
+    )
     max_pdu_size: int = field(
-        default=16382, metadata={"help": "largest PDU received (bytes; 0: unlimited)"})
+        default=16382, metadata={"help": "largest PDU received (bytes; 0: unlimited)"}
+    )
     max_message_size: int = field(
         default=16 * 1024 * 1024,
-        metadata={"help": "largest DIMSE message (command and data set) received (bytes; "
-                          "larger ones get 0x0213/0xA700 unread; 0: unlimited)"})
+        metadata={
+            "help": "largest DIMSE message (command and data set) received (bytes; "
+            "larger ones get 0x0213/0xA700 unread; 0: unlimited)"
+        },
+    )
     handshake_timeout: float = field(
         default=5.0,
-        metadata={"help": "a connection must complete TLS and its A-ASSOCIATE-RQ within (s)"})
+        metadata={"help": "a connection must complete TLS and its A-ASSOCIATE-RQ within (s)"},
+    )
     dimse_fast_path: bool = field(
         default=True,
-        metadata={"help": "event-driven association threads and direct C-FIND response "
-                          "encoding (false: pynetdicom's own polling reactors and encoding; "
-                          "the protective limits apply either way)"})
+        metadata={
+            "help": "event-driven association threads and direct C-FIND response "
+            "encoding (false: pynetdicom's own polling reactors and encoding; "
+            "the protective limits apply either way)"
+        },
+    )
     max_pending_connections: int = field(
         default=64,
-        metadata={"help": "connections not yet associated, beside max_associations "
-                          "(0: unlimited)"})
+        metadata={"help": "connections not yet associated, beside max_associations (0: unlimited)"},
+    )
     max_connections_per_address: int = field(
-        default=16,
-        metadata={"help": "connections from one source address (0: unlimited)"})
+        default=16, metadata={"help": "connections from one source address (0: unlimited)"}
+    )
     max_find_results: int = field(
-        default=5000,
-        metadata={"help": "a C-FIND matching more is refused with 0xA700 (0: no cap)"})
+        default=5000, metadata={"help": "a C-FIND matching more is refused with 0xA700 (0: no cap)"}
+    )
     shutdown_grace: float = field(
-        default=30.0, metadata={"help": "on SIGTERM, wait this long for associations (s)"})
+        default=30.0, metadata={"help": "on SIGTERM, wait this long for associations (s)"}
+    )
     http_max_body: int = field(
-        default=10_000_000, metadata={"help": "largest HTTP request body (bytes)"})
+        default=10_000_000, metadata={"help": "largest HTTP request body (bytes)"}
+    )
     http_allowed_hosts: list[str] = field(
         default_factory=list,
-        metadata={"help": "Host header names served besides localhost, 127.0.0.1, [::1] and "
-                          "the http_bind address (other Hosts: 421)"})
+        metadata={
+            "help": "Host header names served besides localhost, 127.0.0.1, [::1] and "
+            "the http_bind address (other Hosts: 421)"
+        },
+    )
     http_cors_origins: list[str] = field(
         default_factory=list,
-        metadata={"help": "browser origins (scheme://host[:port]) allowed cross-origin "
-                          "requests; empty: cross-origin writes are refused (403)"})
+        metadata={
+            "help": "browser origins (scheme://host[:port]) allowed cross-origin "
+            "requests; empty: cross-origin writes are refused (403)"
+        },
+    )
     http_header_timeout: float = field(
-        default=10.0,
-        metadata={"help": "an HTTP client must send its request head within (s)"})
+        default=10.0, metadata={"help": "an HTTP client must send its request head within (s)"}
+    )
     http_max_connections: int = field(
-        default=1000, metadata={"help": "concurrent HTTP connections (beyond: the oldest "
-                                        "one still sending its head is dropped)"})
+        default=1000,
+        metadata={
+            "help": "concurrent HTTP connections (beyond: the oldest "
+            "one still sending its head is dropped)"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
 
     def validate(self) -> None:
@@ -295,23 +355,39 @@ class Config:
             raise ConfigError(f"port: must be 0..65535, got {self.port}")
         if self.max_associations < 1:
             raise ConfigError(f"max_associations: must be >= 1, got {self.max_associations}")
-        for name in ("network_timeout", "acse_timeout", "dimse_timeout", "shutdown_grace",
-                     "handshake_timeout"):
+        for name in (
+            "network_timeout",
+            "acse_timeout",
+            "dimse_timeout",
+            "shutdown_grace",
+            "handshake_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
-        for name in ("max_pdu_size", "max_find_results", "http_max_body", "max_message_size",
-                     "max_pending_connections", "max_connections_per_address"):
+        for name in (
+            "max_pdu_size",
+            "max_find_results",
+            "http_max_body",
+            "max_message_size",
+            "max_pending_connections",
+            "max_connections_per_address",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
-        for name in ("orthanc_study_timeout", "completeness_timeout", "outbox_retry_min",
-                     "outbox_retry_max"):
+        for name in (
+            "orthanc_study_timeout",
+            "completeness_timeout",
+            "outbox_retry_min",
+            "outbox_retry_max",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.orthanc_url and not self.orthanc_url.startswith(("http://", "https://")):
-            raise ConfigError(f"orthanc_url: must start with http:// or https://, got "
-                              f"{self.orthanc_url!r}")
+            raise ConfigError(
+                f"orthanc_url: must start with http:// or https://, got {self.orthanc_url!r}"
+            )
         if not (0 <= self.tls_port <= 65535):
             raise ConfigError(f"tls_port: must be 0..65535, got {self.tls_port}")
         if self.tls_port:
@@ -329,33 +405,42 @@ class Config:
         if self.http_header_timeout <= 0:
             raise ConfigError(f"http_header_timeout: must be > 0, got {self.http_header_timeout}")
         if self.http_max_connections < 1:
-            raise ConfigError(f"http_max_connections: must be >= 1, got "
-                              f"{self.http_max_connections}")
+            raise ConfigError(
+                f"http_max_connections: must be >= 1, got {self.http_max_connections}"
+            )
         for host in self.http_allowed_hosts:
             if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host):
-                raise ConfigError(f"http_allowed_hosts: {host!r} is not a host name or address "
-                                  "(no port; IPv6 in brackets)")
+                raise ConfigError(
+                    f"http_allowed_hosts: {host!r} is not a host name or address "
+                    "(no port; IPv6 in brackets)"
+                )
         for origin in self.http_cors_origins:
-            if not re.fullmatch(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?",
-                                origin):
-                raise ConfigError(f"http_cors_origins: {origin!r} is not an origin "
-                                  "(scheme://host[:port], no path, no '*')")
+            if not re.fullmatch(
+                r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?", origin
+            ):
+                raise ConfigError(
+                    f"http_cors_origins: {origin!r} is not an origin "
+                    "(scheme://host[:port], no path, no '*')"
+                )
         if bool(self.http_username) != bool(self.http_password):
             raise ConfigError("http_username and http_password: give both or neither")
-        if (self.http_enabled and not self.http_auth_configured
-                and not is_loopback(self.http_bind)):
+        if self.http_enabled and not self.http_auth_configured and not is_loopback(self.http_bind):
             raise ConfigError(
                 f"http_bind: {self.http_bind!r} is not a loopback address: set http_token "
-                "or http_username/http_password (authentication is required off loopback)")
+                "or http_username/http_password (authentication is required off loopback)"
+            )
         if self.http_enabled and not is_loopback(self.http_bind):
             for name in ("http_token", "http_password"):
                 if 0 < len(getattr(self, name)) < MIN_SECRET_LENGTH:
                     raise ConfigError(
                         f"{name}: at least {MIN_SECRET_LENGTH} characters when http_bind "
-                        f"({self.http_bind}) is not loopback (got {len(getattr(self, name))})")
+                        f"({self.http_bind}) is not loopback (got {len(getattr(self, name))})"
+                    )
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite_synchronous: unknown value {self.sqlite_synchronous!r}")
-        from worklist_mpps.db.models import STEP_STATUSES  # late import: models import nothing from here
+        from worklist_mpps.db.models import (
+            STEP_STATUSES,  # late import: models import nothing from here
+        )
 
         for status in self.worklist_default_statuses:
             if status not in STEP_STATUSES:
@@ -418,8 +503,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         entries = [kind.parse(v, f"{where}[{n}]") for n, v in enumerate(value)]
         keys = [e.name if kind is ForwardPeer else e.ae_title for e in entries]
         if len(set(keys)) != len(keys):
-            raise ConfigError(f"{where}: {'peer names' if kind is ForwardPeer else 'AE titles'}"
-                              " must be unique")
+            raise ConfigError(
+                f"{where}: {'peer names' if kind is ForwardPeer else 'AE titles'} must be unique"
+            )
         return entries
     try:
         if kind is bool:
@@ -468,7 +554,7 @@ def load_config(
     for var, value in env.items():
         if not var.startswith(ENV_PREFIX):
             continue
-        key = var[len(ENV_PREFIX):].lower()
+        key = var[len(ENV_PREFIX) :].lower()
         if key not in known:
             raise ConfigError(f"environment variable {var}: unknown key {key!r}")
         values[key] = _coerce(key, value, var)
@@ -507,13 +593,15 @@ def read_secret_files(config: Config) -> None:
             try:
                 url = make_url(config.database_url)
             except ArgumentError:
-                raise ConfigError(f"database_url: not a database URL: "
-                                  f"{redact_url(config.database_url)!r}") from None
+                raise ConfigError(
+                    f"database_url: not a database URL: {redact_url(config.database_url)!r}"
+                ) from None
             if url.get_backend_name() == "sqlite" or url.password:
-                raise ConfigError(f"{name}: database_url must name a server database without "
-                                  "a password of its own")
-            config.database_url = url.set(password=value).render_as_string(
-                hide_password=False)
+                raise ConfigError(
+                    f"{name}: database_url must name a server database without "
+                    "a password of its own"
+                )
+            config.database_url = url.set(password=value).render_as_string(hide_password=False)
         elif getattr(config, target):
             raise ConfigError(f"{name}: {target} is set as well: give one of them")
         else:
@@ -525,7 +613,10 @@ def add_cli_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML configuration file")
     for name, f in _fields().items():
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE",
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar="VALUE",
             help=f.metadata.get("help", ""),
         )
 

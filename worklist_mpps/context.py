@@ -3,8 +3,8 @@ MPPS change reaches the outbox (its targets, and the worker's wake-up after a co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from worklist_mpps.config import Config
 from worklist_mpps.db.engine import Database

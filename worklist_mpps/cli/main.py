@@ -56,8 +56,13 @@ class StartupError(Exception):
 
 def database_failure(health: Health) -> StartupError:
     """The one line and exit code of a database that fails a command."""
-    code = (EXIT_DB_NOT_WRITABLE if health.problem in (READ_ONLY, DISK_FULL)
-            else EXIT_CONFIG if health.problem == SCHEMA else EXIT_DB_UNREACHABLE)
+    code = (
+        EXIT_DB_NOT_WRITABLE
+        if health.problem in (READ_ONLY, DISK_FULL)
+        else EXIT_CONFIG
+        if health.problem == SCHEMA
+        else EXIT_DB_UNREACHABLE
+    )
     return StartupError(code, health.reason)
 
 
@@ -78,6 +83,7 @@ def setup_logging(level: str) -> None:
     # pynetdicom's standard DIMSE log handlers fail on some valid N-GET requests
     # (empty or one-tag Attribute Identifier List) and log a traceback: off unless debugging.
     from pynetdicom import _config as pynetdicom_config
+
     pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
     # pynetdicom formats every C-FIND request and response identifier as text before the
     # logger decides to drop it: a large share of the cost of each response
@@ -88,6 +94,7 @@ def setup_logging(level: str) -> None:
     # association's CPU. The server checks what it relies on itself (PS3.4 Annex F
     # and K rules, answered with statuses); the warnings stay on when debugging.
     from pydicom import config as pydicom_config
+
     mode = pydicom_config.WARN if debug else pydicom_config.IGNORE
     pydicom_config.settings.reading_validation_mode = mode
     pydicom_config.settings.writing_validation_mode = mode
@@ -123,8 +130,12 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
         if loaded:
             log.info("Sample worklist loaded from %s: %d items", cfg.sample_file, loaded[0])
     worker = build_outbox_worker(cfg, db)
-    ctx = AppContext(cfg, db, list(worker.targets) if worker else [],
-                        worker.wake.set if worker else (lambda: None))
+    ctx = AppContext(
+        cfg,
+        db,
+        list(worker.targets) if worker else [],
+        worker.wake.set if worker else (lambda: None),
+    )
     from worklist_mpps.web.server import raise_open_files_limit
 
     raise_open_files_limit()  # many clients must not starve the listeners of descriptors
@@ -138,25 +149,35 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
             server.start()
         except OSError as exc:
             port = cfg.tls_port if server.is_listening() else cfg.port
-            raise StartupError(EXIT_DICOM_PORT,
-                               _bind_failure("DICOM port", cfg.bind, port, exc)) from None
+            raise StartupError(
+                EXIT_DICOM_PORT, _bind_failure("DICOM port", cfg.bind, port, exc)
+            ) from None
         if cfg.http_enabled:
             from worklist_mpps.web.app import create_app
             from worklist_mpps.web.server import HTTPServer
 
-            http = HTTPServer(create_app(ctx, server.is_listening), cfg.http_bind,
-                              cfg.http_port, cfg.network_timeout, cfg.http_header_timeout,
-                              cfg.http_max_connections)
+            http = HTTPServer(
+                create_app(ctx, server.is_listening),
+                cfg.http_bind,
+                cfg.http_port,
+                cfg.network_timeout,
+                cfg.http_header_timeout,
+                cfg.http_max_connections,
+            )
             try:
                 http.start()
             except OSError as exc:
                 http = None
-                raise StartupError(EXIT_HTTP_PORT, _bind_failure(
-                    "HTTP port", cfg.http_bind, cfg.http_port, exc)) from None
+                raise StartupError(
+                    EXIT_HTTP_PORT, _bind_failure("HTTP port", cfg.http_bind, cfg.http_port, exc)
+                ) from None
         if worker:
             worker.start()
-        print(f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
-              + (f", HTTP on {cfg.http_bind}:{http.port}" if http else ""), flush=True)
+        print(
+            f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
+            + (f", HTTP on {cfg.http_bind}:{http.port}" if http else ""),
+            flush=True,
+        )
         running = True
         stop.wait()
     finally:
@@ -194,11 +215,24 @@ def cmd_outbox(cfg: Config, args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             rows = outbox.list_messages(db, args.state, args.limit)
-            print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json else _table(
-                rows, [("id", "ID"), ("target", "TARGET"), ("event", "EVENT"),
-                       ("pps_status", "STATUS"), ("state", "STATE"), ("attempts", "TRIES"),
-                       ("next_attempt_at", "NEXT"), ("mpps_uid", "MPPS UID"),
-                       ("last_error", "LAST ERROR / NOTE")]))
+            print(
+                json.dumps(rows, indent=2, ensure_ascii=False)
+                if args.json
+                else _table(
+                    rows,
+                    [
+                        ("id", "ID"),
+                        ("target", "TARGET"),
+                        ("event", "EVENT"),
+                        ("pps_status", "STATUS"),
+                        ("state", "STATE"),
+                        ("attempts", "TRIES"),
+                        ("next_attempt_at", "NEXT"),
+                        ("mpps_uid", "MPPS UID"),
+                        ("last_error", "LAST ERROR / NOTE"),
+                    ],
+                )
+            )
             return 0
         if not args.ids and not args.all_failed:
             raise ConfigError("outbox retry needs message ids or --all-failed")
@@ -238,17 +272,24 @@ def cmd_load(cfg: Config, args: argparse.Namespace) -> int:
 def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A plain text table: columns are (key, heading)."""
     cells = [[h for _, h in columns]] + [
-        ["" if r.get(k) is None else str(r.get(k)) for k, _ in columns] for r in rows]
+        ["" if r.get(k) is None else str(r.get(k)) for k, _ in columns] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                     for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
 MPPS_COLUMNS = [
-    ("status", "STATUS"), ("start", "START"), ("end", "END"), ("modality", "MOD"),
-    ("station_ae_title", "STATION"), ("accession_number", "ACCESSION"),
-    ("patient_id", "PATIENT ID"), ("patient_name", "PATIENT"), ("series", "SERIES"),
-    ("instances", "IMAGES"), ("sop_instance_uid", "MPPS UID"),
+    ("status", "STATUS"),
+    ("start", "START"),
+    ("end", "END"),
+    ("modality", "MOD"),
+    ("station_ae_title", "STATION"),
+    ("accession_number", "ACCESSION"),
+    ("patient_id", "PATIENT ID"),
+    ("patient_name", "PATIENT"),
+    ("series", "SERIES"),
+    ("instances", "IMAGES"),
+    ("sop_instance_uid", "MPPS UID"),
 ]
 
 
@@ -259,8 +300,11 @@ def cmd_mpps(cfg: Config, args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             rows = mpps.list_steps(db, args.status, args.limit)
-            print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json
-                  else _table(rows, MPPS_COLUMNS))
+            print(
+                json.dumps(rows, indent=2, ensure_ascii=False)
+                if args.json
+                else _table(rows, MPPS_COLUMNS)
+            )
             return 0
         if not args.uid:
             raise ConfigError("mpps show needs the MPPS SOP Instance UID")
@@ -270,8 +314,9 @@ def cmd_mpps(cfg: Config, args: argparse.Namespace) -> int:
             print(f"worklist-mpps: {exc.comment}", file=sys.stderr)
             return 1
         if args.json:
-            print(json.dumps({**summary, "dataset": ds.to_json_dict()}, indent=2,
-                             ensure_ascii=False))
+            print(
+                json.dumps({**summary, "dataset": ds.to_json_dict()}, indent=2, ensure_ascii=False)
+            )
         else:
             width = max(len(k) for k in summary)
             for key, value in summary.items():
@@ -297,7 +342,7 @@ def cmd_audit(cfg: Config, args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--since {args.since!r}: an ISO date or date-time") from None
         if since.tzinfo is None:
-            since = since.replace(tzinfo=dt.timezone.utc)
+            since = since.replace(tzinfo=dt.UTC)
     db = open_database(cfg)
     try:
         rows = audit.query(db, since, args.actor, args.action, args.target, args.limit)
@@ -308,9 +353,20 @@ def cmd_audit(cfg: Config, args: argparse.Namespace) -> int:
     else:
         for row in rows:
             row["detail"] = json.dumps(row["detail"], ensure_ascii=False) if row["detail"] else ""
-        print(_table(rows, [("at", "WHEN (UTC)"), ("channel", "VIA"), ("actor", "WHO"),
-                            ("address", "FROM"), ("action", "WHAT"), ("target", "TARGET"),
-                            ("detail", "DETAIL")]))
+        print(
+            _table(
+                rows,
+                [
+                    ("at", "WHEN (UTC)"),
+                    ("channel", "VIA"),
+                    ("actor", "WHO"),
+                    ("address", "FROM"),
+                    ("action", "WHAT"),
+                    ("target", "TARGET"),
+                    ("detail", "DETAIL"),
+                ],
+            )
+        )
     return 0
 
 
@@ -322,8 +378,9 @@ def cmd_ping(cfg: Config, args: argparse.Namespace) -> int:
 
     host = args.host or ("127.0.0.1" if cfg.bind in ("0.0.0.0", "::", "") else cfg.bind)
     try:
-        with Association(Peer(host, cfg.port, cfg.ae_title), "WM-PING", args.timeout,
-                         contexts=(Verification,)) as assoc:
+        with Association(
+            Peer(host, cfg.port, cfg.ae_title), "WM-PING", args.timeout, contexts=(Verification,)
+        ) as assoc:
             status = assoc.established.send_c_echo()
     except (SCUError, BadValue) as exc:
         print(f"worklist-mpps ping: {exc.message}", file=sys.stderr)
@@ -342,8 +399,9 @@ def ping_database(cfg: Config) -> int:
     try:
         path = sqlite_file(db)
         if path is not None and not path.is_file():  # connecting would create it
-            raise StartupError(EXIT_DB_UNREACHABLE,
-                               f"database unreachable: no SQLite database file {path}")
+            raise StartupError(
+                EXIT_DB_UNREACHABLE, f"database unreachable: no SQLite database file {path}"
+            )
         health = probe_write(db, "worklist-mpps ping")
     finally:
         db.dispose()
@@ -413,9 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ping", help="C-ECHO the server (healthcheck)")
     p.add_argument("--host", help="address to call (default: the bind address or 127.0.0.1)")
     p.add_argument("--timeout", type=float, default=5.0)
-    p.add_argument("--deep", action="store_true",
-                   help="also commit a write to the database (exit 3 unreachable, "
-                        "6 read-only or disk full)")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also commit a write to the database (exit 3 unreachable, 6 read-only or disk full)",
+    )
     add_cli_flags(p)
     p.set_defaults(func=cmd_ping)
 

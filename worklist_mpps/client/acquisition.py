@@ -10,8 +10,16 @@ from pydicom.errors import InvalidDicomError
 from worklist_mpps.client.messages import Instance, Series
 from worklist_mpps.client.scu import ImagesError
 
-_TAGS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID",
-         "SeriesDescription", "ProtocolName", "OperatorsName", "PerformingPhysicianName"]
+_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesDescription",
+    "ProtocolName",
+    "OperatorsName",
+    "PerformingPhysicianName",
+]
 
 
 def series_from_files(directory: str | Path, study_uid: str | None = None) -> list[Series]:
@@ -38,11 +46,16 @@ def series_from_files(directory: str | Path, study_uid: str | None = None) -> li
         if sop_uid in seen:
             continue
         seen.add(sop_uid)
-        series = by_series.setdefault(series_uid, Series(
-            str(series_uid), protocol_name=str(ds.get("ProtocolName") or ""),
-            series_description=str(ds.get("SeriesDescription") or ""),
-            operators_name=str(ds.get("OperatorsName") or ""),
-            performing_physician_name=str(ds.get("PerformingPhysicianName") or "")))
+        series = by_series.setdefault(
+            series_uid,
+            Series(
+                str(series_uid),
+                protocol_name=str(ds.get("ProtocolName") or ""),
+                series_description=str(ds.get("SeriesDescription") or ""),
+                operators_name=str(ds.get("OperatorsName") or ""),
+                performing_physician_name=str(ds.get("PerformingPhysicianName") or ""),
+            ),
+        )
         series.instances.append(Instance(str(ds.SOPClassUID), str(sop_uid)))
     if not by_series:
         where = f" of study {study_uid}" if study_uid else ""

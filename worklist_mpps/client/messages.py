@@ -14,11 +14,14 @@ from pydicom.sequence import Sequence
 
 # Type 2 attributes the N-CREATE carries empty so a later N-SET may fill them.
 _SETTABLE_EMPTY = (
-    "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime",
+    "PerformedProcedureStepEndDate",
+    "PerformedProcedureStepEndTime",
     "PerformedProcedureTypeDescription",
 )
 _SETTABLE_EMPTY_SEQUENCES = (
-    "ProcedureCodeSequence", "PerformedProtocolCodeSequence", "PerformedSeriesSequence",
+    "ProcedureCodeSequence",
+    "PerformedProtocolCodeSequence",
+    "PerformedSeriesSequence",
     "PerformedProcedureStepDiscontinuationReasonCodeSequence",
 )
 
@@ -61,8 +64,10 @@ DISCONTINUATION_REASONS = {
 
 def discontinuation_reason(code: str) -> Code:
     if code not in DISCONTINUATION_REASONS:
-        raise ValueError(f"unknown discontinuation reason {code!r} (CID 9300: "
-                         f"{', '.join(sorted(DISCONTINUATION_REASONS))})")
+        raise ValueError(
+            f"unknown discontinuation reason {code!r} (CID 9300: "
+            f"{', '.join(sorted(DISCONTINUATION_REASONS))})"
+        )
     return Code(code, "DCM", DISCONTINUATION_REASONS[code])
 
 
@@ -188,7 +193,8 @@ def _final(status: str, series: list[Series] | None, end: dt.datetime | None) ->
     ds = Dataset()
     ds.PerformedProcedureStepStatus = status
     ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = _date_time(
-        end or dt.datetime.now())
+        end or dt.datetime.now()
+    )
     if series is not None:  # None: keep the series the SCP already has
         ds.PerformedSeriesSequence = Sequence([s.item() for s in series])
     return ds
@@ -203,10 +209,12 @@ def n_set_completed(series: list[Series] | None, end: dt.datetime | None = None)
     return _final("COMPLETED", series, end)
 
 
-def n_set_discontinued(series: list[Series] | None = None, reason: Code | None = None,
-                       end: dt.datetime | None = None) -> Dataset:
+def n_set_discontinued(
+    series: list[Series] | None = None, reason: Code | None = None, end: dt.datetime | None = None
+) -> Dataset:
     """The final N-SET of a discontinued step, with its reason (CID 9300)."""
     ds = _final("DISCONTINUED", series, end)
     ds.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence(
-        [reason.item()] if reason else [])
+        [reason.item()] if reason else []
+    )
     return ds

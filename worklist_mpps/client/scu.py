@@ -149,11 +149,15 @@ def describe_status(status: Dataset) -> str:
 class Association:
     """``with Association(peer, "CT01") as a: a.n_create(...)``."""
 
-    CONTEXTS = (ModalityPerformedProcedureStep, ModalityPerformedProcedureStepRetrieve,
-                ModalityWorklistInformationFind)
+    CONTEXTS = (
+        ModalityPerformedProcedureStep,
+        ModalityPerformedProcedureStepRetrieve,
+        ModalityWorklistInformationFind,
+    )
 
-    def __init__(self, peer: Peer, calling_ae_title: str, timeout: float = 60.0,
-                 contexts: tuple = CONTEXTS) -> None:
+    def __init__(
+        self, peer: Peer, calling_ae_title: str, timeout: float = 60.0, contexts: tuple = CONTEXTS
+    ) -> None:
         check_ae_title(calling_ae_title, "calling AE title (--aet)")
         self.peer = peer
         self.timeout = timeout
@@ -169,13 +173,18 @@ class Association:
     def __enter__(self) -> Association:
         self._resolve()
         handlers: list[EventHandlerType] = [
-            (evt.EVT_ACSE_RECV, self._on_acse), (evt.EVT_DIMSE_RECV, self._on_dimse),
-            (evt.EVT_CONN_OPEN, self._on_connected)]
+            (evt.EVT_ACSE_RECV, self._on_acse),
+            (evt.EVT_DIMSE_RECV, self._on_dimse),
+            (evt.EVT_CONN_OPEN, self._on_connected),
+        ]
         started = time.monotonic()
         self._connected = False
-        self.assoc = assoc = self.ae.associate(self.peer.host, self.peer.port,
-                                               ae_title=self.peer.called_ae_title,
-                                               evt_handlers=handlers)
+        self.assoc = assoc = self.ae.associate(
+            self.peer.host,
+            self.peer.port,
+            ae_title=self.peer.called_ae_title,
+            evt_handlers=handlers,
+        )
         if assoc.is_established:
             log.info("Association with %s established", self.peer)
             return self
@@ -186,12 +195,18 @@ class Association:
             raise Rejected(
                 f"association rejected by {self.peer}: {rsp.reason_str} "
                 f"({rsp.result_str}, source: {rsp.source_str})",
-                result=rsp.result, source=rsp.result_source, reason=rsp.diagnostic)
+                result=rsp.result,
+                source=rsp.result_source,
+                reason=rsp.diagnostic,
+            )
         if rsp is None and time.monotonic() - started >= self.timeout * 0.9:
-            raise Timeout(f"no answer to the association request from {self.peer} "
-                          f"within {self.timeout:g} s")
-        raise Aborted(f"association with {self.peer} aborted "
-                      "(no acceptable presentation context, or the peer aborted)")
+            raise Timeout(
+                f"no answer to the association request from {self.peer} within {self.timeout:g} s"
+            )
+        raise Aborted(
+            f"association with {self.peer} aborted "
+            "(no acceptable presentation context, or the peer aborted)"
+        )
 
     def __exit__(self, *exc) -> None:
         if self.assoc is not None and self.assoc.is_established:
@@ -214,15 +229,16 @@ class Association:
         """Why the TCP connection failed (only asked when it did, so a healthy
         server never sees a bare connection that holds one of its association slots)."""
         try:
-            with socket.create_connection((self.peer.host, self.peer.port),
-                                          timeout=self.timeout):
+            with socket.create_connection((self.peer.host, self.peer.port), timeout=self.timeout):
                 pass
         except TimeoutError:
-            raise Timeout(f"no TCP connection to {self.peer.host}:{self.peer.port} "
-                          f"within {self.timeout:g} s") from None
+            raise Timeout(
+                f"no TCP connection to {self.peer.host}:{self.peer.port} within {self.timeout:g} s"
+            ) from None
         except OSError as exc:
-            raise Unreachable(f"cannot connect to {self.peer.host}:{self.peer.port}: "
-                              f"{exc.strerror or exc}") from None
+            raise Unreachable(
+                f"cannot connect to {self.peer.host}:{self.peer.port}: {exc.strerror or exc}"
+            ) from None
 
     def _on_connected(self, event) -> None:  # noqa: ANN001
         self._connected = True
@@ -241,9 +257,12 @@ class Association:
                 raise Timeout(f"no {what} response from {self.peer} within {self.timeout:g} s")
             raise Aborted(f"no valid {what} response from {self.peer}: association aborted")
         if code_to_category(status.Status) == "Failure":
-            raise DimseFailure(f"{what} failed: {describe_status(status)}",
-                               status=status.Status, comment=status.get("ErrorComment"),
-                               error_id=status.get("ErrorID"))
+            raise DimseFailure(
+                f"{what} failed: {describe_status(status)}",
+                status=status.Status,
+                comment=status.get("ErrorComment"),
+                error_id=status.get("ErrorID"),
+            )
         if status.Status != 0:
             log.warning("%s: warning %s", what, describe_status(status))
         return status
@@ -266,8 +285,9 @@ class Association:
 
     def n_get(self, uid: str, tags: list[int] | None = None) -> tuple[Dataset, Dataset]:
         started = time.monotonic()
-        status, ds = self.established.send_n_get([Tag(t) for t in tags or []],
-                                                 ModalityPerformedProcedureStep, uid)
+        status, ds = self.established.send_n_get(
+            [Tag(t) for t in tags or []], ModalityPerformedProcedureStep, uid
+        )
         self._checked(status, "N-GET", started)
         return status, ds if ds is not None else Dataset()
 
@@ -282,7 +302,9 @@ class Association:
             self._checked(last, "C-FIND", started)  # raises Timeout or Aborted
         if code_to_category(last.Status) == "Failure":
             meaning = MODALITY_WORKLIST_SERVICE_CLASS_STATUS.get(last.Status, (None, ""))[1]
-            raise DimseFailure(f"worklist C-FIND failed: 0x{last.Status:04X} {meaning}"
-                               + (f": {last.ErrorComment}" if "ErrorComment" in last else ""),
-                               status=last.Status)
+            raise DimseFailure(
+                f"worklist C-FIND failed: 0x{last.Status:04X} {meaning}"
+                + (f": {last.ErrorComment}" if "ErrorComment" in last else ""),
+                status=last.Status,
+            )
         return found

@@ -10,8 +10,8 @@ against other writers instead of failing on lock upgrade.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
@@ -38,8 +38,10 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
 
     _prepare_sqlite_path(url)
     engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30},
-        pool_size=10, max_overflow=20,
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=10,
+        max_overflow=20,
     )
 
     @event.listens_for(engine, "connect")

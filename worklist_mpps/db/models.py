@@ -9,7 +9,7 @@ against a non-empty key (PS3.4 K.2.2.1.1.1 / C.2.2.2).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, overload
 
 from sqlalchemy import (
@@ -32,7 +32,7 @@ FINAL_STATUSES = ("COMPLETED", "DISCONTINUED")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @overload
@@ -44,7 +44,7 @@ def as_utc(value: datetime | None) -> datetime | None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """Times are stored as UTC; SQLite hands them back without their zone."""
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -94,7 +94,10 @@ class WorklistItem(Base):
         # The selective query of a modality: status + modality + station + start.
         Index(
             "ix_worklist_items_selective",
-            "sps_status", "modality", "scheduled_station_ae_title", "sps_start",
+            "sps_status",
+            "modality",
+            "scheduled_station_ae_title",
+            "sps_start",
         ),
         Index("ix_worklist_items_status_start", "sps_status", "sps_start"),
     )
@@ -152,8 +155,9 @@ mpps_worklist_links = Table(
     "mpps_worklist_links",
     Base.metadata,
     Column("mpps_pk", ForeignKey("mpps.id", ondelete="CASCADE"), primary_key=True),
-    Column("item_pk", ForeignKey("worklist_items.id", ondelete="CASCADE"), primary_key=True,
-           index=True),
+    Column(
+        "item_pk", ForeignKey("worklist_items.id", ondelete="CASCADE"), primary_key=True, index=True
+    ),
 )
 
 

@@ -10,15 +10,6 @@ twice.
 
 from __future__ import annotations
 
-from worklist_mpps.config import ForwardPeer
-from worklist_mpps.db.models import OutboxMessage
-from worklist_mpps.services.dicom import BadValue, decode_dataset
-from worklist_mpps.services.status import (
-    DUPLICATE_SOP_INSTANCE,
-    ERROR_ID_NO_LONGER_UPDATED,
-    PROCESSING_FAILURE,
-)
-from worklist_mpps.delivery.worker import Failed, Retry
 from worklist_mpps.client.scu import (
     Aborted,
     Association,
@@ -28,6 +19,15 @@ from worklist_mpps.client.scu import (
     SCUError,
     Timeout,
     Unreachable,
+)
+from worklist_mpps.config import ForwardPeer
+from worklist_mpps.db.models import OutboxMessage
+from worklist_mpps.delivery.worker import Failed, Retry
+from worklist_mpps.services.dicom import BadValue, decode_dataset
+from worklist_mpps.services.status import (
+    DUPLICATE_SOP_INSTANCE,
+    ERROR_ID_NO_LONGER_UPDATED,
+    PROCESSING_FAILURE,
 )
 
 
@@ -53,8 +53,11 @@ class ForwardTarget:
             code = exc.details.get("status")
             if message.event == "N-CREATE" and code == DUPLICATE_SOP_INSTANCE:
                 return "already created downstream"
-            if (message.event == "N-SET" and code == PROCESSING_FAILURE
-                    and exc.details.get("error_id") == ERROR_ID_NO_LONGER_UPDATED):
+            if (
+                message.event == "N-SET"
+                and code == PROCESSING_FAILURE
+                and exc.details.get("error_id") == ERROR_ID_NO_LONGER_UPDATED
+            ):
                 return "downstream step already final"
             raise Failed(f"{peer} answered {exc.message}") from None
         except (Unreachable, Timeout, Aborted, Rejected) as exc:

@@ -30,8 +30,8 @@ from sqlalchemy import select
 from worklist_mpps.config import Config
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import MPPSTracking, OutboxMessage, utcnow
-from worklist_mpps.services.dicom import decode_dataset
 from worklist_mpps.delivery.worker import Failed, Retry, age_seconds
+from worklist_mpps.services.dicom import decode_dataset
 
 log = logging.getLogger("worklist_mpps.delivery.orthanc")
 
@@ -55,8 +55,9 @@ class OrthancError(Exception):
 class OrthancClient:
     """The few REST calls the hook needs."""
 
-    def __init__(self, url: str, username: str = "", password: str = "",
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, username: str = "", password: str = "", timeout: float = 10.0
+    ) -> None:
         self.url = url.rstrip("/")
         self.http = requests.Session()
         if username:
@@ -100,11 +101,14 @@ class OrthancClient:
         return {i.get("MainDicomTags", {}).get("SOPInstanceUID") for i in response.json()}
 
     def set_metadata(self, study_id: str, name: str, value: str) -> None:
-        response = self._call("PUT", f"/studies/{study_id}/metadata/{name}",
-                              data=value.encode("utf-8"))
+        response = self._call(
+            "PUT", f"/studies/{study_id}/metadata/{name}", data=value.encode("utf-8")
+        )
         if response.status_code == 404:
-            raise Failed(f"Orthanc refused metadata {name!r} (HTTP 404): declare it in "
-                         "UserMetadata of orthanc.json (see orthanc/orthanc.json)")
+            raise Failed(
+                f"Orthanc refused metadata {name!r} (HTTP 404): declare it in "
+                "UserMetadata of orthanc.json (see orthanc/orthanc.json)"
+            )
         if not response.ok:
             raise Retry(f"Orthanc metadata {name}: HTTP {response.status_code}")
 
@@ -119,10 +123,15 @@ def referenced_instances(ds) -> list[str]:  # noqa: ANN001
     """SOP Instance UIDs of every image and non-image the MPPS references."""
     uids = []
     for series in ds.get("PerformedSeriesSequence") or []:
-        for keyword in ("ReferencedImageSequence",
-                        "ReferencedNonImageCompositeSOPInstanceSequence"):
-            uids += [str(r.ReferencedSOPInstanceUID) for r in series.get(keyword) or []
-                     if r.get("ReferencedSOPInstanceUID")]
+        for keyword in (
+            "ReferencedImageSequence",
+            "ReferencedNonImageCompositeSOPInstanceSequence",
+        ):
+            uids += [
+                str(r.ReferencedSOPInstanceUID)
+                for r in series.get(keyword) or []
+                if r.get("ReferencedSOPInstanceUID")
+            ]
     return list(dict.fromkeys(uids))
 
 
@@ -133,8 +142,9 @@ class OrthancTarget:
     def __init__(self, db: Database, config: Config, client: OrthancClient | None = None):
         self.db = db
         self.config = config
-        self.client = client or OrthancClient(config.orthanc_url, config.orthanc_username,
-                                              config.orthanc_password)
+        self.client = client or OrthancClient(
+            config.orthanc_url, config.orthanc_username, config.orthanc_password
+        )
 
     @property
     def _recheck(self) -> float:
@@ -159,15 +169,18 @@ class OrthancTarget:
 
     def deliver(self, message: OutboxMessage) -> str | None:
         with self.db.read() as session:
-            record = session.scalars(select(MPPSTracking).where(
-                MPPSTracking.sop_instance_uid == message.mpps_uid)).one()
+            record = session.scalars(
+                select(MPPSTracking).where(MPPSTracking.sop_instance_uid == message.mpps_uid)
+            ).one()
             status, reason = record.status, record.discontinuation_reason
             ds = decode_dataset(record.dataset)
         studies = self._studies(ds)
         if not studies:
             if age_seconds(message) > self.config.orthanc_study_timeout:
-                raise Failed("the study never appeared in Orthanc within "
-                             f"{self.config.orthanc_study_timeout:g} s")
+                raise Failed(
+                    "the study never appeared in Orthanc within "
+                    f"{self.config.orthanc_study_timeout:g} s"
+                )
             raise Retry("study not in Orthanc yet", after=self._recheck)
         completeness = None
         if status == "COMPLETED":
@@ -184,20 +197,31 @@ class OrthancTarget:
                 self.client.set_metadata(study, "MppsReceived", str(len(expected) - len(missing)))
                 self.client.set_metadata(study, "MppsMissing", json.dumps(missing))
             if self.client.has_labels:
-                label = "mpps-incomplete" if completeness and completeness[0] == "incomplete" \
+                label = (
+                    "mpps-incomplete"
+                    if completeness and completeness[0] == "incomplete"
                     else "mpps-" + status.lower().replace(" ", "-")
+                )
                 self.client.set_label(study, label)
         if completeness is not None and completeness[0] == "checking":
-            raise Retry(f"{len(completeness[2])} of {len(completeness[1])} instances not in "
-                        "Orthanc yet", after=self._recheck)
+            raise Retry(
+                f"{len(completeness[2])} of {len(completeness[1])} instances not in Orthanc yet",
+                after=self._recheck,
+            )
         note = f"study {', '.join(studies)} {status}"
         if completeness is not None:
-            note += f", {completeness[0]} {len(completeness[1]) - len(completeness[2])}" \
-                    f"/{len(completeness[1])}"
+            note += (
+                f", {completeness[0]} {len(completeness[1]) - len(completeness[2])}"
+                f"/{len(completeness[1])}"
+            )
         return note
 
-    def _completeness(self, message: OutboxMessage, ds, studies: list[str]  # noqa: ANN001
-                      ) -> tuple[str, list[str], list[str]]:
+    def _completeness(
+        self,
+        message: OutboxMessage,
+        ds,
+        studies: list[str],  # noqa: ANN001
+    ) -> tuple[str, list[str], list[str]]:
         """(complete | checking | incomplete, expected UIDs, missing UIDs), also stored."""
         expected = referenced_instances(ds)
         held: set[str] = set()
@@ -211,8 +235,9 @@ class OrthancTarget:
         else:
             state = "incomplete"
         with self.db.write() as session:
-            record = session.scalars(select(MPPSTracking).where(
-                MPPSTracking.sop_instance_uid == message.mpps_uid)).one()
+            record = session.scalars(
+                select(MPPSTracking).where(MPPSTracking.sop_instance_uid == message.mpps_uid)
+            ).one()
             record.completeness = state
             record.received_count = len(expected) - len(missing)
             record.missing_instances = missing

@@ -18,7 +18,7 @@ import socket
 import threading
 import uuid
 from datetime import datetime, timedelta
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
@@ -59,8 +59,9 @@ def age_seconds(message: OutboxMessage, now: datetime | None = None) -> float:
 class OutboxWorker:
     """Delivers due rows; several server processes may run one each."""
 
-    def __init__(self, db: Database, config: Config, targets: dict[str, Target],
-                 batch: int = 20) -> None:
+    def __init__(
+        self, db: Database, config: Config, targets: dict[str, Target], batch: int = 20
+    ) -> None:
         self.db = db
         self.config = config
         self.targets = targets
@@ -89,7 +90,7 @@ class OutboxWorker:
         while not self._stop.is_set():
             try:
                 busy = self.run_once()
-            except Exception:  # noqa: BLE001 - the worker must survive a bad moment
+            except Exception:
                 log.exception("Outbox worker error")
                 busy = 0
             if not busy:
@@ -102,28 +103,44 @@ class OutboxWorker:
         """Due, unclaimed rows that are the oldest pending one of their (target, MPPS)."""
         older = aliased(OutboxMessage)
         earlier_pending = exists().where(
-            older.target == OutboxMessage.target, older.mpps_uid == OutboxMessage.mpps_uid,
-            older.id < OutboxMessage.id, older.state == "pending")
-        return list(session.scalars(
-            select(OutboxMessage).where(
-                OutboxMessage.state == "pending",
-                OutboxMessage.target.in_(list(self.targets)),
-                OutboxMessage.next_attempt_at <= now,
-                or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
-                ~earlier_pending,
-            ).order_by(OutboxMessage.id).limit(self.batch)))
+            older.target == OutboxMessage.target,
+            older.mpps_uid == OutboxMessage.mpps_uid,
+            older.id < OutboxMessage.id,
+            older.state == "pending",
+        )
+        return list(
+            session.scalars(
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.state == "pending",
+                    OutboxMessage.target.in_(list(self.targets)),
+                    OutboxMessage.next_attempt_at <= now,
+                    or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
+                    ~earlier_pending,
+                )
+                .order_by(OutboxMessage.id)
+                .limit(self.batch)
+            )
+        )
 
     def _claim(self, message_id: int, now: datetime) -> OutboxMessage | None:
         """Take the row for this worker, dropping superseded older states first."""
         with self.db.write() as session:
-            claimed = rowcount(session.execute(
-                update(OutboxMessage).where(
-                    OutboxMessage.id == message_id, OutboxMessage.state == "pending",
-                    or_(OutboxMessage.claimed_until.is_(None),
-                        OutboxMessage.claimed_until < now))
-                .values(claimed_by=self.owner,
-                        claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
-            ))
+            claimed = rowcount(
+                session.execute(
+                    update(OutboxMessage)
+                    .where(
+                        OutboxMessage.id == message_id,
+                        OutboxMessage.state == "pending",
+                        or_(
+                            OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now
+                        ),
+                    )
+                    .values(
+                        claimed_by=self.owner, claimed_until=now + timedelta(seconds=CLAIM_SECONDS)
+                    )
+                )
+            )
             if claimed != 1:
                 return None
             message = session.get(OutboxMessage, message_id)
@@ -132,57 +149,90 @@ class OutboxWorker:
             target = self.targets[message.target]
             if target.supersede:
                 newest = session.scalar(
-                    select(OutboxMessage.id).where(
+                    select(OutboxMessage.id)
+                    .where(
                         OutboxMessage.target == message.target,
                         OutboxMessage.mpps_uid == message.mpps_uid,
-                        OutboxMessage.state == "pending")
-                    .order_by(OutboxMessage.id.desc()).limit(1))
+                        OutboxMessage.state == "pending",
+                    )
+                    .order_by(OutboxMessage.id.desc())
+                    .limit(1)
+                )
                 if newest != message.id:
-                    session.execute(update(OutboxMessage).where(
-                        OutboxMessage.target == message.target,
-                        OutboxMessage.mpps_uid == message.mpps_uid,
-                        OutboxMessage.state == "pending", OutboxMessage.id < newest)
-                        .values(state="superseded", claimed_by=None, claimed_until=None,
-                                last_error=f"superseded by #{newest}"))
-                    log.info("Outbox #%d %s %s: superseded by #%d", message.id, message.target,
-                             message.mpps_uid, newest)
+                    session.execute(
+                        update(OutboxMessage)
+                        .where(
+                            OutboxMessage.target == message.target,
+                            OutboxMessage.mpps_uid == message.mpps_uid,
+                            OutboxMessage.state == "pending",
+                            OutboxMessage.id < newest,
+                        )
+                        .values(
+                            state="superseded",
+                            claimed_by=None,
+                            claimed_until=None,
+                            last_error=f"superseded by #{newest}",
+                        )
+                    )
+                    log.info(
+                        "Outbox #%d %s %s: superseded by #%d",
+                        message.id,
+                        message.target,
+                        message.mpps_uid,
+                        newest,
+                    )
                     return None
             session.expunge(message)
             return message
 
     def _backoff(self, attempts: int) -> float:
-        return min(self.config.outbox_retry_max,
-                   self.config.outbox_retry_min * 2 ** max(0, attempts - 1))
+        return min(
+            self.config.outbox_retry_max, self.config.outbox_retry_min * 2 ** max(0, attempts - 1)
+        )
 
     def _finish(self, message: OutboxMessage, **values: object) -> None:
         with self.db.write() as session:
-            session.execute(update(OutboxMessage).where(
-                OutboxMessage.id == message.id, OutboxMessage.claimed_by == self.owner)
-                .values(claimed_by=None, claimed_until=None, attempts=message.attempts + 1,
-                        **values))
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == message.id, OutboxMessage.claimed_by == self.owner)
+                .values(
+                    claimed_by=None, claimed_until=None, attempts=message.attempts + 1, **values
+                )
+            )
 
     def deliver(self, message: OutboxMessage) -> None:
         target = self.targets[message.target]
-        label = f"Outbox #{message.id} {message.target} {message.mpps_uid} {message.event} " \
-                f"{message.pps_status}"
+        label = (
+            f"Outbox #{message.id} {message.target} {message.mpps_uid} {message.event} "
+            f"{message.pps_status}"
+        )
         try:
             note = target.deliver(message)
         except Retry as exc:
             delay = exc.after if exc.after is not None else self._backoff(message.attempts + 1)
             log.info("%s: retry in %.0f s: %s", label, delay, exc)
-            self._finish(message, last_error=str(exc)[:500],
-                         next_attempt_at=utcnow() + timedelta(seconds=delay))
+            self._finish(
+                message,
+                last_error=str(exc)[:500],
+                next_attempt_at=utcnow() + timedelta(seconds=delay),
+            )
         except Failed as exc:
             log.error("%s: failed: %s", label, exc)
             self._finish(message, state="failed", last_error=str(exc)[:500])
-        except Exception as exc:  # noqa: BLE001 - unexpected: keep the row, retry later
+        except Exception as exc:
             log.exception("%s: unexpected error, will retry", label)
-            self._finish(message, last_error=f"{exc.__class__.__name__}: {exc}"[:500],
-                         next_attempt_at=utcnow() + timedelta(
-                             seconds=self._backoff(message.attempts + 1)))
+            self._finish(
+                message,
+                last_error=f"{exc.__class__.__name__}: {exc}"[:500],
+                next_attempt_at=utcnow() + timedelta(seconds=self._backoff(message.attempts + 1)),
+            )
         else:
-            log.info("%s: delivered (attempt %d)%s", label, message.attempts + 1,
-                     f": {note}" if note else "")
+            log.info(
+                "%s: delivered (attempt %d)%s",
+                label,
+                message.attempts + 1,
+                f": {note}" if note else "",
+            )
             self._finish(message, state="delivered", delivered_at=utcnow(), last_error=note)
 
     def run_once(self) -> int:

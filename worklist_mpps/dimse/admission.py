@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 
 class Ticket:
@@ -62,12 +62,16 @@ class ConnectionGate:
         evicted = None
         with self._lock:
             if self.per_address and self.by_address[address] >= self.per_address:
-                return None, (f"{self.by_address[address]} connections from this address "
-                              f"already (max_connections_per_address)")
+                return None, (
+                    f"{self.by_address[address]} connections from this address "
+                    f"already (max_connections_per_address)"
+                )
             if self.max_pending and self.pending >= self.max_pending:
                 if not self._waiting:
-                    return None, (f"{self.pending} connections not yet associated already "
-                                  f"(max_pending_connections)")
+                    return None, (
+                        f"{self.pending} connections not yet associated already "
+                        f"(max_pending_connections)"
+                    )
                 evicted, _ = self._waiting.popitem(last=False)
                 evicted.evicted = True
                 self.pending -= 1  # no longer waits for a slot; its thread ends it

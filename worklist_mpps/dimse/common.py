@@ -3,7 +3,7 @@ for requests a presentation context does not serve."""
 
 from __future__ import annotations
 
-from typing import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from pydicom import Dataset
 
@@ -48,11 +48,13 @@ def decoded(get: Callable[[], Dataset], every_element: bool = True) -> Dataset:
     a malformed value would otherwise fail deep inside the service logic. (The MPPS
     service re-encodes what it gets first thing and reports failures itself:
     ``every_element=False`` leaves it that work.)"""
+
     def walk(ds: Dataset) -> None:
         for elem in ds:
             if elem.VR == "SQ":
                 for item in elem.value:
                     walk(item)
+
     try:
         ds = get()
         if every_element:
@@ -74,8 +76,9 @@ def requested_sop_class(msg) -> str:  # noqa: ANN001
     return str(uid or "")
 
 
-def refusal(operation: str, sop_class: str, abstract_syntax: str,
-            operations: Mapping[str, Collection[str]]) -> tuple[int, str] | None:
+def refusal(
+    operation: str, sop_class: str, abstract_syntax: str, operations: Mapping[str, Collection[str]]
+) -> tuple[int, str] | None:
     """Why a request (``operation`` such as "N-CREATE", naming ``sop_class``) on a
     presentation context of ``abstract_syntax`` is refused: (status, reason), or None.
 
@@ -91,9 +94,11 @@ def refusal(operation: str, sop_class: str, abstract_syntax: str,
     """
     if sop_class != abstract_syntax:
         dimse_n = operation.startswith("N-")
-        return ((NO_SUCH_SOP_CLASS, f"SOP Class {sop_class} on a {abstract_syntax} context")
-                if dimse_n else
-                (SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} not supported here"))
+        return (
+            (NO_SUCH_SOP_CLASS, f"SOP Class {sop_class} on a {abstract_syntax} context")
+            if dimse_n
+            else (SOP_CLASS_NOT_SUPPORTED, f"SOP Class {sop_class} not supported here")
+        )
     if operation not in operations.get(abstract_syntax, ()):
         return UNRECOGNIZED_OPERATION, f"{operation} is not an operation of {abstract_syntax}"
     return None

@@ -22,9 +22,8 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationServer
 
-from worklist_mpps.dimse.admission import ConnectionGate
-from worklist_mpps.services.status import SUCCESS
 from worklist_mpps.context import AppContext
+from worklist_mpps.dimse.admission import ConnectionGate
 from worklist_mpps.dimse.common import count_request, peer
 from worklist_mpps.dimse.mpps import handle_n_create, handle_n_get, handle_n_set
 from worklist_mpps.dimse.pynetdicom_ext.assoc import (
@@ -39,6 +38,7 @@ from worklist_mpps.dimse.pynetdicom_ext.reactor import (
     GatedAssociationServer,
 )
 from worklist_mpps.dimse.worklist import handle_find
+from worklist_mpps.services.status import SUCCESS
 
 log = logging.getLogger("worklist_mpps.dimse")
 
@@ -86,7 +86,10 @@ def _on_closed(how: str, event) -> None:  # noqa: ANN001
         set_note(assoc, "logged", True)
         log.info(
             "Association %s from %s to %s: %d requests, %.1f ms",
-            how, peer(assoc), assoc.acceptor.ae_title, note(assoc, "requests", 0),
+            how,
+            peer(assoc),
+            assoc.acceptor.ae_title,
+            note(assoc, "requests", 0),
             (time.monotonic() - note(assoc, "opened", time.monotonic())) * 1000,
         )
 
@@ -99,8 +102,11 @@ def _on_requested(event, ctx: AppContext) -> None:  # noqa: ANN001
     assoc = event.assoc
     ticket = getattr(assoc, "ticket", None)
     if ticket is not None and not ticket.promote():
-        log.warning("Association rejected from %s: all %d association slots in use",
-                    peer(assoc), ctx.config.max_associations)
+        log.warning(
+            "Association rejected from %s: all %d association slots in use",
+            peer(assoc),
+            ctx.config.max_associations,
+        )
         set_note(assoc, "logged", True)
         reject(assoc, 0x02, 0x03, 0x02)  # transient, provider (presentation), 2
         return
@@ -111,8 +117,12 @@ def _on_requested(event, ctx: AppContext) -> None:  # noqa: ANN001
     address = assoc.requestor.address
     device = next((d for d in devices if d.ae_title == calling), None)
     if device is None or not device.allows_address(address):
-        log.warning("Association rejected from %s@%s: %s", calling, address,
-                    "unknown calling AE title" if device is None else "not allowed from here")
+        log.warning(
+            "Association rejected from %s@%s: %s",
+            calling,
+            address,
+            "unknown calling AE title" if device is None else "not allowed from here",
+        )
         set_note(assoc, "logged", True)
         reject(assoc, 0x01, 0x01, 0x03)  # rejected-permanent, service-user, reason 3
         return
@@ -168,8 +178,9 @@ def tls_context(cfg) -> ssl.SSLContext:  # noqa: ANN001
     context.load_cert_chain(cfg.tls_certificate, cfg.tls_private_key)
     if cfg.tls_ca_certificates:
         context.load_verify_locations(cfg.tls_ca_certificates)
-        context.verify_mode = (ssl.CERT_REQUIRED if cfg.tls_require_client_certificate
-                               else ssl.CERT_OPTIONAL)
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if cfg.tls_require_client_certificate else ssl.CERT_OPTIONAL
+        )
     return context
 
 
@@ -182,26 +193,30 @@ class DicomServer:
         self._server = None
         self._tls_server = None
         cfg = ctx.config
-        self.gate = ConnectionGate(cfg.max_associations, cfg.max_pending_connections,
-                                   cfg.max_connections_per_address)
+        self.gate = ConnectionGate(
+            cfg.max_associations, cfg.max_pending_connections, cfg.max_connections_per_address
+        )
 
-    def _listen(self, port: int, ssl_context: ssl.SSLContext | None = None
-                ) -> AssociationServer:
+    def _listen(self, port: int, ssl_context: ssl.SSLContext | None = None) -> AssociationServer:
         """As ``AE.start_server(block=False)``, with the event-driven associations of
         reactor.py. With ``dimse_fast_path`` the listener thread itself creates and starts
         each association (it only sets objects up and starts the association's thread),
         saving pynetdicom's extra thread per connection; without it, a thread per
         connection does that, as in pynetdicom's ThreadedAssociationServer."""
         server = self.ae.make_server(
-            (self.ctx.config.bind, port), ssl_context=ssl_context,
-            evt_handlers=handlers(self.ctx), server_class=GatedAssociationServer,
-            request_handler=RequestHandler)
+            (self.ctx.config.bind, port),
+            ssl_context=ssl_context,
+            evt_handlers=handlers(self.ctx),
+            server_class=GatedAssociationServer,
+            request_handler=RequestHandler,
+        )
         server.gate = self.gate
         server.handshake_timeout = self.ctx.config.handshake_timeout
         server.max_message_size = self.ctx.config.max_message_size
         server.fast_path = self.ctx.config.dimse_fast_path
-        threading.Thread(target=server.serve_forever, name=f"DicomListener@{port}",
-                         daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, name=f"DicomListener@{port}", daemon=True
+        ).start()
         register_server(self.ae, server)
         return server
 
@@ -211,9 +226,13 @@ class DicomServer:
         log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.bind, self.port)
         if cfg.tls_port:
             self._tls_server = self._listen(cfg.tls_port, tls_context(cfg))
-            log.info("DICOM TLS listener %s on %s:%d%s", cfg.ae_title, cfg.bind, cfg.tls_port,
-                     " (client certificate required)"
-                     if cfg.tls_require_client_certificate else "")
+            log.info(
+                "DICOM TLS listener %s on %s:%d%s",
+                cfg.ae_title,
+                cfg.bind,
+                cfg.tls_port,
+                " (client certificate required)" if cfg.tls_require_client_certificate else "",
+            )
 
     @property
     def port(self) -> int:
@@ -234,6 +253,9 @@ class DicomServer:
         while self.ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.ae.active_associations:
-            log.warning("Aborting %d association(s) still open after %.0f s",
-                        len(self.ae.active_associations), grace)
+            log.warning(
+                "Aborting %d association(s) still open after %.0f s",
+                len(self.ae.active_associations),
+                grace,
+            )
         self.ae.shutdown()

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy.exc import SQLAlchemyError
 
+from worklist_mpps.context import AppContext
+from worklist_mpps.dimse.common import (
+    UndecodableRequest,
+    allowed,
+    count_request,
+    decoded,
+    peer,
+)
+from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.services import worklist
 from worklist_mpps.services.health import db_error_comment, describe_db_error
 from worklist_mpps.services.matching import MatchError
@@ -23,17 +32,9 @@ from worklist_mpps.services.status import (
     PENDING_WARNING,
     UNABLE_TO_PROCESS,
 )
-from worklist_mpps.dimse.pynetdicom_ext import wire
-from worklist_mpps.context import AppContext
-from worklist_mpps.dimse.common import (
-    UndecodableRequest,
-    allowed,
-    count_request,
-    decoded,
-    peer,
-)
 
 log = logging.getLogger("worklist_mpps.dimse.worklist")
+
 
 def failure(status: int, comment: str, offending: list[str] | None = None) -> Dataset:
     ds = Dataset()
@@ -56,10 +57,17 @@ def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None
         return
     try:
         query = worklist.parse_identifier(decoded(lambda: event.identifier))
-        calling = event.assoc.requestor.ae_title if ctx.config.worklist_filter_by_calling_ae else None
+        calling = (
+            event.assoc.requestor.ae_title if ctx.config.worklist_filter_by_calling_ae else None
+        )
         cap = ctx.config.max_find_results or None
-        rows = worklist.search(ctx.db, query, ctx.config.worklist_default_statuses, calling,
-                               limit=cap + 1 if cap else None)
+        rows = worklist.search(
+            ctx.db,
+            query,
+            ctx.config.worklist_default_statuses,
+            calling,
+            limit=cap + 1 if cap else None,
+        )
     except MatchError as exc:
         log.warning("C-FIND from %s: 0xA900 identifier does not match SOP class: %s", who, exc)
         yield failure(IDENTIFIER_DOES_NOT_MATCH, str(exc), [exc.keyword]), None
@@ -69,9 +77,12 @@ def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None
         yield failure(IDENTIFIER_DOES_NOT_MATCH, f"Identifier cannot be decoded: {exc}"), None
         return
     except SQLAlchemyError as exc:
-        log.error("C-FIND from %s: 0xC001 database error: %s", who,
-                  describe_db_error(exc).reason,
-                  exc_info=log.isEnabledFor(logging.DEBUG))
+        log.error(
+            "C-FIND from %s: 0xC001 database error: %s",
+            who,
+            describe_db_error(exc).reason,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
         yield failure(UNABLE_TO_PROCESS, db_error_comment(exc)), None
         return
     except Exception as exc:  # a bad identifier pydicom cannot decode, for example
@@ -80,14 +91,18 @@ def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None
         return
 
     if cap and len(rows) > cap:
-        log.warning("C-FIND from %s: 0xA700 refused, more than %d matches (max_find_results)",
-                    who, cap)
+        log.warning(
+            "C-FIND from %s: 0xA700 refused, more than %d matches (max_find_results)", who, cap
+        )
         yield failure(OUT_OF_RESOURCES, f"More than {cap} matches: narrow the query"), None
         return
     status = PENDING_WARNING if query.optional_keys_unsupported else PENDING
     # dimse_fast_path off: every response is pynetdicom's own encoding
-    fast = FastResponses(event, status) if ctx.config.dimse_fast_path and wire.usable(
-        event.assoc, event.context.transfer_syntax) else None
+    fast = (
+        FastResponses(event, status)
+        if ctx.config.dimse_fast_path and wire.usable(event.assoc, event.context.transfer_syntax)
+        else None
+    )
     sent = 0
     for row in rows:
         if event.is_cancelled:
@@ -104,7 +119,9 @@ def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None
     if fast is not None and not fast.flush():
         return
     log.info(
-        "C-FIND from %s: %d matches in %.1f ms%s", who, sent,
+        "C-FIND from %s: %d matches in %.1f ms%s",
+        who,
+        sent,
         (time.perf_counter() - started) * 1000,
         f" (unsupported keys: {', '.join(query.unsupported)})" if query.unsupported else "",
     )
@@ -132,12 +149,16 @@ class FastResponses:
         was queued) or the connection failed."""
         elements = worklist.response_elements(row, query)
         identifier = wire.encode_identifier(
-            elements, worklist.response_charset(elements, query), self.explicit)
+            elements, worklist.response_charset(elements, query), self.explicit
+        )
         if identifier is None:
             self.flush()
             return False
-        self.pending.append(wire.find_response(
-            self.message_id, self.status, identifier, self.context_id, self.max_pdu))
+        self.pending.append(
+            wire.find_response(
+                self.message_id, self.status, identifier, self.context_id, self.max_pdu
+            )
+        )
         return len(self.pending) < self.BATCH or self.flush()
 
     def flush(self) -> bool:

@@ -35,16 +35,35 @@ class Actor:
         return cls(user, "local", "CLI")
 
 
-def record(session: Session, actor: Actor | None, action: str, target: str,
-           detail: dict[str, Any] | None = None) -> None:
+def record(
+    session: Session,
+    actor: Actor | None,
+    action: str,
+    target: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
     actor = actor or Actor("unknown", None, "unknown")
-    session.add(AuditEvent(at=utcnow(), channel=actor.channel, actor=actor.name[:128],
-                           address=(actor.address or None), action=action,
-                           target=str(target)[:80], detail=detail))
+    session.add(
+        AuditEvent(
+            at=utcnow(),
+            channel=actor.channel,
+            actor=actor.name[:128],
+            address=(actor.address or None),
+            action=action,
+            target=str(target)[:80],
+            detail=detail,
+        )
+    )
 
 
-def query(db: Database, since: datetime | None = None, actor: str | None = None,
-          action: str | None = None, target: str | None = None, limit: int = 100) -> list[dict]:
+def query(
+    db: Database,
+    since: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    limit: int = 100,
+) -> list[dict]:
     stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if since is not None:
         stmt = stmt.where(AuditEvent.at >= since)
@@ -55,7 +74,16 @@ def query(db: Database, since: datetime | None = None, actor: str | None = None,
     if target:
         stmt = stmt.where(AuditEvent.target == target)
     with db.read() as session:
-        return [{"id": e.id, "at": as_utc(e.at).isoformat(timespec="milliseconds"),
-                 "channel": e.channel, "actor": e.actor, "address": e.address,
-                 "action": e.action, "target": e.target, "detail": e.detail}
-                for e in session.scalars(stmt)]
+        return [
+            {
+                "id": e.id,
+                "at": as_utc(e.at).isoformat(timespec="milliseconds"),
+                "channel": e.channel,
+                "actor": e.actor,
+                "address": e.address,
+                "action": e.action,
+                "target": e.target,
+                "detail": e.detail,
+            }
+            for e in session.scalars(stmt)
+        ]

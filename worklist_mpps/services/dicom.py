@@ -56,8 +56,10 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 def check_uid(value: str, what: str) -> str:
     """PS3.5 9.1: digits and dots, components without leading zeros, <= 64 characters."""
     if len(value) > 64 or not _UID.match(value):
-        raise BadValue(f"invalid {what} {value!r}: a UID is digits and dots, at most 64 "
-                       "characters, no leading zeros")
+        raise BadValue(
+            f"invalid {what} {value!r}: a UID is digits and dots, at most 64 "
+            "characters, no leading zeros"
+        )
     return value
 
 
@@ -93,9 +95,11 @@ def encode_dataset(ds: Dataset) -> bytes:
     try:
         return _write(ds)
     except Exception:  # noqa: BLE001 - a value whose length or VR is wrong
-        raise MPPSError(INVALID_ATTRIBUTE_VALUE,
-                        "An attribute value does not fit its VR (cannot be encoded)",
-                        offending_attributes(ds)) from None
+        raise MPPSError(
+            INVALID_ATTRIBUTE_VALUE,
+            "An attribute value does not fit its VR (cannot be encoded)",
+            offending_attributes(ds),
+        ) from None
 
 
 def offending_attributes(ds: Dataset) -> list[int]:
@@ -130,11 +134,13 @@ def _text_is_ascii(ds: Dataset) -> bool:
         if elem.VR == "SQ":
             if not all(_text_is_ascii(item) for item in elem.value):
                 return False
-        elif isinstance(elem.value, str) and not elem.value.isascii():
-            return False
-        elif elem.VR == "PN" and elem.value is not None and not str(elem.value).isascii():
-            return False
-        elif isinstance(elem.value, MultiValue) and not all(str(v).isascii() for v in elem.value):
+        elif (
+            (isinstance(elem.value, str) and not elem.value.isascii())
+            or (elem.VR == "PN" and elem.value is not None and not str(elem.value).isascii())
+            or (
+                isinstance(elem.value, MultiValue) and not all(str(v).isascii() for v in elem.value)
+            )
+        ):
             return False
     return True
 
@@ -154,20 +160,26 @@ def as_unicode(ds: Dataset) -> Dataset:
     except MPPSError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
-        raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Data set cannot be decoded: "
-                        f"{exc.__class__.__name__}: {exc}"[:200],
-                        offending_attributes(ds)) from None
+        raise MPPSError(
+            INVALID_ATTRIBUTE_VALUE,
+            f"Data set cannot be decoded: {exc.__class__.__name__}: {exc}"[:200],
+            offending_attributes(ds),
+        ) from None
     try:
         raw = decode_dataset(encoded)
         _materialize(raw)
     except (LookupError, UnicodeError) as exc:
-        raise MPPSError(INVALID_ATTRIBUTE_VALUE,
-                        f"Text cannot be decoded with Specific Character Set: {exc}",
-                        ["SpecificCharacterSet"]) from None
+        raise MPPSError(
+            INVALID_ATTRIBUTE_VALUE,
+            f"Text cannot be decoded with Specific Character Set: {exc}",
+            ["SpecificCharacterSet"],
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a value that does not fit its VR
-        raise MPPSError(INVALID_ATTRIBUTE_VALUE, "Data set cannot be decoded: "
-                        f"{exc.__class__.__name__}: {exc}"[:200],
-                        offending_attributes(ds)) from None
+        raise MPPSError(
+            INVALID_ATTRIBUTE_VALUE,
+            f"Data set cannot be decoded: {exc.__class__.__name__}: {exc}"[:200],
+            offending_attributes(ds),
+        ) from None
     _check_sequence_vrs(raw)
     if "SpecificCharacterSet" in raw:
         del raw.SpecificCharacterSet
@@ -181,9 +193,11 @@ def _check_sequence_vrs(ds: Dataset) -> None:
             continue
         expected = dictionary_VR(elem.tag)
         if (expected == "SQ") != (elem.VR == "SQ"):
-            raise MPPSError(INVALID_ATTRIBUTE_VALUE,
-                            f"{elem.keyword} has VR {elem.VR}, the standard's is {expected}",
-                            [elem.keyword])
+            raise MPPSError(
+                INVALID_ATTRIBUTE_VALUE,
+                f"{elem.keyword} has VR {elem.VR}, the standard's is {expected}",
+                [elem.keyword],
+            )
         if elem.VR == "SQ":
             for item in elem.value:
                 _check_sequence_vrs(item)
@@ -277,7 +291,8 @@ def check_dates_and_times(ds: Dataset, path: str = "") -> None:
         if elem.VR == "SQ":
             for n, item in enumerate(elem.value, start=1):
                 check_dates_and_times(
-                    item, f"{path}({elem.tag.group:04X},{elem.tag.element:04X})[{n}] > ")
+                    item, f"{path}({elem.tag.group:04X},{elem.tag.element:04X})[{n}] > "
+                )
             continue
         if elem.VR not in ("DA", "TM", "DT") or elem.is_empty:
             continue
@@ -287,5 +302,6 @@ def check_dates_and_times(ds: Dataset, path: str = "") -> None:
             try:
                 check_temporal(elem.VR, keyword, str(value))
             except MatchError as exc:
-                raise MPPSError(INVALID_ATTRIBUTE_VALUE, f"{path}{exc}",
-                                [elem.keyword] if elem.keyword else []) from None
+                raise MPPSError(
+                    INVALID_ATTRIBUTE_VALUE, f"{path}{exc}", [elem.keyword] if elem.keyword else []
+                ) from None

@@ -33,16 +33,25 @@ PROBE_INTERVAL = 1.0  # s: a result is reused this long (healthchecks may poll f
 MIN_FREE_BYTES = 1 << 20  # a SQLite file's filesystem with less free is "disk full"
 
 UNREACHABLE, READ_ONLY, DISK_FULL, SCHEMA, ERROR = (
-    "database unreachable", "read-only database", "disk full", "schema not up to date",
-    "database error")
+    "database unreachable",
+    "read-only database",
+    "disk full",
+    "schema not up to date",
+    "database error",
+)
 
 # SQLite primary result codes (sqlite3.Error.sqlite_errorcode & 0xff)
 _SQLITE_KINDS = {8: READ_ONLY, 13: DISK_FULL, 14: UNREACHABLE, 26: UNREACHABLE}
 # PostgreSQL SQLSTATE (Appendix A of its manual): class 08 connection, 28 authorization,
 # 3D000 no such database, 25006 read-only transaction (standby, default_transaction_read_only),
 # 53100 disk full, 42P01 undefined table
-_PG_KINDS = {"25006": READ_ONLY, "53100": DISK_FULL, "3D000": UNREACHABLE, "42P01": SCHEMA,
-             "57P03": UNREACHABLE}
+_PG_KINDS = {
+    "25006": READ_ONLY,
+    "53100": DISK_FULL,
+    "3D000": UNREACHABLE,
+    "42P01": SCHEMA,
+    "57P03": UNREACHABLE,
+}
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,9 @@ class Health:
 
     @property
     def reason(self) -> str:
-        return "ok" if self.ok else f"{self.problem}: {self.detail}" if self.detail \
-            else self.problem
+        return (
+            "ok" if self.ok else f"{self.problem}: {self.detail}" if self.detail else self.problem
+        )
 
 
 def describe_db_error(exc: BaseException) -> Health:
@@ -70,15 +80,22 @@ def describe_db_error(exc: BaseException) -> Health:
     state = getattr(orig, "sqlstate", None)
     if state:
         kind = _PG_KINDS.get(state) or (UNREACHABLE if state[:2] in ("08", "28") else None)
-    elif orig.__class__.__module__.startswith("psycopg") and \
-            orig.__class__.__name__ == "OperationalError":
+    elif (
+        orig.__class__.__module__.startswith("psycopg")
+        and orig.__class__.__name__ == "OperationalError"
+    ):
         kind = UNREACHABLE  # connection failed before any SQLSTATE
     if kind is None:
         lowered = message.lower()
-        kind = (READ_ONLY if re.search(r"read-?only", lowered)
-                else DISK_FULL if "disk is full" in lowered or "no space left" in lowered
-                else SCHEMA if "no such table" in lowered
-                else ERROR)
+        kind = (
+            READ_ONLY
+            if re.search(r"read-?only", lowered)
+            else DISK_FULL
+            if "disk is full" in lowered or "no space left" in lowered
+            else SCHEMA
+            if "no such table" in lowered
+            else ERROR
+        )
     return Health(False, kind, message)
 
 
@@ -124,10 +141,13 @@ def probe_write(db: Database, instance: str) -> Health:
         return problem
     try:
         with db.write() as session:
-            changed = rowcount(session.execute(
-                update(Heartbeat).where(Heartbeat.id == 1).values(
-                    beats=Heartbeat.beats + 1, at=utcnow(), instance=instance[:120])
-            ))
+            changed = rowcount(
+                session.execute(
+                    update(Heartbeat)
+                    .where(Heartbeat.id == 1)
+                    .values(beats=Heartbeat.beats + 1, at=utcnow(), instance=instance[:120])
+                )
+            )
             if not changed:  # an UPDATE of no row writes nothing: make the row
                 session.add(Heartbeat(id=1, beats=1, at=utcnow(), instance=instance[:120]))
     except SQLAlchemyError as exc:

@@ -3,7 +3,7 @@ the scheduled step it names in its Scheduled Step Attributes Sequence, F.7.2.1.2
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from pydicom import Dataset
 from sqlalchemy import select
@@ -60,7 +60,9 @@ def refresh_item_statuses(session: Session, item_ids: Iterable[int]) -> None:
     if not ids:
         return
     items = session.scalars(
-        select(WorklistItem).where(WorklistItem.id.in_(ids)).order_by(WorklistItem.id)
+        select(WorklistItem)
+        .where(WorklistItem.id.in_(ids))
+        .order_by(WorklistItem.id)
         .with_for_update()
     ).all()
     for item in items:

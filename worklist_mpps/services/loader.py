@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 from sqlalchemy import select
 
-from worklist_mpps.services import audit
-from worklist_mpps.services.audit import Actor
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import AppState, Patient
+from worklist_mpps.services import audit
+from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.schedule_values import ItemError, upsert_item
 
 SAMPLE_MARKER = "sample_data_loaded"
@@ -70,8 +70,13 @@ def read_items(path: str | Path, today: dt.date | None = None) -> list[tuple[dic
     return pairs
 
 
-def load_file(db: Database, path: str | Path, uid_prefix: str = "",
-              today: dt.date | None = None, actor: Actor | None = None) -> tuple[int, int]:
+def load_file(
+    db: Database,
+    path: str | Path,
+    uid_prefix: str = "",
+    today: dt.date | None = None,
+    actor: Actor | None = None,
+) -> tuple[int, int]:
     """Load a YAML worklist in one transaction; returns (created, updated)."""
     pairs = read_items(path, today)
     created = updated = 0
@@ -84,12 +89,19 @@ def load_file(db: Database, path: str | Path, uid_prefix: str = "",
             session.flush()
             created += is_new
             updated += not is_new
-        audit.record(session, actor or Actor.cli(), "worklist.load", Path(path).name,
-                     {"file": str(path), "created": created, "updated": updated})
+        audit.record(
+            session,
+            actor or Actor.cli(),
+            "worklist.load",
+            Path(path).name,
+            {"file": str(path), "created": created, "updated": updated},
+        )
     return created, updated
 
 
-def load_sample_once(db: Database, path: str | Path, uid_prefix: str = "") -> tuple[int, int] | None:
+def load_sample_once(
+    db: Database, path: str | Path, uid_prefix: str = ""
+) -> tuple[int, int] | None:
     """Load the sample file on the first start of a database; None when already done."""
     with db.read() as session:
         if session.get(AppState, SAMPLE_MARKER) is not None:
@@ -99,5 +111,5 @@ def load_sample_once(db: Database, path: str | Path, uid_prefix: str = "") -> tu
         return None
     result = load_file(db, path, uid_prefix)
     with db.write() as session:
-        session.merge(AppState(key=SAMPLE_MARKER, value=dt.datetime.now(dt.timezone.utc).isoformat()))
+        session.merge(AppState(key=SAMPLE_MARKER, value=dt.datetime.now(dt.UTC).isoformat()))
     return result

@@ -30,8 +30,10 @@ WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", 
 # follows the seconds only; components are left out from the right.
 _DATE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})")
 _TIME = re.compile(r"([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(\.[0-9]{1,6})?)?)?")
-_DATETIME = re.compile(r"([0-9]{4})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})"
-                       r"(?:([0-9]{2})(\.[0-9]{1,6})?)?)?)?)?)?([+-][0-9]{4})?")
+_DATETIME = re.compile(
+    r"([0-9]{4})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})"
+    r"(?:([0-9]{2})(\.[0-9]{1,6})?)?)?)?)?)?([+-][0-9]{4})?"
+)
 
 # Which padding of a value is not significant (PS3.5 Table 6.2-1 and 6.2.1): leading and
 # trailing spaces of AE, CS, DS, IS, LO, SH and the components of PN (6.2.1 Note: DICOM
@@ -77,8 +79,9 @@ def check_characters(keyword: str, vr: str, value: str) -> None:
     pattern = _CONTROL_IN_TEXT if vr in ("LT", "ST", "UT") else _CONTROL
     bad = pattern.search(strip_padding(vr, value))
     if bad:
-        raise MatchError(keyword, f"control character {bad.group()!r} is not allowed in {vr} "
-                                  "(PS3.5 6.1.2.3)")
+        raise MatchError(
+            keyword, f"control character {bad.group()!r} is not allowed in {vr} (PS3.5 6.1.2.3)"
+        )
 
 
 def fold_pn(value: str | None) -> str | None:
@@ -230,8 +233,11 @@ def normalize_datetime(keyword: str, value: str) -> str:
     ok = ok and (hh is None or _real_time(hh, mm, ss))
     if offset is not None:
         minutes = int(offset[1:3]) * 60 + int(offset[3:5])
-        ok = ok and int(offset[3:5]) <= 59 and (
-            minutes <= 14 * 60 if offset[0] == "+" else minutes <= 12 * 60)
+        ok = (
+            ok
+            and int(offset[3:5]) <= 59
+            and (minutes <= 14 * 60 if offset[0] == "+" else minutes <= 12 * 60)
+        )
     if not ok:
         raise MatchError(keyword, f"invalid date time {value!r}")
     return value
@@ -276,8 +282,11 @@ def parse_range(keyword: str, value: str, kind: str, ordered: bool = True) -> Ra
         return None
     low = norm(keyword, low_text) if low_text else None
     if high_text:
-        high = normalize_time(keyword, high_text, upper=True) if kind == "TM" else norm(
-            keyword, high_text)
+        high = (
+            normalize_time(keyword, high_text, upper=True)
+            if kind == "TM"
+            else norm(keyword, high_text)
+        )
     else:
         high = None
     if ordered and low and high and low > high:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -64,38 +65,80 @@ PPS_STATUSES = ("IN PROGRESS", "COMPLETED", "DISCONTINUED")
 
 # Type 1 at N-CREATE (Table F.7.2-1).
 CREATE_TYPE1 = (
-    "ScheduledStepAttributesSequence", "PerformedProcedureStepID", "PerformedStationAETitle",
-    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
-    "PerformedProcedureStepStatus", "Modality",
+    "ScheduledStepAttributesSequence",
+    "PerformedProcedureStepID",
+    "PerformedStationAETitle",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepStatus",
+    "Modality",
 )
 # N-SET "Not allowed": set once, at N-CREATE (Table F.7.2-1).
-CREATE_ONLY = frozenset({
-    "SOPClassUID", "SOPInstanceUID", "ScheduledStepAttributesSequence",
-    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
-    "OtherPatientIDsSequence", "PatientBirthDate", "PatientSex", "ReferencedPatientSequence",
-    "AdmissionID", "IssuerOfAdmissionIDSequence", "ServiceEpisodeID",
-    "ServiceEpisodeDescription", "IssuerOfServiceEpisodeIDSequence",
-    "PerformedProcedureStepID", "PerformedStationAETitle", "PerformedStationName",
-    "PerformedLocation", "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
-    "Modality", "StudyID", "PerformedStationNameCodeSequence",
-    "PerformedStationClassCodeSequence", "PerformedStationGeographicLocationCodeSequence",
-    "PerformedProcessingApplicationsCodeSequence",
-})
+CREATE_ONLY = frozenset(
+    {
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "ScheduledStepAttributesSequence",
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "IssuerOfPatientIDQualifiersSequence",
+        "OtherPatientIDsSequence",
+        "PatientBirthDate",
+        "PatientSex",
+        "ReferencedPatientSequence",
+        "AdmissionID",
+        "IssuerOfAdmissionIDSequence",
+        "ServiceEpisodeID",
+        "ServiceEpisodeDescription",
+        "IssuerOfServiceEpisodeIDSequence",
+        "PerformedProcedureStepID",
+        "PerformedStationAETitle",
+        "PerformedStationName",
+        "PerformedLocation",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
+        "Modality",
+        "StudyID",
+        "PerformedStationNameCodeSequence",
+        "PerformedStationClassCodeSequence",
+        "PerformedStationGeographicLocationCodeSequence",
+        "PerformedProcessingApplicationsCodeSequence",
+    }
+)
 # May be set by N-SET (Table F.7.2-1, including the Radiation Dose and Billing modules).
-SET_ALLOWED = frozenset({
-    "PerformedProcedureStepStatus", "PerformedProcedureStepDescription",
-    "PerformedProcedureTypeDescription", "ProcedureCodeSequence",
-    "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime",
-    "CommentsOnThePerformedProcedureStep",
-    "PerformedProcedureStepDiscontinuationReasonCodeSequence",
-    "ReasonForPerformedProcedureCodeSequence", "PerformedProtocolCodeSequence",
-    "PerformedSeriesSequence", "AnatomicStructureSpaceOrRegionSequence",
-    "TotalTimeOfFluoroscopy", "TotalNumberOfExposures", "EntranceDose", "EntranceDoseInmGy",
-    "ExposedArea", "DistanceSourceToEntrance", "CommentsOnRadiationDose",
-    "ExposureDoseSequence", "ImageAndFluoroscopyAreaDoseProduct", "OrganDose",
-    "OrganExposed", "XRayOutput", "HalfValueLayer", "BillingProcedureStepSequence",
-    "FilmConsumptionSequence", "BillingSuppliesAndDevicesSequence",
-})
+SET_ALLOWED = frozenset(
+    {
+        "PerformedProcedureStepStatus",
+        "PerformedProcedureStepDescription",
+        "PerformedProcedureTypeDescription",
+        "ProcedureCodeSequence",
+        "PerformedProcedureStepEndDate",
+        "PerformedProcedureStepEndTime",
+        "CommentsOnThePerformedProcedureStep",
+        "PerformedProcedureStepDiscontinuationReasonCodeSequence",
+        "ReasonForPerformedProcedureCodeSequence",
+        "PerformedProtocolCodeSequence",
+        "PerformedSeriesSequence",
+        "AnatomicStructureSpaceOrRegionSequence",
+        "TotalTimeOfFluoroscopy",
+        "TotalNumberOfExposures",
+        "EntranceDose",
+        "EntranceDoseInmGy",
+        "ExposedArea",
+        "DistanceSourceToEntrance",
+        "CommentsOnRadiationDose",
+        "ExposureDoseSequence",
+        "ImageAndFluoroscopyAreaDoseProduct",
+        "OrganDose",
+        "OrganExposed",
+        "XRayOutput",
+        "HalfValueLayer",
+        "BillingProcedureStepSequence",
+        "FilmConsumptionSequence",
+        "BillingSuppliesAndDevicesSequence",
+    }
+)
 MPPS_ATTRIBUTES = CREATE_ONLY | SET_ALLOWED | {"SpecificCharacterSet"}
 
 
@@ -144,16 +187,21 @@ def _tracking_columns(ds: Dataset) -> dict[str, Any]:
         "modality": text_value(ds, "Modality"),
         "station_ae_title": text_value(ds, "PerformedStationAETitle"),
         "pps_id": text_value(ds, "PerformedProcedureStepID"),
-        "start_datetime": datetime_value(ds, "PerformedProcedureStepStartDate",
-                                    "PerformedProcedureStepStartTime"),
-        "end_datetime": datetime_value(ds, "PerformedProcedureStepEndDate",
-                                  "PerformedProcedureStepEndTime"),
+        "start_datetime": datetime_value(
+            ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"
+        ),
+        "end_datetime": datetime_value(
+            ds, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"
+        ),
         "series_count": series,
         "instance_count": instances,
         "discontinuation_reason": (
             f"{text_value(reason, 'CodeValue') or ''} "
             f"{text_value(reason, 'CodeMeaning') or ''}".strip()
-            or None) if reason is not None else None,
+            or None
+        )
+        if reason is not None
+        else None,
     }
 
 
@@ -186,17 +234,25 @@ def _payload(ds: Dataset, targets: Sequence[str]) -> bytes | None:
     return encode_dataset(ds)
 
 
-def create(db: Database, attributes: Dataset, uid: str | None = None,
-           calling_ae: str | None = None, uid_prefix: str = "",
-           targets: Sequence[str] = (), actor: Actor | None = None) -> Outcome:
+def create(
+    db: Database,
+    attributes: Dataset,
+    uid: str | None = None,
+    calling_ae: str | None = None,
+    uid_prefix: str = "",
+    targets: Sequence[str] = (),
+    actor: Actor | None = None,
+) -> Outcome:
     """N-CREATE: store the instance, link and start its worklist items, queue the
     notifications for ``targets`` (outbox), commit."""
     actor = actor or Actor(calling_ae or "unknown", None, "DIMSE")  # direct calls: tests
     ds = as_unicode(attributes)
     if uid:  # a UID in use is the first thing to tell (PS3.18 15.4: 409)
         with db.read() as session:
-            if session.scalar(select(MPPSTracking.id).where(
-                    MPPSTracking.sop_instance_uid == uid)) is not None:
+            if (
+                session.scalar(select(MPPSTracking.id).where(MPPSTracking.sop_instance_uid == uid))
+                is not None
+            ):
                 raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists")
     validate_create(ds)
     generated = not uid
@@ -208,8 +264,13 @@ def create(db: Database, attributes: Dataset, uid: str | None = None,
     columns = _tracking_columns(ds)
     try:
         with db.write() as session:
-            record = MPPSTracking(sop_instance_uid=uid, dataset=encode_dataset(ds),
-                                  calling_ae_title=calling_ae, version=1, **columns)
+            record = MPPSTracking(
+                sop_instance_uid=uid,
+                dataset=encode_dataset(ds),
+                calling_ae_title=calling_ae,
+                version=1,
+                **columns,
+            )
             items: list[WorklistItem] = []
             for ssas_item in ds.ScheduledStepAttributesSequence:
                 for item in find_scheduled_items(session, ssas_item):
@@ -221,9 +282,17 @@ def create(db: Database, attributes: Dataset, uid: str | None = None,
             refresh_item_statuses(session, [i.id for i in items])
             outbox.enqueue(session, targets, uid, "N-CREATE", "IN PROGRESS", payload)
             linked = link_labels(items)
-            audit.record(session, actor, "mpps.create", uid, {
-                "status": "IN PROGRESS", "generated_uid": generated,
-                "worklist_items": {label: i.sps_status for label, i in zip(linked, items)}})
+            audit.record(
+                session,
+                actor,
+                "mpps.create",
+                uid,
+                {
+                    "status": "IN PROGRESS",
+                    "generated_uid": generated,
+                    "worklist_items": {label: i.sps_status for label, i in zip(linked, items)},
+                },
+            )
     except IntegrityError:  # the unique UID: a concurrent N-CREATE with the same UID won
         raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists") from None
     return Outcome(uid=uid, pps_status="IN PROGRESS", generated_uid=generated, linked=linked)
@@ -256,16 +325,25 @@ def _check_final_state(ds: Dataset) -> None:
     if status != "COMPLETED":
         return
     why = "COMPLETED: "
-    for keyword in ("PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime",
-                    "PerformedSeriesSequence"):
+    for keyword in (
+        "PerformedProcedureStepEndDate",
+        "PerformedProcedureStepEndTime",
+        "PerformedSeriesSequence",
+    ):
         require(ds, keyword, why=why)
     for n, series in enumerate(ds.PerformedSeriesSequence, start=1):
         require(series, "SeriesInstanceUID", f"(0040,0340)[{n}] > ", why)
 
 
-def update(db: Database, uid: str, modifications: Dataset,
-           calling_ae: str | None = None, targets: Sequence[str] = (),
-           all_or_nothing: bool = False, actor: Actor | None = None) -> Outcome:
+def update(
+    db: Database,
+    uid: str,
+    modifications: Dataset,
+    calling_ae: str | None = None,
+    targets: Sequence[str] = (),
+    all_or_nothing: bool = False,
+    actor: Actor | None = None,
+) -> Outcome:
     """N-SET: apply what Table F.7.2-1 allows to an IN PROGRESS instance, commit.
 
     A changed value of an N-CREATE-only attribute, or an attribute the MPPS
@@ -281,8 +359,9 @@ def update(db: Database, uid: str, modifications: Dataset,
     with db.write() as session:
         record = _load_for_update(session, uid)
         if record.status in FINAL_STATUSES:
-            raise MPPSError(PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED,
-                            error_id=ERROR_ID_NO_LONGER_UPDATED)
+            raise MPPSError(
+                PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED, error_id=ERROR_ID_NO_LONGER_UPDATED
+            )
         check_dates_and_times(mods)
         stored = decode_dataset(record.dataset)
         old_status = record.status
@@ -297,20 +376,26 @@ def update(db: Database, uid: str, modifications: Dataset,
                 applied.append(keyword)
             elif keyword in CREATE_ONLY:
                 old = stored.get(elem.tag)
-                if normalized(elem.value, elem.VR) != normalized(old.value if old else None,
-                                                                    elem.VR):
+                if normalized(elem.value, elem.VR) != normalized(
+                    old.value if old else None, elem.VR
+                ):
                     not_modified.append(elem)
             else:
                 not_modified.append(elem)
         if not_modified and all_or_nothing:
-            raise MPPSError(ATTRIBUTE_LIST_ERROR, "Not modifiable after creation: " + ", ".join(
-                e.keyword or str(e.tag) for e in not_modified),
-                [e.keyword for e in not_modified if e.keyword])
+            raise MPPSError(
+                ATTRIBUTE_LIST_ERROR,
+                "Not modifiable after creation: "
+                + ", ".join(e.keyword or str(e.tag) for e in not_modified),
+                [e.keyword for e in not_modified if e.keyword],
+            )
         new_status = text_value(stored, "PerformedProcedureStepStatus")
         if new_status not in PPS_STATUSES:
-            raise MPPSError(INVALID_ATTRIBUTE_VALUE,
-                            f"Invalid Performed Procedure Step Status {new_status!r}",
-                            ["PerformedProcedureStepStatus"])
+            raise MPPSError(
+                INVALID_ATTRIBUTE_VALUE,
+                f"Invalid Performed Procedure Step Status {new_status!r}",
+                ["PerformedProcedureStepStatus"],
+            )
         _check_final_state(stored)
         charset_for_storage(stored)
         columns = _tracking_columns(stored)  # validates the end date/time
@@ -322,16 +407,27 @@ def update(db: Database, uid: str, modifications: Dataset,
         refresh_item_statuses(session, [i.id for i in record.worklist_items])
         outbox.enqueue(session, targets, uid, "N-SET", new_status, payload)
         linked = link_labels(record.worklist_items)
-        audit.record(session, actor, "mpps.update", uid, {
-            "from": old_status, "to": new_status, "applied": applied,
-            "not_modified": [e.keyword or str(e.tag) for e in not_modified],
-            "worklist_items": {label: i.sps_status
-                               for label, i in zip(linked, record.worklist_items)}})
+        audit.record(
+            session,
+            actor,
+            "mpps.update",
+            uid,
+            {
+                "from": old_status,
+                "to": new_status,
+                "applied": applied,
+                "not_modified": [e.keyword or str(e.tag) for e in not_modified],
+                "worklist_items": {
+                    label: i.sps_status for label, i in zip(linked, record.worklist_items)
+                },
+            },
+        )
     outcome = Outcome(uid=uid, pps_status=new_status, linked=linked)
     if not_modified:
         outcome.status = ATTRIBUTE_LIST_ERROR
         outcome.comment = "Not modified: " + ", ".join(
-            e.keyword or str(e.tag) for e in not_modified)
+            e.keyword or str(e.tag) for e in not_modified
+        )
         outcome.attributes = [int(e.tag) for e in not_modified]
     return outcome
 
@@ -343,7 +439,8 @@ def get(db: Database, uid: str, tags: Iterable[int] | int | None = None) -> tupl
     """N-GET (F.8): (status, attributes); all attributes when ``tags`` is empty."""
     with db.read() as session:
         record = session.scalars(
-            select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)).first()
+            select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)
+        ).first()
         if record is None:
             raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
         stored = decode_dataset(record.dataset)
@@ -405,7 +502,8 @@ def list_steps(db: Database, status: str | None = None, limit: int = 50) -> list
 def show_step(db: Database, uid: str) -> tuple[dict, Dataset]:
     with db.read() as session:
         record = session.scalars(
-            select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)).first()
+            select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)
+        ).first()
         if record is None:
             raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
         return summary(record), decode_dataset(record.dataset)

@@ -6,7 +6,7 @@ change does; operators list rows and make failed ones due again.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -23,14 +23,28 @@ def target_names(config: Config) -> list[str]:
     return names
 
 
-def enqueue(session: Session, targets: Sequence[str], mpps_uid: str, event: str,
-            pps_status: str, payload: bytes | None) -> None:
+def enqueue(
+    session: Session,
+    targets: Sequence[str],
+    mpps_uid: str,
+    event: str,
+    pps_status: str,
+    payload: bytes | None,
+) -> None:
     """Queue a change for each target, inside the caller's transaction."""
     for target in targets:
-        session.add(OutboxMessage(target=target, mpps_uid=mpps_uid, event=event,
-                                  pps_status=pps_status, payload=payload, state="pending",
-                                  attempts=0, next_attempt_at=utcnow()))
-
+        session.add(
+            OutboxMessage(
+                target=target,
+                mpps_uid=mpps_uid,
+                event=event,
+                pps_status=pps_status,
+                payload=payload,
+                state="pending",
+                attempts=0,
+                next_attempt_at=utcnow(),
+            )
+        )
 
 
 def list_messages(db: Database, state: str | None = None, limit: int = 100) -> list[dict]:
@@ -38,15 +52,24 @@ def list_messages(db: Database, state: str | None = None, limit: int = 100) -> l
         stmt = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit)
         if state:
             stmt = stmt.where(OutboxMessage.state == state)
-        return [{
-            "id": m.id, "target": m.target, "mpps_uid": m.mpps_uid, "event": m.event,
-            "pps_status": m.pps_status, "state": m.state, "attempts": m.attempts,
-            "next_attempt_at": as_utc(m.next_attempt_at).isoformat(timespec="seconds"),
-            "last_error": m.last_error,
-            "created_at": as_utc(m.created_at).isoformat(timespec="seconds"),
-            "delivered_at": (as_utc(m.delivered_at).isoformat(timespec="seconds")
-                             if m.delivered_at else None),
-        } for m in session.scalars(stmt)]
+        return [
+            {
+                "id": m.id,
+                "target": m.target,
+                "mpps_uid": m.mpps_uid,
+                "event": m.event,
+                "pps_status": m.pps_status,
+                "state": m.state,
+                "attempts": m.attempts,
+                "next_attempt_at": as_utc(m.next_attempt_at).isoformat(timespec="seconds"),
+                "last_error": m.last_error,
+                "created_at": as_utc(m.created_at).isoformat(timespec="seconds"),
+                "delivered_at": (
+                    as_utc(m.delivered_at).isoformat(timespec="seconds") if m.delivered_at else None
+                ),
+            }
+            for m in session.scalars(stmt)
+        ]
 
 
 def retry(db: Database, ids: Sequence[int] = (), all_failed: bool = False) -> int:
@@ -57,5 +80,10 @@ def retry(db: Database, ids: Sequence[int] = (), all_failed: bool = False) -> in
             stmt = stmt.where(OutboxMessage.id.in_(list(ids)))
         else:
             stmt = stmt.where(OutboxMessage.state == "failed")
-        return rowcount(session.execute(stmt.values(state="pending", next_attempt_at=utcnow(),
-                                                    claimed_by=None, claimed_until=None)))
+        return rowcount(
+            session.execute(
+                stmt.values(
+                    state="pending", next_attempt_at=utcnow(), claimed_by=None, claimed_until=None
+                )
+            )
+        )

@@ -10,8 +10,9 @@ Value normalisation and the row-level building blocks are in schedule_values.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
@@ -33,8 +34,8 @@ __all__ = [
     "CODE_FIELDS",
     "STEP_STATUSES",
     "Conflict",
-    "ItemError",
     "Invalid",
+    "ItemError",
     "NotFound",
     "Page",
     "ScheduleError",
@@ -88,8 +89,12 @@ class Page:
 # --- plain dicts ---------------------------------------------------------------------------
 
 
-_CODE_KEYS = {"CodeValue": "value", "CodingSchemeDesignator": "scheme", "CodeMeaning": "meaning",
-              "CodingSchemeVersion": "version"}
+_CODE_KEYS = {
+    "CodeValue": "value",
+    "CodingSchemeDesignator": "scheme",
+    "CodeMeaning": "meaning",
+    "CodingSchemeVersion": "version",
+}
 
 
 def _codes_out(codes: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
@@ -109,8 +114,12 @@ def item_dict(item: WorklistItem) -> dict[str, Any]:
     out: dict[str, Any] = {name: getattr(item, name) for name in ITEM_FIELDS}
     for name in CODE_FIELDS:
         out[name] = _codes_out(out[name])
-    out.update(id=item.id, patient=patient_dict(item.patient),
-               created_at=as_utc(item.created_at), updated_at=as_utc(item.updated_at))
+    out.update(
+        id=item.id,
+        patient=patient_dict(item.patient),
+        created_at=as_utc(item.created_at),
+        updated_at=as_utc(item.updated_at),
+    )
     return out
 
 
@@ -125,24 +134,36 @@ def _item(session: Session, item_id: int) -> WorklistItem:
 
 
 def _duplicate_key() -> Conflict:
-    return Conflict("an item with this accession number and step ID exists",
-                    field="accession_number")
+    return Conflict(
+        "an item with this accession number and step ID exists", field="accession_number"
+    )
 
 
-def _refuse_duplicate(session: Session, item_id: int | None, accession: str | None,
-                      sps_id: str | None) -> None:
+def _refuse_duplicate(
+    session: Session, item_id: int | None, accession: str | None, sps_id: str | None
+) -> None:
     """One item per accession number and Scheduled Procedure Step ID (PS3.4 Table K.6-1:
     the pair names the step a modality performs)."""
     other = values.duplicate_of(session, accession, sps_id, item_id)
     if other:
-        raise Conflict(f"worklist item {other} has this accession number and step ID",
-                       field="accession_number")
+        raise Conflict(
+            f"worklist item {other} has this accession number and step ID", field="accession_number"
+        )
 
 
-def search_items(db: Database, *, date: str | None = None, modality: str | None = None,
-                 station: str | None = None, status: str | None = None,
-                 accession: str | None = None, patient_id: str | None = None,
-                 patient_name: str | None = None, offset: int = 0, limit: int = 50) -> Page:
+def search_items(
+    db: Database,
+    *,
+    date: str | None = None,
+    modality: str | None = None,
+    station: str | None = None,
+    status: str | None = None,
+    accession: str | None = None,
+    patient_id: str | None = None,
+    patient_name: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> Page:
     """Items of every status unless ``status`` is given; the keys match as in C-FIND
     (PS3.4 C.2.2.2: single value, wildcard, date range; Person Name case-insensitive)."""
     W = WorklistItem
@@ -152,13 +173,13 @@ def search_items(db: Database, *, date: str | None = None, modality: str | None 
         filters = [
             matching.date_match(W.sps_start_date, "date", date) if date else None,
             matching.string_match(W.modality, modality, "CS") if modality else None,
-            matching.string_match(W.scheduled_station_ae_title, station, "AE")
-            if station else None,
+            matching.string_match(W.scheduled_station_ae_title, station, "AE") if station else None,
             W.sps_status == status if status else None,
             matching.string_match(W.accession_number, accession, "SH") if accession else None,
             matching.string_match(Patient.patient_id, patient_id, "LO") if patient_id else None,
             matching.person_name(Patient.patient_name_folded, patient_name)
-            if patient_name else None,
+            if patient_name
+            else None,
         ]
     except matching.MatchError as exc:
         raise Invalid(exc.keyword, str(exc)) from None
@@ -168,8 +189,12 @@ def search_items(db: Database, *, date: str | None = None, modality: str | None 
             stmt = stmt.where(clause)
     with db.read() as session:
         total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-        rows = session.scalars(stmt.options(selectinload(W.patient))
-                               .order_by(W.sps_start, W.id).offset(offset).limit(limit))
+        rows = session.scalars(
+            stmt.options(selectinload(W.patient))
+            .order_by(W.sps_start, W.id)
+            .offset(offset)
+            .limit(limit)
+        )
         return Page(total, [item_dict(i) for i in rows])
 
 
@@ -178,8 +203,13 @@ def get_item(db: Database, item_id: int) -> dict[str, Any]:
         return item_dict(_item(session, item_id))
 
 
-def create_item(db: Database, actor: Actor | None, patient: Mapping[str, Any],
-                data: Mapping[str, Any], uid_prefix: str = "") -> dict[str, Any]:
+def create_item(
+    db: Database,
+    actor: Actor | None,
+    patient: Mapping[str, Any],
+    data: Mapping[str, Any],
+    uid_prefix: str = "",
+) -> dict[str, Any]:
     """Schedule a step for the patient (found by Patient ID and issuer, else created).
 
     The Study Instance UID is generated here, once (PS3.4 Table K.6-1: the worklist
@@ -193,16 +223,30 @@ def create_item(db: Database, actor: Actor | None, patient: Mapping[str, Any],
             item = values.create_item(session, row, data, uid_prefix)
             session.flush()
             result = item_dict(item)
-            audit.record(session, actor, "item.create", f"item:{item.id}", {
-                "accession_number": item.accession_number, "sps_id": item.sps_id,
-                "study_instance_uid": item.study_instance_uid, "patient_id": row.patient_id})
+            audit.record(
+                session,
+                actor,
+                "item.create",
+                f"item:{item.id}",
+                {
+                    "accession_number": item.accession_number,
+                    "sps_id": item.sps_id,
+                    "study_instance_uid": item.study_instance_uid,
+                    "patient_id": row.patient_id,
+                },
+            )
     except IntegrityError:
         raise _duplicate_key() from None
     return result
 
 
-def update_item(db: Database, actor: Actor | None, item_id: int, data: Mapping[str, Any],
-                patient_pk: int | None = None) -> dict[str, Any]:
+def update_item(
+    db: Database,
+    actor: Actor | None,
+    item_id: int,
+    data: Mapping[str, Any],
+    patient_pk: int | None = None,
+) -> dict[str, Any]:
     """Change an item, or move it to patient ``patient_pk``; its Study Instance UID never
     changes (it names the study the modality may already have made)."""
     try:
@@ -214,9 +258,13 @@ def update_item(db: Database, actor: Actor | None, item_id: int, data: Mapping[s
                     raise Invalid("patient_pk", f"no patient {patient_pk}")
                 item.patient = patient
             values.update_item(item, data)
-            audit.record(session, actor, "item.update", f"item:{item.id}",
-                         {"fields": sorted(data) + (["patient_pk"] if patient_pk is not None
-                                                    else [])})
+            audit.record(
+                session,
+                actor,
+                "item.update",
+                f"item:{item.id}",
+                {"fields": sorted(data) + (["patient_pk"] if patient_pk is not None else [])},
+            )
             _refuse_duplicate(session, item.id, item.accession_number, item.sps_id)
             session.flush()
             return item_dict(item)
@@ -224,8 +272,9 @@ def update_item(db: Database, actor: Actor | None, item_id: int, data: Mapping[s
         raise _duplicate_key() from None
 
 
-def cancel_item(db: Database, actor: Actor | None, item_id: int,
-                reason: str | None = None) -> dict[str, Any]:
+def cancel_item(
+    db: Database, actor: Actor | None, item_id: int, reason: str | None = None
+) -> dict[str, Any]:
     """Cancel: the step becomes DISCONTINUED ("canceled or unsuccessfully terminated",
     PS3.4 K.6.1.2.2 / Table K.6-1 step status) and leaves the default worklist. The
     item is kept; ``reason`` (e.g. an HL7 ORC-16) goes into the audit record."""
@@ -247,10 +296,16 @@ def purge_item(db: Database, actor: Actor | None, item_id: int) -> None:
     with db.write() as session:
         item = _item(session, item_id)
         if item.mpps:
-            raise Conflict(f"item {item_id} has performed procedure steps: "
-                           "it can be cancelled, not deleted")
-        audit.record(session, actor, "item.delete", f"item:{item.id}",
-                     {"accession_number": item.accession_number})
+            raise Conflict(
+                f"item {item_id} has performed procedure steps: it can be cancelled, not deleted"
+            )
+        audit.record(
+            session,
+            actor,
+            "item.delete",
+            f"item:{item.id}",
+            {"accession_number": item.accession_number},
+        )
         session.delete(item)
 
 
@@ -266,22 +321,33 @@ def _patient(session: Session, patient_pk: int) -> Patient:
 
 def _same_patient_id(values_: Mapping[str, Any]) -> ColumnElement[bool]:
     issuer = values_.get("issuer_of_patient_id")
-    return (Patient.issuer_of_patient_id == issuer if issuer
-            else Patient.issuer_of_patient_id.is_(None))
+    return (
+        Patient.issuer_of_patient_id == issuer if issuer else Patient.issuer_of_patient_id.is_(None)
+    )
 
 
-def search_patients(db: Database, *, patient_id: str | None = None,
-                    patient_name: str | None = None, offset: int = 0,
-                    limit: int = 50) -> Page:
+def search_patients(
+    db: Database,
+    *,
+    patient_id: str | None = None,
+    patient_name: str | None = None,
+    offset: int = 0,
+    limit: int = 50,
+) -> Page:
     """Patients matching Patient ID and name as in C-FIND (PS3.4 C.2.2.2)."""
     stmt = select(Patient)
     try:
         # a universal key ('*' alone) gives no clause: every patient (PS3.4 C.2.2.2.3)
-        if patient_id and (clause := matching.string_match(Patient.patient_id, patient_id,
-                                                           "LO")) is not None:
+        if (
+            patient_id
+            and (clause := matching.string_match(Patient.patient_id, patient_id, "LO")) is not None
+        ):
             stmt = stmt.where(clause)
-        if patient_name and (clause := matching.person_name(Patient.patient_name_folded,
-                                                            patient_name)) is not None:
+        if (
+            patient_name
+            and (clause := matching.person_name(Patient.patient_name_folded, patient_name))
+            is not None
+        ):
             stmt = stmt.where(clause)
     except matching.MatchError as exc:
         raise Invalid(exc.keyword, str(exc)) from None
@@ -302,33 +368,48 @@ def create_patient(db: Database, actor: Actor | None, data: Mapping[str, Any]) -
         fields = values.normalize_patient(data)
         if not fields.get("patient_id"):
             raise ItemError("patient_id", "is required")
-        exists = session.scalar(select(Patient.id).where(
-            Patient.patient_id == fields["patient_id"], _same_patient_id(fields)))
+        exists = session.scalar(
+            select(Patient.id).where(
+                Patient.patient_id == fields["patient_id"], _same_patient_id(fields)
+            )
+        )
         if exists:
             raise Conflict(f"patient {exists} has this Patient ID", field="patient_id")
         patient = values.get_or_create_patient(session, fields)
         session.flush()
         result = patient_dict(patient)
-        audit.record(session, actor, "patient.create", f"patient:{patient.id}",
-                     {"patient_id": patient.patient_id})
+        audit.record(
+            session,
+            actor,
+            "patient.create",
+            f"patient:{patient.id}",
+            {"patient_id": patient.patient_id},
+        )
     return result
 
 
-def update_patient(db: Database, actor: Actor | None, patient_pk: int,
-                   data: Mapping[str, Any]) -> dict[str, Any]:
+def update_patient(
+    db: Database, actor: Actor | None, patient_pk: int, data: Mapping[str, Any]
+) -> dict[str, Any]:
     """Change a patient's demographics; Patient ID and issuer stay unique (Conflict)."""
     try:
         with db.write() as session:
             patient = _patient(session, patient_pk)
             fields = values.normalize_patient(data)
             values.apply_values(patient, fields)
-            audit.record(session, actor, "patient.update", f"patient:{patient.id}",
-                         {"fields": sorted(fields)})
+            audit.record(
+                session,
+                actor,
+                "patient.update",
+                f"patient:{patient.id}",
+                {"fields": sorted(fields)},
+            )
             session.flush()
             return patient_dict(patient)
     except IntegrityError:
-        raise Conflict("another patient has this Patient ID and issuer",
-                       field="issuer_of_patient_id") from None
+        raise Conflict(
+            "another patient has this Patient ID and issuer", field="issuer_of_patient_id"
+        ) from None
 
 
 def delete_patient(db: Database, actor: Actor | None, patient_pk: int) -> None:
@@ -337,6 +418,11 @@ def delete_patient(db: Database, actor: Actor | None, patient_pk: int) -> None:
         patient = _patient(session, patient_pk)
         if patient.items:
             raise Conflict(f"patient {patient_pk} has worklist items")
-        audit.record(session, actor, "patient.delete", f"patient:{patient.id}",
-                     {"patient_id": patient.patient_id})
+        audit.record(
+            session,
+            actor,
+            "patient.delete",
+            f"patient:{patient.id}",
+            {"patient_id": patient.patient_id},
+        )
         session.delete(patient)

@@ -10,7 +10,8 @@ and write no audit record; schedule.py opens the transactions and audits.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,17 +21,40 @@ from worklist_mpps.services.dicom import new_study_uid
 from worklist_mpps.services.matching import MatchError, fold_pn, normalize_date, normalize_time
 
 PATIENT_FIELDS = (
-    "patient_id", "issuer_of_patient_id", "patient_name", "birth_date", "sex", "weight",
-    "medical_alerts", "allergies", "pregnancy_status",
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_name",
+    "birth_date",
+    "sex",
+    "weight",
+    "medical_alerts",
+    "allergies",
+    "pregnancy_status",
 )
 ITEM_FIELDS = (
-    "accession_number", "referring_physician_name", "requesting_physician",
-    "requested_procedure_id", "requested_procedure_description", "requested_procedure_priority",
-    "requested_procedure_codes", "study_instance_uid", "admission_id",
-    "current_patient_location", "sps_id", "sps_description", "sps_status", "modality",
-    "scheduled_station_ae_title", "scheduled_station_name", "sps_location", "sps_start_date",
-    "sps_start_time", "scheduled_performing_physician_name", "scheduled_protocol_codes",
-    "pre_medication", "requested_contrast_agent",
+    "accession_number",
+    "referring_physician_name",
+    "requesting_physician",
+    "requested_procedure_id",
+    "requested_procedure_description",
+    "requested_procedure_priority",
+    "requested_procedure_codes",
+    "study_instance_uid",
+    "admission_id",
+    "current_patient_location",
+    "sps_id",
+    "sps_description",
+    "sps_status",
+    "modality",
+    "scheduled_station_ae_title",
+    "scheduled_station_name",
+    "sps_location",
+    "sps_start_date",
+    "sps_start_time",
+    "scheduled_performing_physician_name",
+    "scheduled_protocol_codes",
+    "pre_medication",
+    "requested_contrast_agent",
 )
 # Person Name columns and their folded twins (matching.fold_pn).
 FOLDED = {
@@ -41,8 +65,10 @@ FOLDED = {
 }
 CODE_FIELDS = ("requested_procedure_codes", "scheduled_protocol_codes")
 _CODE_ALIASES = {
-    "value": "CodeValue", "scheme": "CodingSchemeDesignator",
-    "version": "CodingSchemeVersion", "meaning": "CodeMeaning",
+    "value": "CodeValue",
+    "scheme": "CodingSchemeDesignator",
+    "version": "CodingSchemeVersion",
+    "meaning": "CodeMeaning",
 }
 PRIORITIES = ("STAT", "HIGH", "ROUTINE", "MEDIUM", "LOW")
 
@@ -64,8 +90,7 @@ def _text(field: str, value: Any) -> Any:
     values (PS3.5 6.4)."""
     if isinstance(value, str) and (bad := _NOT_IN_TEXT.search(value)):
         what = "a backslash" if bad.group() == "\\" else f"control character {bad.group()!r}"
-        raise ItemError(field, f"{what} is not allowed in a single DICOM value "
-                               "(PS3.5 6.2, 6.4)")
+        raise ItemError(field, f"{what} is not allowed in a single DICOM value (PS3.5 6.2, 6.4)")
     return value
 
 
@@ -148,12 +173,19 @@ def normalize_item(data: Mapping[str, Any]) -> dict[str, Any]:
     priority = out.get("requested_procedure_priority")
     if priority is not None and priority not in PRIORITIES:
         raise ItemError("requested_procedure_priority", f"must be one of {', '.join(PRIORITIES)}")
-    for key in ("accession_number", "requested_procedure_id", "sps_id", "sps_location",
-                "scheduled_station_name"):
+    for key in (
+        "accession_number",
+        "requested_procedure_id",
+        "sps_id",
+        "sps_location",
+        "scheduled_station_name",
+    ):
         if out.get(key) is not None and len(out[key]) > 16:
             raise ItemError(key, "at most 16 characters (SH)")
-    if out.get("scheduled_station_ae_title") is not None and len(
-            out["scheduled_station_ae_title"]) > 16:
+    if (
+        out.get("scheduled_station_ae_title") is not None
+        and len(out["scheduled_station_ae_title"]) > 16
+    ):
         raise ItemError("scheduled_station_ae_title", "at most 16 characters (AE)")
     return out
 
@@ -193,8 +225,9 @@ def get_or_create_patient(session: Session, data: Mapping[str, Any]) -> Patient:
     return patient
 
 
-def duplicate_of(session: Session, accession: str | None, sps_id: str | None,
-                 exclude_id: int | None = None) -> int | None:
+def duplicate_of(
+    session: Session, accession: str | None, sps_id: str | None, exclude_id: int | None = None
+) -> int | None:
     """The id of another item with this key (accession number + step ID), if any.
 
     Checked here rather than only by the unique constraint: SQL lets NULL step
@@ -202,14 +235,16 @@ def duplicate_of(session: Session, accession: str | None, sps_id: str | None,
     """
     stmt = select(WorklistItem.id).where(
         WorklistItem.accession_number == accession,
-        WorklistItem.sps_id == sps_id if sps_id is not None else WorklistItem.sps_id.is_(None))
+        WorklistItem.sps_id == sps_id if sps_id is not None else WorklistItem.sps_id.is_(None),
+    )
     if exclude_id is not None:
         stmt = stmt.where(WorklistItem.id != exclude_id)
     return session.scalar(stmt.limit(1))
 
 
-def create_item(session: Session, patient: Patient, data: Mapping[str, Any],
-                uid_prefix: str = "") -> WorklistItem:
+def create_item(
+    session: Session, patient: Patient, data: Mapping[str, Any], uid_prefix: str = ""
+) -> WorklistItem:
     values = normalize_item(data)
     if values.get("accession_number") is None:
         raise ItemError("accession_number", "is required")
@@ -237,8 +272,9 @@ def update_item(item: WorklistItem, data: Mapping[str, Any]) -> WorklistItem:
     return item
 
 
-def upsert_item(session: Session, patient_data: Mapping[str, Any], data: Mapping[str, Any],
-                uid_prefix: str = "") -> tuple[WorklistItem, bool]:
+def upsert_item(
+    session: Session, patient_data: Mapping[str, Any], data: Mapping[str, Any], uid_prefix: str = ""
+) -> tuple[WorklistItem, bool]:
     """Create or update the item keyed by accession number (+ step ID); (item, created)."""
     accession = _clean(data.get("accession_number"))
     if accession is None:

@@ -9,7 +9,7 @@ N-SET, N-GET) and Table F.7.2-2 (the Error ID of a final step).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from pydicom.datadict import tag_for_keyword
 
@@ -79,8 +79,13 @@ class MPPSError(Exception):
     """A request refused with a DIMSE status (and the matching HTTP answer): raised by the
     MPPS service and by the data set value rules it applies (services/dicom.py)."""
 
-    def __init__(self, status: int, comment: str, attributes: Iterable[str | int] = (),
-                 error_id: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        comment: str,
+        attributes: Iterable[str | int] = (),
+        error_id: int | None = None,
+    ) -> None:
         super().__init__(comment)
         self.status = status
         self.comment = comment

@@ -10,9 +10,10 @@ search both call :func:`search`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.charset import python_encoding
@@ -24,8 +25,8 @@ from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Row
 
-from worklist_mpps.services import matching
 from worklist_mpps.db.models import Patient, WorklistItem
+from worklist_mpps.services import matching
 from worklist_mpps.services.matching import MatchError
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,18 @@ TOP_KEYS = _keys(
     Key("Allergies", Patient.allergies),
     Key("PregnancyStatus", Patient.pregnancy_status, "none"),
     Key("AccessionNumber", WorklistItem.accession_number),
-    Key("ReferringPhysicianName", WorklistItem.referring_physician_name, "pn",
-        WorklistItem.referring_physician_name_folded),
-    Key("RequestingPhysician", WorklistItem.requesting_physician, "pn",
-        WorklistItem.requesting_physician_folded),
+    Key(
+        "ReferringPhysicianName",
+        WorklistItem.referring_physician_name,
+        "pn",
+        WorklistItem.referring_physician_name_folded,
+    ),
+    Key(
+        "RequestingPhysician",
+        WorklistItem.requesting_physician,
+        "pn",
+        WorklistItem.requesting_physician_folded,
+    ),
     Key("RequestedProcedureID", WorklistItem.requested_procedure_id),
     Key("RequestedProcedureDescription", WorklistItem.requested_procedure_description),
     Key("RequestedProcedurePriority", WorklistItem.requested_procedure_priority),
@@ -87,8 +96,12 @@ SPS_KEYS = _keys(
     Key("ScheduledProcedureStepStartDate", WorklistItem.sps_start_date, "date"),
     Key("ScheduledProcedureStepStartTime", WorklistItem.sps_start_time, "time"),
     Key("Modality", WorklistItem.modality),
-    Key("ScheduledPerformingPhysicianName", WorklistItem.scheduled_performing_physician_name,
-        "pn", WorklistItem.scheduled_performing_physician_name_folded),
+    Key(
+        "ScheduledPerformingPhysicianName",
+        WorklistItem.scheduled_performing_physician_name,
+        "pn",
+        WorklistItem.scheduled_performing_physician_name_folded,
+    ),
     Key("ScheduledProcedureStepDescription", WorklistItem.sps_description),
     Key("ScheduledStationName", WorklistItem.scheduled_station_name),
     Key("ScheduledProcedureStepLocation", WorklistItem.sps_location),
@@ -160,8 +173,7 @@ def whole_sequence(elem: DataElement) -> bool:
     """A sequence key with no item, or with one zero-length item, is universal matching
     and asks for the entire sequence (PS3.4 C.2.2.2.6); a group length is no key."""
     items = elem.value
-    return len(items) == 0 or (
-        len(items) == 1 and all(e.tag.element == 0 for e in items[0]))
+    return len(items) == 0 or (len(items) == 1 and all(e.tag.element == 0 for e in items[0]))
 
 
 def _is_empty(elem: DataElement) -> bool:
@@ -210,8 +222,11 @@ def _parse_level(
         date = elems.get("ScheduledProcedureStepStartDate")
         time = elems.get("ScheduledProcedureStepStartTime")
         clause = matching.combined_datetime(
-            WorklistItem.sps_start_date, WorklistItem.sps_start_time, WorklistItem.sps_start,
-            _single(date), _single(time),
+            WorklistItem.sps_start_date,
+            WorklistItem.sps_start_time,
+            WorklistItem.sps_start,
+            _single(date),
+            _single(time),
         )
         if clause is not None:
             query.filters.append(clause)
@@ -236,9 +251,11 @@ def _parse_code_key(key: Key, elem: DataElement, query: WorklistQuery) -> Reques
     sub = []
     for item_elem in elem.value[0]:
         name = keyword_for_tag(item_elem.tag)
-        if name and item_elem.VR != dictionary_VR(name):
-            raise MatchError(f"{key.keyword}>{name}",
-                             f"has VR {item_elem.VR}, the standard's is {dictionary_VR(name)}")
+        if name and dictionary_VR(name) != item_elem.VR:
+            raise MatchError(
+                f"{key.keyword}>{name}",
+                f"has VR {item_elem.VR}, the standard's is {dictionary_VR(name)}",
+            )
         if name not in CODE_KEYWORDS or not item_elem.is_empty:
             query.unsupported.append(f"{key.keyword}>{name or item_elem.tag}")
         sub.append(RequestedKey(item_elem.tag, item_elem.VR, None))
@@ -326,20 +343,22 @@ def statement(
 Element = tuple[int, str, Any]
 _SPS_TAG = int(Tag(SPS_SEQUENCE))  # Tag(keyword): an int, ValueError for an unknown keyword
 _CODE_TAGS = [(int(Tag(name)), dictionary_VR(name), name) for name in CODE_KEYWORDS]
-_WHOLE_SPS = sorted((RequestedKey(int(Tag(k.keyword)), k.vr, k) for k in SPS_KEYS.values()),
-                    key=lambda r: r.tag)
+_WHOLE_SPS = sorted(
+    (RequestedKey(int(Tag(k.keyword)), k.vr, k) for k in SPS_KEYS.values()), key=lambda r: r.tag
+)
 
 
-def _code_items(codes: list[dict[str, Any]] | None, sub_keys: list[RequestedKey] | None
-                ) -> list[list[Element]]:
+def _code_items(
+    codes: list[dict[str, Any]] | None, sub_keys: list[RequestedKey] | None
+) -> list[list[Element]]:
     items = []
     for code in codes or []:
         if sub_keys is None:
-            items.append([(tag, vr, code[name]) for tag, vr, name in _CODE_TAGS
-                          if code.get(name)])
+            items.append([(tag, vr, code[name]) for tag, vr, name in _CODE_TAGS if code.get(name)])
         else:
-            items.append([(sub.tag, sub.vr, code.get(keyword_for_tag(sub.tag)) or None)
-                          for sub in sub_keys])
+            items.append(
+                [(sub.tag, sub.vr, code.get(keyword_for_tag(sub.tag)) or None) for sub in sub_keys]
+            )
     return items
 
 
@@ -378,6 +397,7 @@ def choose_charset(text: str, requested: list[str]) -> str | None:
     otherwise plain ASCII, ISO_IR 100 (Latin-1) or ISO_IR 192 (UTF-8), the
     first that can (the SCP need not answer in the requested set, K.4.1.1.3.2).
     """
+
     def fits(term: str) -> bool:
         if term in ("", "ISO_IR 6"):
             return text.isascii()
@@ -421,14 +441,18 @@ def response(row: Row, query: WorklistQuery) -> Dataset:
     return ds
 
 
-def search(db, query: WorklistQuery, default_statuses: Sequence[str],  # noqa: ANN001
-           calling_ae: str | None = None, limit: int | None = None,
-           offset: int = 0) -> list[Row]:
+def search(
+    db,
+    query: WorklistQuery,
+    default_statuses: Sequence[str],  # noqa: ANN001
+    calling_ae: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Row]:
     """Run the query in one short read transaction; rows of the selected columns.
 
     A Core connection, not an ORM session: the statement selects columns, and the
     session's unit-of-work machinery costs a third of a selective query.
     """
     with db.engine.connect() as conn:
-        return list(conn.execute(
-            statement(query, default_statuses, calling_ae, limit, offset)))
+        return list(conn.execute(statement(query, default_statuses, calling_ae, limit, offset)))

@@ -7,7 +7,7 @@ import hmac
 import logging
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +26,7 @@ OPEN_PATHS = {"/healthz"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def authenticated_user(header: str, cfg: Config) -> str | None | bool:
+def authenticated_user(header: str, cfg: Config) -> str | bool | None:
     """The user name, None when no authentication is configured, False when refused.
 
     Header values arrive as latin-1 text (RFC 9110 5.5: octets); they are compared as
@@ -45,7 +45,8 @@ def authenticated_user(header: str, cfg: Config) -> str | None | bool:
         except ValueError:
             return False
         ok = hmac.compare_digest(user, cfg.http_username.encode()) & hmac.compare_digest(
-            password, cfg.http_password.encode())
+            password, cfg.http_password.encode()
+        )
         return cfg.http_username if ok else False
     return False
 
@@ -63,12 +64,13 @@ class Refused(Exception):
         self.status, self.reason, self.headers = status, reason, headers
 
 
-def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: True
-               ) -> FastAPI:
+def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: True) -> FastAPI:
     app = FastAPI(
-        title="worklist-mpps", version=__version__,
+        title="worklist-mpps",
+        version=__version__,
         description="DICOMweb MPPS (PS3.18 ch. 15), worklist search (ch. 14) and the "
-                    "worklist management API of worklist-mpps.")
+        "worklist management API of worklist-mpps.",
+    )
     app.state.ctx = ctx
     cfg = ctx.config
     hosts = guard.allowed_hosts(cfg)
@@ -83,8 +85,11 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
             response = await _checked(request, call_next)
         except Refused as exc:
             reason = f" ({exc.reason})"
-            response = (Response(status_code=204, headers=exc.headers) if exc.status == 204
-                        else JSONResponse({"detail": exc.reason}, exc.status, headers=exc.headers))
+            response = (
+                Response(status_code=204, headers=exc.headers)
+                if exc.status == 204
+                else JSONResponse({"detail": exc.reason}, exc.status, headers=exc.headers)
+            )
         except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback out
             reason = f" (unexpected {exc.__class__.__name__}: {str(exc)[:200]})"
             response = JSONResponse({"detail": "internal error (logged)"}, 500)
@@ -94,11 +99,17 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
         status = response.status_code
         if not reason and status >= 400 and getattr(request.state, "reason", None):
             reason = f" ({request.state.reason})"
-        log.log(logging.ERROR if status >= 500 else logging.WARNING if status >= 400
-                else logging.INFO, "HTTP %s %s from %s%s: %d%s in %.1f ms", request.method,
-                _printable(request.scope.get("path", "")[:200]),
-                request.client.host if request.client else "-", f" ({user})" if user else "",
-                status, _printable(reason), (time.perf_counter() - started) * 1000)
+        log.log(
+            logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO,
+            "HTTP %s %s from %s%s: %d%s in %.1f ms",
+            request.method,
+            _printable(request.scope.get("path", "")[:200]),
+            request.client.host if request.client else "-",
+            f" ({user})" if user else "",
+            status,
+            _printable(reason),
+            (time.perf_counter() - started) * 1000,
+        )
         return response
 
     async def _checked(request: Request, call_next):  # noqa: ANN001, ANN202
@@ -111,71 +122,105 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
         length = headers.get("content-length", "0")
         limit = cfg.http_max_body
         if limit and "chunked" in headers.get("transfer-encoding", "").lower():
-            raise Refused(411, "send Content-Length: a request body of unknown length is "
-                               "not accepted")
+            raise Refused(
+                411, "send Content-Length: a request body of unknown length is not accepted"
+            )
         if limit and (not length.isdigit() or int(length) > limit):
             raise Refused(413, f"request body larger than {limit} bytes (http_max_body)")
         origin = headers.get("origin")
         if guard.is_preflight(request.method, headers):
             status, cors = guard.preflight(origin or "", cfg.http_cors_origins)
-            raise Refused(status, "CORS preflight" if status == 204 else
-                          f"origin {(origin or '')[:100]!r} is not in http_cors_origins", cors)
-        if reason := guard.origin_refusal(request.method, origin, headers.get("sec-fetch-site"),
-                                          headers.get("host", ""), cfg.http_cors_origins):
+            raise Refused(
+                status,
+                "CORS preflight"
+                if status == 204
+                else f"origin {(origin or '')[:100]!r} is not in http_cors_origins",
+                cors,
+            )
+        if reason := guard.origin_refusal(
+            request.method,
+            origin,
+            headers.get("sec-fetch-site"),
+            headers.get("host", ""),
+            cfg.http_cors_origins,
+        ):
             raise Refused(403, reason)
         request.state.user = None
         if request.url.path not in OPEN_PATHS:
             user = authenticated_user(headers.get("authorization", ""), cfg)
             if user is False:
-                raise Refused(401, "authentication required", {
-                    "WWW-Authenticate": "Bearer" if cfg.http_token
-                    else 'Basic realm="worklist-mpps"'})
+                raise Refused(
+                    401,
+                    "authentication required",
+                    {
+                        "WWW-Authenticate": "Bearer"
+                        if cfg.http_token
+                        else 'Basic realm="worklist-mpps"'
+                    },
+                )
             request.state.user = user
-        if reason := guard.media_refusal(request.method, request.url.path,
-                                         headers.get("content-type"), length not in ("", "0")):
+        if reason := guard.media_refusal(
+            request.method, request.url.path, headers.get("content-type"), length not in ("", "0")
+        ):
             raise Refused(415, reason)
         return await call_next(request)
 
     @app.exception_handler(HTTPProblem)
     async def problem(request: Request, exc: HTTPProblem) -> JSONResponse:
         request.state.reason = exc.message[:200]
-        headers = {"Warning": f'299 worklist-mpps: "{exc.message[:200]}"'.encode(
-            "ascii", "replace").decode()}
+        headers = {
+            "Warning": f'299 worklist-mpps: "{exc.message[:200]}"'.encode(
+                "ascii", "replace"
+            ).decode()
+        }
         if exc.status == 503:
             headers["Retry-After"] = "5"
         return JSONResponse(exc.body(), exc.status, headers=headers)
 
     @app.exception_handler(SQLAlchemyError)
-    async def database_down(request: Request, exc: SQLAlchemyError) -> JSONResponse:  # noqa: ARG001
+    async def database_down(request: Request, exc: SQLAlchemyError) -> JSONResponse:
         reason = describe_db_error(exc).reason
         log.error("HTTP %s %s: %s", request.method, request.url.path, reason)
-        return JSONResponse({"detail": f"database unavailable: {reason}"}, 503,
-                            headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"detail": f"database unavailable: {reason}"}, 503, headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query",
-                                                                           "path")),
-                   "message": e["msg"]} for e in exc.errors()]
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")),
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
         request.state.reason = f"{first['field']}: {first['message']}"[:200]
         # DICOMweb answers a bad query parameter with 400 (PS3.18 8.3.4); the API with 422
         status = 400 if request.url.path.startswith("/modality-") else 422
-        return JSONResponse({"detail": f"{first['field']}: {first['message']}",
-                             "field": first["field"], "errors": errors}, status)
+        return JSONResponse(
+            {
+                "detail": f"{first['field']}: {first['message']}",
+                "field": first["field"],
+                "errors": errors,
+            },
+            status,
+        )
 
     probe = WriteProbe(ctx.db)
 
-    @app.get("/healthz", tags=["operations"],
-             summary="Database takes a write and DICOM listening")
+    @app.get("/healthz", tags=["operations"], summary="Database takes a write and DICOM listening")
     def healthz() -> JSONResponse:
         """503 with the reason ("read-only database: ...", "disk full: ...") when the
         database cannot be written; the write probe runs at most once a second."""
-        checks = {"dicom": "listening" if dicom_listening() else "down",
-                  "database": probe.check().reason}
+        checks = {
+            "dicom": "listening" if dicom_listening() else "down",
+            "database": probe.check().reason,
+        }
         healthy = checks["database"] == "ok" and checks["dicom"] == "listening"
-        return JSONResponse({"status": "ok" if healthy else "unhealthy", **checks},
-                            200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "unhealthy", **checks}, 200 if healthy else 503
+        )
 
     app.include_router(dicomweb.router)
     app.include_router(api.router, prefix="/api")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from worklist_mpps.services.audit import Actor
 from worklist_mpps.context import AppContext
+from worklist_mpps.services.audit import Actor
 
 
 def web_context(request: Request) -> AppContext:
@@ -15,5 +15,8 @@ def web_context(request: Request) -> AppContext:
 def web_actor(request: Request) -> Actor:
     """The audit actor of a request: the authenticated user (or anonymous) and address."""
     client = request.client
-    return Actor(request.state.user or "anonymous",
-                 f"{client.host}:{client.port}" if client else None, "HTTP")
+    return Actor(
+        request.state.user or "anonymous",
+        f"{client.host}:{client.port}" if client else None,
+        "HTTP",
+    )

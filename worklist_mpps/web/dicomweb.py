@@ -44,8 +44,7 @@ HTTP_FOR_STATUS = {
 
 
 def _problem_from(exc: MPPSError) -> HTTPProblem:
-    return HTTPProblem(HTTP_FOR_STATUS.get(exc.status, 400), exc.comment,
-                       dimse_status=exc.status)
+    return HTTPProblem(HTTP_FOR_STATUS.get(exc.status, 400), exc.comment, dimse_status=exc.status)
 
 
 # --- media types ---------------------------------------------------------------------------------
@@ -65,8 +64,9 @@ def _multipart_first_part(body: bytes, content_type: str) -> tuple[bytes, str]:
             break
         head, _, payload = part.partition(b"\r\n\r\n")
         part_type = re.search(rb"content-type:\s*([^\r\n;]+)", head, re.I)
-        return payload.rstrip(b"\r\n"), (part_type.group(1).decode("latin-1").lower()
-                                        if part_type else DICOM_XML)
+        return payload.rstrip(b"\r\n"), (
+            part_type.group(1).decode("latin-1").lower() if part_type else DICOM_XML
+        )
     raise HTTPProblem(400, "multipart/related body has no part")
 
 
@@ -85,8 +85,9 @@ def parse_body(body: bytes, content_type: str | None) -> Dataset:
         elif media == DICOM_XML:
             ds = from_xml(body)
         else:
-            raise HTTPProblem(415, f"unsupported Content-Type {media or None!r}: use "
-                                   f"{DICOM_JSON} or {DICOM_XML}")
+            raise HTTPProblem(
+                415, f"unsupported Content-Type {media or None!r}: use {DICOM_JSON} or {DICOM_XML}"
+            )
         # Both encodings are Unicode text (PS3.18 F.2, PS3.19 A.1)
         ds.SpecificCharacterSet = "ISO_IR 192"
         for _ in ds.iterall():  # convert every value now: a bad one is a 400, not a 500
@@ -131,14 +132,21 @@ def _render(datasets: list[Dataset], media: str, single: bool) -> Response:
     if media == MULTIPART_XML:
         boundary = uuid.uuid4().hex
         parts = b"".join(
-            b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom+xml\r\n\r\n"
-            + to_xml(ds) + b"\r\n" for ds in datasets)
-        return Response(parts + b"--" + boundary.encode() + b"--\r\n",
-                        media_type=f'multipart/related; type="application/dicom+xml"; '
-                                   f'boundary={boundary}')
+            b"--"
+            + boundary.encode()
+            + b"\r\nContent-Type: application/dicom+xml\r\n\r\n"
+            + to_xml(ds)
+            + b"\r\n"
+            for ds in datasets
+        )
+        return Response(
+            parts + b"--" + boundary.encode() + b"--\r\n",
+            media_type=f'multipart/related; type="application/dicom+xml"; boundary={boundary}',
+        )
     docs = [ds.to_json_dict() for ds in datasets]
-    return Response(json.dumps(docs[0] if single else docs, ensure_ascii=False),
-                    media_type=DICOM_JSON)
+    return Response(
+        json.dumps(docs[0] if single else docs, ensure_ascii=False), media_type=DICOM_JSON
+    )
 
 
 def _uid(value: str) -> str:
@@ -151,13 +159,24 @@ def _uid(value: str) -> str:
 # --- MPPS (chapter 15) ---------------------------------------------------------------------------
 
 
-@router.post("/modality-performed-procedure-steps/{mpps_uid}",
-             summary="Create (update with ?update) a Modality Performed Procedure Step",
-             responses={201: {"description": "Created"}, 200: {"description": "Updated"},
-                        400: {}, 404: {}, 409: {}, 415: {}, 503: {}})
-async def create_or_update(mpps_uid: str, request: Request,
-                           update: str | None = Query(None, description="present: Update"),
-                           ) -> Response:
+@router.post(
+    "/modality-performed-procedure-steps/{mpps_uid}",
+    summary="Create (update with ?update) a Modality Performed Procedure Step",
+    responses={
+        201: {"description": "Created"},
+        200: {"description": "Updated"},
+        400: {},
+        404: {},
+        409: {},
+        415: {},
+        503: {},
+    },
+)
+async def create_or_update(
+    mpps_uid: str,
+    request: Request,
+    update: str | None = Query(None, description="present: Update"),
+) -> Response:
     """Create (PS3.18 15.4) or, with the ``update`` query parameter, Update (15.5).
 
     The body is the N-CREATE (or N-SET) attribute list as application/dicom+json
@@ -182,8 +201,9 @@ async def create_or_update(mpps_uid: str, request: Request,
         raise _problem_from(exc) from None
     ctx.notify()
     if update is None:
-        return Response(status_code=201,
-                        headers={"Location": f"/modality-performed-procedure-steps/{uid}"})
+        return Response(
+            status_code=201, headers={"Location": f"/modality-performed-procedure-steps/{uid}"}
+        )
     return Response(status_code=200)
 
 
@@ -206,13 +226,22 @@ def _attribute_tag(name: str) -> int:
     return tag
 
 
-@router.get("/modality-performed-procedure-steps/{mpps_uid}",
-            summary="Retrieve a Modality Performed Procedure Step (PS3.18 15.6)",
-            responses={200: {"content": {DICOM_JSON: {}, DICOM_XML: {}}}, 400: {}, 404: {},
-                       406: {}, 503: {}})
-def retrieve(mpps_uid: str, request: Request,
-             includefield: list[str] = Query([], description="'all' or attribute ids"),
-             ) -> Response:
+@router.get(
+    "/modality-performed-procedure-steps/{mpps_uid}",
+    summary="Retrieve a Modality Performed Procedure Step (PS3.18 15.6)",
+    responses={
+        200: {"content": {DICOM_JSON: {}, DICOM_XML: {}}},
+        400: {},
+        404: {},
+        406: {},
+        503: {},
+    },
+)
+def retrieve(
+    mpps_uid: str,
+    request: Request,
+    includefield: list[str] = Query([], description="'all' or attribute ids"),
+) -> Response:
     ctx = web_context(request)
     uid = _uid(mpps_uid)
     media = _accept(request, (DICOM_JSON, DICOM_XML, MULTIPART_XML))
@@ -236,11 +265,13 @@ def _set_key(ds: Dataset, tag: int, value: str) -> None:
         raise HTTPProblem(400, f"unknown attribute {tag:08X}")
     vr = dictionary_VR(tag)
     if vr == "SQ":
-        raise HTTPProblem(400, f"{keyword} is a sequence: match on its attributes "
-                               f"({keyword}.Attribute=value)")
+        raise HTTPProblem(
+            400, f"{keyword} is a sequence: match on its attributes ({keyword}.Attribute=value)"
+        )
     if ds.get(Tag(tag)) is not None and not ds[Tag(tag)].is_empty:
-        raise HTTPProblem(400, f"{keyword} given twice: give one value (a list of UIDs "
-                               "is comma-separated)")
+        raise HTTPProblem(
+            400, f"{keyword} given twice: give one value (a list of UIDs is comma-separated)"
+        )
     # PS3.18 8.3.4.1: a UID list is comma-separated (a backslash list is accepted too)
     values = re.split(r"[,\\]", value) if vr == "UI" else value.split("\\")
     ds.add_new(Tag(tag), vr, values if len(values) > 1 else value)
@@ -255,11 +286,9 @@ def search_identifier(params: list[tuple[str, str]]) -> Dataset:
     identifier = Dataset()
     item = Dataset()
     for key in worklist.TOP_KEYS.values():
-        identifier.add_new(Tag(key.keyword), key.vr,
-                           Sequence() if key.vr == "SQ" else None)
+        identifier.add_new(Tag(key.keyword), key.vr, Sequence() if key.vr == "SQ" else None)
     for key in worklist.SPS_KEYS.values():
-        item.add_new(Tag(key.keyword), key.vr,
-                     Sequence() if key.vr == "SQ" else None)
+        item.add_new(Tag(key.keyword), key.vr, Sequence() if key.vr == "SQ" else None)
     sps_tag = tag_for_keyword(worklist.SPS_SEQUENCE)
     for name, value in params:
         if name in SEARCH_CONTROL:
@@ -270,19 +299,32 @@ def search_identifier(params: list[tuple[str, str]]) -> Dataset:
         elif len(path) == 2 and path[0] == sps_tag:
             _set_key(item, path[1], value)
         else:
-            raise HTTPProblem(400, f"{name}: only Scheduled Procedure Step Sequence "
-                                   "attributes can be matched inside a sequence")
+            raise HTTPProblem(
+                400,
+                f"{name}: only Scheduled Procedure Step Sequence "
+                "attributes can be matched inside a sequence",
+            )
     identifier.ScheduledProcedureStepSequence = Sequence([item])
     return identifier
 
 
-@router.get("/modality-scheduled-procedure-steps",
-            summary="Search the worklist (PS3.18 14, same matching as C-FIND)",
-            responses={200: {"content": {DICOM_JSON: {}}}, 204: {"description": "No match"},
-                       400: {}, 406: {}, 503: {}})
-def search(request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET),
-           limit: int = Query(100, ge=1, le=MAX_LIMIT),
-           includefield: list[str] = Query([])) -> Response:
+@router.get(
+    "/modality-scheduled-procedure-steps",
+    summary="Search the worklist (PS3.18 14, same matching as C-FIND)",
+    responses={
+        200: {"content": {DICOM_JSON: {}}},
+        204: {"description": "No match"},
+        400: {},
+        406: {},
+        503: {},
+    },
+)
+def search(
+    request: Request,
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    limit: int = Query(100, ge=1, le=MAX_LIMIT),
+    includefield: list[str] = Query([]),
+) -> Response:
     ctx = web_context(request)
     media = _accept(request, (DICOM_JSON, MULTIPART_XML))
     params = list(request.query_params.multi_items())
@@ -296,8 +338,9 @@ def search(request: Request, offset: int = Query(0, ge=0, le=MAX_OFFSET),
         query = worklist.parse_identifier(identifier)
     except MatchError as exc:
         raise HTTPProblem(400, str(exc)) from None
-    rows = worklist.search(ctx.db, query, ctx.config.worklist_default_statuses,
-                           limit=limit, offset=offset)
+    rows = worklist.search(
+        ctx.db, query, ctx.config.worklist_default_statuses, limit=limit, offset=offset
+    )
     if not rows:
         return Response(status_code=204)
     return _render([worklist.response(row, query) for row in rows], media, single=False)

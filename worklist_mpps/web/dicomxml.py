@@ -14,7 +14,6 @@ from typing import Any
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as safe_fromstring
-
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.sequence import Sequence
@@ -100,8 +99,9 @@ def _pn_value(pn: ET.Element) -> str:
         if group is None:
             groups.append("")
             continue
-        parts = [next((p.text or "" for p in group if _local(p.tag) == part), "")
-                 for part in PN_PARTS]
+        parts = [
+            next((p.text or "" for p in group if _local(p.tag) == part), "") for part in PN_PARTS
+        ]
         groups.append("^".join(parts).rstrip("^"))
     return "=".join(groups).rstrip("=")
 
@@ -188,6 +188,5 @@ def _check_depth(root: ET.Element, max_depth: int = MAX_SEQUENCE_DEPTH) -> None:
         for child in node:
             level = depth + (_local(child.tag) == "Item")
             if level > max_depth:
-                raise XMLError(f"sequences nested deeper than {max_depth} levels are not "
-                               "accepted")
+                raise XMLError(f"sequences nested deeper than {max_depth} levels are not accepted")
             stack.append((child, level))

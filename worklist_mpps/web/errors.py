@@ -4,8 +4,9 @@ from __future__ import annotations
 
 
 class HTTPProblem(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None,
-                 dimse_status: int | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, field: str | None = None, dimse_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

@@ -65,7 +65,7 @@ def host_refusal(header: str | None, allowed: frozenset[str]) -> str | None:
     if name is None:
         return "a valid Host header is required"
     if name not in allowed:
-        return (f"Host {name!r} is not served here (configure it in http_allowed_hosts)")
+        return f"Host {name!r} is not served here (configure it in http_allowed_hosts)"
     return None
 
 
@@ -83,8 +83,13 @@ def _own_origins(host_header: str) -> set[str]:
     return origins
 
 
-def origin_refusal(method: str, origin: str | None, fetch_site: str | None,
-                   host_header: str, cors_origins: list[str]) -> str | None:
+def origin_refusal(
+    method: str,
+    origin: str | None,
+    fetch_site: str | None,
+    host_header: str,
+    cors_origins: list[str],
+) -> str | None:
     """Why an unsafe request from another origin is refused (403), or None.
 
     Browsers send Origin on every non-GET/HEAD request (Fetch Standard 3.1) and
@@ -95,16 +100,20 @@ def origin_refusal(method: str, origin: str | None, fetch_site: str | None,
     if origin is not None:
         if origin.lower() in _own_origins(host_header) or _listed(origin, cors_origins):
             return None
-        return (f"cross-origin {method} from {origin[:100]!r} refused "
-                "(allow it with http_cors_origins)")
+        return (
+            f"cross-origin {method} from {origin[:100]!r} refused (allow it with http_cors_origins)"
+        )
     if (fetch_site or "").lower() in ("cross-site", "same-site"):
         return f"cross-site {method} refused (Sec-Fetch-Site: {fetch_site})"
     return None
 
 
 def is_preflight(method: str, headers) -> bool:  # noqa: ANN001 - any header mapping
-    return (method.upper() == "OPTIONS" and "origin" in headers
-            and "access-control-request-method" in headers)
+    return (
+        method.upper() == "OPTIONS"
+        and "origin" in headers
+        and "access-control-request-method" in headers
+    )
 
 
 def preflight(origin: str, cors_origins: list[str]) -> tuple[int, dict[str, str]]:
@@ -112,18 +121,24 @@ def preflight(origin: str, cors_origins: list[str]) -> tuple[int, dict[str, str]
     methods and headers for a configured origin, 403 without CORS headers otherwise."""
     if not _listed(origin, cors_origins):
         return 403, {"Vary": "Origin"}
-    return 204, {"Access-Control-Allow-Origin": origin,
-                 "Access-Control-Allow-Methods": CORS_METHODS,
-                 "Access-Control-Allow-Headers": CORS_REQUEST_HEADERS,
-                 "Access-Control-Max-Age": CORS_MAX_AGE, "Vary": "Origin"}
+    return 204, {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": CORS_METHODS,
+        "Access-Control-Allow-Headers": CORS_REQUEST_HEADERS,
+        "Access-Control-Max-Age": CORS_MAX_AGE,
+        "Vary": "Origin",
+    }
 
 
 def cors_headers(origin: str | None, cors_origins: list[str]) -> dict[str, str]:
     """Headers that let a configured origin's script read a response."""
     if origin is None or not _listed(origin, cors_origins):
         return {}
-    return {"Access-Control-Allow-Origin": origin,
-            "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS, "Vary": "Origin"}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS,
+        "Vary": "Origin",
+    }
 
 
 def media_type(content_type: str | None) -> str:
@@ -136,16 +151,16 @@ def _parameter(content_type: str, name: str) -> str | None:
     return match.group(1).strip().lower() if match else None
 
 
-def media_refusal(method: str, path: str, content_type: str | None,
-                  has_body: bool) -> str | None:
+def media_refusal(method: str, path: str, content_type: str | None, has_body: bool) -> str | None:
     """Why a request body's Content-Type is refused (415), or None.
 
     A POST, PUT or PATCH (or any request with a body) to the API or DICOMweb names
     one of the media types its routes read, exactly; without a Content-Type nothing
     is guessed.
     """
-    accepted = next((types for prefix, types in BODY_MEDIA.items()
-                     if path.startswith(prefix)), None)
+    accepted = next(
+        (types for prefix, types in BODY_MEDIA.items() if path.startswith(prefix)), None
+    )
     if accepted is None or (method.upper() not in BODY_METHODS and not has_body):
         return None
     media = media_type(content_type)

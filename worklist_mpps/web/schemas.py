@@ -78,8 +78,9 @@ class ItemIn(ItemFields):
 
 class ItemPatch(ItemFields):
     accession_number: str | None = Field(None, min_length=1, max_length=16)
-    patient_pk: int | None = Field(None, ge=1, le=MAX_ID,
-                                   description="move the item to another patient")
+    patient_pk: int | None = Field(
+        None, ge=1, le=MAX_ID, description="move the item to another patient"
+    )
 
 
 class ItemOut(ItemFields):

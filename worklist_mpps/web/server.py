@@ -28,20 +28,35 @@ def raise_open_files_limit() -> int:
 
 
 class HTTPServer:
-    def __init__(self, app, host: str, port: int,  # noqa: ANN001
-                 keep_alive_timeout: float = 60.0, header_timeout: float = 10.0,
-                 max_connections: int = 1000) -> None:
+    def __init__(
+        self,
+        app,
+        host: str,
+        port: int,  # noqa: ANN001
+        keep_alive_timeout: float = 60.0,
+        header_timeout: float = 10.0,
+        max_connections: int = 1000,
+    ) -> None:
         # HTTP may hold at most half of the process's descriptors: the rest stay for the
         # DICOM port, the database and the log, however many HTTP clients come
         open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if open_files != resource.RLIM_INFINITY and max_connections > open_files // 2:
-            log.warning("http_max_connections %d lowered to %d: half the open files limit",
-                        max_connections, max(open_files // 2, 1))
+            log.warning(
+                "http_max_connections %d lowered to %d: half the open files limit",
+                max_connections,
+                max(open_files // 2, 1),
+            )
             max_connections = max(open_files // 2, 1)
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                     access_log=False, lifespan="off",
-                                     timeout_keep_alive=int(keep_alive_timeout),
-                                     http=guarded_protocol(header_timeout, max_connections))
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=int(keep_alive_timeout),
+            http=guarded_protocol(header_timeout, max_connections),
+        )
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 
@@ -49,7 +64,8 @@ class HTTPServer:
         """Bind here, so that a port in use is an OSError for the caller (one line, its
         own exit code) instead of uvicorn's log lines and a thread that ends."""
         family, kind, proto, _, address = socket.getaddrinfo(
-            self.config.host, self.config.port, type=socket.SOCK_STREAM)[0]
+            self.config.host, self.config.port, type=socket.SOCK_STREAM
+        )[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -57,14 +73,16 @@ class HTTPServer:
         except OSError:
             sock.close()
             raise
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
-                                        name="http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"HTTP server did not start on "
-                                   f"{self.config.host}:{self.config.port}")
+                raise RuntimeError(
+                    f"HTTP server did not start on {self.config.host}:{self.config.port}"
+                )
             time.sleep(0.02)
         log.info("HTTP listener on %s:%d", self.config.host, self.port)
 

@@ -29,9 +29,11 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("worklist_mpps.http")
-REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                   b"connection: close\r\ncontent-length: 33\r\n\r\n"
-                   b"request head not complete in time")
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: 33\r\n\r\n"
+    b"request head not complete in time"
+)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -84,9 +86,12 @@ class GuardedH11Protocol(H11Protocol):
         self._head_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
-        log.warning("HTTP client %s: no complete request head within %g s "
-                    "(http_header_timeout): connection closed", self._peer(),
-                    self.header_timeout)
+        log.warning(
+            "HTTP client %s: no complete request head within %g s "
+            "(http_header_timeout): connection closed",
+            self._peer(),
+            self.header_timeout,
+        )
         if self._head_started and self.conn.our_state is h11.IDLE:
             self.transport.write(REQUEST_TIMEOUT)
         self.transport.close()
@@ -95,16 +100,26 @@ class GuardedH11Protocol(H11Protocol):
 
     def _waiting(self) -> bool:
         """Waiting for a request head: nothing of ours in flight on this connection."""
-        return (self.conn.their_state is h11.IDLE and not self.transport.is_closing()
-                and (self.cycle is None or self.cycle.response_complete))
+        return (
+            self.conn.their_state is h11.IDLE
+            and not self.transport.is_closing()
+            and (self.cycle is None or self.cycle.response_complete)
+        )
 
     def _make_room(self) -> None:
-        others = [c for c in self.connections if c is not self
-                  and isinstance(c, GuardedH11Protocol) and c._waiting()]
+        others = [
+            c
+            for c in self.connections
+            if c is not self and isinstance(c, GuardedH11Protocol) and c._waiting()
+        ]
         victim = min(others, key=lambda c: c._waiting_since) if others else self
-        log.warning("HTTP: %d connections (http_max_connections %d): closing %s, %s",
-                    len(self.connections), self.max_connections, victim._peer(),
-                    "the longest waiting for a request" if others else "the new one")
+        log.warning(
+            "HTTP: %d connections (http_max_connections %d): closing %s, %s",
+            len(self.connections),
+            self.max_connections,
+            victim._peer(),
+            "the longest waiting for a request" if others else "the new one",
+        )
         victim._disarm()
         victim.transport.close()
 
@@ -114,5 +129,8 @@ class GuardedH11Protocol(H11Protocol):
 
 def guarded_protocol(header_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
-    return type("GuardedH11Protocol", (GuardedH11Protocol,),
-                {"header_timeout": header_timeout, "max_connections": max_connections})
+    return type(
+        "GuardedH11Protocol",
+        (GuardedH11Protocol,),
+        {"header_timeout": header_timeout, "max_connections": max_connections},
+    )

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # The pynetdicom releases pynetdicom_ext was tested with (pyproject.toml pins the same)
 TESTED_PYNETDICOM = ">=3.0.4,<3.1"
@@ -42,55 +43,128 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
     Internal("reactor.py", DUL, "DULServiceProvider.run_reactor", ("self",)),
     Internal("reactor.py", DUL, "DULServiceProvider._read_pdu_data", ("self",)),
     Internal("reactor.py", DUL, "DULServiceProvider._process_recv_primitive", ("self",)),
-    Internal("reactor.py", DUL, "DULServiceProvider._is_transport_event", ("self",),
-             source=("_read_pdu_data()",)),
+    Internal(
+        "reactor.py",
+        DUL,
+        "DULServiceProvider._is_transport_event",
+        ("self",),
+        source=("_read_pdu_data()",),
+    ),
     Internal("reactor.py", DUL, "DULServiceProvider._decode_pdu", ("self", "bytestream")),
     Internal("reactor.py", DUL, "DULServiceProvider.kill_dul", ("self",)),
     Internal("reactor.py", DUL, "DULServiceProvider.idle_timer_expired", ("self",)),
-    Internal("reactor.py", DUL, "DULServiceProvider", attributes=(
-        "_recv_pdu", "event_queue", "state_machine", "socket", "to_provider_queue",
-        "to_user_queue", "_idle_timer", "artim_timer", "_kill_thread")),
+    Internal(
+        "reactor.py",
+        DUL,
+        "DULServiceProvider",
+        attributes=(
+            "_recv_pdu",
+            "event_queue",
+            "state_machine",
+            "socket",
+            "to_provider_queue",
+            "to_user_queue",
+            "_idle_timer",
+            "artim_timer",
+            "_kill_thread",
+        ),
+    ),
     Internal("reactor.py", ASSOC, "Association._serve_request", ("self", "msg", "context_id")),
     Internal("reactor.py", ASSOC, "Association._run_reactor", ("self",)),
-    Internal("reactor.py", ASSOC, "Association.run_reactor", ("self",),
-             source=("receive_pdu(wait=True, timeout=self.acse_timeout)",)),
+    Internal(
+        "reactor.py",
+        ASSOC,
+        "Association.run_reactor",
+        ("self",),
+        source=("receive_pdu(wait=True, timeout=self.acse_timeout)",),
+    ),
     Internal("reactor.py", ASSOC, "Association.abort", ("self",)),
     Internal("reactor.py", ASSOC, "Association.kill", ("self",)),
-    Internal("reactor.py", ASSOC, "Association", attributes=(
-        "_accepted_cx", "dimse", "dul", "acse", "_kill", "_is_paused", "_reactor_checkpoint",
-        "_dul_ready", "_sent_release", "_server")),
-    Internal("reactor.py", "pynetdicom.dimse_primitives", "C_FIND", attributes=(
-        "REQUEST_KEYWORDS", "is_valid_request", "msg_type")),
+    Internal(
+        "reactor.py",
+        ASSOC,
+        "Association",
+        attributes=(
+            "_accepted_cx",
+            "dimse",
+            "dul",
+            "acse",
+            "_kill",
+            "_is_paused",
+            "_reactor_checkpoint",
+            "_dul_ready",
+            "_sent_release",
+            "_server",
+        ),
+    ),
+    Internal(
+        "reactor.py",
+        "pynetdicom.dimse_primitives",
+        "C_FIND",
+        attributes=("REQUEST_KEYWORDS", "is_valid_request", "msg_type"),
+    ),
     Internal("reactor.py", TRANSPORT, "RequestHandler._create_association", ("self",)),
-    Internal("reactor.py", TRANSPORT, "RequestHandler.handle", ("self",),
-             source=("assoc.start()",)),
+    Internal(
+        "reactor.py", TRANSPORT, "RequestHandler.handle", ("self",), source=("assoc.start()",)
+    ),
     Internal("reactor.py", TRANSPORT, "AssociationServer.__init__", source=("self._handlers",)),
-    Internal("reactor.py", TRANSPORT, "AssociationServer.process_request",
-             ("self", "request", "client_address"),
-             source=("self.finish_request(request, client_address)",)),
-    Internal("reactor.py", TRANSPORT, "AssociationServer.get_request", ("self",),
-             source=("wrap_socket",)),
-    Internal("reactor.py", "pynetdicom.acse", "ACSE._negotiate_as_acceptor",
-             source=("maximum_associations",)),
+    Internal(
+        "reactor.py",
+        TRANSPORT,
+        "AssociationServer.process_request",
+        ("self", "request", "client_address"),
+        source=("self.finish_request(request, client_address)",),
+    ),
+    Internal(
+        "reactor.py", TRANSPORT, "AssociationServer.get_request", ("self",), source=("wrap_socket",)
+    ),
+    Internal(
+        "reactor.py",
+        "pynetdicom.acse",
+        "ACSE._negotiate_as_acceptor",
+        source=("maximum_associations",),
+    ),
     # wire.py: C-FIND responses, status-only responses, the bound on received messages,
     # the N-CREATE Attribute Identifier List
-    Internal("wire.py", DIMSE, "DIMSEServiceProvider.send_msg",
-             ("self", "primitive", "context_id")),
+    Internal(
+        "wire.py", DIMSE, "DIMSEServiceProvider.send_msg", ("self", "primitive", "context_id")
+    ),
     Internal("wire.py", DIMSE, "DIMSEServiceProvider.maximum_pdu_size"),
-    Internal("wire.py", DIMSE, "DIMSEServiceProvider.receive_primitive", ("self", "primitive"),
-             source=("self.message = DIMSEMessage()", "self.msg_queue.put")),
-    Internal("wire.py", DIMSE, "DIMSEServiceProvider", attributes=(
-        "message", "msg_queue", "dul", "assoc")),
-    Internal("wire.py", "pynetdicom.service_class", "ServiceClass.validate_status",
-             ("self", "status", "rsp")),
+    Internal(
+        "wire.py",
+        DIMSE,
+        "DIMSEServiceProvider.receive_primitive",
+        ("self", "primitive"),
+        source=("self.message = DIMSEMessage()", "self.msg_queue.put"),
+    ),
+    Internal(
+        "wire.py",
+        DIMSE,
+        "DIMSEServiceProvider",
+        attributes=("message", "msg_queue", "dul", "assoc"),
+    ),
+    Internal(
+        "wire.py",
+        "pynetdicom.service_class",
+        "ServiceClass.validate_status",
+        ("self", "status", "rsp"),
+    ),
     Internal("wire.py", MESSAGES, "_COMMAND_SET_KEYWORDS"),
     Internal("wire.py", MESSAGES, "DIMSEMessage.primitive_to_message", ("self", "primitive")),
     Internal("wire.py", MESSAGES, "DIMSEMessage.message_to_primitive", ("self",)),
-    Internal("wire.py", MESSAGES, "DIMSEMessage", attributes=(
-        "encoded_command_set", "data_set", "context_id")),
+    Internal(
+        "wire.py",
+        MESSAGES,
+        "DIMSEMessage",
+        attributes=("encoded_command_set", "data_set", "context_id"),
+    ),
     # assoc.py: per-association notes, A-ASSOCIATE-RJ, listeners started by server.py
-    Internal("assoc.py", "pynetdicom.acse", "ACSE.send_reject",
-             ("self", "result", "source", "diagnostic")),
+    Internal(
+        "assoc.py",
+        "pynetdicom.acse",
+        "ACSE.send_reject",
+        ("self", "result", "source", "diagnostic"),
+    ),
     Internal("assoc.py", "pynetdicom.ae", "ApplicationEntity", attributes=("_servers",)),
 )
 
@@ -114,8 +188,9 @@ def problems(internals: tuple[Internal, ...] = PYNETDICOM_INTERNALS) -> list[str
     """One message per internal that is missing or changed, naming it."""
     found = []
     for item in internals:
-        what = f"pynetdicom internal {item.name} ({item.module}, used by pynetdicom_ext/" \
-               f"{item.user})"
+        what = (
+            f"pynetdicom internal {item.name} ({item.module}, used by pynetdicom_ext/{item.user})"
+        )
         try:
             obj: Any = importlib.import_module(item.module)
             for part in item.name.split("."):
@@ -129,7 +204,7 @@ def problems(internals: tuple[Internal, ...] = PYNETDICOM_INTERNALS) -> list[str
             except (TypeError, ValueError) as exc:
                 found.append(f"{what} changed: no longer a function ({exc})")
                 continue
-            if got[:len(item.params)] != item.params:
+            if got[: len(item.params)] != item.params:
                 found.append(f"{what} changed: expected parameters {item.params}, got {got}")
         if item.source:
             try:
@@ -160,7 +235,9 @@ def version_problem() -> str | None:
 
     installed = version("pynetdicom")
     if installed not in SpecifierSet(TESTED_PYNETDICOM):
-        return (f"pynetdicom {installed} is installed; pynetdicom_ext was tested with "
-                f"{TESTED_PYNETDICOM}: check tests/test_pynetdicom_ext.py and the internals "
-                "in pynetdicom_ext/internals.py before widening the pin")
+        return (
+            f"pynetdicom {installed} is installed; pynetdicom_ext was tested with "
+            f"{TESTED_PYNETDICOM}: check tests/test_pynetdicom_ext.py and the internals "
+            "in pynetdicom_ext/internals.py before widening the pin"
+        )
     return None

@@ -43,8 +43,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
-from typing import Callable, Collection, Mapping
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -52,9 +52,9 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
-from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.dimse.admission import ConnectionGate, RateLimitedLog, Ticket
 from worklist_mpps.dimse.common import refusal, requested_sop_class
+from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.services.status import SOP_CLASS_NOT_SUPPORTED
 
 log = logging.getLogger("worklist_mpps.dimse")
@@ -186,14 +186,21 @@ class EventDrivenDUL(DULServiceProvider):
                 return
             cap = self._pdu_cap(pdu_type)
             if cap and length > cap:
-                self._abort(f"PDU type 0x{pdu_type:02X} of {length} bytes, more than "
-                            f"the {cap} allowed", reason=0x06)
+                self._abort(
+                    f"PDU type 0x{pdu_type:02X} of {length} bytes, more than the {cap} allowed",
+                    reason=0x06,
+                )
                 return
             body = self._recv(sock, length, deadline, saved)
         except (OSError, ValueError) as exc:  # timeouts, resets, TLS failures
-            self._dropped(f"{exc.__class__.__name__}: {exc}"
-                          + (" (handshake_timeout)" if deadline is not None
-                             and time.monotonic() >= deadline else ""))
+            self._dropped(
+                f"{exc.__class__.__name__}: {exc}"
+                + (
+                    " (handshake_timeout)"
+                    if deadline is not None and time.monotonic() >= deadline
+                    else ""
+                )
+            )
             self.event_queue.put("Evt17")
             return
         finally:
@@ -209,8 +216,7 @@ class EventDrivenDUL(DULServiceProvider):
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception as exc:  # noqa: BLE001 - whatever a hostile PDU makes pynetdicom raise
-            self._dropped(f"undecodable PDU type 0x{pdu_type:02X}: "
-                          f"{exc.__class__.__name__}: {exc}")
+            self._dropped(f"undecodable PDU type 0x{pdu_type:02X}: {exc.__class__.__name__}: {exc}")
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)
@@ -225,8 +231,7 @@ class EventDrivenDUL(DULServiceProvider):
         return ASSOCIATE_RQ_LIMIT  # association and release PDUs are small
 
     @staticmethod
-    def _settimeout(sock: socket.socket, deadline: float | None, default: float | None
-                    ) -> None:
+    def _settimeout(sock: socket.socket, deadline: float | None, default: float | None) -> None:
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -235,8 +240,9 @@ class EventDrivenDUL(DULServiceProvider):
         else:
             sock.settimeout(default)
 
-    def _recv(self, sock: socket.socket, size: int, deadline: float | None,
-              default: float | None) -> bytes:
+    def _recv(
+        self, sock: socket.socket, size: int, deadline: float | None, default: float | None
+    ) -> bytes:
         """``size`` bytes, fewer if the peer closes; each wait bounded by the socket's
         timeout, and all of them by ``deadline``."""
         chunks, got = [], 0
@@ -262,8 +268,12 @@ class EventDrivenDUL(DULServiceProvider):
         """A connection that has not sent a whole A-ASSOCIATE-RQ (TLS handshake included)
         within ``handshake_timeout`` of its accept is closed, so that idle or stalled
         connections cannot hold the server's resources (admission.py)."""
-        if (self._before_association() and time.monotonic() >= self.handshake_deadline
-                and self.socket is not None and self.socket.socket is not None):
+        if (
+            self._before_association()
+            and time.monotonic() >= self.handshake_deadline
+            and self.socket is not None
+            and self.socket.socket is not None
+        ):
             self._dropped("no A-ASSOCIATE-RQ within the handshake_timeout")
             self.socket.close()  # Evt17: the state machine goes to Sta1
 
@@ -271,8 +281,7 @@ class EventDrivenDUL(DULServiceProvider):
         """A-ABORT (service-provider, reason not specified) bypassing the state machine, as
         pynetdicom's reactor does when it fails, and stop both threads."""
         req = self.assoc.requestor
-        ABORTED.warning("Association from %s@%s aborted: %s", req.ae_title, req.address,
-                        why[:300])
+        ABORTED.warning("Association from %s@%s aborted: %s", req.ae_title, req.address, why[:300])
         abort_pdu = A_ABORT_RQ()
         abort_pdu.source = 0x02
         abort_pdu.reason_diagnostic = reason
@@ -417,14 +426,23 @@ class EventDrivenAssociation(Association):
             return
         if not msg.is_valid_request:
             missing = [k for k in msg.REQUEST_KEYWORDS if getattr(msg, k, None) is None]
-            log.warning("%s from %s@%s without %s: association aborted", msg.msg_type,
-                        self.requestor.ae_title, self.requestor.address, ", ".join(missing))
+            log.warning(
+                "%s from %s@%s without %s: association aborted",
+                msg.msg_type,
+                self.requestor.ae_title,
+                self.requestor.address,
+                ", ".join(missing),
+            )
             self.abort()
             return
         context = self._accepted_cx.get(context_id)
         if context is not None and self.operations is not None:
-            refused = refusal(msg.msg_type, requested_sop_class(msg),
-                              str(context.abstract_syntax), self.operations)
+            refused = refusal(
+                msg.msg_type,
+                requested_sop_class(msg),
+                str(context.abstract_syntax),
+                self.operations,
+            )
             if refused is not None:
                 self._refuse(msg, context_id, *refused)
                 return
@@ -437,15 +455,23 @@ class EventDrivenAssociation(Association):
         rsp = type(msg)()
         rsp.MessageIDBeingRespondedTo = msg.MessageID
         rsp.AffectedSOPClassUID = requested_sop_class(msg)
-        instance = (getattr(msg, "AffectedSOPInstanceUID", None)
-                    or getattr(msg, "RequestedSOPInstanceUID", None))
+        instance = getattr(msg, "AffectedSOPInstanceUID", None) or getattr(
+            msg, "RequestedSOPInstanceUID", None
+        )
         if instance and hasattr(rsp, "AffectedSOPInstanceUID"):
             rsp.AffectedSOPInstanceUID = instance
         rsp.Status = status
         if status == SOP_CLASS_NOT_SUPPORTED:  # C.5.6 has an Error Comment, C.5.20/C.5.23 not
             rsp.ErrorComment = why[:64]
-        log.warning("%s from %s@%s on context %d: 0x%04X %s", msg.msg_type,
-                    self.requestor.ae_title, self.requestor.address, context_id, status, why)
+        log.warning(
+            "%s from %s@%s on context %d: 0x%04X %s",
+            msg.msg_type,
+            self.requestor.ae_title,
+            self.requestor.address,
+            context_id,
+            status,
+            why,
+        )
         self.dimse.send_msg(rsp, context_id)
 
     fast_path = True  # False: pynetdicom's own reactors (config dimse_fast_path)
@@ -522,8 +548,11 @@ class EventDrivenRequestHandler(RequestHandler):
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         # pynetdicom deep-copies these for every association; its negotiation only reads
         # the acceptor's contexts (presentation.negotiate_as_acceptor), so a list will do
-        assoc.acceptor.supported_contexts = (list(self.server.contexts) if self.server.fast_path
-                                             else copy.deepcopy(self.server.contexts))
+        assoc.acceptor.supported_contexts = (
+            list(self.server.contexts)
+            if self.server.fast_path
+            else copy.deepcopy(self.server.contexts)
+        )
         assoc.requestor.address_info = self.remote
         assoc.dimse.max_message_size = self.server.max_message_size
         assoc.dul.handshake_deadline = time.monotonic() + self.server.handshake_timeout
@@ -542,8 +571,10 @@ class EventDrivenRequestHandler(RequestHandler):
 def _evict(sock: socket.socket) -> None:
     """End a pending connection from another thread: its DUL sees the end of the stream
     (shutdown leaves the descriptor to the thread that owns it)."""
-    DROPPED.warning("Connection dropped before associating: max_pending_connections "
-                    "reached, the oldest pending connection makes room")
+    DROPPED.warning(
+        "Connection dropped before associating: max_pending_connections "
+        "reached, the oldest pending connection makes room"
+    )
     try:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)  # an SSLSocket's would drop its state
     except OSError:
@@ -575,7 +606,8 @@ class GatedAssociationServer(AssociationServer):
         client_socket, address = self.socket.accept()
         if self.ssl_context:
             client_socket = self.ssl_context.wrap_socket(
-                client_socket, server_side=True, do_handshake_on_connect=False)
+                client_socket, server_side=True, do_handshake_on_connect=False
+            )
         return client_socket, address
 
     def process_request(self, request, client_address) -> None:  # noqa: ANN001
@@ -589,8 +621,9 @@ class GatedAssociationServer(AssociationServer):
         if self.fast_path:
             self._set_up(request, client_address, ticket)
             return
-        threading.Thread(target=self._set_up_thread, args=(request, client_address, ticket),
-                         daemon=True).start()
+        threading.Thread(
+            target=self._set_up_thread, args=(request, client_address, ticket), daemon=True
+        ).start()
 
     def _set_up(self, request, client_address, ticket: Ticket | None) -> None:  # noqa: ANN001
         self.admitting = ticket
@@ -603,8 +636,12 @@ class GatedAssociationServer(AssociationServer):
         finally:
             self.admitting = None
 
-    def _set_up_thread(self, request, client_address, ticket: Ticket | None  # noqa: ANN001
-                       ) -> None:
+    def _set_up_thread(
+        self,
+        request,
+        client_address,
+        ticket: Ticket | None,  # noqa: ANN001
+    ) -> None:
         """As ThreadingMixIn.process_request_thread."""
         try:
             self._set_up(request, client_address, ticket)

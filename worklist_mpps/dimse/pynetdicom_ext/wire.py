@@ -23,8 +23,9 @@ import logging
 import ssl
 import struct
 import time
+from collections.abc import Iterable
 from io import BytesIO
-from typing import Any, Iterable
+from typing import Any
 
 from pydicom.charset import python_encoding
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -32,10 +33,15 @@ from pynetdicom import dimse_messages, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import (
-    C_CANCEL, C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE, N_CREATE,
+    C_CANCEL,
+    C_ECHO,
+    C_FIND,
+    C_GET,
+    C_MOVE,
+    C_STORE,
+    N_CREATE,
 )
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.service_class import ServiceClass
 
 from worklist_mpps.dimse.admission import RateLimitedLog
 from worklist_mpps.services import status as dimse_status
@@ -46,8 +52,7 @@ C_FIND_RSP = 0x8020
 DATASET_PRESENT, NO_DATASET = 0x0001, 0x0101  # (0000,0800) as pynetdicom writes them
 
 # PS3.5 Table 7.1-1: explicit VRs with a 4-byte length (after two reserved bytes)
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
-                      "UV"})
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 BINARY = {"US": "<H", "SS": "<h", "UL": "<L", "SL": "<l", "FL": "<f", "FD": "<d"}
 _UL, _US = struct.Struct("<L"), struct.Struct("<H")
 SIMPLE_CHARSETS = {None: "ascii", "ISO_IR 6": "ascii", "": "ascii"}
@@ -110,8 +115,9 @@ def _header(tag: int, vr: str, length: int, explicit: bool) -> bytes:
     return fixed + packer.pack(length)
 
 
-def encode_elements(elements: Iterable[tuple[int, str, Any]], text_codec: str,
-                    explicit: bool) -> bytes:
+def encode_elements(
+    elements: Iterable[tuple[int, str, Any]], text_codec: str, explicit: bool
+) -> bytes:
     """Encode elements (tag, VR, value) given in ascending tag order; sequences and
     their items with defined lengths (PS3.5 7.5)."""
     out = []
@@ -119,7 +125,8 @@ def encode_elements(elements: Iterable[tuple[int, str, Any]], text_codec: str,
         if vr == "SQ":
             items = b"".join(
                 struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
-                for body in (encode_elements(item, text_codec, explicit) for item in value))
+                for body in (encode_elements(item, text_codec, explicit) for item in value)
+            )
             out.append(_header(tag, "SQ", len(items), explicit) + items)
         else:
             raw = _value(vr, value, text_codec)
@@ -127,8 +134,9 @@ def encode_elements(elements: Iterable[tuple[int, str, Any]], text_codec: str,
     return b"".join(out)
 
 
-def encode_identifier(elements: list[tuple[int, str, Any]], charset: str | None,
-                      explicit: bool) -> bytes | None:
+def encode_identifier(
+    elements: list[tuple[int, str, Any]], charset: str | None, explicit: bool
+) -> bytes | None:
     """The response identifier, with (0008,0005) Specific Character Set when one is
     needed; None when ``charset`` is not one this path encodes."""
     text_codec = codec(charset)
@@ -142,17 +150,21 @@ def encode_identifier(elements: list[tuple[int, str, Any]], charset: str | None,
 # --- DIMSE command set (PS3.7 9.3.2.2, E.1) and P-DATA-TF PDUs (PS3.8 9.3.5) ---------------
 
 
-def _command(sop_class: bytes, command_field: int, message_id: int, status: int,
-             dataset_type: int) -> bytes:
+def _command(
+    sop_class: bytes, command_field: int, message_id: int, status: int, dataset_type: int
+) -> bytes:
     """A response command set (C-ECHO-RSP PS3.7 9.3.5.2, C-FIND-RSP 9.3.2.2), always
     implicit VR little endian (PS3.7 6.3.1)."""
     if len(sop_class) % 2:
         sop_class += b"\0"
-    body = (struct.pack("<HHL", 0x0000, 0x0002, len(sop_class)) + sop_class
-            + struct.pack("<HHLH", 0x0000, 0x0100, 2, command_field)
-            + struct.pack("<HHLH", 0x0000, 0x0120, 2, message_id)
-            + struct.pack("<HHLH", 0x0000, 0x0800, 2, dataset_type)
-            + struct.pack("<HHLH", 0x0000, 0x0900, 2, status))
+    body = (
+        struct.pack("<HHL", 0x0000, 0x0002, len(sop_class))
+        + sop_class
+        + struct.pack("<HHLH", 0x0000, 0x0100, 2, command_field)
+        + struct.pack("<HHLH", 0x0000, 0x0120, 2, message_id)
+        + struct.pack("<HHLH", 0x0000, 0x0800, 2, dataset_type)
+        + struct.pack("<HHLH", 0x0000, 0x0900, 2, status)
+    )
     return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
 
 
@@ -162,10 +174,9 @@ def _pdus(data: bytes, context_id: int, command: bool, max_pdu: int) -> bytes:
     size = max(len(data), 1) if max_pdu == 0 else (max_pdu - 6) & ~1  # even (PS3.8 E.1)
     out = []
     for start in range(0, max(len(data), 1), size):
-        fragment = data[start:start + size]
+        fragment = data[start : start + size]
         flags = (0x01 if command else 0x00) | (0x02 if start + size >= len(data) else 0x00)
-        out.append(struct.pack(">BxL", 0x04, len(fragment) + 6)
-                   + _pdv(fragment, context_id, flags))
+        out.append(struct.pack(">BxL", 0x04, len(fragment) + 6) + _pdv(fragment, context_id, flags))
     return b"".join(out)
 
 
@@ -173,23 +184,33 @@ def _pdv(data: bytes, context_id: int, flags: int) -> bytes:
     return struct.pack(">LBB", len(data) + 2, context_id, flags) + data
 
 
-def find_response(message_id: int, status: int, identifier: bytes | None, context_id: int,
-                  max_pdu: int) -> bytes:
+def find_response(
+    message_id: int, status: int, identifier: bytes | None, context_id: int, max_pdu: int
+) -> bytes:
     """One whole C-FIND-RSP message: command set, then the identifier if any.
 
     Command and identifier go in one P-DATA-TF PDU when both fit: PDVs of the same
     message may share a PDU (PS3.8 E.1), and the peer then reads one PDU per response.
     """
-    command = _command(MWL_FIND, C_FIND_RSP, message_id, status,
-                       NO_DATASET if identifier is None else DATASET_PRESENT)
+    command = _command(
+        MWL_FIND,
+        C_FIND_RSP,
+        message_id,
+        status,
+        NO_DATASET if identifier is None else DATASET_PRESENT,
+    )
     if identifier is None:
         return _pdus(command, context_id, True, max_pdu)
     length = len(command) + len(identifier) + 12
     if max_pdu and length > max_pdu:
-        return (_pdus(command, context_id, True, max_pdu)
-                + _pdus(identifier, context_id, False, max_pdu))
-    return (struct.pack(">BxL", 0x04, length) + _pdv(command, context_id, 0x03)
-            + _pdv(identifier, context_id, 0x02))
+        return _pdus(command, context_id, True, max_pdu) + _pdus(
+            identifier, context_id, False, max_pdu
+        )
+    return (
+        struct.pack(">BxL", 0x04, length)
+        + _pdv(command, context_id, 0x03)
+        + _pdv(identifier, context_id, 0x02)
+    )
 
 
 def drain(assoc, timeout: float = 1.0) -> None:  # noqa: ANN001
@@ -227,7 +248,9 @@ def n_create_attribute_identifier_list() -> None:
     keywords = dimse_messages._COMMAND_SET_KEYWORDS["N-CREATE-RSP"]
     if "AttributeIdentifierList" not in keywords:
         dimse_messages._COMMAND_SET_KEYWORDS["N-CREATE-RSP"] = (
-            *keywords, "AttributeIdentifierList")
+            *keywords,
+            "AttributeIdentifierList",
+        )
 
 
 n_create_attribute_identifier_list()
@@ -242,13 +265,22 @@ def status_only_command(primitive) -> bytes | None:  # noqa: ANN001
     """The command set of a C-ECHO or C-FIND response that carries nothing but its status
     (every C-ECHO-RSP, the final C-FIND-RSP); None for anything else."""
     field = RESPONSE_FIELDS.get(type(primitive))
-    if (field is None or primitive.MessageIDBeingRespondedTo is None
-            or primitive.AffectedSOPClassUID is None or primitive.ErrorComment is not None
-            or getattr(primitive, "Identifier", None) is not None
-            or getattr(primitive, "OffendingElement", None) is not None):
+    if (
+        field is None
+        or primitive.MessageIDBeingRespondedTo is None
+        or primitive.AffectedSOPClassUID is None
+        or primitive.ErrorComment is not None
+        or getattr(primitive, "Identifier", None) is not None
+        or getattr(primitive, "OffendingElement", None) is not None
+    ):
         return None
-    return _command(str(primitive.AffectedSOPClassUID).encode(), field,
-                    primitive.MessageIDBeingRespondedTo, int(primitive.Status), NO_DATASET)
+    return _command(
+        str(primitive.AffectedSOPClassUID).encode(),
+        field,
+        primitive.MessageIDBeingRespondedTo,
+        int(primitive.Status),
+        NO_DATASET,
+    )
 
 
 # --- bounded received messages ---------------------------------------------------------------
@@ -271,10 +303,12 @@ def refusal_response(request, comment: str):  # noqa: ANN001, ANN201
         return None
     response = type(request)()
     response.MessageIDBeingRespondedTo = request.MessageID
-    sop_class = (getattr(request, "AffectedSOPClassUID", None)
-                 or getattr(request, "RequestedSOPClassUID", None))
-    instance = (getattr(request, "AffectedSOPInstanceUID", None)
-                or getattr(request, "RequestedSOPInstanceUID", None))
+    sop_class = getattr(request, "AffectedSOPClassUID", None) or getattr(
+        request, "RequestedSOPClassUID", None
+    )
+    instance = getattr(request, "AffectedSOPInstanceUID", None) or getattr(
+        request, "RequestedSOPInstanceUID", None
+    )
     if sop_class:
         response.AffectedSOPClassUID = sop_class
     if instance and hasattr(response, "AffectedSOPInstanceUID"):
@@ -344,8 +378,14 @@ class DIMSEProvider(DIMSEServiceProvider):
         """Data set bytes of received messages not yet taken by the association."""
         total = 0
         for _, msg in list(self.msg_queue.queue):
-            for name in ("DataSet", "Identifier", "AttributeList", "ModificationList",
-                         "ActionInformation", "EventInformation"):
+            for name in (
+                "DataSet",
+                "Identifier",
+                "AttributeList",
+                "ModificationList",
+                "ActionInformation",
+                "EventInformation",
+            ):
                 value = getattr(msg, name, None)
                 if isinstance(value, BytesIO):
                     total += value.getbuffer().nbytes
@@ -364,9 +404,14 @@ class DIMSEProvider(DIMSEServiceProvider):
         except Exception as exc:  # noqa: BLE001 - a command set pynetdicom cannot take
             self._abort(f"an undecodable command set: {exc.__class__.__name__}")
             return
-        REFUSED.warning("%s of %d bytes from %s@%s refused: more than max_message_size %d",
-                    msg.__class__.__name__.replace("_", "-"), size, req.ae_title,
-                    req.address, limit)
+        REFUSED.warning(
+            "%s of %d bytes from %s@%s refused: more than max_message_size %d",
+            msg.__class__.__name__.replace("_", "-"),
+            size,
+            req.ae_title,
+            req.address,
+            limit,
+        )
         request.wm_refusal = f"Message over max_message_size of {limit} bytes"
         self.msg_queue.put((context_id, request))
 
@@ -382,13 +427,21 @@ class DIMSEProvider(DIMSEServiceProvider):
             # pynetdicom fails on these (division by zero, fragment too short) with a
             # traceback; nothing can be sent in PDUs that small: end the association
             req = self.assoc.requestor
-            log.warning("Association from %s@%s aborted: its maximum PDU length %d is too "
-                        "small to carry any message", req.ae_title, req.address, max_pdu)
+            log.warning(
+                "Association from %s@%s aborted: its maximum PDU length %d is too "
+                "small to carry any message",
+                req.ae_title,
+                req.address,
+                max_pdu,
+            )
             self.assoc.abort()
             return
         command = status_only_command(primitive) if self.fast_path else None
-        if (command is None or (max_pdu and len(command) + 6 > max_pdu)
-                or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        if (
+            command is None
+            or (max_pdu and len(command) + 6 > max_pdu)
+            or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        ):
             super().send_msg(primitive, context_id)  # fragments, or logging wants the message
             return
         pdata = P_DATA()
