@@ -146,7 +146,7 @@ def make_items(n: int, today: dt.date, seed: int = 7) -> list[tuple[dict, dict]]
 
 
 def load(db: Database, pairs: list[tuple[dict, dict]], batch: int = 5000) -> None:
-    """Bulk insert with the same normalization and derived columns as services/schedule_values.py."""
+    """Bulk insert, normalized and derived as services/schedule_values.py does."""
     now = utcnow()
     patient_rows: dict[str, dict] = {}
     for patient, _ in pairs:

@@ -113,7 +113,7 @@ def find_cmd(port: int, *match: str) -> list[str]:
             args += ["-k", key]
     for m in match:
         args += ["-k", m]
-    return args + ["127.0.0.1", str(port)]
+    return [*args, "127.0.0.1", str(port)]
 
 
 def timed(cmd: list[str], repeat: int) -> list[float]:
@@ -147,7 +147,7 @@ def interleaved(
 
 def count_responses(cmd: list[str]) -> int:
     out = subprocess.run(
-        cmd[:1] + ["-v"] + cmd[1:], env=CLIENT_ENV, capture_output=True, timeout=300
+        [*cmd[:1], "-v", *cmd[1:]], env=CLIENT_ENV, capture_output=True, timeout=300
     )
     text = (out.stdout + out.stderr).decode("utf-8", "replace")
     if "Final Find Response (Success)" not in text:
@@ -351,7 +351,7 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
         ports = {"ours": ours_port, "wlmscpfs": wl_port}
         pids = {"ours": ours.pid, "wlmscpfs": wl.pid}
         repeats = {"ours": args.repeat, "wlmscpfs": wl_repeat}
-        for name, port in ports.items():
+        for port in ports.values():
             timed(echo_cmd(port), 3)  # warm up
         for figure, make in (
             ("echo", echo_cmd),
@@ -410,17 +410,20 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
 
 
 def report(results: list[dict], args: argparse.Namespace) -> str:
+    echoscu = subprocess.run(["echoscu", "--version"], capture_output=True, text=True)
+    dcmtk_version = echoscu.stdout.splitlines()[0]
     lines = [
         "# Benchmark results",
         "",
         f"- date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
-        f"- DCMTK: {subprocess.run(['echoscu', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}",
+        f"- DCMTK: {dcmtk_version}",
         f"- workload: {generate.PER_DAY} steps/day on {len(generate.STATIONS)} stations; N items "
         "= N/200 days (40 % past); selective = modality CT + station CT01 + today; broad = "
         "all of today",
-        f"- repeats: {args.repeat} per figure, the two servers measured in turn (wlmscpfs at 100,000: a tenth); concurrency: "
+        f"- repeats: {args.repeat} per figure, the two servers measured in turn "
+        "(wlmscpfs at 100,000: a tenth); concurrency: "
         f"{args.clients} clients for {args.duration:g} s; clients with TCP_NODELAY=1",
         "- command: `make bench` (`python bench/run.py`)",
         "",

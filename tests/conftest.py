@@ -119,7 +119,7 @@ os.environ["PATH"] = os.pathsep.join(
 
 @functools.cache
 def _find_dcmtk(name: str) -> str | None:
-    for folder in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+    for folder in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
         candidate = Path(folder) / name
         if (
             not candidate.is_file()

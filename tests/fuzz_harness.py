@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import re
 import sys
 import time
@@ -71,7 +72,7 @@ class Traceback:
 def tracebacks(text: str) -> list[Traceback]:
     found = []
     starts = [m.start() for m in RECORD.finditer(text)] + [len(text)]
-    for a, b in zip(starts, starts[1:]):
+    for a, b in itertools.pairwise(starts):
         record = text[a:b]
         if "Traceback (most recent call last)" not in record:
             continue
@@ -209,7 +210,7 @@ class InstancePool:
         """One attribute of an instance as the server has it now (N-GET)."""
         from pydicom.datadict import tag_for_keyword
 
-        status, ds = self.client._assoc().send_n_get(
+        _status, ds = self.client._assoc().send_n_get(
             [tag_for_keyword(keyword)], ModalityPerformedProcedureStep, uid
         )
         if ds is None or keyword not in ds:

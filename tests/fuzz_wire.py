@@ -325,10 +325,10 @@ def raw_bytes_case(port: int, data: bytes, close_after_send: bool = False) -> st
         sent = wire.send(data)
         if close_after_send:
             return "client closed after send" if sent else "closed during send"
-        kind, ptype, body = wire.read_pdu(RAW_WAIT)
+        kind, ptype, _body = wire.read_pdu(RAW_WAIT)
         if kind == "timeout":  # waiting for more bytes: tell it there are none
             wire.half_close()
-            kind, ptype, body = wire.read_pdu(REPLY_TIMEOUT)
+            kind, ptype, _body = wire.read_pdu(REPLY_TIMEOUT)
             if kind == "timeout":
                 return "HANG (no answer, no close after EOF)"
             if kind == "closed":
@@ -350,7 +350,7 @@ def assoc_case(port: int, rq: bytes, payload: bytes, sentinel: bool = True) -> s
     wire = Wire(port)
     try:
         wire.send(rq)
-        kind, ptype, body = wire.read_pdu(REPLY_TIMEOUT)
+        kind, ptype, _body = wire.read_pdu(REPLY_TIMEOUT)
         if kind != "pdu" or ptype != 0x02:
             return f"association not accepted ({kind} {PDU_NAMES.get(ptype, ptype)})"
         wire.send(payload + (SENTINEL if sentinel else b""))

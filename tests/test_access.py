@@ -33,9 +33,8 @@ def guarded(live_server):
 
 
 def rejection(port: int, calling: str, called: str = "WORKLISTS") -> str:
-    with pytest.raises(Rejected) as exc:
-        with Association(Peer("127.0.0.1", port, called), calling, 10):
-            pass
+    with pytest.raises(Rejected) as exc, Association(Peer("127.0.0.1", port, called), calling, 10):
+        pass
     return exc.value.message
 
 

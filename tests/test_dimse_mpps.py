@@ -171,24 +171,24 @@ def step_of(item: Dataset) -> ScheduledStep:
 
 
 def create_for(item: Dataset, **overrides) -> Dataset:
-    kwargs = dict(
-        modality=item.ScheduledProcedureStepSequence[0].Modality,
-        station_ae_title="MODALITY1",
-        patient_name=str(item.PatientName),
-        patient_id=item.PatientID,
-    )
+    kwargs = {
+        "modality": item.ScheduledProcedureStepSequence[0].Modality,
+        "station_ae_title": "MODALITY1",
+        "patient_name": str(item.PatientName),
+        "patient_id": item.PatientID,
+    }
     kwargs.update(overrides)
     return n_create([step_of(item)], **kwargs)
 
 
 def plain_create(**overrides) -> Dataset:
     """An unscheduled N-CREATE (new study, no accession)."""
-    kwargs = dict(
-        modality="CT",
-        station_ae_title="MODALITY1",
-        patient_name="Test^Patient",
-        patient_id="TP0001",
-    )
+    kwargs = {
+        "modality": "CT",
+        "station_ae_title": "MODALITY1",
+        "patient_name": "Test^Patient",
+        "patient_id": "TP0001",
+    }
     kwargs.update(overrides)
     return n_create([ScheduledStep(generate_uid())], **kwargs)
 
@@ -230,7 +230,7 @@ def assert_contains(expected: Dataset, actual: Dataset, path: str = "") -> None:
         got = actual[elem.tag]
         if elem.VR == "SQ":
             assert len(got.value) == len(elem.value), f"{name}: item count"
-            for n, (want_item, got_item) in enumerate(zip(elem.value, got.value)):
+            for n, (want_item, got_item) in enumerate(zip(elem.value, got.value, strict=False)):
                 assert_contains(want_item, got_item, f"{name}[{n}].")
         else:
             assert value(got.value) == value(elem.value), f"{name}: {got.value!r}"
@@ -487,7 +487,7 @@ def test_discontinued_with_a_reason_discontinues_the_worklist_item(server):
     assert "A10002" not in default_statuses(server.port)
 
 
-# --- workflows --------------------------------------------------------------------------------------
+# --- workflows ----------------------------------------------------------------------------
 
 
 def test_ihe_cycle_scheduled_in_progress_completed(server):
@@ -658,7 +658,7 @@ def test_mpps_survives_sigkill_of_the_server(live_server, tmp_path):
     assert worklist_status(server.port, "A10008") == "COMPLETED"
 
 
-# --- concurrency ------------------------------------------------------------------------------------
+# --- concurrency --------------------------------------------------------------------------
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -155,9 +155,12 @@ def detail(rsp: requests.Response) -> str:
 
 def create_ds(patient_name: str = "Test^Patient", **overrides) -> Dataset:
     """An unscheduled N-CREATE attribute list (a new study, no accession)."""
-    kwargs = dict(
-        modality="CT", station_ae_title="MODALITY1", patient_name=patient_name, patient_id="TP0001"
-    )
+    kwargs = {
+        "modality": "CT",
+        "station_ae_title": "MODALITY1",
+        "patient_name": patient_name,
+        "patient_id": "TP0001",
+    }
     kwargs.update(overrides)
     steps = kwargs.pop("steps", None) or [ScheduledStep(generate_uid())]
     return n_create(steps, **kwargs)

@@ -146,9 +146,12 @@ class Peer:
 
 
 def plain_create(**overrides) -> Dataset:
-    kwargs = dict(
-        modality="CT", station_ae_title="MODALITY1", patient_name="Twelve^Patient", patient_id="I12"
-    )
+    kwargs = {
+        "modality": "CT",
+        "station_ae_title": "MODALITY1",
+        "patient_name": "Twelve^Patient",
+        "patient_id": "I12",
+    }
     kwargs.update(overrides)
     return n_create([ScheduledStep(generate_uid())], **kwargs)
 

@@ -339,9 +339,9 @@ def test_an_oversize_c_find_gets_a700_and_the_association_goes_on(live_server):
 # --- 8. the TLS port obeys the plain port's limits ----------------------------------------
 
 
-def _client_tls(pki) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.crt"))
-    context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+def _client_tls(pki_dir) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki_dir / "ca.crt"))
+    context.load_cert_chain(str(pki_dir / "client.crt"), str(pki_dir / "client.key"))
     return context
 
 

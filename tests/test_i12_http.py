@@ -622,7 +622,7 @@ CREDENTIALS = [
 def test_non_ascii_credentials_work_or_get_401(auth_server):
     """Configured token and password are non-ASCII; headers carry raw UTF-8 or garbage."""
     answers = []
-    for authorization, expected in CREDENTIALS:
+    for authorization, _expected in CREDENTIALS:
         status, headers, _ = request(
             auth_server, "GET", "/api/patients?limit=1", None, {"Authorization": authorization}
         )

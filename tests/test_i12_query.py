@@ -425,7 +425,7 @@ def test_findscu_invalid_date_or_time_key_is_0xA900(server, tmp_path, key):
     responses, text = findscu(server, tmp_path / "q", "AccessionNumber", key)
     assert responses == []
     assert "Error: DataSetDoesNotMatchSOPClass" in text, text
-    ok, text = findscu(
+    _ok, text = findscu(
         server,
         tmp_path / "ok",
         "AccessionNumber=A10001",

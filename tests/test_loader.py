@@ -73,7 +73,7 @@ def test_relative_days_resolve_against_the_load_date(tmp_path):
             }
         )
     )
-    ((patient, data),) = read_items(path, today=dt.date(2026, 3, 1))
+    ((_patient, data),) = read_items(path, today=dt.date(2026, 3, 1))
     assert data["sps_start_date"] == "20260227"
     assert data["sps_start_time"] == "7:05"
 

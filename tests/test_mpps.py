@@ -329,8 +329,8 @@ def test_racing_final_transitions_one_wins(db_loaded):
         out = create(db_loaded, step(db_loaded, "A10006"), uid=f"1.2.9.{n}")
         results = _race(
             [
-                lambda: mpps.update(db_loaded, out.uid, n_set_completed([series()])),
-                lambda: mpps.update(db_loaded, out.uid, n_set_discontinued()),
+                lambda uid=out.uid: mpps.update(db_loaded, uid, n_set_completed([series()])),
+                lambda uid=out.uid: mpps.update(db_loaded, uid, n_set_discontinued()),
             ]
         )
         winners = [r for r in results if isinstance(r, mpps.Outcome)]

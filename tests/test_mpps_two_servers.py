@@ -38,7 +38,7 @@ def test_final_transitions_racing_through_two_servers(shared_url, live_server):
         barrier = threading.Barrier(2)
         results: dict[str, object] = {}
 
-        def send(name, port, mods):
+        def send(name, port, mods, barrier=barrier, results=results, uid=uid):
             a = associate(port, MPPS, ae_title=name)
             try:
                 barrier.wait(timeout=10)

@@ -51,7 +51,8 @@ def test_pynetdicom_internals_relied_on_are_there():
                 ("self", "size"),
             ),
             "pynetdicom internal DULServiceProvider._read_pdu_data (pynetdicom.dul, used by "
-            "pynetdicom_ext/reactor.py) changed: expected parameters ('self', 'size'), got ('self',)",
+            "pynetdicom_ext/reactor.py) changed: expected parameters ('self', 'size'), "
+            "got ('self',)",
         ),
         (
             Internal("wire.py", "pynetdicom.dimse", "DIMSEServiceProvider._gone"),

@@ -1,5 +1,5 @@
-"""The C-FIND fast path (dimse/pynetdicom_ext/wire.py) against pynetdicom's and pydicom's own encoders,
-and live: every transfer syntax, character set and PDU size gives the same responses
+"""The C-FIND fast path (dimse/pynetdicom_ext/wire.py) against pynetdicom's and pydicom's own
+encoders, and live: every transfer syntax, character set and PDU size gives the same responses
 whichever path encodes them."""
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:
     return db
 
 
-def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
+def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
     from worklist_mpps.context import AppContext
     from worklist_mpps.dimse.server import DicomServer
 
@@ -275,7 +275,9 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
         ["" if r.get(k) is None else str(r.get(k)) for k, _ in columns] for r in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
 
 
 MPPS_COLUMNS = [
@@ -411,7 +413,7 @@ def ping_database(cfg: Config) -> int:
     return 0
 
 
-def cmd_config(cfg: Config, args: argparse.Namespace) -> int:
+def cmd_config(cfg: Config, _args: argparse.Namespace) -> int:
     width = max(len(k) for k, _, _ in describe_defaults())
     for key, _default, help_text in describe_defaults():
         print(f"{key:<{width}}  {shown_value(key, getattr(cfg, key))}    # {help_text}")

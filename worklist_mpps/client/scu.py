@@ -208,7 +208,7 @@ class Association:
             "(no acceptable presentation context, or the peer aborted)"
         )
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.assoc is not None and self.assoc.is_established:
             self.assoc.release()
 
@@ -240,7 +240,7 @@ class Association:
                 f"cannot connect to {self.peer.host}:{self.peer.port}: {exc.strerror or exc}"
             ) from None
 
-    def _on_connected(self, event) -> None:  # noqa: ANN001
+    def _on_connected(self, _event: evt.Event) -> None:
         self._connected = True
 
     def _on_acse(self, event) -> None:  # noqa: ANN001

@@ -34,7 +34,7 @@ from worklist_mpps.services.status import (
 class ForwardTarget:
     supersede = False  # every N-CREATE and N-SET goes downstream, in order
 
-    def __init__(self, peer: ForwardPeer, calling_ae_title: str, timeout: float = 30.0):
+    def __init__(self, peer: ForwardPeer, calling_ae_title: str, timeout: float = 30.0) -> None:
         self.peer = peer
         self.name = f"forward:{peer.name}"
         self.calling_ae_title = calling_ae_title

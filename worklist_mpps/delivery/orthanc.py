@@ -25,6 +25,7 @@ import logging
 from typing import Any
 
 import requests
+from pydicom import Dataset
 from sqlalchemy import select
 
 from worklist_mpps.config import Config
@@ -139,7 +140,7 @@ class OrthancTarget:
     name = "orthanc"
     supersede = True  # Orthanc shows the latest state: an older pending one is dropped
 
-    def __init__(self, db: Database, config: Config, client: OrthancClient | None = None):
+    def __init__(self, db: Database, config: Config, client: OrthancClient | None = None) -> None:
         self.db = db
         self.config = config
         self.client = client or OrthancClient(
@@ -219,8 +220,8 @@ class OrthancTarget:
     def _completeness(
         self,
         message: OutboxMessage,
-        ds,
-        studies: list[str],  # noqa: ANN001
+        ds: Dataset,
+        studies: list[str],
     ) -> tuple[str, list[str], list[str]]:
         """(complete | checking | incomplete, expected UIDs, missing UIDs), also stored."""
         expected = referenced_instances(ds)

@@ -7,10 +7,11 @@ take association slots; they are dropped after ``handshake_timeout`` (reactor.py
 bounded by ``max_pending_connections``: when that many are pending, a new connection
 evicts the oldest pending one, so that a flood of idle connections from many addresses
 holds the handshake table only until newer connections push it out, and a modality that
-sends its A-ASSOCIATE-RQ at once still gets through. Association slots (``max_associations``) are handed
-out when the A-ASSOCIATE-RQ arrives; a request with no slot free is rejected with
-"local-limit-exceeded" (PS3.8 9.3.4, Table 9-21). Every connection of one source address,
-pending or associated, counts against ``max_connections_per_address``.
+sends its A-ASSOCIATE-RQ at once still gets through. Association slots
+(``max_associations``) are handed out when the A-ASSOCIATE-RQ arrives; a request with no
+slot free is rejected with "local-limit-exceeded" (PS3.8 9.3.4, Table 9-21). Every
+connection of one source address, pending or associated, counts against
+``max_connections_per_address``.
 
 Plain logic, no pynetdicom: reactor.py and server.py call it.
 """

@@ -12,6 +12,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Mapping
+from typing import ClassVar
 
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
@@ -55,7 +57,9 @@ OPERATIONS = {
 
 
 class RequestHandler(EventDrivenRequestHandler):
-    operations = {str(uid): frozenset(ops) for uid, ops in OPERATIONS.items()}
+    operations: ClassVar[Mapping[str, frozenset[str]]] = {
+        str(uid): frozenset(ops) for uid, ops in OPERATIONS.items()
+    }
 
 
 def _on_conn_open(event, ctx: AppContext) -> None:  # noqa: ANN001

@@ -107,7 +107,7 @@ def offending_attributes(ds: Dataset) -> list[int]:
     the Attribute Identifier List of a 0x0106 Invalid Attribute Value (PS3.4 F.7.2.1.3);
     a value inside a sequence is named by its sequence."""
     try:
-        charset = ds[0x00080005] if 0x00080005 in ds else None
+        charset = ds.get(0x00080005)
     except Exception:  # noqa: BLE001
         return [0x00080005]
     bad = []

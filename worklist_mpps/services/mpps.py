@@ -290,7 +290,9 @@ def create(
                 {
                     "status": "IN PROGRESS",
                     "generated_uid": generated,
-                    "worklist_items": {label: i.sps_status for label, i in zip(linked, items)},
+                    "worklist_items": {
+                        label: i.sps_status for label, i in zip(linked, items, strict=True)
+                    },
                 },
             )
     except IntegrityError:  # the unique UID: a concurrent N-CREATE with the same UID won
@@ -418,7 +420,8 @@ def update(
                 "applied": applied,
                 "not_modified": [e.keyword or str(e.tag) for e in not_modified],
                 "worklist_items": {
-                    label: i.sps_status for label, i in zip(linked, record.worklist_items)
+                    label: i.sps_status
+                    for label, i in zip(linked, record.worklist_items, strict=True)
                 },
             },
         )

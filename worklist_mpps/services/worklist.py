@@ -25,6 +25,7 @@ from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Row
 
+from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import Patient, WorklistItem
 from worklist_mpps.services import matching
 from worklist_mpps.services.matching import MatchError
@@ -442,9 +443,9 @@ def response(row: Row, query: WorklistQuery) -> Dataset:
 
 
 def search(
-    db,
+    db: Database,
     query: WorklistQuery,
-    default_statuses: Sequence[str],  # noqa: ANN001
+    default_statuses: Sequence[str],
     calling_ae: str | None = None,
     limit: int | None = None,
     offset: int = 0,

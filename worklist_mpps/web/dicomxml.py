@@ -50,11 +50,11 @@ def _local(tag: str) -> str:
 def _pn_element(parent: ET.Element, number: int, value: PersonName) -> None:
     pn = ET.SubElement(parent, "PersonName", number=str(number))
     groups = str(value).split("=")
-    for name, group in zip(PN_GROUPS, groups):
+    for name, group in zip(PN_GROUPS, groups, strict=False):  # trailing groups may be absent
         if not group:
             continue
         g = ET.SubElement(pn, name)
-        for part_name, part in zip(PN_PARTS, group.split("^")):
+        for part_name, part in zip(PN_PARTS, group.split("^"), strict=False):
             if part:
                 ET.SubElement(g, part_name).text = part
 

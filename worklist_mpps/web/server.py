@@ -9,6 +9,7 @@ import threading
 import time
 
 import uvicorn
+from fastapi import FastAPI
 
 from worklist_mpps.web.uvicorn_h11 import guarded_protocol
 
@@ -30,9 +31,9 @@ def raise_open_files_limit() -> int:
 class HTTPServer:
     def __init__(
         self,
-        app,
+        app: FastAPI,
         host: str,
-        port: int,  # noqa: ANN001
+        port: int,
         keep_alive_timeout: float = 60.0,
         header_timeout: float = 10.0,
         max_connections: int = 1000,

@@ -124,7 +124,7 @@ class GuardedH11Protocol(H11Protocol):
         victim.transport.close()
 
     def _peer(self) -> str:
-        return "%s:%d" % (self.client[0], self.client[1]) if self.client else "-"
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
 
 
 def guarded_protocol(header_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:

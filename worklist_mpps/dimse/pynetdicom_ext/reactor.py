@@ -33,6 +33,7 @@ wire.py) allowed to subclass pynetdicom's internals; splitting it would spread t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -124,10 +125,8 @@ class EventDrivenDUL(DULServiceProvider):
     def _poke(self) -> None:
         with self._pipe_lock:
             if self._pipe is not None:
-                try:
+                with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
                     os.write(self._pipe[1], b"\0")
-                except BlockingIOError:  # full: a wake-up is pending anyway
-                    pass
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -147,10 +146,8 @@ class EventDrivenDUL(DULServiceProvider):
             select.select([sock, self._pipe[0]], [], [], TICK)
         except (OSError, ValueError):
             time.sleep(STA13_POLL)  # socket closed under us: the next look reports it
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(self._pipe[0], 4096)
-        except BlockingIOError:
-            pass
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's PDU read, restructured: the 6-byte PDU header is read first, from
@@ -205,10 +202,8 @@ class EventDrivenDUL(DULServiceProvider):
             return
         finally:
             if self.socket is not None and self.socket.socket is sock:
-                try:
+                with contextlib.suppress(OSError):
                     sock.settimeout(saved)
-                except OSError:
-                    pass
         if len(body) != length:
             self._dropped(f"PDU of {length} bytes cut off after {len(body)}")
             self.event_queue.put("Evt17")
@@ -346,14 +341,14 @@ class EventDrivenDUL(DULServiceProvider):
                 except queue.Empty:
                     idle = True
                     continue
-                except Exception as exc:  # as pynetdicom's reactor
+                except Exception as exc:  # noqa: BLE001 - as pynetdicom's reactor
                     self._abort(f"{exc.__class__.__name__} reading from the peer: {exc}")
                     return
                 try:
                     self.state_machine.do_action(event)
                     if self.state_machine.current_state == "Sta1":  # connection closed
                         self.to_user_queue.close()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - see below
                     # pynetdicom's reactor lets this end the thread with a traceback; a
                     # message its state machine or DIMSE decoder cannot take (an unknown
                     # command, an event invalid in this state) aborts the association
@@ -575,10 +570,8 @@ def _evict(sock: socket.socket) -> None:
         "Connection dropped before associating: max_pending_connections "
         "reached, the oldest pending connection makes room"
     )
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # an SSLSocket's would drop its state
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # an SSLSocket's shutdown would drop its state
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class GatedAssociationServer(AssociationServer):
@@ -638,9 +631,9 @@ class GatedAssociationServer(AssociationServer):
 
     def _set_up_thread(
         self,
-        request,
-        client_address,
-        ticket: Ticket | None,  # noqa: ANN001
+        request: socket.socket,
+        client_address: tuple[str, int],
+        ticket: Ticket | None,
     ) -> None:
         """As ThreadingMixIn.process_request_thread."""
         try:
