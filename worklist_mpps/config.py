@@ -4,6 +4,9 @@ Precedence (highest last): dataclass defaults < YAML file (``--config``) <
 environment variables ``WORKLIST_MPPS_<KEY>`` < command-line flags ``--<key>``.
 A key that does not exist or a value of the wrong type fails at start with a
 message naming the key.
+
+Over 400 lines: every setting, its documented default, help text and validation live in
+this one object, so that YAML, environment, flags and `config` output cannot disagree.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``worklist-mpps``: serve, manage the database, load worklists."""
+"""``worklist-mpps``: serve, manage the database, load worklists.
+
+Over 400 lines: one small function per subcommand, and serve's start-up with its exit
+codes; each calls the service layer for its work.
+"""
 
 from __future__ import annotations
 

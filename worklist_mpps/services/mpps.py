@@ -5,6 +5,9 @@
 one database transaction and returns only after it committed, so a success
 seen by a modality survives a crash. A rule is broken by raising
 :class:`MPPSError` with the status code of PS3.7 Annex C / PS3.4 F.7.2.
+
+Over 400 lines: the three operations of Annex F and their Table F.7.2-1 rules read best
+side by side; values and encoding are in dicom.py, links to the worklist in links.py.
 """
 
 from __future__ import annotations

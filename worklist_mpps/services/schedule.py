@@ -6,6 +6,7 @@ writes its audit record in that transaction, and answers with plain dicts. Broke
 raise :class:`ItemError` (invalid data, naming the field), :class:`NotFound` or
 :class:`Conflict`; a front end maps them to its own answer (HTTP 422/404/409).
 Value normalisation and the row-level building blocks are in schedule_values.py.
+About 400 lines: one function per operation a front end offers, each with its audit record.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@
 ``response`` builds the response identifier of one matching row, holding
 exactly the requested keys (K.4.1.1.3.2). The DIMSE handler and the DICOMweb
 search both call :func:`search`.
+
+Over 400 lines: parsing, SQL and response building are one pipeline over the same key
+tables (TOP_KEYS, SPS_KEYS); matching.py holds the per-type matching rules.
 """
 
 from __future__ import annotations
