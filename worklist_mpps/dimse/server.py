@@ -22,7 +22,6 @@ from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
     Verification,
 )
-from pynetdicom.transport import AssociationServer
 
 from worklist_mpps.context import AppContext
 from worklist_mpps.dimse.admission import ConnectionGate
@@ -194,14 +193,16 @@ class DicomServer:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.ae = build_ae(ctx)
-        self._server = None
-        self._tls_server = None
+        self._server: GatedAssociationServer | None = None
+        self._tls_server: GatedAssociationServer | None = None
         cfg = ctx.config
         self.gate = ConnectionGate(
             cfg.max_associations, cfg.max_pending_connections, cfg.max_connections_per_address
         )
 
-    def _listen(self, port: int, ssl_context: ssl.SSLContext | None = None) -> AssociationServer:
+    def _listen(
+        self, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> GatedAssociationServer:
         """As ``AE.start_server(block=False)``, with the event-driven associations of
         reactor.py. With ``dimse_fast_path`` the listener thread itself creates and starts
         each association (it only sets objects up and starts the association's thread),
@@ -214,6 +215,8 @@ class DicomServer:
             server_class=GatedAssociationServer,
             request_handler=RequestHandler,
         )
+        # make_server returns an object of server_class; annotated with pynetdicom's default
+        assert isinstance(server, GatedAssociationServer)
         server.gate = self.gate
         server.handshake_timeout = self.ctx.config.handshake_timeout
         server.max_message_size = self.ctx.config.max_message_size
@@ -243,7 +246,8 @@ class DicomServer:
         return self._server.server_address[1] if self._server else self.ctx.config.port
 
     def is_listening(self) -> bool:
-        return self._server is not None and self._server.socket.fileno() != -1
+        server = self._server
+        return server is not None and server.socket is not None and server.socket.fileno() != -1
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let associations in flight finish (up to ``grace`` s), then

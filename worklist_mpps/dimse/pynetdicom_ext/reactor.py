@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
+from typing import Any, ClassVar, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -107,6 +108,9 @@ class ClosableQueue(WakingQueue):
 class EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL reactor, blocking in select() instead of sleeping."""
 
+    to_user_queue: ClosableQueue  # closed when the connection ends (see __init__)
+    fast_path: bool = True  # False: pynetdicom's own polling loop (set_fast_path)
+
     def __init__(self, assoc: Association, wake_assoc: Callable[[], None]) -> None:
         super().__init__(assoc)
         self._pipe: tuple[int, int] | None = None
@@ -119,7 +123,6 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake_assoc = wake_assoc
         self.handshake_deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         self._tls_done = False
-        self.fast_path = True
         self._connected = False  # left Sta1 once: a later Sta1 means the connection closed
 
     def _poke(self) -> None:
@@ -142,12 +145,14 @@ class EventDrivenDUL(DULServiceProvider):
             return  # TLS data already decrypted and buffered
         if self.to_provider_queue.qsize() or self.event_queue.qsize():
             return
+        pipe = self._pipe
+        assert pipe is not None  # run_reactor's loop, the one caller, has it open
         try:
-            select.select([sock, self._pipe[0]], [], [], TICK)
+            select.select([sock, pipe[0]], [], [], TICK)
         except (OSError, ValueError):
             time.sleep(STA13_POLL)  # socket closed under us: the next look reports it
         with contextlib.suppress(BlockingIOError):
-            os.read(self._pipe[0], 4096)
+            os.read(pipe[0], 4096)
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's PDU read, restructured: the 6-byte PDU header is read first, from
@@ -159,7 +164,7 @@ class EventDrivenDUL(DULServiceProvider):
         - Before the association (Sta2) every read ends at the handshake deadline.
         - Failures are one warning line, never a traceback.
         """
-        sock = getattr(self.socket, "socket", None)
+        sock: socket.socket | None = getattr(self.socket, "socket", None)
         if sock is None:
             self.event_queue.put("Evt17")
             return
@@ -209,7 +214,8 @@ class EventDrivenDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         try:
-            pdu, event = self._decode_pdu(header + body)
+            # annotated bytearray, but pynetdicom's _decode_pdu starts with bytes(bytestream)
+            pdu, event = self._decode_pdu(cast(bytearray, header + body))
         except Exception as exc:  # noqa: BLE001 - whatever a hostile PDU makes pynetdicom raise
             self._dropped(f"undecodable PDU type 0x{pdu_type:02X}: {exc.__class__.__name__}: {exc}")
             self.event_queue.put("Evt19")
@@ -369,6 +375,8 @@ class EventDrivenAssociation(Association):
 
     # SOP Class -> DIMSE operations served (set by the request handler); None: no check
     operations: Mapping[str, Collection[str]] | None = None
+    dul: EventDrivenDUL  # created in __init__, in place of pynetdicom's
+    dimse: wire.DIMSEProvider
 
     def __init__(self, ae, mode: str) -> None:  # noqa: ANN001
         super().__init__(ae, mode)
@@ -410,7 +418,7 @@ class EventDrivenAssociation(Association):
         and aborts, or never answers. Answer it with a response of its own type and the
         refusal's status instead; the association goes on.
         """
-        oversize = getattr(msg, "wm_refusal", None)
+        oversize = wire.refusal_of(msg)
         if oversize is not None:
             response = wire.refusal_response(msg, oversize)
             if response is not None:  # None: a response or C-CANCEL, nothing to answer
@@ -469,7 +477,7 @@ class EventDrivenAssociation(Association):
         )
         self.dimse.send_msg(rsp, context_id)
 
-    fast_path = True  # False: pynetdicom's own reactors (config dimse_fast_path)
+    fast_path: bool = True  # False: pynetdicom's own reactors (config dimse_fast_path)
 
     def set_fast_path(self, on: bool) -> None:
         """Event-driven reactors and wire.py's shortcuts (True), or pynetdicom's own."""
@@ -492,6 +500,7 @@ class EventDrivenAssociation(Association):
 
             context_id, msg = self.dimse.get_msg(block=False)
             if msg:
+                assert context_id is not None  # queued as (None, None) or (context, msg)
                 self._serve_request(msg, context_id)
 
             if self.is_established and self.acse.is_release_requested():
@@ -525,7 +534,7 @@ class EventDrivenRequestHandler(RequestHandler):
     """pynetdicom's RequestHandler, creating :class:`EventDrivenAssociation`s."""
 
     # SOP Class -> DIMSE operations served, for EventDrivenAssociation._serve_request
-    operations: Mapping[str, Collection[str]] | None = None
+    operations: ClassVar[Mapping[str, Collection[str]] | None] = None
     server: GatedAssociationServer
 
     def _create_association(self) -> Association:
@@ -558,7 +567,11 @@ class EventDrivenRequestHandler(RequestHandler):
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)
             elif isinstance(event, evt.NotificationEvent):
-                for handler, args in handlers:
+                # a notification event has a list of (handler, args), an intervention
+                # event one pair (AssociationServer.bind); the annotation is their union
+                for handler, args in cast(
+                    "list[tuple[Callable[..., Any], list[Any] | None]]", handlers
+                ):
                     assoc.bind(event, handler, args)
         return assoc
 
@@ -596,6 +609,7 @@ class GatedAssociationServer(AssociationServer):
         self._setting_up.ticket = ticket
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None  # bound in __init__; serve_forever runs after that
         client_socket, address = self.socket.accept()
         if self.ssl_context:
             client_socket = self.ssl_context.wrap_socket(

@@ -25,7 +25,7 @@ import struct
 import time
 from collections.abc import Iterable
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from pydicom.charset import python_encoding
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -40,6 +40,7 @@ from pynetdicom.dimse_primitives import (
     C_MOVE,
     C_STORE,
     N_CREATE,
+    DimseServiceType,
 )
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -61,7 +62,7 @@ SIMPLE_CHARSETS = {None: "ascii", "ISO_IR 6": "ascii", "": "ascii"}
 def codec(charset: str | None) -> str | None:
     """Python codec of a response character set, None when this path cannot encode it
     (ISO 2022 code extensions need pydicom's escape sequence handling)."""
-    if charset in SIMPLE_CHARSETS:
+    if charset is None or charset in SIMPLE_CHARSETS:  # None is one of them
         return SIMPLE_CHARSETS[charset]
     if charset.startswith("ISO 2022"):
         return None
@@ -184,6 +185,13 @@ def _pdv(data: bytes, context_id: int, flags: int) -> bytes:
     return struct.pack(">LBB", len(data) + 2, context_id, flags) + data
 
 
+def one_pdv(context_id: int, data: bytes) -> list[tuple[int, bytes]]:
+    """A ``P_DATA.presentation_data_value_list`` of one PDV. pynetdicom's setter takes
+    only ``[context ID, bytes]`` lists (a tuple is a TypeError), though annotated with
+    tuples: the list is cast to the annotation."""
+    return cast("list[tuple[int, bytes]]", [[context_id, data]])
+
+
 def find_response(
     message_id: int, status: int, identifier: bytes | None, context_id: int, max_pdu: int
 ) -> bytes:
@@ -244,19 +252,18 @@ def n_create_attribute_identifier_list() -> None:
     it out. This adds both (idempotent; additive: a response without the list encodes
     as before, and an N-CREATE-RSP that carries one now reaches the primitive).
     """
-    N_CREATE.AttributeIdentifierList = None  # a parameter validate_status copies into
+    keyword = "AttributeIdentifierList"
+    setattr(N_CREATE, keyword, None)  # a parameter (undeclared there) validate_status copies into
     keywords = dimse_messages._COMMAND_SET_KEYWORDS["N-CREATE-RSP"]
-    if "AttributeIdentifierList" not in keywords:
-        dimse_messages._COMMAND_SET_KEYWORDS["N-CREATE-RSP"] = (
-            *keywords,
-            "AttributeIdentifierList",
-        )
+    if keyword not in keywords:
+        dimse_messages._COMMAND_SET_KEYWORDS["N-CREATE-RSP"] = (*keywords, keyword)
 
 
 n_create_attribute_identifier_list()
 
 
 # --- status-only responses through pynetdicom's DUL -------------------------------------------
+
 
 RESPONSE_FIELDS = {C_ECHO: 0x8030, C_FIND: C_FIND_RSP}
 
@@ -293,6 +300,19 @@ OUT_OF_RESOURCES = {  # the "Refused: Out of Resources" of each DIMSE-C service
     C_GET: dimse_status.OUT_OF_RESOURCES_MATCHES,  # PS3.4 C.4.3.1.4
     C_MOVE: dimse_status.OUT_OF_RESOURCES_MATCHES,  # PS3.4 C.4.2.1.4
 }
+
+
+_REFUSAL = "wm_refusal"  # the one attribute this project adds to pynetdicom's DIMSE primitives
+
+
+def mark_refused(request: object, comment: str) -> None:
+    """Mark a received request for :func:`refusal_response`, ``comment`` its Error Comment."""
+    setattr(request, _REFUSAL, comment)
+
+
+def refusal_of(request: object) -> str | None:
+    """The comment :func:`mark_refused` left on ``request``; None if it is not refused."""
+    return getattr(request, _REFUSAL, None)
 
 
 def refusal_response(request, comment: str):  # noqa: ANN001, ANN201
@@ -359,7 +379,7 @@ class DIMSEProvider(DIMSEServiceProvider):
                     self._refuse(context_id, limit)
                 continue
             single = P_DATA()
-            single.presentation_data_value_list = [[context_id, data]]
+            single.presentation_data_value_list = one_pdv(context_id, data)
             if not self._assemble(single):
                 return
 
@@ -394,6 +414,7 @@ class DIMSEProvider(DIMSEServiceProvider):
     def _refuse(self, context_id: int, limit: int) -> None:
         """Queue the request without its data set, marked for refusal_response."""
         msg, size = self.message, self._received
+        assert msg is not None  # receive_primitive calls this with the message it receives
         self.message = None
         req = self.assoc.requestor
         if type(msg) is DIMSEMessage or msg.context_id is None:  # data before the command
@@ -412,8 +433,10 @@ class DIMSEProvider(DIMSEServiceProvider):
             req.address,
             limit,
         )
-        request.wm_refusal = f"Message over max_message_size of {limit} bytes"
-        self.msg_queue.put((context_id, request))
+        mark_refused(request, f"Message over max_message_size of {limit} bytes")
+        # the queue's annotation leaves C-CANCEL out; pynetdicom's receive_primitive queues
+        # one too (past its tenth), with this cast; refusal_response answers none
+        self.msg_queue.put((context_id, cast(DimseServiceType, request)))
 
     def _abort(self, why: str) -> None:
         req = self.assoc.requestor
@@ -445,7 +468,7 @@ class DIMSEProvider(DIMSEServiceProvider):
             super().send_msg(primitive, context_id)  # fragments, or logging wants the message
             return
         pdata = P_DATA()
-        pdata.presentation_data_value_list = [[context_id, b"\x03" + command]]  # command, last
+        pdata.presentation_data_value_list = one_pdv(context_id, b"\x03" + command)  # command, last
         self.dul.send_pdu(pdata)
 
 
