@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test bench install system-tools clean lock
+.PHONY: serve test check bench install system-tools clean lock
 
 $(STAMP): pyproject.toml requirements-test.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ system-tools:
 
 # the whole suite, then the DIMSE tests again on pynetdicom's stock paths
 # (dimse_fast_path false, README)
-test: $(STAMP) system-tools
+# The rules the code keeps (issue 13): import contracts between the wings, lint and
+# format, types. make test runs them first, then the suite.
+check: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check worklist_mpps tests bench
+	$(BIN)/ruff format --check worklist_mpps tests bench
+	$(BIN)/mypy
+
+test: $(STAMP) system-tools check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m dimse --dimse-fast-path=off $(PYTEST_ARGS)
 

@@ -14,6 +14,10 @@ explicit VR little endian), the DIMSE command set of a C-FIND-RSP PS3.7 9.3.2.2,
 message fragments and P-DATA-TF PDUs PS3.8 9.3.5 and E.2. Anything else (big
 endian or deflated transfer syntaxes, ISO 2022 character sets, TLS) goes the
 ordinary pynetdicom way.
+
+Over 400 lines: with reactor.py the one place allowed to touch pynetdicom's internals
+(pynetdicom_ext/__init__.py); splitting the byte layouts from the provider that sends
+them would spread those internals.
 """
 
 from __future__ import annotations
