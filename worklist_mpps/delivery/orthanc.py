@@ -193,10 +193,11 @@ class OrthancTarget:
                 self.client.set_metadata(study, "MppsDiscontinuationReason", reason)
             if completeness is not None:
                 state, expected, missing = completeness
-                self.client.set_metadata(study, "MppsCompleteness", state)
                 self.client.set_metadata(study, "MppsExpected", str(len(expected)))
                 self.client.set_metadata(study, "MppsReceived", str(len(expected) - len(missing)))
                 self.client.set_metadata(study, "MppsMissing", json.dumps(missing))
+                # last: whoever sees the new state sees its counts and missing list too
+                self.client.set_metadata(study, "MppsCompleteness", state)
             if self.client.has_labels:
                 label = (
                     "mpps-incomplete"
