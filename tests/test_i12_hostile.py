@@ -230,16 +230,24 @@ def n_get_status(port: int, uid: str) -> int:
 # --- 7. bounded messages ---------------------------------------------------------------
 
 
-PEERS, PER_PEER, LIMIT = 16, 4 * MiB, 1 * MiB
+PEERS, PER_PEER, LIMIT = 32, 4 * MiB, 1 * MiB  # the issue's 32 concurrent peers
 
 
 def test_oversize_messages_get_0213_without_being_buffered(live_server):
-    """16 peers from their own addresses each stream a 4 MiB N-CREATE in 16 KB PDUs to a
+    """32 peers from their own addresses each stream a 4 MiB N-CREATE in 16 KB PDUs to a
     server with max_message_size 1 MiB: each gets 0x0213 Resource limitation naming the
     limit, its association still answers C-ECHO, the server's RSS grows by less than
     the limit times the peers (plus slack), a modality is served throughout, and an MPPS
     stored before is still there while the oversize ones were not stored."""
-    server = live_server(None, "--sample-file", str(SAMPLE), "--max-message-size", str(LIMIT))
+    server = live_server(
+        None,
+        "--sample-file",
+        str(SAMPLE),
+        "--max-message-size",
+        str(LIMIT),
+        "--max-associations",
+        str(PEERS + 8),  # the peers, and the modality served beside them
+    )
     kept = stored_mpps(server.port)
     legitimate_client_is_served(server.port)  # warm: caches, first association threads
     before = rss_mb(server.proc.pid)
