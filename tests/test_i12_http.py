@@ -916,3 +916,28 @@ def test_item_text_fields_refuse_control_characters_and_backslash():
         normalize_item({"sps_description": "x\ny"})
     assert err.value.field == "sps_description"
     assert normalize_patient({"patient_name": "Müller^Hans=ミュラー"})["patient_name"]
+
+
+def test_a_client_trickling_its_body_is_dropped(live_server):
+    """Headers at once, then the body a byte at a time: 408 and closed after
+    http_body_timeout, nothing created, the server keeps serving."""
+    server = live_server(None, "--http-body-timeout", "2")
+
+    def patients() -> int:
+        with urllib.request.urlopen(f"{server.http_url}/api/patients", timeout=5) as rsp:
+            return json.loads(rsp.read())["total"]
+
+    before = patients()
+    head = (
+        b"POST /api/patients HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    with socket.create_connection(("127.0.0.1", server.http_port), 5) as slow:
+        slow.sendall(head)
+        answer = closed_by_server(slow, trickle=True, within=15)
+    assert answer is not None, "a client trickling its body was never dropped"
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert patients() == before
+    log = server.log()
+    assert "http_body_timeout" in log and "Traceback" not in log
+    assert " 500" not in log, log

@@ -341,6 +341,10 @@ class Config:
     http_header_timeout: float = field(
         default=10.0, metadata={"help": "an HTTP client must send its request head within (s)"}
     )
+    http_body_timeout: float = field(
+        default=60.0,
+        metadata={"help": "an HTTP client must send its request body within (s of its head)"},
+    )
     http_max_connections: int = field(
         default=1000,
         metadata={
@@ -407,6 +411,8 @@ class Config:
             raise ConfigError(f"http_port: must be 0..65535, got {self.http_port}")
         if self.http_header_timeout <= 0:
             raise ConfigError(f"http_header_timeout: must be > 0, got {self.http_header_timeout}")
+        if self.http_body_timeout <= 0:
+            raise ConfigError(f"http_body_timeout: must be > 0, got {self.http_body_timeout}")
         if self.http_max_connections < 1:
             raise ConfigError(
                 f"http_max_connections: must be >= 1, got {self.http_max_connections}"

@@ -164,9 +164,10 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
                 create_app(ctx, server.is_listening),
                 cfg.http_bind,
                 cfg.http_port,
-                cfg.network_timeout,
-                cfg.http_header_timeout,
-                cfg.http_max_connections,
+                keep_alive_timeout=cfg.network_timeout,
+                header_timeout=cfg.http_header_timeout,
+                body_timeout=cfg.http_body_timeout,
+                max_connections=cfg.http_max_connections,
             )
             try:
                 http.start()

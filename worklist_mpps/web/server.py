@@ -36,6 +36,7 @@ class HTTPServer:
         port: int,
         keep_alive_timeout: float = 60.0,
         header_timeout: float = 10.0,
+        body_timeout: float = 60.0,
         max_connections: int = 1000,
     ) -> None:
         # HTTP may hold at most half of the process's descriptors: the rest stay for the
@@ -56,7 +57,7 @@ class HTTPServer:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=int(keep_alive_timeout),
-            http=guarded_protocol(header_timeout, max_connections),
+            http=guarded_protocol(header_timeout, max_connections, body_timeout),
         )
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None

@@ -29,21 +29,31 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("worklist_mpps.http")
-REQUEST_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"connection: close\r\ncontent-length: 33\r\n\r\n"
-    b"request head not complete in time"
-)
+
+
+def _request_timeout(what: str) -> bytes:
+    """A 408 Request Timeout (RFC 9110 15.5.9) that closes the connection."""
+    body = f"request {what} not complete in time".encode()
+    return (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+REQUEST_TIMEOUT = _request_timeout("head")
+BODY_TIMEOUT = _request_timeout("body")
 
 
 class GuardedH11Protocol(H11Protocol):
-    """H11Protocol with a request-head deadline and a cap on connections."""
+    """H11Protocol with request-head and request-body deadlines and a cap on connections."""
 
     header_timeout: float = 10.0
+    body_timeout: float = 60.0
     max_connections: int = 1000
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._head_started = False
         self._waiting_since = self.loop.time()
         super().connection_made(transport)
@@ -59,8 +69,10 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
             self._disarm()
+        self._watch_body()
 
     def on_response_complete(self) -> None:
+        self._stop_body_timer()
         super().on_response_complete()
         self._waiting_since = self.loop.time()
         self._head_started = bool(self.conn.trailing_data[0])
@@ -69,6 +81,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._stop_body_timer()
         super().connection_lost(exc)
 
     # --- the deadline ------------------------------------------------------------------
@@ -94,6 +107,37 @@ class GuardedH11Protocol(H11Protocol):
         )
         if self._head_started and self.conn.our_state is h11.IDLE:
             self.transport.write(REQUEST_TIMEOUT)
+        self.transport.close()
+
+    # --- the body deadline -------------------------------------------------------------
+    # A client that sends its head at once and then trickles its body holds a connection
+    # (and a request in the application) as a slow head would: its body must be complete
+    # ``body_timeout`` seconds after its head.
+
+    def _watch_body(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY:
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+        else:
+            self._stop_body_timer()
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        log.warning(
+            "HTTP client %s: no complete request body within %g s "
+            "(http_body_timeout): connection closed",
+            self._peer(),
+            self.body_timeout,
+        )
+        if self.conn.our_state is h11.SEND_RESPONSE:  # no response begun: say why
+            self.transport.write(BODY_TIMEOUT)
         self.transport.close()
 
     # --- the cap -----------------------------------------------------------------------
@@ -127,10 +171,16 @@ class GuardedH11Protocol(H11Protocol):
         return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type[GuardedH11Protocol]:
+def guarded_protocol(
+    header_timeout: float, max_connections: int, body_timeout: float = 60.0
+) -> type[GuardedH11Protocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
     return type(
         "GuardedH11Protocol",
         (GuardedH11Protocol,),
-        {"header_timeout": header_timeout, "max_connections": max_connections},
+        {
+            "header_timeout": header_timeout,
+            "body_timeout": body_timeout,
+            "max_connections": max_connections,
+        },
     )
