@@ -306,10 +306,11 @@ def create(
 # --- N-SET ------------------------------------------------------------------------------------
 
 
-def _load_for_update(session: Session, uid: str) -> MPPSTracking:
-    record = session.scalars(
-        select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid).with_for_update()
-    ).first()
+def _load(session: Session, uid: str, for_update: bool = False) -> MPPSTracking:
+    """The stored instance (locked for the transaction with ``for_update``); 0x0112 No
+    such SOP Instance when there is none (F.7.2.2, F.8)."""
+    stmt = select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)
+    record = session.scalars(stmt.with_for_update() if for_update else stmt).first()
     if record is None:
         raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
     return record
@@ -362,7 +363,7 @@ def update(
     mods = as_unicode(modifications)
     payload = _payload(mods, targets)
     with db.write() as session:
-        record = _load_for_update(session, uid)
+        record = _load(session, uid, for_update=True)
         if record.status in FINAL_STATUSES:
             raise MPPSError(
                 PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED, error_id=ERROR_ID_NO_LONGER_UPDATED
@@ -444,12 +445,7 @@ def update(
 def get(db: Database, uid: str, tags: Iterable[int] | int | None = None) -> tuple[int, Dataset]:
     """N-GET (F.8): (status, attributes); all attributes when ``tags`` is empty."""
     with db.read() as session:
-        record = session.scalars(
-            select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)
-        ).first()
-        if record is None:
-            raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
-        stored = decode_dataset(record.dataset)
+        stored = decode_dataset(_load(session, uid).dataset)
     if tags is None or isinstance(tags, int):  # one tag arrives bare from pydicom
         tags = [] if tags is None else [tags]
     tags = [Tag(t) for t in tags]
@@ -507,9 +503,5 @@ def list_steps(db: Database, status: str | None = None, limit: int = 50) -> list
 
 def show_step(db: Database, uid: str) -> tuple[dict, Dataset]:
     with db.read() as session:
-        record = session.scalars(
-            select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)
-        ).first()
-        if record is None:
-            raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
+        record = _load(session, uid)
         return summary(record), decode_dataset(record.dataset)
