@@ -252,6 +252,10 @@ class LiveServer:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # a server that does not stop: its threads' stacks into its log first
+            # (serve registers SIGUSR1 with faulthandler), then SIGKILL
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(1)
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
         self.proc = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -572,3 +573,16 @@ def test_make_install_uses_the_lock():
     recipe = makefile.split("$(STAMP):", 1)[1].split("\n\n", 1)[0]
     assert "--require-hashes -r requirements-test.lock" in recipe
     assert "--no-deps" in recipe and ".[test" not in recipe
+
+
+def test_sigusr1_writes_every_thread_stack_to_the_log(live_server):
+    """A server that seems stuck tells where each thread is (kill -USR1), and serves on."""
+    server = live_server()
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "Current thread" not in server.log() and "Thread 0x" not in server.log():
+        assert time.monotonic() < deadline, server.log()[-2000:]
+        time.sleep(0.1)
+    assert server.proc.poll() is None
+    with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=5) as rsp:
+        assert rsp.status == 200

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import json
 import logging
 import signal
 import sys
-import threading
+import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -84,15 +85,9 @@ def setup_logging(level: str) -> None:
     debug = level.upper() == "DEBUG"
     for noisy in ("pynetdicom", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
-    # pynetdicom's standard DIMSE log handlers fail on some valid N-GET requests
-    # (empty or one-tag Attribute Identifier List) and log a traceback: off unless debugging.
-    from pynetdicom import _config as pynetdicom_config
+    from worklist_mpps.dimse.pynetdicom_ext.assoc import quiet_logging
 
-    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
-    # pynetdicom formats every C-FIND request and response identifier as text before the
-    # logger decides to drop it: a large share of the cost of each response
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = debug
-    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = debug
+    quiet_logging(debug)
     # pydicom checks every value it reads or sets (a regular expression per UID, each
     # DIMSE command builds several) only to log a warning: about a fifth of an
     # association's CPU. The server checks what it relies on itself (PS3.4 Annex F
@@ -144,9 +139,13 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
 
     raise_open_files_limit()  # many clients must not starve the listeners of descriptors
     server = DicomServer(ctx)
-    stop = threading.Event()
+    # The handler only records the signal: a handler runs between two bytecodes of the
+    # main thread and must take no lock that code may hold. SIGUSR1 writes every thread's
+    # stack to stderr (the log), for a server that seems stuck.
+    stop_signals: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stop_signals.append(signum))
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     http, running = None, False
     try:
         try:
@@ -184,7 +183,8 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
             flush=True,
         )
         running = True
-        stop.wait()
+        while not stop_signals:
+            time.sleep(0.2)
     finally:
         if running:
             log.info("Shutting down")

@@ -38,3 +38,15 @@ def register_server(ae, server) -> None:  # noqa: ANN001
     """Let ``ae`` know a listener started outside ``AE.start_server``, so that
     ``ae.active_associations`` and ``ae.shutdown()`` include it."""
     ae._servers.append(server)
+
+
+def quiet_logging(debug: bool) -> None:
+    """pynetdicom's own DIMSE log handlers and identifier dumps (its private ``_config``):
+    on only when debugging. Its standard handlers fail on some valid N-GET requests (an
+    empty or one-tag Attribute Identifier List) with a traceback, and it formats every
+    C-FIND identifier as text before the logger drops it: a large share of a response."""
+    from pynetdicom import _config
+
+    _config.LOG_HANDLER_LEVEL = "standard" if debug else "none"
+    _config.LOG_REQUEST_IDENTIFIERS = debug
+    _config.LOG_RESPONSE_IDENTIFIERS = debug
