@@ -99,15 +99,8 @@ class GuardedH11Protocol(H11Protocol):
         self._head_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
-        log.warning(
-            "HTTP client %s: no complete request head within %g s "
-            "(http_header_timeout): connection closed",
-            self._peer(),
-            self.header_timeout,
-        )
-        if self._head_started and self.conn.our_state is h11.IDLE:
-            self.transport.write(REQUEST_TIMEOUT)
-        self.transport.close()
+        answer = self._head_started and self.conn.our_state is h11.IDLE  # part of a head came
+        self._drop("head", "http_header_timeout", self.header_timeout, answer, REQUEST_TIMEOUT)
 
     # --- the body deadline -------------------------------------------------------------
     # A client that sends its head at once and then trickles its body holds a connection
@@ -130,14 +123,21 @@ class GuardedH11Protocol(H11Protocol):
         self._body_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
             return
+        answer = self.conn.our_state is h11.SEND_RESPONSE  # no response begun: say why
+        self._drop("body", "http_body_timeout", self.body_timeout, answer, BODY_TIMEOUT)
+
+    def _drop(self, part: str, setting: str, seconds: float, answer: bool, rsp: bytes) -> None:
+        """Close a connection whose request ``part`` missed its deadline, with ``rsp``
+        (a 408) first when ``answer``; one log line."""
         log.warning(
-            "HTTP client %s: no complete request body within %g s "
-            "(http_body_timeout): connection closed",
+            "HTTP client %s: no complete request %s within %g s (%s): connection closed",
             self._peer(),
-            self.body_timeout,
+            part,
+            seconds,
+            setting,
         )
-        if self.conn.our_state is h11.SEND_RESPONSE:  # no response begun: say why
-            self.transport.write(BODY_TIMEOUT)
+        if answer:
+            self.transport.write(rsp)
         self.transport.close()
 
     # --- the cap -----------------------------------------------------------------------
