@@ -107,6 +107,27 @@ def one_line(stderr: str) -> str:
 # --- 13. secrets stay secret ------------------------------------------------------------
 
 
+def dicom_mpps_create(port: int, study_uid: str, *extra: str) -> subprocess.CompletedProcess:
+    """``dicom-mpps create`` as station CT01 against the server on ``port``."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worklist_mpps.cli.dicom_mpps",
+            "create",
+            f"pacs://WORKLISTS@127.0.0.1:{port}",
+            "--aet",
+            "CT01",
+            "--study-uid",
+            study_uid,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_config_masks_passwords_inside_urls():
     shown = cli(
         "config",
@@ -228,23 +249,8 @@ def test_secrets_from_files_never_reach_log_command_line_or_config(tmp_path, ser
         ).status_code
         == 200
     )
-    created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "worklist_mpps.cli.dicom_mpps",
-            "create",
-            f"pacs://WORKLISTS@127.0.0.1:{server.port}",
-            "--aet",
-            "CT01",
-            "--study-uid",
-            "1.2.826.0.1.3680043.2.1143.77",
-            "--status",
-            "IN PROGRESS",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    created = dicom_mpps_create(
+        server.port, "1.2.826.0.1.3680043.2.1143.77", "--status", "IN PROGRESS"
     )
     assert created.returncode == 0, created.stderr
     deadline = time.monotonic() + 20
@@ -281,22 +287,7 @@ def test_healthz_503_and_log_say_read_only_database(tmp_path, servers):
     assert body["database"].startswith("read-only database"), body
     assert "Database health: read-only database" in server.log()
     # an N-CREATE gets 0x0110 naming the cause, and the log says it in words
-    created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "worklist_mpps.cli.dicom_mpps",
-            "create",
-            f"pacs://WORKLISTS@127.0.0.1:{server.port}",
-            "--aet",
-            "CT01",
-            "--study-uid",
-            "1.2.826.0.1.3680043.2.1143.78",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    created = dicom_mpps_create(server.port, "1.2.826.0.1.3680043.2.1143.78")
     assert created.returncode == 1
     assert "Database error: read-only database" in created.stdout + created.stderr
     assert re.search(r"N-CREATE .* 0x0110 database error: read-only database", server.log()), (
