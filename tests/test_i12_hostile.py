@@ -347,6 +347,27 @@ def test_an_oversize_c_find_gets_a700_and_the_association_goes_on(live_server):
 # --- 8. the TLS port obeys the plain port's limits ----------------------------------------
 
 
+def tls_echoscu(pki_dir, port: int, *timeouts: str) -> subprocess.CompletedProcess:
+    """DCMTK echoscu over TLS with the test PKI's client certificate."""
+    return subprocess.run(
+        [
+            require_tool("echoscu"),
+            "+tls",
+            str(pki_dir / "client.key"),
+            str(pki_dir / "client.crt"),
+            "+cf",
+            str(pki_dir / "ca.crt"),
+            *timeouts,
+            "-aec",
+            "WORKLISTS",
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+
+
 def _client_tls(pki_dir) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki_dir / "ca.crt"))
     context.load_cert_chain(str(pki_dir / "client.crt"), str(pki_dir / "client.key"))
@@ -383,24 +404,7 @@ def test_tls_pdu_over_the_limit_is_aborted_unread(live_server, pki, pdu_type):  
     print(f"sent {sent / MiB:.0f} MiB, RSS +{growth:.0f} MB, answer {kind}")
     assert kind == 0x07 and body[3] == 0x06, "no A-ABORT (invalid PDU parameter value)"
     assert growth < 16, f"RSS grew by {growth:.0f} MB"
-    pki_echo = subprocess.run(
-        [
-            require_tool("echoscu"),
-            "+tls",
-            str(pki / "client.key"),
-            str(pki / "client.crt"),
-            "+cf",
-            str(pki / "ca.crt"),
-            "-to",
-            "5",
-            "-aec",
-            "WORKLISTS",
-            "127.0.0.1",
-            str(port),
-        ],
-        capture_output=True,
-        timeout=30,
-    )
+    pki_echo = tls_echoscu(pki, port, "-to", "5")
     assert pki_echo.returncode == 0, pki_echo.stderr
     legitimate_client_is_served(server.port)
 
@@ -413,26 +417,7 @@ def test_idle_connections_on_the_tls_port_do_not_block_its_listener(live_server,
     server = live_server(None, "--sample-file", str(SAMPLE), *tls_flags(pki, port))
     idle = [Peer(port, source="127.0.0.2") for _ in range(3)]
     try:
-        done = subprocess.run(
-            [
-                require_tool("echoscu"),
-                "+tls",
-                str(pki / "client.key"),
-                str(pki / "client.crt"),
-                "+cf",
-                str(pki / "ca.crt"),
-                "-to",
-                "2",
-                "-ta",
-                "2",
-                "-aec",
-                "WORKLISTS",
-                "127.0.0.1",
-                str(port),
-            ],
-            capture_output=True,
-            timeout=30,
-        )
+        done = tls_echoscu(pki, port, "-to", "2", "-ta", "2")
         assert done.returncode == 0, done.stderr.decode(errors="replace")
     finally:
         for peer in idle:
