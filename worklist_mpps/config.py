@@ -132,6 +132,140 @@ class Device:
         return any(ip in ipaddress.ip_network(h, strict=False) for h in self.hosts)
 
 
+def _hosts(value: Any, where: str) -> tuple[str, ...]:
+    hosts = value or []
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    for host in hosts:
+        try:
+            ipaddress.ip_network(str(host), strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: host {host!r} is not an IP address or network") from None
+    return tuple(str(h) for h in hosts)
+
+
+def _address_in(address: str, hosts: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(h, strict=False) for h in hosts)
+
+
+@dataclass(frozen=True)
+class HL7Sender:
+    """A system allowed to send orders: MSH-3 Sending Application, MSH-4 Sending Facility
+    (empty: any) and the addresses it may connect from (empty: any)."""
+
+    application: str
+    facility: str = ""
+    hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> HL7Sender:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: each sender is a mapping application/facility/hosts")
+        unknown = set(value) - {"application", "facility", "hosts"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        application = str(value.get("application") or "").strip()
+        if not application:
+            raise ConfigError(f"{where}: application (MSH-3) is required")
+        facility = str(value.get("facility") or "").strip()
+        return cls(application, facility, _hosts(value.get("hosts"), where))
+
+    def allows(self, application: str, facility: str, address: str) -> bool:
+        """MSH-3 (and MSH-4 when set) match, compared on their first component (HD.1)."""
+        return (
+            application.split("^")[0] == self.application.split("^")[0]
+            and (not self.facility or facility.split("^")[0] == self.facility.split("^")[0])
+            and (not self.hosts or _address_in(address, self.hosts))
+        )
+
+
+HL7_STATUS_FORMATS = ("ORM^O01", "OMI^O23")
+
+
+@dataclass(frozen=True)
+class HL7Destination:
+    """An order placer (RIS) that gets the procedure status back over MLLP."""
+
+    name: str
+    host: str
+    port: int
+    format: str = "ORM^O01"  # or OMI^O23
+    version: str = ""  # MSH-12; empty: 2.3.1 for ORM^O01, 2.5.1 for OMI^O23
+    application: str = ""  # MSH-5 Receiving Application
+    facility: str = ""  # MSH-6 Receiving Facility
+    enabled: bool = True
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> HL7Destination:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: each destination is a mapping name/host/port/format")
+        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        try:
+            dest = cls(
+                name=str(value["name"]),
+                host=str(value["host"]),
+                port=int(value["port"]),
+                format=str(value.get("format") or "ORM^O01").upper(),
+                version=str(value.get("version") or ""),
+                application=str(value.get("application") or ""),
+                facility=str(value.get("facility") or ""),
+                enabled=_coerce_bool(value.get("enabled", True)),
+            )
+        except KeyError as exc:
+            raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if not dest.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{where}: name {dest.name!r}: letters, digits, - and _ only")
+        if not 1 <= dest.port <= 65535:
+            raise ConfigError(f"{where}: port 1..65535")
+        if dest.format not in HL7_STATUS_FORMATS:
+            raise ConfigError(f"{where}: format {dest.format!r}: one of ORM^O01, OMI^O23")
+        if dest.version and dest.version not in HL7_VERSIONS:
+            raise ConfigError(
+                f"{where}: version {dest.version!r}: one of {', '.join(HL7_VERSIONS)}"
+            )
+        return dest
+
+    @property
+    def hl7_version(self) -> str:
+        return self.version or ("2.5.1" if self.format == "OMI^O23" else "2.3.1")
+
+
+HL7_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6")
+# the targets of hl7_field_map: the worklist attributes an order fills (README mapping table)
+HL7_MAPPED_FIELDS = (
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_name",
+    "birth_date",
+    "sex",
+    "placer_order_number",
+    "filler_order_number",
+    "accession_number",
+    "requested_procedure_id",
+    "sps_id",
+    "modality",
+    "scheduled_station_ae_title",
+    "sps_start",
+    "requested_procedure_code",
+    "requested_procedure_description",
+    "requesting_physician",
+    "referring_physician_name",
+    "study_instance_uid",
+    "requested_procedure_priority",
+    "admission_id",
+    "current_patient_location",
+    "sps_description",
+)
+
+
 def is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -352,6 +486,66 @@ class Config:
             "one still sending its head is dropped)"
         },
     )
+    hl7_enabled: bool = field(
+        default=False, metadata={"help": "receive HL7 v2 orders over MLLP (README: order feed)"}
+    )
+    hl7_port: int = field(default=2575, metadata={"help": "MLLP port of the order feed"})
+    hl7_bind: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address the MLLP port binds to (non-loopback needs hl7_senders)"},
+    )
+    hl7_senders: list[HL7Sender] = field(
+        default_factory=list,
+        metadata={
+            "help": "systems allowed to send orders: application (MSH-3), facility "
+            "(MSH-4), hosts; empty: any sender (loopback only)"
+        },
+    )
+    hl7_max_message_size: int = field(
+        default=1_048_576, metadata={"help": "largest HL7 message received (bytes)"}
+    )
+    hl7_idle_timeout: float = field(
+        default=60.0,
+        metadata={"help": "an MLLP connection silent, or stalled mid-message, this long is closed"},
+    )
+    hl7_max_connections: int = field(
+        default=32, metadata={"help": "concurrent MLLP connections (beyond: refused)"}
+    )
+    hl7_application: str = field(
+        default="WORKLIST-MPPS",
+        metadata={"help": "our MSH-3 Sending Application in ACKs and status messages"},
+    )
+    hl7_facility: str = field(
+        default="", metadata={"help": "our MSH-4 Sending Facility in ACKs and status messages"}
+    )
+    hl7_default_charset: str = field(
+        default="",
+        metadata={
+            "help": "character set of messages whose MSH-18 is empty but whose bytes are "
+            "not ASCII (e.g. 8859/1, UNICODE UTF-8); empty: such messages are refused"
+        },
+    )
+    hl7_field_map: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "per-site mapping overrides: worklist field -> HL7 location(s), "
+            "e.g. {accession_number: OBR-3} (README mapping table)"
+        },
+    )
+    hl7_procedure_modalities: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "procedure code (OBR-4.1) -> modality, used when OBR-24 is empty"},
+    )
+    hl7_destinations: list[HL7Destination] = field(
+        default_factory=list,
+        metadata={
+            "help": "order placers that get the procedure status back: name, host, port, "
+            "format (ORM^O01 or OMI^O23), version, application, facility, enabled"
+        },
+    )
+    hl7_ack_timeout: float = field(
+        default=30.0, metadata={"help": "wait this long for a destination's ACK (s)"}
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING, ERROR"})
 
     def validate(self) -> None:
@@ -445,6 +639,7 @@ class Config:
                         f"{name}: at least {MIN_SECRET_LENGTH} characters when http_bind "
                         f"({self.http_bind}) is not loopback (got {len(getattr(self, name))})"
                     )
+        self._validate_hl7()
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite_synchronous: unknown value {self.sqlite_synchronous!r}")
         from worklist_mpps.db.models import (
@@ -456,6 +651,40 @@ class Config:
                 raise ConfigError(
                     f"worklist_default_statuses: unknown status {status!r} "
                     f"(one of {', '.join(STEP_STATUSES)})"
+                )
+
+    def _validate_hl7(self) -> None:
+        if not (0 <= self.hl7_port <= 65535):
+            raise ConfigError(f"hl7_port: must be 0..65535, got {self.hl7_port}")
+        for name in ("hl7_idle_timeout", "hl7_ack_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("hl7_max_message_size", "hl7_max_connections"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.hl7_enabled and not self.hl7_senders and not is_loopback(self.hl7_bind):
+            raise ConfigError(
+                f"hl7_bind: {self.hl7_bind!r} is not a loopback address: list the systems "
+                "allowed to send orders in hl7_senders (MLLP has no authentication of its own)"
+            )
+        for key in self.hl7_field_map:
+            if key not in HL7_MAPPED_FIELDS:
+                raise ConfigError(
+                    f"hl7_field_map: unknown field {key!r} (one of {', '.join(HL7_MAPPED_FIELDS)})"
+                )
+        for key, where in self.hl7_field_map.items():
+            for location in where.split(","):
+                if not re.fullmatch(r"[A-Z][A-Z0-9]{2}-\d+(\.\d+){0,2}", location.strip()):
+                    raise ConfigError(
+                        f"hl7_field_map: {key}: {location.strip()!r} is not an HL7 location "
+                        "such as OBR-3 or ORC-7.4 (several: comma-separated, first non-empty wins)"
+                    )
+        if self.hl7_default_charset:
+            from worklist_mpps.hl7_charsets import python_codec  # late: config is light
+
+            if python_codec(self.hl7_default_charset) is None:
+                raise ConfigError(
+                    f"hl7_default_charset: unknown HL7 character set {self.hl7_default_charset!r}"
                 )
 
     @property
@@ -477,6 +706,23 @@ class Config:
         return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
 
 
+# list entries with a structure of their own, and what must be unique among them
+_ENTRY_TYPES: dict[type, str] = {
+    ForwardPeer: "peer names",
+    Device: "AE titles",
+    HL7Sender: "application and facility pairs",
+    HL7Destination: "destination names",
+}
+
+
+def _entry_key(entry: Any) -> Any:
+    if isinstance(entry, Device):
+        return entry.ae_title
+    if isinstance(entry, HL7Sender):
+        return (entry.application, entry.facility, entry.hosts)
+    return entry.name
+
+
 def _fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(Config)}
 
@@ -486,7 +732,9 @@ def _field_type(name: str) -> tuple[Any, bool]:
     hint = typing.get_type_hints(Config)[name]
     if typing.get_origin(hint) is list:
         item = typing.get_args(hint)[0]
-        return (item, False) if item in (ForwardPeer, Device) else (list, False)
+        return (item, False) if item in _ENTRY_TYPES else (list, False)
+    if typing.get_origin(hint) is dict:
+        return dict, False
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         return next(a for a in args if a is not type(None)), type(None) in args
@@ -501,7 +749,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return None
     if value is None:
         raise ConfigError(f"{where}: a value is required")
-    if kind in (ForwardPeer, Device):
+    if kind in _ENTRY_TYPES:
         if isinstance(value, str):  # from the environment or a flag: JSON
             try:
                 value = json.loads(value) if value.strip() else []
@@ -510,12 +758,19 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: a list of mappings")
         entries = [kind.parse(v, f"{where}[{n}]") for n, v in enumerate(value)]
-        keys = [e.name if kind is ForwardPeer else e.ae_title for e in entries]
+        keys = [_entry_key(e) for e in entries]
         if len(set(keys)) != len(keys):
-            raise ConfigError(
-                f"{where}: {'peer names' if kind is ForwardPeer else 'AE titles'} must be unique"
-            )
+            raise ConfigError(f"{where}: {_ENTRY_TYPES[kind]} must be unique")
         return entries
+    if kind is dict:
+        if isinstance(value, str):  # from the environment or a flag: JSON
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: a mapping of names to values")
+        return {str(k): str(v) for k, v in value.items()}
     try:
         if kind is bool:
             return _coerce_bool(value)

@@ -107,6 +107,9 @@ class WorklistItem(Base):
 
     # Imaging Service Request
     accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    # (0040,2016) / (0040,2017): ORC-2 / ORC-3 of the HL7 order (IHE RAD TF-2 4.4.4.1.2.1)
+    placer_order_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    filler_order_number: Mapped[str | None] = mapped_column(String(64), index=True)
     referring_physician_name: Mapped[str | None] = mapped_column(String(324))
     referring_physician_name_folded: Mapped[str | None] = mapped_column(String(324), index=True)
     requesting_physician: Mapped[str | None] = mapped_column(String(324))
@@ -124,6 +127,8 @@ class WorklistItem(Base):
     sps_id: Mapped[str | None] = mapped_column(String(16), index=True)
     sps_description: Mapped[str | None] = mapped_column(String(64), index=True)
     sps_status: Mapped[str] = mapped_column(String(16), default="SCHEDULED", index=True)
+    # why the step was discontinued (a cancel's reason, HL7 ORC-16); None otherwise
+    status_reason: Mapped[str | None] = mapped_column(String(250))
     modality: Mapped[str | None] = mapped_column(String(16), index=True)
     scheduled_station_ae_title: Mapped[str | None] = mapped_column(String(16), index=True)
     scheduled_station_name: Mapped[str | None] = mapped_column(String(16), index=True)
@@ -257,6 +262,44 @@ class OutboxMessage(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+HL7_ACK_CODES = ("AA", "AE", "AR")
+
+
+class HL7Message(Base):
+    """One HL7 v2 message received on the order feed, with the ACK it got.
+
+    Written in the transaction of the change it made (AA), or alone when nothing was
+    applied (AE, AR). (sender, MSH-10) is unique among processed messages: a message
+    resent after a lost ACK finds its row and gets the same ACK, with no second effect
+    (HL7 v2.5.1 2.10.2: the receiver's duplicate detection by Message Control ID).
+    """
+
+    __tablename__ = "hl7_messages"
+    __table_args__ = (
+        UniqueConstraint("sending_application", "sending_facility", "control_id"),
+        Index("ix_hl7_messages_received_at", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    address: Mapped[str | None] = mapped_column(String(128))
+    sending_application: Mapped[str] = mapped_column(String(180), default="")  # MSH-3
+    sending_facility: Mapped[str] = mapped_column(String(180), default="")  # MSH-4
+    # MSH-10; NULL for input that had no readable MSH (never a duplicate of anything)
+    control_id: Mapped[str | None] = mapped_column(String(199))
+    message_type: Mapped[str | None] = mapped_column(String(40), index=True)  # MSH-9
+    version: Mapped[str | None] = mapped_column(String(20))  # MSH-12
+    order_control: Mapped[str | None] = mapped_column(String(40))  # ORC-1 values
+    placer_order_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    filler_order_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    ack_code: Mapped[str] = mapped_column(String(2), index=True)  # AA | AE | AR
+    error: Mapped[str | None] = mapped_column(String(500))  # why AE/AR
+    item_ids: Mapped[list[int] | None] = mapped_column(JSON)  # the worklist items touched
+    raw: Mapped[bytes] = mapped_column(LargeBinary)  # the message as received
+    ack: Mapped[bytes] = mapped_column(LargeBinary)  # the ACK as sent, without MLLP framing
 
 
 class AuditEvent(Base):

@@ -117,6 +117,7 @@ def item_dict(item: WorklistItem) -> dict[str, Any]:
         out[name] = _codes_out(out[name])
     out.update(
         id=item.id,
+        status_reason=item.status_reason,
         patient=patient_dict(item.patient),
         created_at=as_utc(item.created_at),
         updated_at=as_utc(item.updated_at),
@@ -278,7 +279,7 @@ def cancel_item(
 ) -> dict[str, Any]:
     """Cancel: the step becomes DISCONTINUED ("canceled or unsuccessfully terminated",
     PS3.4 K.6.1.2.2 / Table K.6-1 step status) and leaves the default worklist. The
-    item is kept; ``reason`` (e.g. an HL7 ORC-16) goes into the audit record."""
+    item is kept; ``reason`` (e.g. an HL7 ORC-16) is kept with it and in the audit record."""
     with db.write() as session:
         item = _item(session, item_id)
         detail: dict[str, Any] = {"from": item.sps_status, "to": "DISCONTINUED"}
@@ -286,6 +287,7 @@ def cancel_item(
             detail["reason"] = reason
         audit.record(session, actor, "item.cancel", f"item:{item.id}", detail)
         item.sps_status = "DISCONTINUED"
+        item.status_reason = reason
         session.flush()
         return item_dict(item)
 

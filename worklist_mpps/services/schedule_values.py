@@ -55,6 +55,8 @@ ITEM_FIELDS = (
     "scheduled_protocol_codes",
     "pre_medication",
     "requested_contrast_agent",
+    "placer_order_number",
+    "filler_order_number",
 )
 # Person Name columns and their folded twins (matching.fold_pn).
 FOLDED = {
@@ -243,10 +245,17 @@ def duplicate_of(
 
 
 def create_item(
-    session: Session, patient: Patient, data: Mapping[str, Any], uid_prefix: str = ""
+    session: Session,
+    patient: Patient,
+    data: Mapping[str, Any],
+    uid_prefix: str = "",
+    require_accession: bool = True,
 ) -> WorklistItem:
+    """A new SCHEDULED step. The accession number is Type 2 in the worklist (PS3.4 Table
+    K.6-1): the HL7 order feed may create a step without one (``require_accession``
+    false) when the order names its procedure otherwise; the API and loader require it."""
     values = normalize_item(data)
-    if values.get("accession_number") is None:
+    if require_accession and values.get("accession_number") is None:
         raise ItemError("accession_number", "is required")
     item = WorklistItem(patient=patient, sps_status="SCHEDULED")
     apply_values(item, values)
@@ -268,6 +277,8 @@ def update_item(item: WorklistItem, data: Mapping[str, Any]) -> WorklistItem:
         if key in values and values[key] is None:
             raise ItemError(key, "cannot be empty")
     apply_values(item, values)
+    if values.get("sps_status") not in (None, "DISCONTINUED"):
+        item.status_reason = None  # a reason belongs to a discontinued step only
     _refresh_start(item)
     return item
 

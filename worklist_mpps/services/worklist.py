@@ -71,6 +71,8 @@ TOP_KEYS = _keys(
     Key("Allergies", Patient.allergies),
     Key("PregnancyStatus", Patient.pregnancy_status, "none"),
     Key("AccessionNumber", WorklistItem.accession_number),
+    Key("PlacerOrderNumberImagingServiceRequest", WorklistItem.placer_order_number),
+    Key("FillerOrderNumberImagingServiceRequest", WorklistItem.filler_order_number),
     Key(
         "ReferringPhysicianName",
         WorklistItem.referring_physician_name,

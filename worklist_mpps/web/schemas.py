@@ -69,6 +69,8 @@ class ItemFields(BaseModel):
     scheduled_protocol_codes: list[Code] | None = None
     pre_medication: str | None = Field(None, max_length=64)
     requested_contrast_agent: str | None = Field(None, max_length=64)
+    placer_order_number: str | None = Field(None, max_length=64)
+    filler_order_number: str | None = Field(None, max_length=64)
 
 
 class ItemIn(ItemFields):
@@ -87,6 +89,7 @@ class ItemOut(ItemFields):
     id: int
     accession_number: str | None
     study_instance_uid: str
+    status_reason: str | None = None
     patient: PatientOut
     created_at: datetime
     updated_at: datetime
