@@ -49,6 +49,7 @@ EXIT_DB_UNREACHABLE = 3  # no connection: host, port, database name, credentials
 EXIT_DICOM_PORT = 4  # the DICOM port (or the TLS port) cannot be bound: in use, no right
 EXIT_HTTP_PORT = 5  # the HTTP port cannot be bound
 EXIT_DB_NOT_WRITABLE = 6  # connected, but a write fails: read-only database, disk full
+EXIT_HL7_PORT = 7  # the MLLP port of the HL7 order feed cannot be bound
 
 
 class StartupError(Exception):
@@ -146,7 +147,7 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop_signals.append(signum))
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    http, running = None, False
+    http, mllp, running = None, None, False
     try:
         try:
             server.start()
@@ -155,6 +156,17 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
             raise StartupError(
                 EXIT_DICOM_PORT, _bind_failure("DICOM port", cfg.bind, port, exc)
             ) from None
+        if cfg.hl7_enabled:  # before HTTP: /healthz answering means orders are taken too
+            from worklist_mpps.mllp.server import MLLPServer
+
+            mllp = MLLPServer(ctx)
+            try:
+                mllp.start()
+            except OSError as exc:
+                mllp = None
+                raise StartupError(
+                    EXIT_HL7_PORT, _bind_failure("MLLP port", cfg.hl7_bind, cfg.hl7_port, exc)
+                ) from None
         if cfg.http_enabled:
             from worklist_mpps.web.app import create_app
             from worklist_mpps.web.server import HTTPServer
@@ -179,7 +191,8 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
             worker.start()
         print(
             f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
-            + (f", HTTP on {cfg.http_bind}:{http.port}" if http else ""),
+            + (f", HTTP on {cfg.http_bind}:{http.port}" if http else "")
+            + (f", MLLP (HL7) on {cfg.hl7_bind}:{mllp.port}" if mllp else ""),
             flush=True,
         )
         running = True
@@ -190,6 +203,8 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
             log.info("Shutting down")
         if http:
             http.stop()
+        if mllp:
+            mllp.stop()  # the messages in progress are committed and acknowledged first
         server.stop()  # in-flight associations finish first
         if worker:
             worker.stop()
