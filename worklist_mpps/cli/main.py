@@ -480,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_flags(p)
     p.set_defaults(func=cmd_outbox)
 
+    from worklist_mpps.cli import hl7  # late: it uses this module's helpers
+
+    hl7.add_parser(sub)
+
     p = sub.add_parser("audit", help="who changed what, and when")
     p.add_argument("--since", help="ISO date or date-time (UTC unless a zone is given)")
     p.add_argument("--actor", help="calling AE title, HTTP user or CLI user")
