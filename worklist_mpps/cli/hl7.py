@@ -37,53 +37,64 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_hl7)
 
 
-def cmd_hl7(cfg: Config, args: argparse.Namespace) -> int:
-    from worklist_mpps.services import hl7_messages
+def _sender(row: dict) -> str:
+    """MSH-3/MSH-4, first components (HD.1)."""
+    application = (row["sending_application"] or "").split("^")[0]
+    facility = (row["sending_facility"] or "").split("^")[0]
+    return f"{application}/{facility}" if facility else application
 
+
+def cmd_hl7(cfg: Config, args: argparse.Namespace) -> int:
+    from worklist_mpps.services import hl7_log, hl7_messages
+
+    if args.action == "show" and args.id is None:
+        raise ConfigError("hl7 show needs the message id (hl7 list shows them)")
     db = open_database(cfg)
     try:
         if args.action == "list":
-            rows = hl7_messages.list_messages(db, args.ack, args.limit)
+            rows = hl7_log.list_messages(db, ack_code=args.ack, limit=args.limit)
             if args.json:
                 print(json.dumps(rows, indent=2, ensure_ascii=False))
             else:
                 for row in rows:
+                    row["sender"] = _sender(row)
                     row["items"] = ",".join(str(i) for i in row["item_ids"])
                 print(_table(rows, LIST_COLUMNS))
             return 0
-        if args.id is None:
-            raise ConfigError("hl7 show needs the message id (hl7 list shows them)")
-        message = hl7_messages.show_message(db, args.id)
+        if args.raw:  # as received: resendable with mllp_send --loose --file
+            raw = hl7_messages.raw_message(db, args.id)
+            if raw is not None:
+                sys.stdout.buffer.write(raw)
+                sys.stdout.buffer.flush()
+                return 0
+            message = None
+        else:
+            message = hl7_log.show_message(db, args.id)
+            if message is not None:
+                message["items"] = hl7_messages.touched_items(db, message.pop("item_ids"))
     finally:
         db.dispose()
     if message is None:
         print(f"worklist-mpps: no HL7 message {args.id}", file=sys.stderr)
         return 1
-    if args.raw:  # as received: resendable with mllp_send --loose --file
-        sys.stdout.buffer.write(message["raw"])
-        sys.stdout.buffer.flush()
-        return 0
-    raw = message.pop("raw")
-    message.pop("ack_raw")
-    if args.json:  # the bytes as segments (decoded with MSH-18)
+    if args.json:
         print(json.dumps(message, indent=2, ensure_ascii=False))
         return 0
-    lines, ack_lines = message.pop("segments"), message.pop("ack_segments")
-    items = message.pop("items")
-    message.pop("item_ids")
+    text, ack, size = message.pop("message"), message.pop("ack"), message.pop("raw_size")
     message["items"] = (
         ", ".join(
             f"{i['id']}"
-            + (f" (accession {i['accession_number']}, {i['sps_status']})" if len(i) > 1 else "")
-            for i in items
+            + (
+                f" (accession {i['accession_number']}, {i['sps_status']})"
+                if "sps_status" in i
+                else ""
+            )
+            for i in message["items"]
         )
         or None
     )
     width = max(len(k) for k in message)
     for key, value in message.items():
         print(f"{key:<{width}}  {'-' if value in (None, '') else value}")
-    print(f"\nmessage ({len(raw)} bytes):")
-    print("\n".join(lines))
-    print("\nACK:")
-    print("\n".join(ack_lines))
+    print(f"\nmessage ({size} bytes):\n{text}\n\nACK:\n{ack}")
     return 0

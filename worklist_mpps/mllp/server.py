@@ -30,7 +30,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-from hl7.mllp import HL7StreamProtocol, HL7StreamReader, HL7StreamWriter, InvalidBlockError
+from hl7.mllp import (  # type: ignore[import-untyped]  # python-hl7 ships no types
+    HL7StreamProtocol,
+    HL7StreamReader,
+    HL7StreamWriter,
+    InvalidBlockError,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from worklist_mpps.context import AppContext
