@@ -187,6 +187,7 @@ class LiveServer:
         self.port = port or free_port()
         self.http_port = free_port()
         self.http_url = f"http://127.0.0.1:{self.http_port}"
+        self.hl7_port = free_port()  # the MLLP port, with --hl7-enabled true
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"serve-{self.port}.log"
 
@@ -208,6 +209,8 @@ class LiveServer:
             self.database_url,
             *self.extra,
         ]
+        if "--hl7-enabled" in self.extra and "--hl7-port" not in self.extra:
+            cmd += ["--hl7-bind", "127.0.0.1", "--hl7-port", str(self.hl7_port)]
         if not self.fast_path and "--dimse-fast-path" not in self.extra:
             cmd += ["--dimse-fast-path", "false"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WORKLIST_MPPS_")}

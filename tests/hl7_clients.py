@@ -1,0 +1,140 @@
+"""HL7 v2 senders for tests of the MLLP listener: python-hl7's ``mllp_send`` command (a
+real sender that is not our code), and a small socket client for what it cannot do
+(several messages on one connection, unframed bytes, a stall, answers read precisely)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import VENV_BIN
+
+MLLP_SEND = VENV_BIN / "mllp_send"  # python-hl7's command (the venv's bin is off PATH)
+SB, EB, CR = b"\x0b", b"\x1c", b"\r"
+
+
+def mllp_send(port: int, path: Path, host: str = "127.0.0.1", timeout: float = 30) -> bytes:
+    """``mllp_send --loose --file path``: its output, the ACK of each message (framed)."""
+    proc = subprocess.run(
+        [str(MLLP_SEND), "--loose", "--file", str(path), "--port", str(port), host],
+        capture_output=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    return proc.stdout
+
+
+def order(
+    n: int | str,
+    *,
+    control: str | None = None,
+    application: str = "RIS",
+    orc1: str = "NW",
+    patient_id: str | None = None,
+    start: str = "20261201093000",
+    version: str = "2.5.1",
+    extra: str = "",
+) -> bytes:
+    """An ORM^O01 order number ``n``: placer PLC<n>, filler FIL<n>, accession ACC<n>,
+    patient PAT<n>, CT at ``start`` (ORC-7.4 and TQ1-7), MSH-10 ``control`` or MSG<n>."""
+    pid = f"PAT{n}" if patient_id is None else patient_id
+    segments = [
+        f"MSH|^~\\&|{application}|HOSPITAL|WORKLIST-MPPS|RADIOLOGY|20261201120000||ORM^O01|"
+        f"{control or f'MSG{n}'}|P|{version}",
+        f"PID|1||{pid}^^^HOSP^MR||Doe^John{n}||19700101|M",
+        f"ORC|{orc1}|PLC{n}^RIS|FIL{n}^DSS||SC||^^^{start}",
+        f"TQ1|1||||||{start}",
+        f"OBR|1|PLC{n}^RIS|FIL{n}^DSS|CTHEAD^CT head^L" + "|" * 14 + f"ACC{n}|RP{n}|SPS{n}||||CT",
+    ]
+    if extra:
+        segments.append(extra)
+    return "\r".join(segments).encode("ascii") + CR
+
+
+def fields(ack: bytes, segment: str) -> list[str]:
+    """The fields of the first ``segment`` of a message (fields[1] is SEG-1)."""
+    for line in ack.strip(SB + EB + CR).split(CR):
+        if line.startswith(segment.encode() + b"|"):
+            return line.decode("latin-1").split("|")
+    return []
+
+
+def ack_code(ack: bytes) -> str:
+    """MSA-1: AA, AE or AR ('' when there is no MSA)."""
+    msa = fields(ack, "MSA")
+    return msa[1] if len(msa) > 1 else ""
+
+
+def acked_control(ack: bytes) -> str:
+    """MSA-2: the MSH-10 acknowledged."""
+    msa = fields(ack, "MSA")
+    return msa[2] if len(msa) > 2 else ""
+
+
+def error_code(ack: bytes) -> str:
+    """The HL7 Table 0357 code of the ERR segment: ERR-3.1 (v2.5), else ERR-1.4.1 (the
+    v2.3/v2.4 form); '' without ERR."""
+    err = fields(ack, "ERR")
+    if len(err) > 3 and err[3]:
+        return err[3].split("^")[0]
+    if len(err) > 1:
+        parts = err[1].split("^")
+        return parts[3].split("&")[0] if len(parts) > 3 else ""
+    return ""
+
+
+class MLLPClient:
+    """One connection to the listener; ``send`` writes a framed message and reads its
+    ACK (original mode: one at a time)."""
+
+    def __init__(self, port: int, timeout: float = 15.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+
+    def __enter__(self) -> MLLPClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, message: bytes) -> bytes:
+        self.sock.sendall(SB + message + EB + CR)
+        return self.read_block()
+
+    def read_block(self) -> bytes:
+        """The next framed answer, without its framing; b'' when the server closed."""
+        while EB + CR not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return b""
+            self.buffer += chunk
+        block, _, self.buffer = self.buffer.partition(EB + CR)
+        assert block.startswith(SB), block[:40]
+        return block[1:]
+
+    def closed_by_server(self) -> bool:
+        """True when the server has closed the connection (EOF or reset) within the
+        socket timeout, discarding any answer still unread."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        return True
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1) -> bool:  # noqa: ANN001
+    """Poll ``predicate`` until it is true (bounded): True, or False at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
