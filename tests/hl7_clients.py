@@ -130,7 +130,7 @@ class MLLPClient:
         return True
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1) -> bool:  # noqa: ANN001
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1) -> bool:
     """Poll ``predicate`` until it is true (bounded): True, or False at the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
