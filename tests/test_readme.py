@@ -79,6 +79,8 @@ def test_every_sh_block_is_run_or_named():
             continue  # test_readme_dicom_mpps_example_works
         if "+tls" in block:
             continue  # needs certificates: tests/test_tls.py runs the same findscu
+        if first.startswith(".venv/bin/mllp_send "):
+            continue  # tests/test_hl7_listener.py::test_readme_mllp_send_command_works
         assert any(first.startswith(word) for word in NOT_RUN), f"not run, not named:\n{block}"
 
 
