@@ -27,7 +27,7 @@ async def _connection(reader, writer) -> None:
 
 
 async def main(port: int) -> None:
-    async with await start_hl7_server(_connection, "127.0.0.1", port, encoding="utf-8"):
+    async with await start_hl7_server(_connection, "127.0.0.1", port, encoding="iso-8859-1"):
         await asyncio.Event().wait()
 
 
