@@ -41,7 +41,13 @@ from worklist_mpps.delivery.hl7_out import (
 )
 from worklist_mpps.delivery.worker import Failed, OutboxWorker, Retry
 from worklist_mpps.services import mpps, schedule
-from worklist_mpps.services.outbox import list_messages, mpps_targets, status_targets
+from worklist_mpps.services.outbox import (
+    enqueue,
+    list_messages,
+    mpps_targets,
+    retry,
+    status_targets,
+)
 
 # --- a real MLLP receiver -------------------------------------------------------------
 
@@ -301,24 +307,28 @@ def test_live_omi_destination_gets_ipc(live_server, receiver, tmp_path):
     assert [s[0][0] for s in dc] == ["MSH", "PID", "ORC", "TQ1", "OBR", "OBX", "OBX", "IPC"]
 
 
-def test_live_ae_keeps_the_row_failed_until_retried(live_server, receiver, tmp_path):
+def test_live_ae_keeps_the_row_failed_and_holds_the_order_until_retried(
+    live_server, receiver, tmp_path
+):
     rx = receiver(code="AE")
     url = f"sqlite:///{tmp_path / 'live.db'}"
     server = serve(live_server, url, rx.port)
     item = schedule_order(url, 3)
-    perform(server.port, item, final="")
+    perform(server.port, item)
     rows = wait_for(lambda: (r := outbox_rows(url)) and r[0]["state"] == "failed" and r)
-    assert len(rows) == 1 and rows[0]["pps_status"] == "IN PROGRESS"
+    assert [r["pps_status"] for r in rows] == ["IN PROGRESS", "COMPLETED"]
     error = rows[0]["last_error"]
     assert error.startswith(f"AE {control_id(rows[0]['id'])}: Unknown placer order")
     assert "204" in error and "Unknown key identifier" in error
     time.sleep(1.5)  # several backoff periods: a failed row is not retried by itself
-    assert len(rx.messages) == 1
+    rows = outbox_rows(url)
+    assert [(r["state"], r["attempts"]) for r in rows] == [("failed", 1), ("pending", 0)]
+    assert len(rx.messages) == 1  # CM waits behind the refused IP
     rx.code = "AA"
-    done = outbox_cli(url, "retry", str(rows[0]["id"]))
+    done = outbox_cli(url, "retry", "--all-failed")
     assert done.returncode == 0 and "1 message(s) due again" in done.stdout
-    wait_for(lambda: outbox_rows(url)[0]["state"] == "delivered")
-    assert len(rx.messages) == 2
+    wait_for(lambda: all(r["state"] == "delivered" for r in outbox_rows(url)))
+    assert [field(m, "ORC.F5") for m in rx.messages] == ["IP", "IP", "CM"]
     assert field(rx.messages[1], "MSH.F10") == field(rx.messages[0], "MSH.F10")
 
 
@@ -390,6 +400,47 @@ def test_an_unchanged_status_queues_nothing(db):
     assert [(m["event"], m["mpps_uid"]) for m in list_messages(db)] == [
         ("SC^IP", f"item:{item['id']}")
     ]
+
+
+class Refusing:
+    """A status target that refuses what it is told to (the worker's rule, not MLLP)."""
+
+    name, supersede, hold_after_failure = "hl7:t", False, True
+
+    def __init__(self):
+        self.refuse: set[str] = set()
+        self.delivered: list[str] = []
+
+    def deliver(self, message):
+        if message.pps_status in self.refuse:
+            raise Failed("AE")
+        self.delivered.append(message.pps_status)
+        return None
+
+
+def test_a_failed_status_holds_the_later_states_of_its_order_only(db):
+    with db.write() as s:
+        for key in ("item:1", "item:2"):
+            enqueue(s, ["hl7:t"], key, "SC", "IN PROGRESS", b"{}")
+            enqueue(s, ["hl7:t"], key, "SC", "COMPLETED", b"{}")
+    target = Refusing()
+    target.refuse = {"IN PROGRESS"}
+    w = OutboxWorker(db, Config(), {target.name: target})
+    while w.run_once():
+        pass
+    assert target.delivered == []  # both IP refused, both CM held
+    assert [(m["mpps_uid"], m["state"]) for m in reversed(list_messages(db))] == [
+        ("item:1", "failed"),
+        ("item:1", "pending"),
+        ("item:2", "failed"),
+        ("item:2", "pending"),
+    ]
+    target.refuse = set()
+    first = min(m["id"] for m in list_messages(db) if m["mpps_uid"] == "item:1")
+    assert retry(db, [first]) == 1
+    while w.run_once():
+        pass
+    assert target.delivered == ["IN PROGRESS", "COMPLETED"]  # item:2 still held
 
 
 # --- the message builder and the ACK reader -------------------------------------------------

@@ -27,7 +27,8 @@ text that is not ASCII is sent as UTF-8 with MSH-18 ``UNICODE UTF-8``.
 
 The ACK (original mode, v2.5.1 2.9.2): MSA-1 AA (or CA) and MSA-2 echoing our MSH-10:
 delivered. AE / AR (CE / CR): failed with MSA-3 and the ERR text, for an operator
-(``outbox retry``). No answer, a timeout, a refused connection, an unreadable ACK or one
+(``outbox retry``); the later states of that order wait behind it, so the placer never
+hears CM before the IP it refused. No answer, a timeout, a refused connection, an unreadable ACK or one
 for another control ID: retry with backoff.
 """
 
@@ -347,6 +348,7 @@ class HL7StatusTarget:
     """One order placer: the status rows of ``hl7:NAME``, each state in order."""
 
     supersede = False  # IP then CM: the placer hears every state, in order
+    hold_after_failure = True  # a refused IP holds the CM until an operator retries it
 
     def __init__(self, destination: HL7Destination, config: Config) -> None:
         self.destination = destination
