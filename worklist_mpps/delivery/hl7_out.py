@@ -28,8 +28,8 @@ text that is not ASCII is sent as UTF-8 with MSH-18 ``UNICODE UTF-8``.
 The ACK (original mode, v2.5.1 2.9.2): MSA-1 AA (or CA) and MSA-2 echoing our MSH-10:
 delivered. AE / AR (CE / CR): failed with MSA-3 and the ERR text, for an operator
 (``outbox retry``); the later states of that order wait behind it, so the placer never
-hears CM before the IP it refused. No answer, a timeout, a refused connection, an unreadable ACK or one
-for another control ID: retry with backoff.
+hears CM before the IP it refused. No answer, a timeout, a refused connection, an
+unreadable ACK or one for another control ID: retry with backoff.
 """
 
 from __future__ import annotations
