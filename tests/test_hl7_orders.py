@@ -10,6 +10,7 @@ Over 400 lines: one test per behaviour of the feed, sharing the message texts at
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import hl7
@@ -20,7 +21,7 @@ from sqlalchemy import select
 from conftest import ROOT
 from dicom_clients import findscu_files
 from worklist_mpps.client.messages import ScheduledStep, n_create
-from worklist_mpps.config import Config, HL7Sender
+from worklist_mpps.config import Config, HL7Sender, load_config
 from worklist_mpps.context import AppContext
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
@@ -534,6 +535,48 @@ def test_site_overrides(db):
     raw2 = order("O2", acc="", obr3="SITEACC2", modality="", number="PLC200")
     received = orders.receive(ctx_for(db), raw2.encode(), "h")
     assert received.code == "AE"  # no modality: OBR-24 empty, no procedure map
+
+
+def test_readme_override_example_is_a_valid_configuration(tmp_path, db):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Per-site overrides", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "site.yaml"
+    path.write_text(example)
+    config = load_config(path, env={})
+    assert config.hl7_field_map["accession_number"] == "OBR-3"
+    site = AppContext(config, db)
+    raw = order("O3", acc="", obr3="SITEACC3", modality="", code="CTHEAD^CT Head^LOCAL")
+    assert orders.receive(site, raw.encode(), "h").code == "AA"
+    [item] = items(db)
+    assert (item["accession_number"], item["modality"]) == ("SITEACC3", "CT")
+
+
+def test_concurrent_copies_of_one_message_apply_once(db):
+    """The same message on two connections at once: one applies it, the other gets the
+    stored ACK (the unique sender + MSH-10 of hl7_messages decides the race)."""
+    ctx = ctx_for(db)
+    raws = [order(f"K{n}", number=f"PLCK{n}", acc=f"ACCK{n}").encode() for n in range(10)]
+    results: list[orders.Received] = []
+    lock = threading.Lock()
+
+    def send(raw: bytes) -> None:
+        got = orders.receive(ctx, raw, "h")
+        with lock:
+            results.append(got)
+
+    threads = [threading.Thread(target=send, args=(raw,)) for raw in raws for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 20
+    by_control: dict[bytes, set[bytes]] = {}
+    for got in results:
+        assert got.code == "AA", got.error
+        by_control.setdefault(ack_of(got).segment("MSA")(2)[0].encode(), set()).add(got.ack)
+    assert all(len(acks) == 1 for acks in by_control.values())
+    assert len(items(db)) == 10 and len(log_rows(db)) == 10
 
 
 # --- the README ---------------------------------------------------------------------------

@@ -47,6 +47,7 @@ SUPPORTED_TYPES = ORDER_TYPES + ADT_TYPES
 # (debugging) is refused, it must not schedule real exams
 PROCESSING_IDS = ("P", "T")
 RAW_LIMIT = 65_536  # refuse(): what is kept of input that is not a message
+ATTEMPTS = 3  # transactions tried when a concurrent one takes a key first (PostgreSQL)
 
 
 @dataclass
@@ -107,35 +108,54 @@ def receive(ctx: AppContext, raw: bytes, address: str) -> Received:
     stored = _stored(ctx, head, started)
     if stored is not None:
         return stored
-    out = Outcome()
     actor = Actor(head.sender, address, "HL7")
-    try:
-        with ctx.db.write() as session:
-            if msg.message_type in ORDER_TYPES:
-                handle_order(session, ctx.config, msg, actor, out)
-            else:
-                handle_adt(session, ctx.config, msg, actor, out)
-            session.flush()
-            ack, _ = build_ack(msg, raw, "AA", ctx.config.hl7_application, ctx.config.hl7_facility)
-            row = _row(head, address, raw, ack, "AA", out.note, out)
-            session.add(row)
-            session.flush()
-            row_id = row.id
-    except HL7Error as refusal:
-        return _refused(ctx, raw, address, msg, refusal, started, out)
-    except IntegrityError:
-        # a concurrent copy of this message committed first, or a key taken meanwhile
-        stored = _stored(ctx, head, started)
-        if stored is not None:
-            return stored
-        taken = HL7Error("AE", 205, "a key of this order was used by a concurrent message")
-        return _refused(ctx, raw, address, msg, taken, started, out)
-    except Exception as exc:  # a fault of ours (or the database): AR, the sender may resend
-        log.exception("hl7 %s control=%s: internal error", head.sender, head.control_id)
-        fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
-        return _refused(ctx, raw, address, msg, fault, started, out, keep_id=False)
-    _log_line(head, out, "AA", None, started)
-    return Received(ack, "AA", None, row_id)
+    for attempt in range(1, ATTEMPTS + 1):
+        out = Outcome()
+        try:
+            ack, row_id = _apply(ctx, msg, raw, address, head, actor, out)
+        except HL7Error as refusal:
+            return _refused(ctx, raw, address, msg, refusal, started, out)
+        except IntegrityError:
+            # a copy of this message committed first (its stored ACK is the answer), or a
+            # concurrent message took a key this one creates (a patient): try again
+            stored = _stored(ctx, head, started)
+            if stored is not None:
+                return stored
+            if attempt < ATTEMPTS:
+                continue
+            taken = HL7Error("AE", 205, "a key of this order was used by a concurrent message")
+            return _refused(ctx, raw, address, msg, taken, started, out)
+        except Exception as exc:  # a fault of ours (or the database): AR, the sender may resend
+            log.exception("hl7 %s control=%s: internal error", head.sender, head.control_id)
+            fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
+            return _refused(ctx, raw, address, msg, fault, started, out, keep_id=False)
+        _log_line(head, out, "AA", None, started)
+        return Received(ack, "AA", None, row_id)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _apply(
+    ctx: AppContext,
+    msg: Inbound,
+    raw: bytes,
+    address: str,
+    head: _Header,
+    actor: Actor,
+    out: Outcome,
+) -> tuple[bytes, int]:
+    """The message's changes and its AA row in one transaction; (ACK, row id) once
+    committed (the ACK is sent only after this returns: AA means stored)."""
+    with ctx.db.write() as session:
+        if msg.message_type in ORDER_TYPES:
+            handle_order(session, ctx.config, msg, actor, out)
+        else:
+            handle_adt(session, ctx.config, msg, actor, out)
+        session.flush()
+        ack, _ = build_ack(msg, raw, "AA", ctx.config.hl7_application, ctx.config.hl7_facility)
+        row = _row(head, address, raw, ack, "AA", out.note, out)
+        session.add(row)
+        session.flush()
+        return ack, row.id
 
 
 def refuse(ctx: AppContext, raw: bytes, address: str, reason: str) -> Received:
