@@ -9,6 +9,7 @@ Over 400 lines: one test per behaviour of the feed, sharing the message texts at
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from pathlib import Path
@@ -220,6 +221,30 @@ def test_omi_251_schedules_one_step_per_ipc(ctx, db):
     assert log_rows(db)[0]["item_ids"] == sorted(i["id"] for i in steps)
 
 
+def test_omi_change_matches_steps_and_adds_one(ctx, db):
+    assert orders.receive(ctx, lines(OMI_251, cid="OMI-X1").encode(), "h").code == "AA"
+    change = lines(OMI_251, cid="OMI-X2").replace("ORC|NW|", "ORC|XO|").split("\r")
+    change[-2] = change[-2].replace("MRAE01", "MRAE02")  # step A moves to another station
+    change[-1] = change[-1].replace("SPS0002B", "SPS0002C")  # a step the order did not have
+    received = orders.receive(ctx, "\r".join(change).encode(), "h")
+    assert received.code == "AA", received.error
+    steps = {i["sps_id"]: i for i in items(db)}
+    assert sorted(steps) == ["SPS0002A", "SPS0002B", "SPS0002C"]
+    assert steps["SPS0002A"]["scheduled_station_ae_title"] == "MRAE02"
+    assert steps["SPS0002B"]["scheduled_station_ae_title"] == "MRAE01"
+    assert steps["SPS0002C"]["study_instance_uid"] == steps["SPS0002A"]["study_instance_uid"]
+
+
+def test_one_bad_order_in_a_message_applies_none(ctx, db):
+    good = order("M1", number="PLC300", acc="ACC300").split("\r")
+    bad = order("M1", number="PLC301", acc="ACC301", modality="").split("\r")
+    raw = "\r".join(good + bad[3:]).encode()  # MSH PID PV1, then two ORC/OBR groups
+    received = orders.receive(ctx, raw, "h")
+    refused(db, received, "AE", 101, "OBR^2^24", [], "M1")  # the second OBR
+    with db.read() as session:
+        assert session.scalars(select(Patient)).all() == []
+
+
 def test_study_uid_assigned_once_when_the_order_has_none(ctx, db):
     assert orders.receive(ctx, order("U1").encode(), "h").code == "AA"
     [item] = items(db)
@@ -308,6 +333,14 @@ def test_new_change_cancel_of_one_order(ctx, db):
     assert actions == ["item.create", "item.update", "item.cancel"]
 
 
+def test_explicit_null_leaves_a_value(ctx, db):
+    assert orders.receive(ctx, order("Z1").encode(), "h").code == "AA"
+    xo = order("Z2", orc1="XO", modality='""').replace("PV1|1|O", 'PV1|1|O|""').encode()
+    assert orders.receive(ctx, xo, "h").code == "AA"
+    [item] = items(db)
+    assert item["modality"] == "CT" and item["current_patient_location"] is None
+
+
 def test_discontinue_without_reason(ctx, db):
     assert orders.receive(ctx, order("D1").encode(), "h").code == "AA"
     assert orders.receive(ctx, order("D2", orc1="DC").encode(), "h").code == "AA"
@@ -387,6 +420,10 @@ def test_a08_then_a40(ctx, db):
     )
     with db.read() as session:
         assert session.scalars(select(MPPSTracking.patient_id)).all() == ["NEW1"]
+    _, stored = mpps.get(db, uid)
+    assert (stored.PatientID, stored.IssuerOfPatientID) == ("NEW1", "HOSPITAL")
+    assert str(stored.PatientName) == "SMITH^ANNE"
+    with db.read() as session:
         ids = session.scalars(select(Patient.patient_id)).all()
     assert sorted(ids) == ["NEW1"]  # the prior patient is gone, NOBODY was never created
     actions = [e["action"] for e in _audit(db) if e["channel"] == "HL7"]
@@ -614,3 +651,14 @@ def test_names_reach_findscu_in_their_character_set(tmp_path: Path, live_server)
         [rsp] = findscu_files(server.port, tmp_path / acc, f"AccessionNumber={acc}", "PatientName")
         assert rsp.SpecificCharacterSet == dicom_charset
         assert str(rsp.PatientName) == name
+
+
+def test_one_log_line_per_message(ctx, db, caplog):
+    caplog.set_level(logging.INFO, logger="worklist_mpps.services.orders")
+    orders.receive(ctx, order("L1").encode(), "h")
+    orders.receive(ctx, order("L2", orc1="ZZ").encode(), "h")
+    lines_ = [r.getMessage() for r in caplog.records if r.name == "worklist_mpps.services.orders"]
+    assert len(lines_) == 2
+    assert lines_[0].startswith("hl7 RIS^RADIOLOGY control=L1 type=ORM^O01 orc1=NW -> AA")
+    assert "control=L2" in lines_[1] and "-> AE" in lines_[1] and "ORC-1" in lines_[1]
+    assert not any(r.exc_info for r in caplog.records)  # bad input: no traceback

@@ -275,6 +275,8 @@ def _simple(kind: str, value: str, field: Field, where: Location) -> Any:
         return _dtm(value, field, where)
     if kind in ("xpn", "xcn"):  # a single component asked for: a name part
         return value
+    if kind == "code":  # a code value alone (an override such as OBR-4.1)
+        return _composite("code", [value], field, where)
     if len(value) > field.max_len:
         raise HL7Error(
             "AE",
