@@ -491,6 +491,14 @@ def test_accession_and_step_used_by_another_order(ctx, db):
     refused(db, received, "AE", 205, "OBR^1^18^1^1", before, "E8")
 
 
+def test_change_onto_another_items_key(ctx, db):
+    assert orders.receive(ctx, order("E11").encode(), "h").code == "AA"
+    assert orders.receive(ctx, order("E12", number="PLC2", acc="ACC2").encode(), "h").code == "AA"
+    before = items(db)
+    received = orders.receive(ctx, order("E13", orc1="XO", number="PLC2").encode(), "h")
+    refused(db, received, "AE", 205, "OBR^1^18^1^1", before, "E13")
+
+
 def test_value_too_long_is_refused_not_truncated(ctx, db):
     received = orders.receive(ctx, order("E9", acc="A" * 17).encode(), "h")
     ack = refused(db, received, "AE", 102, "OBR^1^18^1^1", [], "E9")

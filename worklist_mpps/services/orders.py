@@ -123,7 +123,9 @@ def receive(ctx: AppContext, raw: bytes, address: str) -> Received:
                 return stored
             if attempt < ATTEMPTS:
                 continue
-            taken = HL7Error("AE", 205, "a key of this order was used by a concurrent message")
+            taken = HL7Error(
+                "AE", 205, "a key of this order (accession number and step ID) is in use"
+            )
             return _refused(ctx, raw, address, msg, taken, started, out)
         except Exception as exc:  # a fault of ours (or the database): AR, the sender may resend
             log.exception("hl7 %s control=%s: internal error", head.sender, head.control_id)
