@@ -491,6 +491,11 @@ def test_accession_and_step_used_by_another_order(ctx, db):
     refused(db, received, "AE", 205, "OBR^1^18^1^1", before, "E8")
 
 
+def test_study_uid_that_is_no_uid(ctx, db):
+    raw = lines(ORM_231, cid="E14", orc1="NW").replace("1.2.826.0.1.3680043.10.99.1", "1.2.abc")
+    refused(db, orders.receive(ctx, raw.encode(), "h"), "AE", 102, "ZDS^1^1^1^1", [], "E14")
+
+
 def test_change_onto_another_items_key(ctx, db):
     assert orders.receive(ctx, order("E11").encode(), "h").code == "AA"
     assert orders.receive(ctx, order("E12", number="PLC2", acc="ACC2").encode(), "h").code == "AA"
