@@ -96,8 +96,18 @@ class _Header:
 def receive(ctx: AppContext, raw: bytes, address: str) -> Received:
     """Process one message (the bytes between MLLP's 0x0B and 0x1C 0x0D) from ``address``:
     AA only after its change is committed, AE (with ERR) when its content is wrong and
-    nothing is applied, AR when it cannot be processed at all. Never raises for bad input."""
+    nothing is applied, AR when it cannot be processed at all. Never raises for bad input;
+    a fault of ours (or an unreachable database) is AR 207, which the sender may resend."""
     started = time.monotonic()
+    try:
+        return _receive(ctx, raw, address, started)
+    except Exception as exc:
+        log.exception("hl7 message from %s: internal error", address)
+        fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
+        return _refused(ctx, raw, address, None, fault, started, keep_id=False)
+
+
+def _receive(ctx: AppContext, raw: bytes, address: str, started: float) -> Received:
     msg: Inbound | None = None
     try:
         msg = parse(raw, ctx.config.hl7_default_charset)
@@ -303,8 +313,14 @@ def _refused(
         stored = _stored(ctx, head, started)
         if stored is not None:
             return stored
-    except Exception:  # the database is down: answer anyway, the sender may resend
-        log.exception("hl7 %s control=%s: the message log row failed", head.sender, head.control_id)
+    except Exception as exc:  # noqa: BLE001 - the database is down: answer anyway
+        log.error(
+            "hl7 %s control=%s: the message log row failed: %s: %s",
+            head.sender,
+            head.control_id,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
     _log_line(head, out or Outcome(), err.ack_code, text, started)
     return Received(ack, err.ack_code, text, row_id)
 
