@@ -675,3 +675,15 @@ def test_one_log_line_per_message(ctx, db, caplog):
     assert lines_[0].startswith("hl7 RIS^RADIOLOGY control=L1 type=ORM^O01 orc1=NW -> AA")
     assert "control=L2" in lines_[1] and "-> AE" in lines_[1] and "ORC-1" in lines_[1]
     assert not any(r.exc_info for r in caplog.records)  # bad input: no traceback
+
+
+def test_database_unreachable_is_ar_207_not_an_exception(caplog):
+    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2")
+    try:
+        received = orders.receive(ctx_for(down), order("DB1").encode(), "h")
+    finally:
+        down.dispose()
+    assert (received.code, received.message_id) == ("AR", None)
+    ack = ack_of(received)
+    assert str(ack.segment("MSA")(2)) == "DB1"
+    assert str(ack.segment("ERR")(3)(1)(1)) == "207"
