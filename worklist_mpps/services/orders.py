@@ -1,18 +1,53 @@
 """The HL7 v2 order feed as the service layer offers it (IHE RAD TF-2 RAD-2/RAD-3/RAD-4/
 RAD-13: the Department System Scheduler receives orders and schedules worklist items).
 
-INTERFACE STUB (issue 14 foundation): the listener (``worklist_mpps/mllp``) calls
-:func:`receive` for each message it unframes and :func:`refuse` for input that is not a
-message it can hand over (no MLLP framing, over the size limit); both answer the bytes
-of the ACK to send back (without MLLP framing) and keep the message with its outcome in
-the ``hl7_messages`` table.
+The listener (``worklist_mpps/mllp``) calls :func:`receive` for each message it unframes
+and :func:`refuse` for input that is not a message it can hand over (no MLLP framing, over
+the size limit); both answer the bytes of the ACK to send back (without MLLP framing) and
+keep the message with its outcome in the ``hl7_messages`` table.
+
+Original-mode acknowledgement (HL7 v2.5.1 2.9.2): AA only once the change and the message's
+row are committed together; AE (with ERR) when the content is wrong, AR when the message
+cannot be processed at all (undecodable, sender not allowed, unsupported processing ID,
+version, type or event); after AE/AR nothing is applied and the row is written alone.
+A message whose sender and MSH-10 were seen before gets the stored ACK again and has no
+second effect (2.10.2 duplicate detection by Message Control ID).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from worklist_mpps.config import HL7_VERSIONS
 from worklist_mpps.context import AppContext
+from worklist_mpps.db.models import HL7Message
+from worklist_mpps.services.audit import Actor
+from worklist_mpps.services.hl7_actions import Outcome, handle_order
+from worklist_mpps.services.hl7_adt import handle_adt
+from worklist_mpps.services.hl7_parse import (
+    HL7Error,
+    Inbound,
+    Location,
+    build_ack,
+    header_value,
+    parse,
+)
+
+log = logging.getLogger(__name__)
+
+ORDER_TYPES = ("ORM^O01", "OMI^O23")
+ADT_TYPES = ("ADT^A08", "ADT^A31", "ADT^A40")
+SUPPORTED_TYPES = ORDER_TYPES + ADT_TYPES
+# MSH-11 Processing ID (HL7 Table 0103): production and training are processed; D
+# (debugging) is refused, it must not schedule real exams
+PROCESSING_IDS = ("P", "T")
+RAW_LIMIT = 65_536  # refuse(): what is kept of input that is not a message
+ATTEMPTS = 3  # transactions tried when a concurrent one takes a key first (PostgreSQL)
 
 
 @dataclass
@@ -26,15 +61,279 @@ class Received:
     duplicate: bool = False  # a resent MSH-10: the stored ACK again, nothing applied
 
 
+@dataclass
+class _Header:
+    application: str = ""
+    facility: str = ""
+    control_id: str | None = None
+    message_type: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def of(cls, msg: Inbound | None, raw: bytes) -> _Header:
+        if msg is not None:
+            return cls(
+                msg.msh(3)[:180],
+                msg.msh(4)[:180],
+                msg.msh(10)[:199] or None,
+                msg.message_type[:40] or None,
+                msg.version[:20] or None,
+            )
+        mtype = "^".join(p for p in header_value(raw, 9).split("^")[:2] if p)
+        return cls(
+            header_value(raw, 3)[:180],
+            header_value(raw, 4)[:180],
+            header_value(raw, 10)[:199] or None,
+            mtype[:40] or None,
+            header_value(raw, 12).split("^")[0][:20] or None,
+        )
+
+    @property
+    def sender(self) -> str:
+        return f"{self.application}^{self.facility}"
+
+
 def receive(ctx: AppContext, raw: bytes, address: str) -> Received:
     """Process one message (the bytes between MLLP's 0x0B and 0x1C 0x0D) from ``address``:
     AA only after its change is committed, AE (with ERR) when its content is wrong and
-    nothing is applied, AR when it cannot be processed at all. Never raises for bad input."""
-    raise NotImplementedError
+    nothing is applied, AR when it cannot be processed at all. Never raises for bad input;
+    a fault of ours (or an unreachable database) is AR 207, which the sender may resend."""
+    started = time.monotonic()
+    try:
+        return _receive(ctx, raw, address, started)
+    except Exception as exc:
+        log.exception("hl7 message from %s: internal error", address)
+        fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
+        return _refused(ctx, raw, address, None, fault, started, keep_id=False)
+
+
+def _receive(ctx: AppContext, raw: bytes, address: str, started: float) -> Received:
+    msg: Inbound | None = None
+    try:
+        msg = parse(raw, ctx.config.hl7_default_charset)
+        _gatekeep(ctx, msg, address)
+    except HL7Error as err:
+        return _refused(ctx, raw, address, msg, err, started)
+    head = _Header.of(msg, raw)
+    stored = _stored(ctx, head, started)
+    if stored is not None:
+        return stored
+    actor = Actor(head.sender, address, "HL7")
+    for attempt in range(1, ATTEMPTS + 1):
+        out = Outcome()
+        try:
+            ack, row_id = _apply(ctx, msg, raw, address, head, actor, out)
+        except HL7Error as refusal:
+            return _refused(ctx, raw, address, msg, refusal, started, out)
+        except IntegrityError:
+            # a copy of this message committed first (its stored ACK is the answer), or a
+            # concurrent message took a key this one creates (a patient): try again
+            stored = _stored(ctx, head, started)
+            if stored is not None:
+                return stored
+            if attempt < ATTEMPTS:
+                continue
+            taken = HL7Error(
+                "AE", 205, "a key of this order (accession number and step ID) is in use"
+            )
+            return _refused(ctx, raw, address, msg, taken, started, out)
+        except Exception as exc:  # a fault of ours (or the database): AR, the sender may resend
+            log.exception("hl7 %s control=%s: internal error", head.sender, head.control_id)
+            fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
+            return _refused(ctx, raw, address, msg, fault, started, out, keep_id=False)
+        _log_line(head, out, "AA", None, started)
+        return Received(ack, "AA", None, row_id)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _apply(
+    ctx: AppContext,
+    msg: Inbound,
+    raw: bytes,
+    address: str,
+    head: _Header,
+    actor: Actor,
+    out: Outcome,
+) -> tuple[bytes, int]:
+    """The message's changes and its AA row in one transaction; (ACK, row id) once
+    committed (the ACK is sent only after this returns: AA means stored)."""
+    with ctx.db.write() as session:
+        if msg.message_type in ORDER_TYPES:
+            handle_order(session, ctx.config, msg, actor, out)
+        else:
+            handle_adt(session, ctx.config, msg, actor, out)
+        session.flush()
+        ack, _ = build_ack(msg, raw, "AA", ctx.config.hl7_application, ctx.config.hl7_facility)
+        row = _row(head, address, raw, ack, "AA", out.note, out)
+        session.add(row)
+        session.flush()
+        return ack, row.id
 
 
 def refuse(ctx: AppContext, raw: bytes, address: str, reason: str) -> Received:
     """An AR for input the listener cannot hand over as a message (``reason``: e.g. no MLLP
     start block, over hl7_max_message_size); ``raw`` is what was read (kept truncated).
     The ACK echoes MSH-10 when the bytes start with a readable MSH segment."""
-    raise NotImplementedError
+    started = time.monotonic()
+    err = HL7Error("AR", 100, reason)
+    # never a duplicate: the same MSH-10 may come again, complete, and must be processed
+    return _refused(ctx, raw[:RAW_LIMIT], address, None, err, started, keep_id=False)
+
+
+def _gatekeep(ctx: AppContext, msg: Inbound, address: str) -> None:
+    """What makes a message unprocessable (AR): HL7 v2.5.1 2.9.2 / Table 0357 2xx codes."""
+    cfg = ctx.config
+    app, fac = msg.msh(3), msg.msh(4)
+    if cfg.hl7_senders and not any(s.allows(app, fac, address) for s in cfg.hl7_senders):
+        # Table 0357 has no code for an unknown sender; 207 with the reason in ERR-8/MSA-3
+        raise HL7Error(
+            "AR",
+            207,
+            f"sender {app}^{fac} from {address} is not in hl7_senders",
+            Location("MSH", 1, 3),
+        )
+    if not msg.msh(10):
+        raise HL7Error("AR", 101, "MSH-10 Message Control ID is required", Location("MSH", 1, 10))
+    processing = msg.msh(11).split("^")[0]
+    if processing not in PROCESSING_IDS:
+        raise HL7Error(
+            "AR",
+            202,
+            f"MSH-11 processing ID {processing!r} is not supported (P or T)",
+            Location("MSH", 1, 11),
+        )
+    if msg.version not in HL7_VERSIONS:
+        raise HL7Error(
+            "AR",
+            203,
+            f"MSH-12 version {msg.version!r} is not supported (one of {', '.join(HL7_VERSIONS)})",
+            Location("MSH", 1, 12),
+        )
+    mtype = msg.message_type
+    if mtype not in SUPPORTED_TYPES:
+        kind = mtype.split("^")[0]
+        if kind in {t.split("^")[0] for t in SUPPORTED_TYPES}:
+            raise HL7Error(
+                "AR",
+                201,
+                f"event {mtype} is not supported (one of {', '.join(SUPPORTED_TYPES)})",
+                Location("MSH", 1, 9, 2),
+            )
+        raise HL7Error(
+            "AR",
+            200,
+            f"message type {mtype or '(empty)'} is not supported "
+            f"(one of {', '.join(SUPPORTED_TYPES)})",
+            Location("MSH", 1, 9, 1),
+        )
+
+
+def _stored(ctx: AppContext, head: _Header, started: float) -> Received | None:
+    """The row of an earlier message with this sender and MSH-10, as a duplicate answer."""
+    if head.control_id is None:
+        return None
+    with ctx.db.read() as session:
+        row = session.scalars(
+            select(HL7Message).where(
+                HL7Message.sending_application == head.application,
+                HL7Message.sending_facility == head.facility,
+                HL7Message.control_id == head.control_id,
+            )
+        ).first()
+        if row is None:
+            return None
+        found = Received(row.ack, row.ack_code, row.error, row.id, duplicate=True)
+    log.info(
+        "hl7 %s control=%s type=%s: duplicate of message %s, %s again, nothing applied (%.0f ms)",
+        head.sender,
+        head.control_id,
+        head.message_type,
+        found.message_id,
+        found.code,
+        (time.monotonic() - started) * 1000,
+    )
+    return found
+
+
+def _row(
+    head: _Header,
+    address: str,
+    raw: bytes,
+    ack: bytes,
+    code: str,
+    error: str | None,
+    out: Outcome | None,
+    keep_id: bool = True,
+) -> HL7Message:
+    out = out or Outcome()
+    return HL7Message(
+        address=address[:128] if address else None,
+        sending_application=head.application,
+        sending_facility=head.facility,
+        control_id=head.control_id if keep_id else None,
+        message_type=head.message_type,
+        version=head.version,
+        order_control=",".join(out.order_control)[:40] or None,
+        placer_order_number=(out.placer or "")[:64] or None,
+        filler_order_number=(out.filler or "")[:64] or None,
+        patient_id=(out.patient_id or "")[:64] or None,
+        ack_code=code,
+        error=error[:500] if error else None,
+        item_ids=(out.item_ids or None) if code == "AA" else None,
+        raw=raw,
+        ack=ack,
+    )
+
+
+def _refused(
+    ctx: AppContext,
+    raw: bytes,
+    address: str,
+    msg: Inbound | None,
+    err: HL7Error,
+    started: float,
+    out: Outcome | None = None,
+    keep_id: bool = True,
+) -> Received:
+    """The AE/AR answer, its row written alone (nothing else is applied)."""
+    cfg = ctx.config
+    head = _Header.of(msg, raw)
+    text = f"{err.location}: {err.text}" if err.location else err.text
+    ack, _ = build_ack(msg, raw, err.ack_code, cfg.hl7_application, cfg.hl7_facility, err)
+    if out is not None:  # keep what was read, none of what was done
+        out = Outcome(out.order_control, out.placer, out.filler, out.patient_id)
+    row_id = None
+    try:
+        with ctx.db.write() as session:
+            row = _row(head, address, raw, ack, err.ack_code, text, out, keep_id)
+            session.add(row)
+            session.flush()
+            row_id = row.id
+    except IntegrityError:
+        stored = _stored(ctx, head, started)
+        if stored is not None:
+            return stored
+    except Exception as exc:  # noqa: BLE001 - the database is down: answer anyway
+        log.error(
+            "hl7 %s control=%s: the message log row failed: %s: %s",
+            head.sender,
+            head.control_id,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
+    _log_line(head, out or Outcome(), err.ack_code, text, started)
+    return Received(ack, err.ack_code, text, row_id)
+
+
+def _log_line(head: _Header, out: Outcome, code: str, error: str | None, started: float) -> None:
+    log.info(
+        "hl7 %s control=%s type=%s orc1=%s -> %s%s items=%s (%.0f ms)",
+        head.sender,
+        head.control_id,
+        head.message_type,
+        ",".join(out.order_control) or "-",
+        code,
+        f" ({error})" if error else (f" ({out.note})" if out.note else ""),
+        ",".join(str(i) for i in out.item_ids) or "-",
+        (time.monotonic() - started) * 1000,
+    )
