@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import generate  # noqa: E402
+import hl7_feed  # noqa: E402
 from worklist_mpps.db import migrate  # noqa: E402
 from worklist_mpps.db.engine import Database  # noqa: E402
 
@@ -301,7 +302,9 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
     print(f"N={n}: loaded in {load_s:.1f} s, .wl files in {export_s:.1f} s", flush=True)
 
     ours_port, wl_port, ref_port = free_port(), free_port(), free_port()
-    ours = wl = ref = None
+    hl7_port, mllp_ref_port = free_port(), free_port()
+    feed = args.hl7 and n == max(int(x) for x in args.sizes.split(","))  # at the largest N
+    ours = wl = ref = mllp_ref = None
     result: dict = {"n": n, "load_s": load_s}
     try:
         ours = subprocess.Popen(
@@ -326,6 +329,7 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
                 "64",
                 "--max-connections-per-address",
                 "0",
+                *(("--hl7-enabled", "true", "--hl7-port", str(hl7_port)) if feed else ()),
             ],
             cwd=folder,
             stdout=subprocess.DEVNULL,
@@ -399,9 +403,18 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
                 f"{result['ours_mpps'][1]}), in-memory reference {result['ref_mpps'][0]:.1f}",
                 flush=True,
             )
+        if feed:
+            mllp_ref = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "reference_mllp.py"), str(mllp_ref_port)]
+            )
+            wait_port(mllp_ref_port, mllp_ref)
+            result["feed"] = hl7_feed.measure(
+                hl7_port, mllp_ref_port, find_cmd(ours_port, *selective), CLIENT_ENV, args.duration
+            )
+            print("  " + hl7_feed.describe(result["feed"]), flush=True)
         result["rss_mb_after"] = rss_mb(ours.pid)
     finally:
-        for proc in (ours, wl, ref):
+        for proc in (ours, wl, ref, mllp_ref):
             stop(proc)
     return result
 
@@ -499,6 +512,26 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
                 f"| {r[name + '_server_cpu']:.1f} | {r[name + '_client_cpu']:.1f} "
                 f"| {ceiling:.0f} |"
             )
+    feeds = [r for r in results if r.get("feed")]
+    if feeds:
+        lines += [
+            "",
+            "HL7 order feed (issue 14): new orders (ORM^O01 NW) from 4 MLLP connections, each "
+            "committed before its ACK; the reference is python-hl7's own MLLP server answering "
+            "AA without storing; C-FIND = the selective findscu, alone and during the feed.",
+            "",
+            "| N | orders/s ours | ACK median / p95 ms | orders/s reference (ratio) "
+            "| C-FIND idle / during feed ms (ratio) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in feeds:
+            f, o, ref = r["feed"], r["feed"]["ours"], r["feed"]["reference"]
+            lines.append(
+                f"| {r['n']:,} | {o['rate']:.0f} | {o['median']:.1f} / {o['p95']:.1f} "
+                f"| {ref['rate']:.0f} ({o['rate'] / ref['rate']:.2f}) "
+                f"| {f['find_idle']:.1f} / {f['find_during']:.1f} "
+                f"({f['find_during'] / f['find_idle']:.2f}) |"
+            )
     lines += [
         "",
         "## Targets (issue 7), from this run",
@@ -550,6 +583,21 @@ def targets(results: list[dict]) -> list[tuple[str, str, bool]]:
                     ratio >= 0.8,
                 )
             )
+        if f := r.get("feed"):
+            o = f["ours"]
+            out += [
+                (
+                    f">= 200 orders/s over 4 MLLP connections (issue 14, N={n:,})",
+                    f"{o['rate']:.0f} /s ({o['refused']} not AA)",
+                    o["rate"] >= 200 and not o["refused"],
+                ),
+                (f"ACK p95 < 50 ms (N={n:,})", f"{o['p95']:.1f} ms", o["p95"] < 50),
+                (
+                    f"C-FIND during the feed <= 1.5 x idle (N={n:,})",
+                    f"{f['find_during'] / f['find_idle']:.2f} x",
+                    f["find_during"] <= 1.5 * f["find_idle"],
+                ),
+            ]
         rss = max(r["rss_mb"], r["rss_mb_after"])
         out.append((f"resident memory < 200 MB (N={n:,})", f"{rss:.0f} MB", rss < 200))
     return out
@@ -562,6 +610,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     parser.add_argument("--no-mpps", dest="mpps", action="store_false")
+    parser.add_argument("--no-hl7", dest="hl7", action="store_false", help="no order-feed figure")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "work"))
     parser.add_argument("--write", metavar="FILE", help="write the tables (bench/RESULTS.md)")
     args = parser.parse_args()

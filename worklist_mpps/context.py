@@ -14,5 +14,7 @@ from worklist_mpps.db.engine import Database
 class AppContext:
     config: Config
     db: Database
-    targets: list[str] = field(default_factory=list)  # outbox targets of MPPS changes
+    # outbox targets: MPPS targets (orthanc, forward:NAME) and HL7 destinations (hl7:NAME);
+    # services/outbox.py mpps_targets / status_targets tell them apart
+    targets: list[str] = field(default_factory=list)
     notify: Callable[[], None] = lambda: None  # wakes the outbox worker after a commit

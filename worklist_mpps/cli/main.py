@@ -213,8 +213,10 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
 
 
 def build_outbox_worker(cfg: Config, db: Database):  # noqa: ANN201
-    """The outbox worker for the configured targets, or None without targets."""
+    """The outbox worker for the configured targets, or None without targets: Orthanc and
+    the MPPS peers (MPPS events), the enabled HL7 destinations (order status, hl7:NAME)."""
     from worklist_mpps.delivery.forward import ForwardTarget
+    from worklist_mpps.delivery.hl7_out import HL7StatusTarget
     from worklist_mpps.delivery.orthanc import OrthancTarget
     from worklist_mpps.delivery.worker import OutboxWorker, Target
 
@@ -225,6 +227,10 @@ def build_outbox_worker(cfg: Config, db: Database):  # noqa: ANN201
         if peer.enabled:
             forward = ForwardTarget(peer, cfg.ae_title)
             targets[forward.name] = forward
+    for destination in cfg.hl7_destinations:
+        if destination.enabled:
+            status = HL7StatusTarget(destination, cfg)
+            targets[status.name] = status
     return OutboxWorker(db, cfg, targets) if targets else None
 
 
@@ -248,7 +254,7 @@ def cmd_outbox(cfg: Config, args: argparse.Namespace) -> int:
                         ("state", "STATE"),
                         ("attempts", "TRIES"),
                         ("next_attempt_at", "NEXT"),
-                        ("mpps_uid", "MPPS UID"),
+                        ("mpps_uid", "MPPS UID / ITEM"),
                         ("last_error", "LAST ERROR / NOTE"),
                     ],
                 )
@@ -470,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cli_flags(p)
     p.set_defaults(func=cmd_mpps)
 
-    p = sub.add_parser("outbox", help="notifications to Orthanc and MPPS peers")
+    p = sub.add_parser("outbox", help="notifications to Orthanc, MPPS peers and HL7 order placers")
     p.add_argument("action", choices=["list", "retry"])
     p.add_argument("ids", nargs="*", type=int, help="message ids (retry)")
     p.add_argument("--state", choices=["pending", "delivered", "failed", "superseded"])

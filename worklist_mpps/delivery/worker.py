@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from worklist_mpps.config import Config
@@ -45,6 +45,11 @@ class Failed(Exception):
 
 
 class Target(Protocol):
+    """A delivery target. Optionally ``hold_after_failure = True`` (read with getattr;
+    default: a failed row is passed over): a failed row holds the later rows of its key
+    until an operator retries it (HL7 order status: CM must not reach the order placer
+    before the IP it refused)."""
+
     name: str
     supersede: bool  # only the newest state matters: older pending rows are dropped
 
@@ -100,13 +105,18 @@ class OutboxWorker:
     # --- one pass ----------------------------------------------------------------------
 
     def _heads(self, session: Session, now: datetime) -> list[OutboxMessage]:
-        """Due, unclaimed rows that are the oldest pending one of their (target, MPPS)."""
+        """Due, unclaimed rows that are the oldest pending one of their (target, MPPS), and
+        for a target that holds after a failure, with no failed row before them."""
         older = aliased(OutboxMessage)
+        holding = [n for n, t in self.targets.items() if getattr(t, "hold_after_failure", False)]
         earlier_pending = exists().where(
             older.target == OutboxMessage.target,
             older.mpps_uid == OutboxMessage.mpps_uid,
             older.id < OutboxMessage.id,
-            older.state == "pending",
+            or_(
+                older.state == "pending",
+                and_(older.state == "failed", OutboxMessage.target.in_(holding)),
+            ),
         )
         return list(
             session.scalars(

@@ -336,17 +336,19 @@ def _change(
                     found.get("sps_id"),
                 )
         for item in targets:
-            if patient is not None and item.patient_pk != patient.id:
-                item.patient = patient
-            try_values(found, values.update_item, item, data)
-            other = values.duplicate_of(session, item.accession_number, item.sps_id, item.id)
-            if item.accession_number and other:
+            # the key the item will have, checked before the change reaches the database
+            accession = data.get("accession_number") or item.accession_number
+            step = data.get("sps_id") or item.sps_id
+            if accession and (other := values.duplicate_of(session, accession, step, item.id)):
                 raise HL7Error(
                     "AE",
                     205,
-                    f"worklist item {other} has this accession number and step ID",
-                    found.get("accession_number"),
+                    f"worklist item {other} has accession number {accession} and step ID {step}",
+                    found.get("accession_number") or found.get("sps_id"),
                 )
+            if patient is not None and item.patient_pk != patient.id:
+                item.patient = patient
+            try_values(found, values.update_item, item, data)
             audit.record(
                 session,
                 actor,

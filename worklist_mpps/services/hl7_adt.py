@@ -19,6 +19,7 @@ from worklist_mpps.services import audit
 from worklist_mpps.services import hl7_mapping as mapping
 from worklist_mpps.services import schedule_values as values
 from worklist_mpps.services.audit import Actor
+from worklist_mpps.services.dicom import charset_for_storage, decode_dataset, encode_dataset
 from worklist_mpps.services.hl7_actions import Outcome, try_values
 from worklist_mpps.services.hl7_parse import HL7Error, Inbound, Location, Segment
 
@@ -131,7 +132,20 @@ def _merge(
 def _move_mpps(
     session: Session, mpps: MPPSTracking, surviving: Patient, prior_id: str, actor: Actor
 ) -> None:
+    """The MPPS names the surviving patient: its Patient ID, Issuer and Name in the stored
+    attributes (what N-GET and the forwarded copies say) and in the indexed columns."""
+    stored = decode_dataset(mpps.dataset)
+    stored.PatientID = surviving.patient_id
+    if surviving.issuer_of_patient_id:
+        stored.IssuerOfPatientID = surviving.issuer_of_patient_id
+    elif "IssuerOfPatientID" in stored:
+        stored.IssuerOfPatientID = ""
+    if surviving.patient_name:
+        stored.PatientName = surviving.patient_name
+    charset_for_storage(stored)
+    mpps.dataset = encode_dataset(stored)
     mpps.patient_id = surviving.patient_id
+    mpps.patient_name = surviving.patient_name or mpps.patient_name
     audit.record(
         session,
         actor,

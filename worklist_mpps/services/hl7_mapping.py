@@ -12,6 +12,7 @@ the order's ORC/TQ1/OBR/ZDS and, in OMI^O23, the step's own IPC segment.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ class Field:
 
     name: str  # config.HL7_MAPPED_FIELDS / hl7_field_map key
     locations: tuple[str, ...]  # default, first non-empty wins
-    kind: str  # text | hd | xpn | xcn | date | sex | dtm | code | priority | pl
+    kind: str  # text | uid | xpn | xcn | date | sex | dtm | code | priority | pl
     dicom: str  # attribute (tag)
     column: str  # where it is stored
     max_len: int = 64
@@ -136,7 +137,7 @@ MAPPING: tuple[Field, ...] = (
     Field(
         "study_instance_uid",
         ("IPC-3.1", "ZDS-1.1"),
-        "text",
+        "uid",
         "Study Instance UID (0020,000D)",
         "study_instance_uid",
     ),
@@ -169,10 +170,12 @@ PATIENT_KEYS = ("patient_id", "issuer_of_patient_id", "patient_name", "birth_dat
 SEX = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O"}
 # TQ1-9 / TQ-6 priority (HL7 Table 0485) -> Requested Procedure Priority (0040,1003)
 PRIORITY = {"S": "STAT", "A": "HIGH", "P": "HIGH", "T": "HIGH", "R": "ROUTINE", "C": "ROUTINE"}
+_UID = re.compile(r"(?=.{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+")
 LOCAL_SCHEME = "99LOCAL"  # a code without CE.3: a local scheme (PS3.16 8.2: "99" prefix)
 
 _KIND_TEXT = {
     "text": "",
+    "uid": "a UID (PS3.5 9.1: digits and dots, at most 64)",
     "xpn": "XPN family^given^middle^suffix^prefix -> PN family^given^middle^prefix^suffix",
     "xcn": "XCN id^family^given^middle^suffix^prefix -> PN",
     "date": "first 8 characters, a valid date",
@@ -191,12 +194,8 @@ def readme_table() -> str:
         "|---|---|---|---|",
     ]
     for f in MAPPING:
-        where = ", ".join(f.locations)
-        rows.append(
-            f"| {where} | {f.dicom} | `{f.column}` | {_KIND_TEXT[f.kind] or 'text'} |"
-            if f.kind != "text"
-            else f"| {where} | {f.dicom} | `{f.column}` | text |"
-        )
+        how = _KIND_TEXT[f.kind] or "text"
+        rows.append(f"| {', '.join(f.locations)} | {f.dicom} | `{f.column}` | {how} |")
     return "\n".join(rows) + "\n"
 
 
@@ -275,6 +274,10 @@ def _simple(kind: str, value: str, field: Field, where: Location) -> Any:
         return _dtm(value, field, where)
     if kind in ("xpn", "xcn"):  # a single component asked for: a name part
         return value
+    if kind == "uid" and not _UID.fullmatch(value):
+        raise HL7Error("AE", 102, f"{field.name}: {value[:70]!r} is not a UID", where)
+    if kind == "code":  # a code value alone (an override such as OBR-4.1)
+        return _composite("code", [value], field, where)
     if len(value) > field.max_len:
         raise HL7Error(
             "AE",

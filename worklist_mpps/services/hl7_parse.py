@@ -109,14 +109,21 @@ class Inbound:
         subs = parts[comp - 1].split("&")
         if sub > len(subs):
             return ""
-        return str(self.message.unescape(subs[sub - 1])).strip()
+        return _value(self.message, subs[sub - 1])
 
     def components(self, segment: Segment | None, field_no: int) -> list[str]:
         """The components of a field's first repetition (first subcomponents, unescaped)."""
         if segment is None:
             return []
         text = _raw_field(segment.seg, field_no).split("~")[0]
-        return [str(self.message.unescape(c.split("&")[0])).strip() for c in text.split("^")]
+        return [_value(self.message, c.split("&")[0]) for c in text.split("^")]
+
+
+def _value(message: hl7.Message, text: str) -> str:
+    """A value unescaped (2.7); HL7's explicit null ``""`` (2.5.3) reads as empty: the feed
+    never deletes a stored value."""
+    value = str(message.unescape(text)).strip()
+    return "" if value == '""' else value
 
 
 def _raw_field(seg: hl7.Segment, n: int) -> str:

@@ -4,6 +4,7 @@ the scheduled step it names in its Scheduled Step Attributes Sequence, F.7.2.1.2
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from pydicom import Dataset
 from sqlalchemy import select
@@ -54,11 +55,22 @@ def derived_item_status(mpps_statuses: Iterable[str]) -> str | None:
     return "COMPLETED" if "COMPLETED" in statuses else "DISCONTINUED"
 
 
-def refresh_item_statuses(session: Session, item_ids: Iterable[int]) -> None:
-    """Lock the linked items (in id order) and set each status from its MPPS."""
+@dataclass(frozen=True)
+class StatusChange:
+    """A worklist item whose step status an MPPS change moved (old -> new)."""
+
+    item: WorklistItem
+    old: str
+    new: str
+
+
+def refresh_item_statuses(session: Session, item_ids: Iterable[int]) -> list[StatusChange]:
+    """Lock the linked items (in id order) and set each status from its MPPS; the items
+    whose status changed, in id order."""
     ids = sorted(set(item_ids))
+    changes: list[StatusChange] = []
     if not ids:
-        return
+        return changes
     items = session.scalars(
         select(WorklistItem)
         .where(WorklistItem.id.in_(ids))
@@ -69,7 +81,9 @@ def refresh_item_statuses(session: Session, item_ids: Iterable[int]) -> None:
         session.refresh(item, ["mpps"])
         status = derived_item_status(m.status for m in item.mpps)
         if status is not None and status != item.sps_status:
+            changes.append(StatusChange(item, item.sps_status, status))
             item.sps_status = status
+    return changes
 
 
 def link_labels(items: Iterable[WorklistItem]) -> list[str]:

@@ -4,7 +4,9 @@
 (N-GET, F.8) are called by the DIMSE handlers and by DICOMweb. Each runs in
 one database transaction and returns only after it committed, so a success
 seen by a modality survives a crash. A rule is broken by raising
-:class:`MPPSError` with the status code of PS3.7 Annex C / PS3.4 F.7.2.
+:class:`MPPSError` with the status code of PS3.7 Annex C / PS3.4 F.7.2. A change that
+moves a worklist item from an HL7 order also queues the item's status for the order
+placer, in the same transaction (order_status.py).
 
 Over 400 lines: the three operations of Annex F and their Table F.7.2-1 rules read best
 side by side; values and encoding are in dicom.py, links to the worklist in links.py.
@@ -28,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
-from worklist_mpps.services import audit, outbox
+from worklist_mpps.services import audit, order_status, outbox
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.dicom import (
     as_unicode,
@@ -230,8 +232,9 @@ def validate_create(ds: Dataset) -> None:
 
 
 def _payload(ds: Dataset, targets: Sequence[str]) -> bytes | None:
-    """The request's attributes as they will be forwarded (only when there are targets)."""
-    if not targets:
+    """The request's attributes as they will be forwarded (only when there are MPPS
+    targets: HL7 destinations get the item's status, services/order_status.py)."""
+    if not outbox.mpps_targets(targets):
         return None
     charset_for_storage(ds)
     return encode_dataset(ds)
@@ -282,8 +285,11 @@ def create(
             record.worklist_items = items
             session.add(record)
             session.flush()
-            refresh_item_statuses(session, [i.id for i in items])
-            outbox.enqueue(session, targets, uid, "N-CREATE", "IN PROGRESS", payload)
+            changes = refresh_item_statuses(session, [i.id for i in items])
+            outbox.enqueue(
+                session, outbox.mpps_targets(targets), uid, "N-CREATE", "IN PROGRESS", payload
+            )
+            order_status.queue_status(session, targets, changes, record)
             linked = link_labels(items)
             audit.record(
                 session,
@@ -410,8 +416,9 @@ def update(
         record.dataset = encode_dataset(stored)
         record.version += 1
         session.flush()
-        refresh_item_statuses(session, [i.id for i in record.worklist_items])
-        outbox.enqueue(session, targets, uid, "N-SET", new_status, payload)
+        changes = refresh_item_statuses(session, [i.id for i in record.worklist_items])
+        outbox.enqueue(session, outbox.mpps_targets(targets), uid, "N-SET", new_status, payload)
+        order_status.queue_status(session, targets, changes, record)
         linked = link_labels(record.worklist_items)
         audit.record(
             session,

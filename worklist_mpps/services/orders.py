@@ -47,6 +47,7 @@ SUPPORTED_TYPES = ORDER_TYPES + ADT_TYPES
 # (debugging) is refused, it must not schedule real exams
 PROCESSING_IDS = ("P", "T")
 RAW_LIMIT = 65_536  # refuse(): what is kept of input that is not a message
+ATTEMPTS = 3  # transactions tried when a concurrent one takes a key first (PostgreSQL)
 
 
 @dataclass
@@ -95,8 +96,18 @@ class _Header:
 def receive(ctx: AppContext, raw: bytes, address: str) -> Received:
     """Process one message (the bytes between MLLP's 0x0B and 0x1C 0x0D) from ``address``:
     AA only after its change is committed, AE (with ERR) when its content is wrong and
-    nothing is applied, AR when it cannot be processed at all. Never raises for bad input."""
+    nothing is applied, AR when it cannot be processed at all. Never raises for bad input;
+    a fault of ours (or an unreachable database) is AR 207, which the sender may resend."""
     started = time.monotonic()
+    try:
+        return _receive(ctx, raw, address, started)
+    except Exception as exc:
+        log.exception("hl7 message from %s: internal error", address)
+        fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
+        return _refused(ctx, raw, address, None, fault, started, keep_id=False)
+
+
+def _receive(ctx: AppContext, raw: bytes, address: str, started: float) -> Received:
     msg: Inbound | None = None
     try:
         msg = parse(raw, ctx.config.hl7_default_charset)
@@ -107,35 +118,56 @@ def receive(ctx: AppContext, raw: bytes, address: str) -> Received:
     stored = _stored(ctx, head, started)
     if stored is not None:
         return stored
-    out = Outcome()
     actor = Actor(head.sender, address, "HL7")
-    try:
-        with ctx.db.write() as session:
-            if msg.message_type in ORDER_TYPES:
-                handle_order(session, ctx.config, msg, actor, out)
-            else:
-                handle_adt(session, ctx.config, msg, actor, out)
-            session.flush()
-            ack, _ = build_ack(msg, raw, "AA", ctx.config.hl7_application, ctx.config.hl7_facility)
-            row = _row(head, address, raw, ack, "AA", out.note, out)
-            session.add(row)
-            session.flush()
-            row_id = row.id
-    except HL7Error as refusal:
-        return _refused(ctx, raw, address, msg, refusal, started, out)
-    except IntegrityError:
-        # a concurrent copy of this message committed first, or a key taken meanwhile
-        stored = _stored(ctx, head, started)
-        if stored is not None:
-            return stored
-        taken = HL7Error("AE", 205, "a key of this order was used by a concurrent message")
-        return _refused(ctx, raw, address, msg, taken, started, out)
-    except Exception as exc:  # a fault of ours (or the database): AR, the sender may resend
-        log.exception("hl7 %s control=%s: internal error", head.sender, head.control_id)
-        fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
-        return _refused(ctx, raw, address, msg, fault, started, out, keep_id=False)
-    _log_line(head, out, "AA", None, started)
-    return Received(ack, "AA", None, row_id)
+    for attempt in range(1, ATTEMPTS + 1):
+        out = Outcome()
+        try:
+            ack, row_id = _apply(ctx, msg, raw, address, head, actor, out)
+        except HL7Error as refusal:
+            return _refused(ctx, raw, address, msg, refusal, started, out)
+        except IntegrityError:
+            # a copy of this message committed first (its stored ACK is the answer), or a
+            # concurrent message took a key this one creates (a patient): try again
+            stored = _stored(ctx, head, started)
+            if stored is not None:
+                return stored
+            if attempt < ATTEMPTS:
+                continue
+            taken = HL7Error(
+                "AE", 205, "a key of this order (accession number and step ID) is in use"
+            )
+            return _refused(ctx, raw, address, msg, taken, started, out)
+        except Exception as exc:  # a fault of ours (or the database): AR, the sender may resend
+            log.exception("hl7 %s control=%s: internal error", head.sender, head.control_id)
+            fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
+            return _refused(ctx, raw, address, msg, fault, started, out, keep_id=False)
+        _log_line(head, out, "AA", None, started)
+        return Received(ack, "AA", None, row_id)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _apply(
+    ctx: AppContext,
+    msg: Inbound,
+    raw: bytes,
+    address: str,
+    head: _Header,
+    actor: Actor,
+    out: Outcome,
+) -> tuple[bytes, int]:
+    """The message's changes and its AA row in one transaction; (ACK, row id) once
+    committed (the ACK is sent only after this returns: AA means stored)."""
+    with ctx.db.write() as session:
+        if msg.message_type in ORDER_TYPES:
+            handle_order(session, ctx.config, msg, actor, out)
+        else:
+            handle_adt(session, ctx.config, msg, actor, out)
+        session.flush()
+        ack, _ = build_ack(msg, raw, "AA", ctx.config.hl7_application, ctx.config.hl7_facility)
+        row = _row(head, address, raw, ack, "AA", out.note, out)
+        session.add(row)
+        session.flush()
+        return ack, row.id
 
 
 def refuse(ctx: AppContext, raw: bytes, address: str, reason: str) -> Received:
@@ -281,8 +313,14 @@ def _refused(
         stored = _stored(ctx, head, started)
         if stored is not None:
             return stored
-    except Exception:  # the database is down: answer anyway, the sender may resend
-        log.exception("hl7 %s control=%s: the message log row failed", head.sender, head.control_id)
+    except Exception as exc:  # noqa: BLE001 - the database is down: answer anyway
+        log.error(
+            "hl7 %s control=%s: the message log row failed: %s: %s",
+            head.sender,
+            head.control_id,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
     _log_line(head, out or Outcome(), err.ack_code, text, started)
     return Received(ack, err.ack_code, text, row_id)
 

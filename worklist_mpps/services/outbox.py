@@ -2,6 +2,11 @@
 ``delivery/worker.py``): every MPPS change queues one row per configured target in the
 change's own transaction (:func:`enqueue`), so a notification exists exactly when the
 change does; operators list rows and make failed ones due again.
+
+Two kinds of targets share the table: MPPS targets (``orthanc``, ``forward:NAME``) get
+the MPPS events keyed by the MPPS UID; HL7 destinations (``hl7:NAME``) get the status of
+a worklist item that came from an order, keyed ``item:ID`` (services/order_status.py).
+:func:`mpps_targets` and :func:`status_targets` are the one place that tells them apart.
 """
 
 from __future__ import annotations
@@ -15,12 +20,33 @@ from worklist_mpps.config import Config
 from worklist_mpps.db.engine import Database, rowcount
 from worklist_mpps.db.models import OutboxMessage, as_utc, utcnow
 
+HL7_TARGET_PREFIX = "hl7:"  # an order placer that gets the procedure status back
+
 
 def target_names(config: Config) -> list[str]:
     """The targets every MPPS change is queued for."""
     names = ["orthanc"] if config.orthanc_url else []
     names += [f"forward:{p.name}" for p in config.forward_peers if p.enabled]
     return names
+
+
+def hl7_target_name(destination_name: str) -> str:
+    return HL7_TARGET_PREFIX + destination_name
+
+
+def status_target_names(config: Config) -> list[str]:
+    """The HL7 destinations (enabled) that get the status of items from orders."""
+    return [hl7_target_name(d.name) for d in config.hl7_destinations if d.enabled]
+
+
+def mpps_targets(targets: Sequence[str]) -> list[str]:
+    """Of the outbox targets, those that get MPPS events (N-CREATE / N-SET)."""
+    return [t for t in targets if not t.startswith(HL7_TARGET_PREFIX)]
+
+
+def status_targets(targets: Sequence[str]) -> list[str]:
+    """Of the outbox targets, the HL7 destinations that get order status messages."""
+    return [t for t in targets if t.startswith(HL7_TARGET_PREFIX)]
 
 
 def enqueue(
