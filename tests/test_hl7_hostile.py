@@ -40,7 +40,13 @@ HL7 = (
     "--hl7-idle-timeout",
     "1",
     "--hl7-senders",
-    '[{"application": "RIS"}]',
+    json.dumps(
+        [
+            {"application": "RIS"},
+            {"application": "LAB", "hosts": ["10.0.0.0/8"]},
+            {"application": "PACS", "hosts": ["127.0.0.1"]},
+        ]
+    ),
 )
 
 
@@ -93,7 +99,7 @@ def test_message_without_mllp_framing(server):
         assert ack_code(answer) == "AR" and acked_control(answer) == "MSGU1", answer
         assert client.closed_by_server()
     assert items(server, accession="ACCU1") == []
-    still_serving(server, "U2")
+    still_serving(server, "U1")  # the same MSH-10 framed: processed, not a duplicate
 
 
 def padded(n: str, size: int) -> bytes:
@@ -157,12 +163,19 @@ def test_wrong_content_is_AE_with_its_code(server, n, message, code, where):
 
 
 def test_sender_not_on_the_list(server):
+    """MSH-3 not in hl7_senders, or listed but for other hosts: AR, nothing applied; a
+    sender listed for this host (the peer's address as the listener hands it over) is
+    served."""
     with MLLPClient(server.hl7_port) as client:
         answer = client.send(order("E1", application="EVIL"))
         assert ack_code(answer) == "AR" and acked_control(answer) == "MSGE1", answer
         assert "EVIL" in reason(answer), answer
-    assert items(server, accession="ACCE1") == []
-    still_serving(server, "E2")
+        answer = client.send(order("E2", application="LAB"))
+        assert ack_code(answer) == "AR" and "LAB" in reason(answer), answer
+        assert ack_code(client.send(order("E3", application="PACS"))) == "AA"
+    assert items(server, accession="ACCE1") == items(server, accession="ACCE2") == []
+    assert len(items(server, accession="ACCE3")) == 1
+    still_serving(server, "E4")
 
 
 def test_stalled_and_idle_connections_are_closed_others_served(server):
