@@ -152,7 +152,9 @@ class MLLPServer:
         self.port = sock.getsockname()[1]
         self._loop = asyncio.new_event_loop()
         ready: Future[None] = Future()
-        self._thread = threading.Thread(target=self._run, args=(sock, ready), name="mllp")
+        self._thread = threading.Thread(
+            target=self._run, args=(sock, ready), name="mllp", daemon=True
+        )
         self._thread.start()
         ready.result(timeout)
         cfg = self.ctx.config
@@ -174,7 +176,8 @@ class MLLPServer:
             asyncio.run_coroutine_threadsafe(self._shutdown(grace), loop).result(grace + 5)
         except Exception as exc:  # noqa: BLE001 - stopping goes on whatever happened
             log.warning("MLLP listener did not stop cleanly: %s", exc or type(exc).__name__)
-        loop.call_soon_threadsafe(loop.stop)
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
         thread.join(grace + 5)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._loop = self._thread = None
@@ -246,7 +249,7 @@ class MLLPServer:
         try:
             why = await self._messages(conn, reader, writer, address)
         except _Refused as refused:
-            why, linger = refused.reason, True
+            why, linger, conn.busy = refused.reason, True, True
             received = await self._service(orders.refuse, refused.raw, address, refused.reason)
             if received is not None:
                 await self._send(writer, received.ack)
@@ -254,6 +257,9 @@ class MLLPServer:
             why = "server stopping"
         except ConnectionError as exc:
             why = f"connection lost: {exc.strerror or type(exc).__name__}"
+        except Exception as exc:  # a bug of ours: its traceback, and the listener goes on
+            why = f"internal error: {type(exc).__name__}"
+            log.exception("MLLP connection from %s: %s", where, why)
         finally:
             self._connections.discard(conn)
             await self._close(reader, writer, linger)
