@@ -37,14 +37,15 @@ def order(run: str, n: int, day: dt.date) -> bytes:
     """One v2.3.1 ORM^O01 new order (ORC-1 NW) with a unique control ID and order."""
     modality = MODALITIES[n % len(MODALITIES)]
     hour = 7 + n % 12
+    obr = ["OBR", "1", f"P{run}{n}", f"F{run}{n}", "CTHEAD^CT Head^L"] + [""] * 20
+    obr[18], obr[19], obr[20], obr[24] = f"A{run}{n % 10**6}", f"RP{n % 10**6}", f"S{n}", modality
     segments = [
         f"MSH|^~\\&|BENCHRIS|HOSP|WORKLIST-MPPS|HOSP|{day:%Y%m%d}080000||ORM^O01|"
         f"{run}{n}|P|2.3.1||||||8859/1",
         f"PID|1||B{run}{n}^^^HOSP||Müller^Jürgen {n}||19700101|M",
         "PV1|1|O|RAD^^^HOSP",
         f"ORC|NW|P{run}{n}|F{run}{n}||SC||^^^{day:%Y%m%d}{hour:02d}{n % 60:02d}00",
-        f"OBR|1|P{run}{n}|F{run}{n}|CTHEAD^CT Head^L|||||||||||||A{run}{n % 10**6}|"
-        f"RP{n % 10**6}|S{n % 10**6}||||||{modality}",
+        "|".join(obr),
     ]
     return ("\r".join(segments) + "\r").encode("iso-8859-1")
 

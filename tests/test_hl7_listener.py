@@ -30,8 +30,8 @@ from hl7_clients import (
     wait_for,
 )
 
-# the README section of the listener (to become README.md's "HL7 order feed" at merge)
-README = ROOT / "README-hl7-listener.md"
+# the README, whose "Sending an order" shows the mllp_send command
+README = ROOT / "README.md"
 SAMPLE_ORDER = ROOT / "sample_data" / "orm_o01.hl7"
 HL7 = ("--hl7-enabled", "true")
 # no pytest-timeout here: every wait is bounded (socket and subprocess timeouts, joins)
