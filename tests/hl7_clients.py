@@ -1,15 +1,21 @@
-"""HL7 v2 senders for tests of the MLLP listener: python-hl7's ``mllp_send`` command (a
-real sender that is not our code), and a small socket client for what it cannot do
-(several messages on one connection, unframed bytes, a stall, answers read precisely)."""
+"""HL7 v2 peers for the tests: python-hl7's ``mllp_send`` command (a real sender that is
+not our code), a small socket client for what it cannot do (several messages on one
+connection, unframed bytes, a stall, answers read precisely), and python-hl7's asyncio
+MLLP server as the order placer's receiver of status messages."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
-from conftest import VENV_BIN
+import hl7
+import hl7.mllp
+
+from conftest import VENV_BIN, free_port
 
 MLLP_SEND = VENV_BIN / "mllp_send"  # python-hl7's command (the venv's bin is off PATH)
 SB, EB, CR = b"\x0b", b"\x1c", b"\r"
@@ -138,3 +144,68 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+# --- a real MLLP receiver -------------------------------------------------------------
+
+
+class Receiver:
+    """python-hl7's MLLP server on 127.0.0.1 in a thread of its own: records each message
+    and answers ``create_ack(code)`` (AE/AR with MSA-3 and an ERR segment)."""
+
+    def __init__(self, port: int | None = None, code: str = "AA") -> None:
+        self.port = port or free_port()
+        self.code = code
+        self.messages: list[hl7.Message] = []
+        self.raw: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    async def _handle(self, reader, writer) -> None:
+        try:
+            while True:
+                try:
+                    message = await reader.readmessage()
+                except asyncio.IncompleteReadError:
+                    break
+                self.messages.append(message)
+                self.raw.append(str(message))
+                ack = message.create_ack(self.code, application="RIS", facility="RAD")
+                if self.code != "AA":
+                    ack.segment("MSA").assign_field("Unknown placer order", 3)
+                    ack = hl7.parse(
+                        str(ack) + "ERR|^^^204&Unknown key identifier&HL70357\r",
+                        encoding="utf-8",
+                    )
+                writer.writemessage(ack)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def start(self) -> Receiver:
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._server = self._loop.run_until_complete(
+                hl7.mllp.start_hl7_server(
+                    self._handle, host="127.0.0.1", port=self.port, encoding="utf-8"
+                )
+            )
+            ready.set()
+            self._loop.run_forever()
+            self._server.close()
+            self._loop.run_until_complete(self._server.wait_closed())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"mllp-{self.port}", daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "the MLLP receiver did not start"
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
