@@ -18,7 +18,7 @@ class Recorder:
     """A target that records deliveries and fails on demand (our own component's test)."""
 
     def __init__(self, name="rec", supersede=False):
-        self.name, self.supersede = name, supersede
+        self.name, self.supersede, self.hold_after_failure = name, supersede, False
         self.delivered: list[tuple[str, str]] = []
         self.fail_next: list[Exception] = []
         self.lock = threading.Lock()

@@ -33,6 +33,7 @@ from worklist_mpps.services.status import (
 
 class ForwardTarget:
     supersede = False  # every N-CREATE and N-SET goes downstream, in order
+    hold_after_failure = False  # a refused message does not stop the later ones
 
     def __init__(self, peer: ForwardPeer, calling_ae_title: str, timeout: float = 30.0) -> None:
         self.peer = peer

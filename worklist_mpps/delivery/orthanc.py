@@ -139,6 +139,7 @@ def referenced_instances(ds) -> list[str]:  # noqa: ANN001
 class OrthancTarget:
     name = "orthanc"
     supersede = True  # Orthanc shows the latest state: an older pending one is dropped
+    hold_after_failure = False  # a failed row does not hold the newer states
 
     def __init__(self, db: Database, config: Config, client: OrthancClient | None = None) -> None:
         self.db = db

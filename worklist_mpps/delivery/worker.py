@@ -45,13 +45,14 @@ class Failed(Exception):
 
 
 class Target(Protocol):
-    """A delivery target. Optionally ``hold_after_failure = True`` (read with getattr;
-    default: a failed row is passed over): a failed row holds the later rows of its key
-    until an operator retries it (HL7 order status: CM must not reach the order placer
-    before the IP it refused)."""
+    """A delivery target."""
 
     name: str
     supersede: bool  # only the newest state matters: older pending rows are dropped
+    # a failed row holds the later rows of its key until an operator retries it (HL7
+    # order status: CM must not reach the order placer before the IP it refused);
+    # false: a failed row is passed over
+    hold_after_failure: bool
 
     def deliver(self, message: OutboxMessage) -> str | None:
         """Deliver; return a note for the log, raise Retry or Failed."""
@@ -108,7 +109,7 @@ class OutboxWorker:
         """Due, unclaimed rows that are the oldest pending one of their (target, MPPS), and
         for a target that holds after a failure, with no failed row before them."""
         older = aliased(OutboxMessage)
-        holding = [n for n, t in self.targets.items() if getattr(t, "hold_after_failure", False)]
+        holding = [n for n, t in self.targets.items() if t.hold_after_failure]
         earlier_pending = exists().where(
             older.target == OutboxMessage.target,
             older.mpps_uid == OutboxMessage.mpps_uid,
