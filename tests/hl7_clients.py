@@ -196,6 +196,11 @@ class Receiver:
             ready.set()
             self._loop.run_forever()
             self._server.close()
+            # connections still open: their handlers end here, not in the garbage collector
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._server.wait_closed())
             self._loop.close()
 
