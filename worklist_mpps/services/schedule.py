@@ -222,24 +222,39 @@ def create_item(
             row = values.get_or_create_patient(session, patient)
             key = values.normalize_item({k: data.get(k) for k in ("accession_number", "sps_id")})
             _refuse_duplicate(session, None, key["accession_number"], key["sps_id"])
-            item = values.create_item(session, row, data, uid_prefix)
-            session.flush()
-            result = item_dict(item)
-            audit.record(
-                session,
-                actor,
-                "item.create",
-                f"item:{item.id}",
-                {
-                    "accession_number": item.accession_number,
-                    "sps_id": item.sps_id,
-                    "study_instance_uid": item.study_instance_uid,
-                    "patient_id": row.patient_id,
-                },
-            )
+            result = item_dict(add_item(session, actor, row, data, uid_prefix))
     except IntegrityError:
         raise _duplicate_key() from None
     return result
+
+
+def add_item(
+    session: Session,
+    actor: Actor | None,
+    patient: Patient,
+    data: Mapping[str, Any],
+    uid_prefix: str = "",
+    require_accession: bool = True,
+) -> WorklistItem:
+    """A new step in the caller's transaction, with its ``item.create`` audit record: the
+    one way every front end (API, HL7 order feed) creates an item."""
+    item = values.create_item(session, patient, data, uid_prefix, require_accession)
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "item.create",
+        f"item:{item.id}",
+        {
+            "accession_number": item.accession_number,
+            "sps_id": item.sps_id,
+            "placer_order_number": item.placer_order_number,
+            "filler_order_number": item.filler_order_number,
+            "study_instance_uid": item.study_instance_uid,
+            "patient_id": patient.patient_id,
+        },
+    )
+    return item
 
 
 def update_item(
