@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.config import Config
@@ -114,20 +114,28 @@ def _item_error(exc: ItemError, found: Mapping[str, Location]) -> HL7Error:
     return HL7Error("AE", 102, str(exc), found.get(name))
 
 
+# built once (a statement per message costs more than its execution on SQLite)
+_BY_NUMBER = (
+    select(WorklistItem)
+    .where(
+        or_(
+            WorklistItem.filler_order_number == bindparam("filler"),
+            WorklistItem.placer_order_number == bindparam("placer"),
+        )
+    )
+    .order_by(WorklistItem.id)
+    .with_for_update()
+)
+
+
 def _order_items(session: Session, placer: str | None, filler: str | None) -> list[WorklistItem]:
     """An order's steps: by ORC-3 Filler Order Number, else by ORC-2 Placer Order Number.
     One query for both numbers (the rows of either are locked on PostgreSQL)."""
-    W = WorklistItem
     keys = [(key, number) for key, number in (("filler", filler), ("placer", placer)) if number]
     if not keys:
         return []
-    columns = {"filler": W.filler_order_number, "placer": W.placer_order_number}
-    found = session.scalars(
-        select(W)
-        .where(or_(*(columns[key] == number for key, number in keys)))
-        .order_by(W.id)
-        .with_for_update()
-    ).all()
+    params = {"filler": filler or None, "placer": placer or None}  # = NULL matches nothing
+    found = session.scalars(_BY_NUMBER, params).all()
     for key, number in keys:
         items = [i for i in found if getattr(i, f"{key}_order_number") == number]
         if items:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -329,18 +329,20 @@ def _gatekeep(ctx: AppContext, msg: Inbound, address: str) -> None:
         )
 
 
+# built once (a statement per message costs more than its execution on SQLite)
+_STORED = select(HL7Message.ack, HL7Message.ack_code, HL7Message.error, HL7Message.id).where(
+    HL7Message.sending_application == bindparam("app"),
+    HL7Message.sending_facility == bindparam("fac"),
+    HL7Message.control_id == bindparam("cid"),
+)
+
+
 def _lookup(session: Session, head: _Header) -> Received | None:
     """The row of an earlier message with this sender and MSH-10, as a duplicate answer."""
     if head.control_id is None:
         return None
-    M = HL7Message
-    row = session.execute(
-        select(M.ack, M.ack_code, M.error, M.id).where(
-            M.sending_application == head.application,
-            M.sending_facility == head.facility,
-            M.control_id == head.control_id,
-        )
-    ).first()
+    params = {"app": head.application, "fac": head.facility, "cid": head.control_id}
+    row = session.execute(_STORED, params).first()
     if row is None:
         return None
     return Received(row.ack, row.ack_code, row.error, row.id, duplicate=True)
