@@ -16,6 +16,13 @@ a message over ``hl7_max_message_size`` (the reader's limit bounds memory). A co
 with no complete message within ``hl7_idle_timeout`` is closed, as are connections
 beyond ``hl7_max_connections``. Each connection logs one line when it opens and one when
 it closes (address, messages, why); each message is logged once, by the service.
+
+On SQLite the connections' messages wait in one queue that the single service thread
+drains whole (up to BATCH) into ``orders.receive_many``: one commit for the messages that
+arrived meanwhile (group commit); each ACK is still written only after that commit.
+
+Over 400 lines: the listener's lifecycle, connections, framing refusals and the service
+queue belong together (one asyncio loop and its thread).
 """
 
 from __future__ import annotations

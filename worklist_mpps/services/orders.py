@@ -12,6 +12,14 @@ cannot be processed at all (undecodable, sender not allowed, unsupported process
 version, type or event); after AE/AR nothing is applied and the row is written alone.
 A message whose sender and MSH-10 were seen before gets the stored ACK again and has no
 second effect (2.10.2 duplicate detection by Message Control ID).
+
+:func:`receive_many` is the group commit the SQLite listener uses: the messages waiting
+for its one service thread in one write transaction (one COMMIT, one fsync), each in its
+own SAVEPOINT so that a refused one applies nothing while the others keep their changes;
+:func:`receive` is a batch of one.
+
+Over 400 lines: the whole life of a message (gatekeeping, batch and savepoints, duplicate
+answers, refusal rows, log lines) kept in one place, as the ACK semantics depend on it.
 """
 
 from __future__ import annotations
