@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.config import Config
@@ -114,16 +114,32 @@ def _item_error(exc: ItemError, found: Mapping[str, Location]) -> HL7Error:
     return HL7Error("AE", 102, str(exc), found.get(name))
 
 
+# built once (a statement per message costs more than its execution on SQLite)
+_BY_NUMBER = (
+    select(WorklistItem)
+    .where(
+        or_(
+            WorklistItem.filler_order_number == bindparam("filler"),
+            WorklistItem.placer_order_number == bindparam("placer"),
+        )
+    )
+    .order_by(WorklistItem.id)
+    .with_for_update()
+)
+
+
 def _order_items(session: Session, placer: str | None, filler: str | None) -> list[WorklistItem]:
-    """An order's steps: by ORC-3 Filler Order Number, else by ORC-2 Placer Order Number."""
-    W = WorklistItem
-    for column, number in ((W.filler_order_number, filler), (W.placer_order_number, placer)):
-        if number:
-            items = session.scalars(
-                select(W).where(column == number).order_by(W.id).with_for_update()
-            ).all()
-            if items:
-                return list(items)
+    """An order's steps: by ORC-3 Filler Order Number, else by ORC-2 Placer Order Number.
+    One query for both numbers (the rows of either are locked on PostgreSQL)."""
+    keys = [(key, number) for key, number in (("filler", filler), ("placer", placer)) if number]
+    if not keys:
+        return []
+    params = {"filler": filler or None, "placer": placer or None}  # = NULL matches nothing
+    found = session.scalars(_BY_NUMBER, params).all()
+    for key, number in keys:
+        items = [i for i in found if getattr(i, f"{key}_order_number") == number]
+        if items:
+            return items
     return []
 
 
@@ -252,7 +268,11 @@ def _create(
             "AE", 101, f"the order does not identify a procedure step: no {named}", where
         )
     accession, sps_id = data.get("accession_number"), data.get("sps_id")
-    if accession and (other := values.duplicate_of(session, accession, sps_id)):
+    if any(isinstance(obj, WorklistItem) for obj in session.dirty):
+        session.flush()  # steps changed before this one: the key check must see them
+    with session.no_autoflush:  # a pending patient is inserted with the item, one flush
+        other = values.duplicate_of(session, accession, sps_id) if accession else None
+    if other:
         raise HL7Error(
             "AE",
             205,

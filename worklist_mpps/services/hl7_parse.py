@@ -76,6 +76,17 @@ class Segment:
     name: str
     sequence: int  # 1-based among the segments of this name (ERR-2.2)
     seg: hl7.Segment
+    fields: list[str] = field(default_factory=list)  # the segment's text split at "|"
+
+    def raw(self, n: int) -> str:
+        """Field ``n``'s text as sent (separators and escapes kept), "" when absent: the
+        text python-hl7 parsed, read without re-joining its containers (MSH-1 is the
+        field separator itself, so MSH-n is the (n-1)th piece)."""
+        if self.name == "MSH":
+            if n == 1:
+                return "|"
+            n -= 1
+        return self.fields[n] if 0 < n < len(self.fields) else ""
 
 
 @dataclass
@@ -88,7 +99,7 @@ class Inbound:
     segments: list[Segment] = field(default_factory=list)
 
     def msh(self, n: int) -> str:
-        return _raw_field(self.segments[0].seg, n)
+        return self.segments[0].raw(n)
 
     @property
     def message_type(self) -> str:
@@ -102,7 +113,7 @@ class Inbound:
         """One value, first repetition, escape sequences decoded; "" when absent."""
         if segment is None:
             return ""
-        text = _raw_field(segment.seg, field_no).split("~")[0]
+        text = segment.raw(field_no).split("~")[0]
         parts = text.split("^")
         if comp > len(parts):
             return ""
@@ -115,7 +126,7 @@ class Inbound:
         """The components of a field's first repetition (first subcomponents, unescaped)."""
         if segment is None:
             return []
-        text = _raw_field(segment.seg, field_no).split("~")[0]
+        text = segment.raw(field_no).split("~")[0]
         return [_value(self.message, c.split("&")[0]) for c in text.split("^")]
 
 
@@ -124,14 +135,6 @@ def _value(message: hl7.Message, text: str) -> str:
     never deletes a stored value."""
     value = str(message.unescape(text)).strip()
     return "" if value == '""' else value
-
-
-def _raw_field(seg: hl7.Segment, n: int) -> str:
-    """A field's text with the standard separators (python-hl7 re-joins them as sent)."""
-    try:
-        return str(seg(n)) if n < len(seg) else ""
-    except (IndexError, KeyError):
-        return ""
 
 
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
@@ -207,10 +210,12 @@ def parse(raw: bytes, default_charset: str) -> Inbound:
         raise HL7Error("AR", 100, f"unparseable message: {exc}") from None
     seen: dict[str, int] = {}
     segments = []
-    for seg in message:
+    if len(message) != len(lines):  # python-hl7 makes one segment of each line
+        raise HL7Error("AR", 100, "unparseable message: segments do not match its lines")
+    for seg, line in zip(message, lines, strict=True):
         name = str(seg(0))
         seen[name] = seen.get(name, 0) + 1
-        segments.append(Segment(name, seen[name], seg))
+        segments.append(Segment(name, seen[name], seg, line.split("|")))
     return Inbound(text, codec, message, segments)
 
 
@@ -251,12 +256,18 @@ def build_ack(
         codec = (python_codec(charset) if charset else None) or "ascii"
         charset = charset if codec != "ascii" else ""
     version = hv(12).split("^")[0] or "2.5.1"
-    # the source MSH rebuilt from its fields: create_ack needs MSH-9 with its components
-    event = ([*hv(9).split("^"), ""])[1]
-    source = hl7.parse(
-        f"MSH|^~\\&|{hv(3)}|{hv(4)}|{hv(5)}|{hv(6)}|||ACK^{event}|{hv(10)}|"
-        f"{hv(11) or 'P'}|{hv(12) or version}||||||{charset}\r"
-    )
+    msh9 = hv(9)
+    if inbound is not None and hv(11) and hv(12) and "^" in msh9 and "~" not in msh9:
+        # the parsed message itself: its MSH has every field the ACK echoes
+        source = inbound.message
+    else:
+        # the source MSH rebuilt from its fields (defaults for MSH-11/12; create_ack needs
+        # MSH-9 with its components)
+        event = ([*msh9.split("^"), ""])[1]
+        source = hl7.parse(
+            f"MSH|^~\\&|{hv(3)}|{hv(4)}|{hv(5)}|{hv(6)}|||ACK^{event}|{hv(10)}|"
+            f"{hv(11) or 'P'}|{hv(12) or version}||||||{charset}\r"
+        )
     ack = source.create_ack(ack_code, None, application, facility)
     if charset:
         ack.segment("MSH").assign_field(charset, 18)

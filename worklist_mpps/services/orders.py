@@ -12,16 +12,26 @@ cannot be processed at all (undecodable, sender not allowed, unsupported process
 version, type or event); after AE/AR nothing is applied and the row is written alone.
 A message whose sender and MSH-10 were seen before gets the stored ACK again and has no
 second effect (2.10.2 duplicate detection by Message Control ID).
+
+:func:`receive_many` is the group commit the SQLite listener uses: the messages waiting
+for its one service thread in one write transaction (one COMMIT, one fsync), each in its
+own SAVEPOINT so that a refused one applies nothing while the others keep their changes;
+:func:`receive` is a batch of one.
+
+Over 400 lines: the whole life of a message (gatekeeping, batch and savepoints, duplicate
+answers, refusal rows, log lines) kept in one place, as the ACK semantics depend on it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from worklist_mpps.config import HL7_VERSIONS
 from worklist_mpps.context import AppContext
@@ -97,77 +107,176 @@ def receive(ctx: AppContext, raw: bytes, address: str) -> Received:
     """Process one message (the bytes between MLLP's 0x0B and 0x1C 0x0D) from ``address``:
     AA only after its change is committed, AE (with ERR) when its content is wrong and
     nothing is applied, AR when it cannot be processed at all. Never raises for bad input;
-    a fault of ours (or an unreachable database) is AR 207, which the sender may resend."""
-    started = time.monotonic()
-    try:
-        return _receive(ctx, raw, address, started)
-    except Exception as exc:
-        log.exception("hl7 message from %s: internal error", address)
-        fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
-        return _refused(ctx, raw, address, None, fault, started, keep_id=False)
+    a fault of ours (or an unreachable database) is AR 207, which the sender may resend.
+    A batch of one (:func:`receive_many`)."""
+    return receive_many(ctx, [(raw, address)])[0]
 
 
-def _receive(ctx: AppContext, raw: bytes, address: str, started: float) -> Received:
-    msg: Inbound | None = None
-    try:
-        msg = parse(raw, ctx.config.hl7_default_charset)
-        _gatekeep(ctx, msg, address)
-    except HL7Error as err:
-        return _refused(ctx, raw, address, msg, err, started)
-    head = _Header.of(msg, raw)
-    stored = _stored(ctx, head, started)
-    if stored is not None:
-        return stored
-    actor = Actor(head.sender, address, "HL7")
-    for attempt in range(1, ATTEMPTS + 1):
-        out = Outcome()
+def receive_many(ctx: AppContext, batch: Sequence[tuple[bytes, str]]) -> list[Received]:
+    """Process messages ``(raw, address)`` as :func:`receive` does, in one write transaction
+    (group commit: one COMMIT, one fsync on SQLite), each message in its own SAVEPOINT: one
+    refused (AE/AR) or losing a key to a concurrent transaction is rolled back to its
+    savepoint alone and gets its AE/AR row, the others keep their changes. The answers,
+    in order, are returned only once the transaction is committed (AA means stored). A
+    message repeating the MSH-10 of an earlier one, in this batch or before, gets that
+    one's ACK. When the batch transaction itself fails, the messages are processed one by
+    one, each in its own transaction."""
+    works = [_Work(raw, address) for raw, address in batch]
+    if len(works) > 1:
         try:
-            ack, row_id = _apply(ctx, msg, raw, address, head, actor, out)
+            return _batch(ctx, works)
+        except Exception as exc:  # noqa: BLE001 - each message again, alone
+            log.warning(
+                "hl7 batch of %d messages failed (%s: %s): processed one by one",
+                len(works),
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
+            works = [_Work(raw, address) for raw, address in batch]
+    return [_one(ctx, work) for work in works]
+
+
+@dataclass
+class _Work:
+    """One message of a batch: what was read of it and, once decided, its answer."""
+
+    raw: bytes
+    address: str
+    started: float = field(default_factory=time.monotonic)
+    msg: Inbound | None = None
+    head: _Header = field(default_factory=_Header)
+    err: HL7Error | None = None  # refused by parse() or _gatekeep()
+    out: Outcome | None = None
+    result: Received | None = None
+    text: str | None = None  # the log line's reason (AE/AR)
+
+
+def _one(ctx: AppContext, work: _Work) -> Received:
+    """One message in its own transaction; a fault of ours (or the database's) is AR 207,
+    its row written alone."""
+    try:
+        return _batch(ctx, [work])[0]
+    except Exception as exc:
+        log.exception("hl7 message from %s: internal error", work.address)
+        fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
+        return _refused(
+            ctx, work.raw, work.address, work.msg, fault, work.started, work.out, keep_id=False
+        )
+
+
+def _batch(ctx: AppContext, works: list[_Work]) -> list[Received]:
+    for work in works:
+        _read(ctx, work)
+    with ctx.db.write() as session:
+        for work in works:
+            _process(ctx, session, work)
+    # committed: now the answers may go out, and their log lines
+    results = []
+    for work in works:
+        result = work.result
+        assert result is not None
+        if result.duplicate:
+            _log_duplicate(work.head, result, work.started)
+        else:
+            _log_line(work.head, work.out or Outcome(), result.code, work.text, work.started)
+        results.append(result)
+    return results
+
+
+def _read(ctx: AppContext, work: _Work) -> None:
+    """Parse and gatekeep (no database): ``work.msg``/``head``, or ``work.err``."""
+    try:
+        work.msg = parse(work.raw, ctx.config.hl7_default_charset)
+        _gatekeep(ctx, work.msg, work.address)
+    except HL7Error as err:
+        work.err = err
+    work.head = _Header.of(work.msg, work.raw)
+
+
+def _process(ctx: AppContext, session: Session, work: _Work) -> None:
+    """One message inside the batch transaction: its stored answer when it is a repeat,
+    else its changes and AA row in a savepoint, else (refused) its AE/AR row alone."""
+    msg, head = work.msg, work.head
+    if work.err is not None or msg is None:
+        assert work.err is not None
+        _record_refusal(ctx, session, work, work.err)
+        return
+    stored = _lookup(session, head)
+    if stored is not None:
+        work.result = stored
+        return
+    actor = Actor(head.sender, work.address, "HL7")
+    for attempt in range(1, ATTEMPTS + 1):
+        work.out = Outcome()
+        try:
+            with session.begin_nested():
+                ack, row_id = _apply(ctx, session, msg, work, actor, work.out)
         except HL7Error as refusal:
-            return _refused(ctx, raw, address, msg, refusal, started, out)
+            _record_refusal(ctx, session, work, refusal)
+            return
         except IntegrityError:
             # a copy of this message committed first (its stored ACK is the answer), or a
             # concurrent message took a key this one creates (a patient): try again
-            stored = _stored(ctx, head, started)
+            stored = _lookup(session, head)
             if stored is not None:
-                return stored
+                work.result = stored
+                return
             if attempt < ATTEMPTS:
                 continue
             taken = HL7Error(
                 "AE", 205, "a key of this order (accession number and step ID) is in use"
             )
-            return _refused(ctx, raw, address, msg, taken, started, out)
-        except Exception as exc:  # a fault of ours (or the database): AR, the sender may resend
-            log.exception("hl7 %s control=%s: internal error", head.sender, head.control_id)
-            fault = HL7Error("AR", 207, f"application internal error: {type(exc).__name__}")
-            return _refused(ctx, raw, address, msg, fault, started, out, keep_id=False)
-        _log_line(head, out, "AA", None, started)
-        return Received(ack, "AA", None, row_id)
-    raise AssertionError("unreachable")  # pragma: no cover
+            _record_refusal(ctx, session, work, taken)
+            return
+        work.result = Received(ack, "AA", None, row_id)
+        return
 
 
 def _apply(
     ctx: AppContext,
+    session: Session,
     msg: Inbound,
-    raw: bytes,
-    address: str,
-    head: _Header,
+    work: _Work,
     actor: Actor,
     out: Outcome,
 ) -> tuple[bytes, int]:
-    """The message's changes and its AA row in one transaction; (ACK, row id) once
-    committed (the ACK is sent only after this returns: AA means stored)."""
-    with ctx.db.write() as session:
-        if msg.message_type in ORDER_TYPES:
-            handle_order(session, ctx.config, msg, actor, out)
-        else:
-            handle_adt(session, ctx.config, msg, actor, out)
-        session.flush()
-        ack, _ = build_ack(msg, raw, "AA", ctx.config.hl7_application, ctx.config.hl7_facility)
-        row = _row(head, address, raw, ack, "AA", out.note, out)
-        session.add(row)
-        session.flush()
-        return ack, row.id
+    """The message's changes and its AA row, in the caller's savepoint; (ACK, row id). The
+    ACK is sent only once the enclosing transaction is committed (AA means stored)."""
+    if msg.message_type in ORDER_TYPES:
+        handle_order(session, ctx.config, msg, actor, out)
+    else:
+        handle_adt(session, ctx.config, msg, actor, out)
+    ack, _ = build_ack(msg, work.raw, "AA", ctx.config.hl7_application, ctx.config.hl7_facility)
+    row = _row(work.head, work.address, work.raw, ack, "AA", out.note, out)
+    session.add(row)
+    session.flush()  # the message's last changes and its row together
+    return ack, row.id
+
+
+def _record_refusal(ctx: AppContext, session: Session, work: _Work, err: HL7Error) -> None:
+    """The AE/AR answer and its row, in a savepoint of the batch (nothing else of the
+    message is applied); a copy of the message stored first answers instead."""
+    cfg = ctx.config
+    head = work.head
+    text = f"{err.location}: {err.text}" if err.location else err.text
+    ack, _ = build_ack(work.msg, work.raw, err.ack_code, cfg.hl7_application, cfg.hl7_facility, err)
+    out = work.out
+    if out is not None:  # keep what was read, none of what was done
+        out = work.out = Outcome(out.order_control, out.placer, out.filler, out.patient_id)
+    row_id = None
+    try:
+        with session.begin_nested():
+            row = _row(head, work.address, work.raw, ack, err.ack_code, text, out)
+            session.add(row)
+            session.flush()
+            row_id = row.id
+    except IntegrityError:
+        stored = _lookup(session, head)
+        if stored is not None:
+            work.result = stored
+            return
+    work.text = text
+    work.result = Received(ack, err.ack_code, text, row_id)
 
 
 def refuse(ctx: AppContext, raw: bytes, address: str, reason: str) -> Received:
@@ -228,21 +337,37 @@ def _gatekeep(ctx: AppContext, msg: Inbound, address: str) -> None:
         )
 
 
-def _stored(ctx: AppContext, head: _Header, started: float) -> Received | None:
+# built once (a statement per message costs more than its execution on SQLite)
+_STORED = select(HL7Message.ack, HL7Message.ack_code, HL7Message.error, HL7Message.id).where(
+    HL7Message.sending_application == bindparam("app"),
+    HL7Message.sending_facility == bindparam("fac"),
+    HL7Message.control_id == bindparam("cid"),
+)
+
+
+def _lookup(session: Session, head: _Header) -> Received | None:
     """The row of an earlier message with this sender and MSH-10, as a duplicate answer."""
     if head.control_id is None:
         return None
+    params = {"app": head.application, "fac": head.facility, "cid": head.control_id}
+    row = session.execute(_STORED, params).first()
+    if row is None:
+        return None
+    return Received(row.ack, row.ack_code, row.error, row.id, duplicate=True)
+
+
+def _stored(ctx: AppContext, head: _Header, started: float) -> Received | None:
+    """:func:`_lookup` in its own read transaction, logged."""
+    if head.control_id is None:
+        return None
     with ctx.db.read() as session:
-        row = session.scalars(
-            select(HL7Message).where(
-                HL7Message.sending_application == head.application,
-                HL7Message.sending_facility == head.facility,
-                HL7Message.control_id == head.control_id,
-            )
-        ).first()
-        if row is None:
-            return None
-        found = Received(row.ack, row.ack_code, row.error, row.id, duplicate=True)
+        found = _lookup(session, head)
+    if found is not None:
+        _log_duplicate(head, found, started)
+    return found
+
+
+def _log_duplicate(head: _Header, found: Received, started: float) -> None:
     log.info(
         "hl7 %s control=%s type=%s: duplicate of message %s, %s again, nothing applied (%.0f ms)",
         head.sender,
@@ -252,7 +377,6 @@ def _stored(ctx: AppContext, head: _Header, started: float) -> Received | None:
         found.code,
         (time.monotonic() - started) * 1000,
     )
-    return found
 
 
 def _row(

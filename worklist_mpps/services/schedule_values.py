@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.models import STEP_STATUSES, Patient, WorklistItem
@@ -207,19 +207,35 @@ def _refresh_start(item: WorklistItem) -> None:
         item.sps_start = None
 
 
+# lookups built once: building a statement costs more than running it (HL7 order feed)
+_PATIENT_NO_ISSUER = select(Patient).where(
+    Patient.patient_id == bindparam("pid"), Patient.issuer_of_patient_id.is_(None)
+)
+_PATIENT = select(Patient).where(
+    Patient.patient_id == bindparam("pid"), Patient.issuer_of_patient_id == bindparam("issuer")
+)
+
+
+def _key_used(no_step: bool, exclude: bool) -> Select[int]:
+    W = WorklistItem
+    step = W.sps_id.is_(None) if no_step else W.sps_id == bindparam("sps_id")
+    stmt = select(W.id).where(W.accession_number == bindparam("accession"), step)
+    if exclude:
+        stmt = stmt.where(W.id != bindparam("exclude"))
+    return stmt.limit(1)
+
+
+_KEY_USED = {(a, b): _key_used(a, b) for a in (False, True) for b in (False, True)}
+
+
 def get_or_create_patient(session: Session, data: Mapping[str, Any]) -> Patient:
     """The patient with this Patient ID (and issuer), created or updated from ``data``."""
     values = normalize_patient(data)
     if not values.get("patient_id"):
         raise ItemError("patient.patient_id", "is required")
-    patient = session.scalars(
-        select(Patient).where(
-            Patient.patient_id == values["patient_id"],
-            Patient.issuer_of_patient_id.is_(None)
-            if values.get("issuer_of_patient_id") is None
-            else Patient.issuer_of_patient_id == values["issuer_of_patient_id"],
-        )
-    ).first()
+    issuer = values.get("issuer_of_patient_id")
+    stmt = _PATIENT_NO_ISSUER if issuer is None else _PATIENT
+    patient = session.scalars(stmt, {"pid": values["patient_id"], "issuer": issuer}).first()
     if patient is None:
         patient = Patient()
         session.add(patient)
@@ -235,13 +251,9 @@ def duplicate_of(
     Checked here rather than only by the unique constraint: SQL lets NULL step
     IDs repeat.
     """
-    stmt = select(WorklistItem.id).where(
-        WorklistItem.accession_number == accession,
-        WorklistItem.sps_id == sps_id if sps_id is not None else WorklistItem.sps_id.is_(None),
-    )
-    if exclude_id is not None:
-        stmt = stmt.where(WorklistItem.id != exclude_id)
-    return session.scalar(stmt.limit(1))
+    stmt = _KEY_USED[(sps_id is None, exclude_id is not None)]
+    params = {"accession": accession, "sps_id": sps_id, "exclude": exclude_id}
+    return session.scalar(stmt, params)
 
 
 def create_item(
