@@ -1,8 +1,9 @@
 """The order-feed figure of `make bench` (issue 14): HL7 orders per second over 4 MLLP
 connections, each order committed before its ACK, with the ACK latency (median, p95) at
-N existing items; and C-FIND latency (a selective findscu) while the feed runs, against
-the same query when idle. The reference is python-hl7's own MLLP server answering AA
-without storing anything (bench/reference_mllp.py), measured in the same run.
+N existing items; and C-FIND latency (a selective findscu, run back to back) while the feed
+runs again, against the same query when idle, with the feed's rate under that load. The
+reference is python-hl7's own MLLP server answering AA without storing anything
+(bench/reference_mllp.py), measured in the same run.
 
     .venv/bin/python bench/hl7_feed.py --items 100000      # standalone, prints the figures
 
@@ -131,18 +132,23 @@ def measure(
     seconds: float = 10.0,
     connections: int = 4,
 ) -> dict:
-    """The figures for one server: the feed, its reference, C-FIND idle and during it."""
+    """The figures for one server: the feed alone (orders/s, ACK latency), its reference,
+    then the feed again while findscu queries run back to back (C-FIND during the feed
+    against idle; the orders/s under that load too: the findscu processes take about one
+    of the two cores)."""
     idle = query_times(find_cmd, seconds / 2, env)
+    ours = feed(hl7_port, connections, seconds)
     during: list[float] = []
     query = threading.Thread(
         target=lambda: during.extend(query_times(find_cmd, seconds * 0.8, env))
     )
     query.start()
-    ours = feed(hl7_port, connections, seconds)
+    loaded = feed(hl7_port, connections, seconds)
     query.join()
     reference = feed(reference_port, connections, seconds)
     return {
         "ours": ours,
+        "loaded": loaded,
         "reference": reference,
         "find_idle": statistics.median(idle),
         "find_during": statistics.median(during),
@@ -156,7 +162,8 @@ def describe(result: dict) -> str:
         f" ms, p95 {ours['p95']:.1f} ms, {ours['refused']} not AA), reference "
         f"{ref['rate']:.0f} (ratio {ours['rate'] / ref['rate']:.2f}); C-FIND median idle "
         f"{result['find_idle']:.1f} ms, during the feed {result['find_during']:.1f} ms "
-        f"(x{result['find_during'] / result['find_idle']:.2f})"
+        f"(x{result['find_during'] / result['find_idle']:.2f}), the feed meanwhile "
+        f"{result['loaded']['rate']:.0f} orders/s (p95 {result['loaded']['p95']:.1f} ms)"
     )
 
 
