@@ -136,6 +136,9 @@ def refused(
         row = session.get(HL7Message, received.message_id)
         assert row is not None and row.ack_code == ack_code and row.ack == received.ack
         assert row.error and row.item_ids is None
+    [event] = [e for e in _audit(db) if e["target"] == f"hl7:{received.message_id}"]
+    assert (event["action"], event["channel"]) == ("hl7.message", "HL7")
+    assert (event["detail"]["ack"], event["detail"]["error"]) == (ack_code, received.error)
     return ack
 
 
@@ -193,8 +196,16 @@ def test_orm_231_with_zds_schedules_the_mapped_item(ctx, db):
     shown = hl7_log.show_message(db, row["id"])
     assert shown is not None and shown["message"].startswith("MSH|") and "MSA|AA" in shown["ack"]
     events = [e for e in _audit(db) if e["channel"] == "HL7"]
-    assert [e["action"] for e in events] == ["item.create"]
-    assert events[0]["actor"] == "RIS^RADIOLOGY" and events[0]["address"] == "127.0.0.1"
+    assert [e["action"] for e in events] == ["item.create", "hl7.message"]
+    assert all(e["actor"] == "RIS^RADIOLOGY" and e["address"] == "127.0.0.1" for e in events)
+    assert events[1]["target"] == f"hl7:{row['id']}"
+    assert events[1]["detail"] == {
+        "type": "ORM^O01",
+        "control_id": "ORM231-0001",
+        "ack": "AA",
+        "error": None,
+        "items": [item["id"]],
+    }
 
 
 def _audit(db: Database) -> list[dict]:
@@ -330,7 +341,14 @@ def test_new_change_cancel_of_one_order(ctx, db):
     assert _default_worklist(db) == []
     assert [r["order_control"] for r in log_rows(db)] == ["CA", "XO", "NW"]
     actions = [e["action"] for e in _audit(db) if e["channel"] == "HL7"]
-    assert actions == ["item.create", "item.update", "item.cancel"]
+    assert actions == [
+        "item.create",
+        "hl7.message",
+        "item.update",
+        "hl7.message",
+        "item.cancel",
+        "hl7.message",
+    ]
 
 
 def test_explicit_null_leaves_a_value(ctx, db):
@@ -427,7 +445,7 @@ def test_a08_then_a40(ctx, db):
         ids = session.scalars(select(Patient.patient_id)).all()
     assert sorted(ids) == ["NEW1"]  # the prior patient is gone, NOBODY was never created
     actions = [e["action"] for e in _audit(db) if e["channel"] == "HL7"]
-    assert actions[-3:] == ["item.update", "mpps.patient", "patient.merge"]
+    assert actions[-4:] == ["item.update", "mpps.patient", "patient.merge", "hl7.message"]
     # a merge of a prior patient that does not exist (any more)
     before = items(db)
     received = orders.receive(ctx, merge.replace(b"|A4|", b"|A5|"), "h")

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from worklist_mpps.config import Config
 from worklist_mpps.db.models import Patient, WorklistItem
-from worklist_mpps.services import audit
+from worklist_mpps.services import audit, schedule
 from worklist_mpps.services import hl7_mapping as mapping
 from worklist_mpps.services import schedule_values as values
 from worklist_mpps.services.audit import Actor
@@ -281,27 +281,13 @@ def _create(
         )
     item: WorklistItem = try_values(
         found,
-        values.create_item,
+        schedule.add_item,
         session,
+        actor,
         patient,
         data,
         cfg.uid_prefix,
         require_accession=False,
-    )
-    session.flush()
-    audit.record(
-        session,
-        actor,
-        "item.create",
-        f"item:{item.id}",
-        {
-            "accession_number": item.accession_number,
-            "sps_id": item.sps_id,
-            "placer_order_number": item.placer_order_number,
-            "filler_order_number": item.filler_order_number,
-            "study_instance_uid": item.study_instance_uid,
-            "patient_id": patient.patient_id,
-        },
     )
     out.touched(item)
     return item

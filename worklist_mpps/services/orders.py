@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from worklist_mpps.config import HL7_VERSIONS
 from worklist_mpps.context import AppContext
 from worklist_mpps.db.models import HL7Message
+from worklist_mpps.services import audit
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.hl7_actions import Outcome, handle_order
 from worklist_mpps.services.hl7_adt import handle_adt
@@ -247,10 +248,8 @@ def _apply(
     else:
         handle_adt(session, ctx.config, msg, actor, out)
     ack, _ = build_ack(msg, work.raw, "AA", ctx.config.hl7_application, ctx.config.hl7_facility)
-    row = _row(work.head, work.address, work.raw, ack, "AA", out.note, out)
-    session.add(row)
-    session.flush()  # the message's last changes and its row together
-    return ack, row.id
+    # the message's last changes and its row together
+    return ack, _store(session, work.head, work.address, work.raw, ack, "AA", out.note, out)
 
 
 def _record_refusal(ctx: AppContext, session: Session, work: _Work, err: HL7Error) -> None:
@@ -266,10 +265,7 @@ def _record_refusal(ctx: AppContext, session: Session, work: _Work, err: HL7Erro
     row_id = None
     try:
         with session.begin_nested():
-            row = _row(head, work.address, work.raw, ack, err.ack_code, text, out)
-            session.add(row)
-            session.flush()
-            row_id = row.id
+            row_id = _store(session, head, work.address, work.raw, ack, err.ack_code, text, out)
     except IntegrityError:
         stored = _lookup(session, head)
         if stored is not None:
@@ -379,6 +375,38 @@ def _log_duplicate(head: _Header, found: Received, started: float) -> None:
     )
 
 
+def _store(
+    session: Session,
+    head: _Header,
+    address: str,
+    raw: bytes,
+    ack: bytes,
+    code: str,
+    error: str | None,
+    out: Outcome | None,
+    keep_id: bool = True,
+) -> int:
+    """The message's row in the log, and its audit record (action ``hl7.message``, target
+    ``hl7:<row id>``): every message received is in both, whatever its ACK; the row id."""
+    row = _row(head, address, raw, ack, code, error, out, keep_id)
+    session.add(row)
+    session.flush()
+    audit.record(
+        session,
+        Actor(head.sender, address, "HL7"),
+        "hl7.message",
+        f"hl7:{row.id}",
+        {
+            "type": head.message_type,
+            "control_id": head.control_id,
+            "ack": code,
+            "error": error,
+            "items": row.item_ids,
+        },
+    )
+    return row.id
+
+
 def _row(
     head: _Header,
     address: str,
@@ -429,10 +457,7 @@ def _refused(
     row_id = None
     try:
         with ctx.db.write() as session:
-            row = _row(head, address, raw, ack, err.ack_code, text, out, keep_id)
-            session.add(row)
-            session.flush()
-            row_id = row.id
+            row_id = _store(session, head, address, raw, ack, err.ack_code, text, out, keep_id)
     except IntegrityError:
         stored = _stored(ctx, head, started)
         if stored is not None:
