@@ -177,15 +177,19 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "work" / "hl7"))
+    parser.add_argument("--from-db", help="start from a copy of this SQLite file (its items)")
     args = parser.parse_args()
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     url = f"sqlite:///{work / 'worklist.db'}"
-    db = Database(url)
-    migrate.upgrade(db.engine)
-    generate.load(db, generate.make_items(args.items, dt.date.today()))
-    db.dispose()
+    if args.from_db:
+        shutil.copy(args.from_db, work / "worklist.db")
+    else:
+        db = Database(url)
+        migrate.upgrade(db.engine)
+        generate.load(db, generate.make_items(args.items, dt.date.today()))
+        db.dispose()
     port, hl7_port, ref_port = free_port(), free_port(), free_port()
     ours = ref = None
     try:
