@@ -21,8 +21,7 @@ On SQLite the connections' messages wait in one queue that the single service th
 drains whole (up to BATCH) into ``orders.receive_many``: one commit for the messages that
 arrived meanwhile (group commit); each ACK is still written only after that commit.
 
-Over 400 lines: the listener's lifecycle, connections, framing refusals and the service
-queue belong together (one asyncio loop and its thread).
+The reader that checks the framing (and the internals it relies on) is in framing.py.
 """
 
 from __future__ import annotations
@@ -39,73 +38,21 @@ from functools import partial
 
 from hl7.mllp import (  # type: ignore[import-untyped]  # python-hl7 ships no types
     HL7StreamProtocol,
-    HL7StreamReader,
     HL7StreamWriter,
     InvalidBlockError,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
 from worklist_mpps.context import AppContext
+from worklist_mpps.mllp.framing import HEAD, FramedReader
 from worklist_mpps.services import orders
 from worklist_mpps.services.health import describe_db_error
 
 log = logging.getLogger("worklist_mpps.mllp")
 
-START_BLOCK = b"\x0b"
-HEAD = 65536  # bytes of refused input handed to refuse() (and kept with its AR)
 LINGER = 2.0  # seconds a refused sender's remaining bytes are read and dropped (see _close)
 MAX_WORKERS = 8  # service calls at once on PostgreSQL (one message per connection)
 BATCH = 32  # messages at most in one group commit (SQLite)
-
-
-class FramedReader(HL7StreamReader):
-    """python-hl7's reader, answering unframed input at once.
-
-    ``HL7StreamReader.readblock`` checks the start block only once it has found the end
-    block (0x1C 0x0D): garbage, or a message sent without MLLP framing, would wait for
-    the idle timeout or the size limit before being answered, and the sender would
-    wait with it. Here the first byte of each block is checked as soon as it arrives.
-    """
-
-    overrun_head: bytes = b""  # the start of a block over the limit (its MSH-10, if any)
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received of a block not yet complete."""
-        return len(self._buffer)
-
-    def head(self, size: int = HEAD) -> bytes:
-        return bytes(self._buffer[:size])
-
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        try:
-            result: bytes = await super().readuntil(separator)
-        except asyncio.LimitOverrunError:
-            # python-hl7 clears the buffer before raising ValueError: keep its start
-            self.overrun_head = bytes(self._buffer[:HEAD])
-            raise
-        return result
-
-    async def readblock(self) -> bytes | None:
-        """The next message without its framing; None when the sender closed between two
-        messages. Raises InvalidBlockError when a block does not start with 0x0B, and
-        ValueError when it is over the limit (python-hl7's readblock)."""
-        while True:
-            # stray CR/LF between blocks: some senders end a block with 0x1C 0x0D 0x0A
-            while self._buffer[:1] in (b"\r", b"\n"):
-                del self._buffer[:1]
-            if self._buffer:
-                break
-            exc = self.exception()
-            if exc is not None:
-                raise exc
-            if self._eof:
-                return None
-            await self._wait_for_data("readblock")
-        if self._buffer[:1] != START_BLOCK:
-            raise InvalidBlockError("Block does not begin with Start Block character <VT>")
-        block: bytes = await super().readblock()
-        return block
 
 
 @dataclass(eq=False)
