@@ -47,6 +47,7 @@ from worklist_mpps.context import AppContext
 from worklist_mpps.mllp.framing import HEAD, FramedReader
 from worklist_mpps.services import orders
 from worklist_mpps.services.health import describe_db_error
+from worklist_mpps.sockets import bind_tcp
 
 log = logging.getLogger("worklist_mpps.mllp")
 
@@ -103,16 +104,7 @@ class MLLPServer:
     # --- lifecycle (caller's thread) ---------------------------------------------------
 
     def start(self, timeout: float = 15.0) -> None:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            self.host, self.port, type=socket.SOCK_STREAM
-        )[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError:
-            sock.close()
-            raise
+        sock = bind_tcp(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._loop = asyncio.new_event_loop()
         ready: Future[None] = Future()

@@ -11,6 +11,7 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
+from worklist_mpps.sockets import bind_tcp
 from worklist_mpps.web.uvicorn_h11 import guarded_protocol
 
 log = logging.getLogger("worklist_mpps.http")
@@ -65,16 +66,7 @@ class HTTPServer:
     def start(self, timeout: float = 15.0) -> None:
         """Bind here, so that a port in use is an OSError for the caller (one line, its
         own exit code) instead of uvicorn's log lines and a thread that ends."""
-        family, kind, proto, _, address = socket.getaddrinfo(
-            self.config.host, self.config.port, type=socket.SOCK_STREAM
-        )[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError:
-            sock.close()
-            raise
+        sock = bind_tcp(self.config.host, self.config.port)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
         )
