@@ -537,7 +537,7 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
             )
     lines += [
         "",
-        "## Targets (issue 7), from this run",
+        "## Targets (issues 7 and 14), from this run",
         "",
         "| target | measured | met |",
         "|---|---|---|",
