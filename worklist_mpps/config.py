@@ -104,32 +104,17 @@ class Device:
         title = str(value.get("ae_title", "")).strip()
         if not 1 <= len(title) <= 16:
             raise ConfigError(f"{where}: ae_title of 1 to 16 characters is required")
-        hosts = value.get("hosts") or []
+        hosts = _hosts(value.get("hosts"), where)
         services = value.get("services", list(SERVICES))
-        if isinstance(hosts, str):
-            hosts = [hosts]
         if isinstance(services, str):
             services = [services]
-        for host in hosts:
-            try:
-                ipaddress.ip_network(str(host), strict=False)
-            except ValueError:
-                raise ConfigError(
-                    f"{where}: host {host!r} is not an IP address or network"
-                ) from None
         for service in services:
             if service not in SERVICES:
                 raise ConfigError(f"{where}: service {service!r}: one of {', '.join(SERVICES)}")
-        return cls(title, tuple(str(h) for h in hosts), tuple(services))
+        return cls(title, hosts, tuple(services))
 
     def allows_address(self, address: str) -> bool:
-        if not self.hosts:
-            return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in ipaddress.ip_network(h, strict=False) for h in self.hosts)
+        return not self.hosts or _address_in(address, self.hosts)
 
 
 def _hosts(value: Any, where: str) -> tuple[str, ...]:
