@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test check bench install system-tools clean lock
+.PHONY: serve test check bench install system-tools clean lock screenshots
 
 $(STAMP): pyproject.toml requirements-test.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ check: $(STAMP)
 test: $(STAMP) system-tools check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m dimse --dimse-fast-path=off $(PYTEST_ARGS)
+
+# the README's screenshots of the operator page, written by its browser tests
+screenshots: $(STAMP) system-tools
+	WM_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/test_ui_*.py
 
 bench: $(STAMP) system-tools
 	$(BIN)/python bench/run.py --write bench/RESULTS.md $(BENCH_ARGS)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to, from Debian's packages, when missing:
-# DCMTK (findscu, echoscu, wlmscpfs), Orthanc and docker-compose (to validate the
-# compose file offline). Needs root for apt-get; without
+# DCMTK (findscu, echoscu, wlmscpfs), Orthanc, docker-compose (to validate the
+# compose file offline) and Chromium (the operator page's browser tests, driven by
+# Playwright through executable_path: Playwright's own browser download is not used). Needs root for apt-get; without
 # root it says what is missing and the tests that need it skip with that reason.
 set -euo pipefail
 
@@ -9,6 +10,9 @@ missing=()
 command -v findscu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+# a Japanese font, so that screenshots show 山田^太郎 (the page itself uses the viewer's fonts)
+[ -e /usr/share/fonts/opentype/ipafont-gothic/ipag.ttf ] || missing+=(fonts-ipafont-gothic)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -471,6 +471,21 @@ class Config:
             "one still sending its head is dropped)"
         },
     )
+    http_session_hours: float = field(
+        default=12.0,
+        metadata={"help": "an operator page login lasts this long (hours; one shift)"},
+    )
+    ui_refresh_seconds: float = field(
+        default=5.0,
+        metadata={"help": "the operator page asks for changed rows this often (s)"},
+    )
+    orthanc_explorer_url: str = field(
+        default="",
+        metadata={
+            "help": "Orthanc Explorer 2 base URL as a browser reaches it (the page links "
+            "studies there); empty: no links"
+        },
+    )
     hl7_enabled: bool = field(
         default=False, metadata={"help": "receive HL7 v2 orders over MLLP (README: order feed)"}
     )
@@ -592,6 +607,19 @@ class Config:
             raise ConfigError(f"http_header_timeout: must be > 0, got {self.http_header_timeout}")
         if self.http_body_timeout <= 0:
             raise ConfigError(f"http_body_timeout: must be > 0, got {self.http_body_timeout}")
+        if not (0 < self.http_session_hours <= 24 * 30):
+            raise ConfigError(
+                f"http_session_hours: must be > 0 and at most 720, got {self.http_session_hours}"
+            )
+        if not (1 <= self.ui_refresh_seconds <= 3600):
+            raise ConfigError(f"ui_refresh_seconds: must be 1..3600, got {self.ui_refresh_seconds}")
+        if self.orthanc_explorer_url and not self.orthanc_explorer_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError(
+                "orthanc_explorer_url: must start with http:// or https://, "
+                f"got {self.orthanc_explorer_url!r}"
+            )
         if self.http_max_connections < 1:
             raise ConfigError(
                 f"http_max_connections: must be >= 1, got {self.http_max_connections}"

@@ -316,3 +316,34 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32), index=True)
     target: Mapped[str] = mapped_column(String(80))  # MPPS UID, item or patient id
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class WebSession(Base):
+    """A login of the operator page (services/web_sessions.py). The cookie carries a random
+    token; only its SHA-256 is stored, so a copy of the database logs nobody in. Several
+    instances on one database share the sessions."""
+
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user: Mapped[str] = mapped_column(String(128))
+    csrf: Mapped[str] = mapped_column(String(64))  # the token every form post carries
+    address: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class StationQuery(Base):
+    """The last Modality Worklist query of each calling AE title (the Problems view's
+    "which stations queried when"): when, from where, to which called AE, how many items
+    it got and its final status (PS3.4 K.4.1.3: 0x0000, 0xA700, 0xA900, 0xC000 ...)."""
+
+    __tablename__ = "station_queries"
+
+    calling_ae_title: Mapped[str] = mapped_column(String(16), primary_key=True)
+    called_ae_title: Mapped[str | None] = mapped_column(String(16))
+    address: Mapped[str | None] = mapped_column(String(128))
+    last_query_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_matches: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int] = mapped_column(Integer, default=0)
+    query_count: Mapped[int] = mapped_column(Integer, default=0)

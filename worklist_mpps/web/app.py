@@ -1,54 +1,34 @@
-"""The ASGI application: DICOMweb, the management API, /healthz, OpenAPI at /openapi.json."""
+"""The ASGI application: DICOMweb, the management API, the operator page (/), /healthz,
+OpenAPI at /openapi.json with its Swagger UI at /docs."""
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 import re
 import time
 from collections.abc import Callable
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from worklist_mpps import __version__
-from worklist_mpps.config import Config
 from worklist_mpps.context import AppContext
+from worklist_mpps.services import web_sessions
 from worklist_mpps.services.health import WriteProbe, describe_db_error
-from worklist_mpps.web import api, dicomweb, guard
+from worklist_mpps.web import api, dicomweb, guard, ui
+from worklist_mpps.web.auth import COOKIE, authenticated_user, cookie_path
 from worklist_mpps.web.errors import HTTPProblem
+from worklist_mpps.web.ui import render
 
 log = logging.getLogger("worklist_mpps.http")
-OPEN_PATHS = {"/healthz"}
+OPEN_PATHS = {"/healthz", "/ui/login"}
+OPEN_PREFIXES = ("/static/",)  # the package's own files: the login page needs them
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def authenticated_user(header: str, cfg: Config) -> str | bool | None:
-    """The user name, None when no authentication is configured, False when refused.
-
-    Header values arrive as latin-1 text (RFC 9110 5.5: octets); they are compared as
-    bytes with the UTF-8 encoded secrets (RFC 7617 2.1 charset), so a non-ASCII header
-    or secret is a match or a 401, never an error.
-    """
-    if not cfg.http_auth_configured:
-        return None
-    scheme, _, credentials = header.partition(" ")
-    given = credentials.strip().encode("latin-1", "replace")
-    if cfg.http_token and scheme.lower() == "bearer":
-        return "token" if hmac.compare_digest(given, cfg.http_token.encode()) else False
-    if cfg.http_username and scheme.lower() == "basic":
-        try:
-            user, _, password = base64.b64decode(given, validate=True).partition(b":")
-        except ValueError:
-            return False
-        ok = hmac.compare_digest(user, cfg.http_username.encode()) & hmac.compare_digest(
-            password, cfg.http_password.encode()
-        )
-        return cfg.http_username if ok else False
-    return False
 
 
 def _printable(text: str) -> str:
@@ -66,6 +46,8 @@ class Refused(Exception):
 
 def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: True) -> FastAPI:
     app = FastAPI(
+        docs_url=None,  # served by web/ui/docs.py from the package's own Swagger UI copy
+        redoc_url=None,
         title="worklist-mpps",
         version=__version__,
         description="DICOMweb MPPS (PS3.18 ch. 15), worklist search (ch. 14) and the "
@@ -85,11 +67,13 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
             response = await _checked(request, call_next)
         except Refused as exc:
             reason = f" ({exc.reason})"
-            response = (
-                Response(status_code=204, headers=exc.headers)
-                if exc.status == 204
-                else JSONResponse({"detail": exc.reason}, exc.status, headers=exc.headers)
-            )
+            if exc.status in (204, 303):
+                response = Response(status_code=exc.status, headers=exc.headers)
+            elif ui.page_path(request.url.path) and request.method in ("GET", "POST"):
+                response = render.error_page(request, exc.status, exc.reason)
+                response.headers.update(exc.headers or {})
+            else:
+                response = JSONResponse({"detail": exc.reason}, exc.status, headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 - last resort: one line, no traceback out
             reason = f" (unexpected {exc.__class__.__name__}: {str(exc)[:200]})"
             response = JSONResponse({"detail": "internal error (logged)"}, 500)
@@ -146,28 +130,51 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
         ):
             raise Refused(403, reason)
         request.state.user = None
-        if request.url.path not in OPEN_PATHS:
-            user = authenticated_user(headers.get("authorization", ""), cfg)
-            if user is False:
-                raise Refused(
-                    401,
-                    "authentication required",
-                    {
-                        "WWW-Authenticate": "Bearer"
-                        if cfg.http_token
-                        else 'Basic realm="worklist-mpps"'
-                    },
-                )
-            request.state.user = user
+        request.state.login = None
+        path = request.url.path
+        if path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
+            await _authenticate(request)
         if reason := guard.media_refusal(
             request.method, request.url.path, headers.get("content-type"), length not in ("", "0")
         ):
             raise Refused(415, reason)
         return await call_next(request)
 
+    async def _authenticate(request: Request) -> None:
+        """The Authorization header (API, scripts, a browser's basic auth) or, on the
+        page's paths, the session cookie; without either: 401, or on a page the login
+        form (303)."""
+        header = request.headers.get("authorization")
+        path = request.url.path
+        if header or not cookie_path(path):
+            user = authenticated_user(header or "", cfg)
+            if user is False:
+                raise Refused(401, "authentication required", _challenge())
+            request.state.user = user
+        token = request.cookies.get(COOKIE)
+        if token and cookie_path(path):
+            login = await run_in_threadpool(web_sessions.lookup, ctx.db, token)
+            request.state.login = login
+            if login is not None and request.state.user is None:
+                request.state.user = login.user
+        if cfg.http_auth_configured and request.state.user is None:
+            if request.method == "GET" and ui.page_path(path):
+                target = render.local_path(
+                    str(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
+                )
+                raise Refused(
+                    303, "login required", {"Location": f"/ui/login?next={quote(target)}"}
+                )
+            raise Refused(401, "authentication required", _challenge())
+
+    def _challenge() -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer" if cfg.http_token else 'Basic realm="worklist-mpps"'}
+
     @app.exception_handler(HTTPProblem)
-    async def problem(request: Request, exc: HTTPProblem) -> JSONResponse:
+    async def problem(request: Request, exc: HTTPProblem) -> Response:
         request.state.reason = exc.message[:200]
+        if ui.page_path(request.url.path):
+            return render.error_page(request, exc.status, exc.message)
         headers = {
             "Warning": f'299 worklist-mpps: "{exc.message[:200]}"'.encode(
                 "ascii", "replace"
@@ -186,7 +193,7 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = [
             {
                 "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")),
@@ -196,6 +203,8 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
         ]
         first = errors[0] if errors else {"field": "", "message": "invalid request"}
         request.state.reason = f"{first['field']}: {first['message']}"[:200]
+        if ui.page_path(request.url.path):
+            return render.error_page(request, 422, request.state.reason)
         # DICOMweb answers a bad query parameter with 400 (PS3.18 8.3.4); the API with 422
         status = 400 if request.url.path.startswith("/modality-") else 422
         return JSONResponse(
@@ -224,4 +233,6 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
 
     app.include_router(dicomweb.router)
     app.include_router(api.router, prefix="/api")
+    app.include_router(ui.router)
+    app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
     return app

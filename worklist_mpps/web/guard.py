@@ -33,7 +33,13 @@ DICOM_XML = "application/dicom+xml"
 # Request bodies per path prefix: the management API takes JSON; DICOMweb takes the
 # DICOM JSON or XML encodings (PS3.18 8.7.3, F.2, PS3.19 A.1), XML also as
 # multipart/related; type="application/dicom+xml" (PS3.18 8.6.1.2).
-BODY_MEDIA = {"/api/": (JSON,), "/modality-": (DICOM_JSON, DICOM_XML, "multipart/related")}
+# The operator page posts HTML forms (application/x-www-form-urlencoded, HTML 4.10.21.7).
+FORM = "application/x-www-form-urlencoded"
+BODY_MEDIA = {
+    "/api/": (JSON,),
+    "/modality-": (DICOM_JSON, DICOM_XML, "multipart/related"),
+    "/ui/": (FORM,),
+}
 MULTIPART_TYPES = (DICOM_XML,)
 
 _HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
