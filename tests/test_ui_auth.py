@@ -375,3 +375,17 @@ def test_the_page_loads_nothing_from_other_sites(server, page):  # noqa: F811
     assert foreign == []
     assert any(u.endswith("/static/vendor/htmx/htmx.min.js") for u in requested)
     assert page.evaluate("typeof htmx") == "object"
+
+
+def test_sessions_are_bounded(db, monkeypatch):
+    """Clients that never keep their cookie cannot grow the sessions table without end:
+    beyond MAX_SESSIONS the oldest sessions go (their users log in again)."""
+    from worklist_mpps.services import web_sessions
+
+    monkeypatch.setattr(web_sessions, "MAX_SESSIONS", 5)
+    tokens = [web_sessions.create(db, f"u{i}", "127.0.0.1", 1 + i / 100)[0] for i in range(8)]
+    alive = [t for t in tokens if web_sessions.lookup(db, t) is not None]
+    assert alive == tokens[3:]
+    web_sessions.end(db, tokens[-1])
+    assert web_sessions.lookup(db, tokens[-1]) is None
+    assert web_sessions.lookup(db, "x" * 500) is None

@@ -14,12 +14,15 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import WebSession, as_utc, utcnow
 
 TOKEN_BYTES = 32
+# Bounded: a page reached without a cookie (basic auth, or no authentication on loopback)
+# makes a session, so a client that never keeps cookies could otherwise fill the table.
+MAX_SESSIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ def _hash(token: str) -> str:
 
 def create(db: Database, user: str, address: str | None, hours: float) -> tuple[str, Login]:
     """A new session for ``user``: the cookie token (shown once) and the login. Expired
-    sessions are deleted on the way."""
+    sessions are deleted on the way, and beyond ``MAX_SESSIONS`` the oldest ones."""
     token = secrets.token_urlsafe(TOKEN_BYTES)
     now = utcnow()
     login = Login(user, secrets.token_urlsafe(TOKEN_BYTES), now + timedelta(hours=hours))
@@ -51,6 +54,10 @@ def create(db: Database, user: str, address: str | None, hours: float) -> tuple[
                 expires_at=login.expires_at,
             )
         )
+        excess = (session.scalar(select(func.count()).select_from(WebSession)) or 0) - MAX_SESSIONS
+        if excess > 0:
+            oldest = select(WebSession.token_hash).order_by(WebSession.expires_at).limit(excess)
+            session.execute(delete(WebSession).where(WebSession.token_hash.in_(oldest)))
     return token, login
 
 
