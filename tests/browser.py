@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import LiveServer
+
+from conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = "frontdesk"

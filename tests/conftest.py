@@ -40,6 +40,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(check, timeout: float = 30.0, interval: float = 0.2):
+    """Poll ``check`` until it returns a truthy value (bounded in time): that value, else
+    AssertionError naming the check."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(interval)
+    if value := check():
+        return value
+    raise AssertionError(f"not within {timeout} s: {check}")
+
+
 @pytest.fixture(scope="session")
 def pg_available() -> bool:
     return port_open(PG_HOST, PG_PORT)

@@ -9,13 +9,12 @@ import asyncio
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import hl7
 import hl7.mllp
 
-from conftest import VENV_BIN, free_port
+from conftest import VENV_BIN, free_port, wait_for  # noqa: F401 - re-exported
 
 MLLP_SEND = VENV_BIN / "mllp_send"  # python-hl7's command (the venv's bin is off PATH)
 SB, EB, CR = b"\x0b", b"\x1c", b"\r"
@@ -134,16 +133,6 @@ class MLLPClient:
         except TimeoutError:
             return False
         return True
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1) -> bool:
-    """Poll ``predicate`` until it is true (bounded): True, or False at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 # --- a real MLLP receiver -------------------------------------------------------------

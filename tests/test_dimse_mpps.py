@@ -14,7 +14,6 @@ import datetime as dt
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -28,7 +27,7 @@ from pynetdicom.sop_class import (
     ModalityPerformedProcedureStepRetrieve,
 )
 
-from conftest import SAMPLE, require_tool
+from conftest import SAMPLE, require_tool, wait_for
 from dicom_clients import echo, find, worklist_query
 from worklist_mpps.client.messages import (
     Instance,
@@ -205,15 +204,6 @@ def series(n_instances: int) -> Series:
 
 def tag(keyword: str) -> int:
     return int(tag_for_keyword(keyword))
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def value(elem_value) -> object:

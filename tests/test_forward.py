@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
-from conftest import free_port
+from conftest import free_port, wait_for
 from dicom_clients import associate
 from worklist_mpps.client.messages import (
     Instance,
@@ -21,15 +20,6 @@ from worklist_mpps.client.messages import (
 )
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
-
-
-def wait_for(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout} s")
 
 
 def test_downstream_down_then_up_receives_the_full_sequence(live_server, tmp_path):

@@ -17,7 +17,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from sqlalchemy import select
 
-from conftest import free_port
+from conftest import free_port, wait_for
 from dicom_clients import associate
 from hl7_clients import Receiver
 from worklist_mpps.client.messages import (
@@ -61,15 +61,6 @@ def receiver():
     yield start
     for r in started:
         r.stop()
-
-
-def wait_for(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s")
 
 
 def field(message: hl7.Message, where: str) -> str:

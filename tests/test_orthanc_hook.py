@@ -11,6 +11,7 @@ import pytest
 from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
+from conftest import wait_for
 from dicom_clients import associate
 from orthanc_server import PASSWORD, USER, Orthanc, new_uids
 from worklist_mpps.client.messages import (
@@ -53,17 +54,6 @@ def hooked(live_server, orthanc, tmp_path):
     )
     server.url = url
     return server
-
-
-def wait_for(check, timeout: float = 30.0, interval: float = 0.3):
-    """Poll ``check`` until it returns a truthy value (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s: {check}")
 
 
 def send(

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from tests.browser import (
+
+from browser import (
     PASSWORD,
     USER,
     browser,  # noqa: F401 - fixture
@@ -30,7 +31,7 @@ from tests.browser import (
     page,  # noqa: F401 - fixture
     screenshot,
 )
-from tests.conftest import LiveServer
+from conftest import LiveServer
 
 TIMEOUT = 10
 VENDOR = Path(__file__).resolve().parent.parent / "worklist_mpps" / "web" / "static" / "vendor"
