@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import insert, update
+from sqlalchemy import func, insert, select, update
 from tests import browser as ui
 from tests.browser import PASSWORD, USER, log_in, screenshot, start_ui_server
 
-from worklist_mpps.db.models import MPPSTracking, mpps_worklist_links, utcnow
+from worklist_mpps.db.models import AuditEvent, MPPSTracking, mpps_worklist_links, utcnow
 from worklist_mpps.services import schedule
 from worklist_mpps.services.today import DayFilters, change_token, day_view
 
@@ -209,6 +209,22 @@ def test_print_view_and_tablet(page, server):
     screenshot(page, "today-tablet")
 
 
+def test_an_ended_session_takes_the_page_to_the_login_form(page, server):
+    """The rows poll of a page whose session has ended is redirected to the login form:
+    the page goes there (and back to this view after the login), the form is never
+    swapped into the table."""
+    log_in(page, server.http_url)
+    page.goto(server.http_url + "/?modality=CT")
+    page.context.clear_cookies()
+    page.wait_for_url(re.compile(r"/ui/login\?next="), timeout=15_000)
+    assert page.locator("tbody#rows").count() == 0
+    page.fill("#username", USER)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/\?modality=CT"))
+    assert page.locator(f"#row-{server.items['lee']['id']}").is_visible()
+
+
 # --- plain HTTP ---------------------------------------------------------------------------
 
 
@@ -304,6 +320,15 @@ def test_day_view_filters(db):
         )
     assert change_token(db) != token
     assert day_view(db, TODAY).rows[1].mpps[0].received == 3
+    # PostgreSQL: a transaction may commit after one with a higher id (sequence order is
+    # not commit order); the token still changes
+    with db.write() as session:
+        top = session.scalar(select(func.max(AuditEvent.id)))
+        session.add(AuditEvent(id=top + 5, channel="CLI", actor="t", action="a", target="t"))
+    token = change_token(db)
+    with db.write() as session:
+        session.add(AuditEvent(id=top + 2, channel="CLI", actor="t", action="a", target="t"))
+    assert change_token(db) != token
     assert day_view(db, TODAY, DayFilters.parse(modality="CT")).counts["DISCONTINUED"] == 1
 
 

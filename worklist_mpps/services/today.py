@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
 
@@ -29,6 +29,8 @@ from worklist_mpps.db.models import (
 )
 from worklist_mpps.services.matching import fold_pn
 
+TOKEN_WINDOW = 1000  # audit ids (see change_token)
+TOKEN_WINDOW_CHECKS = timedelta(minutes=10)
 MAX_SEARCH = 64  # characters of the name/ID search that are used
 STATUSES = STEP_STATUSES  # the Scheduled Procedure Step Status values (PS3.3 C.4.10)
 
@@ -61,7 +63,7 @@ class DayFilters:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Progress:
     """One MPPS linked to the step (PS3.4 F.7.2): its status, times, counts and, with
     Orthanc configured, completeness (delivery/orthanc.py)."""
@@ -81,7 +83,7 @@ class Progress:
         return None if self.received is None else self.received + self.missing
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Row:
     id: int
     start_date: str | None
@@ -272,22 +274,36 @@ def day_view(db: Database, day: date, filters: DayFilters | None = None) -> DayV
 
 
 def change_token(db: Database) -> str:
-    """Changes when anything the view shows may have changed, in two index lookups.
+    """Changes when anything the view shows may have changed, in two indexed queries.
 
     Every change to items, orders and MPPS is audited in its own transaction (MPPS N-CREATE
-    and N-SET, HL7 orders, API and page edits), so the newest audit id moves with each;
-    the completeness check (delivery/orthanc.py) is not audited, so the newest
-    ``mpps.completeness_checked_at`` (indexed, migration 0007) is added. Read it before the
-    rows: a change in between shows on the next poll, never gets lost.
+    and N-SET, HL7 orders, API and page edits, cancels, status changes), so the newest
+    audit id moves with each; the completeness check (delivery/orthanc.py) is not audited,
+    so the newest ``mpps.completeness_checked_at`` (indexed, migration 0007) is added.
+    On PostgreSQL, transactions may commit out of id order (id 10 committing after id 11):
+    the number of rows in the last TOKEN_WINDOW ids (and checks in the last
+    TOKEN_WINDOW_CHECKS) counts a late commit too. Read it before the rows: a change in
+    between shows on the next poll, it is never lost.
     """
     with db.read() as session:
-        audit_id, checked = session.execute(
+        top, checked = session.execute(
             select(
                 select(func.max(AuditEvent.id)).scalar_subquery(),
                 select(func.max(MPPSTracking.completeness_checked_at)).scalar_subquery(),
             )
         ).one()
-    if isinstance(checked, datetime):
-        checked = as_utc(checked).isoformat()
-    digest = hashlib.sha256(f"{audit_id}|{checked}".encode()).hexdigest()[:12]
-    return f"{audit_id or 0}-{digest}"
+        top = top or 0
+        recent = session.scalar(select(func.count()).where(AuditEvent.id > top - TOKEN_WINDOW))
+        checks = 0
+        if isinstance(checked, datetime):
+            checks = (
+                session.scalar(
+                    select(func.count()).where(
+                        MPPSTracking.completeness_checked_at > checked - TOKEN_WINDOW_CHECKS
+                    )
+                )
+                or 0
+            )
+            checked = as_utc(checked).isoformat()
+    digest = hashlib.sha256(f"{top}|{recent}|{checked}|{checks}".encode()).hexdigest()[:12]
+    return f"{top}-{digest}"
