@@ -195,6 +195,9 @@ def test_print_view_and_tablet(page, server):
     assert "Dvořák, Antonín" in text and "山田 太郎" in text
     assert page.locator("header.bar").count() == 0  # no navigation on paper
     screenshot(page, "print")
+    page.emulate_media(media="print")
+    assert not page.locator(".print-tools").is_visible()  # the on-screen link is not printed
+    page.emulate_media(media="screen")
 
     page.set_viewport_size({"width": 768, "height": 1024})
     page.goto(server.http_url + "/")
