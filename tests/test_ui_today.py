@@ -271,6 +271,9 @@ def test_day_view_filters(db):
     yamada = add("Yamada^Taro=山田^太郎", "PX2", "MR", "SVCMR1", "0800")
     ct2 = add("Smith^John", "PX3", "CT", "SVCCT2", "1000")
     add("Other^Day", "PX4", "CT", "SVCCT1", "0900", day="20300101")
+    body = item_body("No^Time", "DX", "SVCDX1", "0000")
+    del body["patient"], body["sps_start_time"]
+    untimed = schedule.create_item(db, None, {"patient_id": "PX5"}, body)["id"]
     with db.write() as session:  # two MPPS for one step (PS3.4 F.7.2: several possible)
         now = utcnow()
         for n, (status, images) in enumerate((("COMPLETED", 3), ("IN PROGRESS", 0))):
@@ -290,9 +293,11 @@ def test_day_view_filters(db):
     token = change_token(db)
 
     view = day_view(db, TODAY)
-    assert [r.id for r in view.rows] == [yamada, dvorak, ct2]  # by scheduled time
-    assert view.counts == {"SCHEDULED": 3, "IN PROGRESS": 0, "COMPLETED": 0, "DISCONTINUED": 0}
-    assert view.modalities == ["CT", "MR"] and view.stations == ["SVCCT1", "SVCCT2", "SVCMR1"]
+    # by scheduled time, a step without a time last
+    assert [r.id for r in view.rows] == [yamada, dvorak, ct2, untimed]
+    assert view.counts == {"SCHEDULED": 4, "IN PROGRESS": 0, "COMPLETED": 0, "DISCONTINUED": 0}
+    assert view.modalities == ["CT", "DX", "MR"]
+    assert view.stations == ["SVCCT1", "SVCCT2", "SVCDX1", "SVCMR1"]
     [first, second] = view.rows[1].mpps
     assert (first.status, first.images, second.status) == ("COMPLETED", 3, "IN PROGRESS")
     assert view.rows[0].mpps == []
@@ -302,7 +307,7 @@ def test_day_view_filters(db):
 
     assert ids(modality="ct") == [dvorak, ct2]
     assert ids(station="SVCCT2") == [ct2]
-    assert ids(status="scheduled") == [yamada, dvorak, ct2]
+    assert ids(status="scheduled") == [yamada, dvorak, ct2, untimed]
     assert ids(status="COMPLETED") == []
     assert ids(search="DVORAK") == ids(search="dvořák") == ids(search="Dvořák, Antonín") == [dvorak]
     assert ids(search="山田") == [yamada]

@@ -177,7 +177,10 @@ def day_view(db: Database, day: date, filters: DayFilters | None = None) -> DayV
             )
             .join(Patient, Patient.id == WorklistItem.patient_pk)
             .where(*where)
-            .order_by(WorklistItem.sps_start_time, WorklistItem.id)
+            # by time, steps without one last on every database (SQLite sorts NULL first)
+            .order_by(
+                WorklistItem.sps_start_time.is_(None), WorklistItem.sps_start_time, WorklistItem.id
+            )
         ).all()
         # the MPPS of those steps, through the link table, in one query
         link = mpps_worklist_links.c
