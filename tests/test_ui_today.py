@@ -256,6 +256,7 @@ def test_rows_endpoint_answers_204_until_something_changes(server):
     bad = session.get(server.http_url + "/?date=2026-13-45", timeout=10)
     assert bad.status_code == 400 and "YYYY-MM-DD" in bad.text
     assert session.get(server.http_url + "/?status=DONE", timeout=10).status_code == 400
+    assert session.get(server.http_url + "/ui/print?date=0001-01-01", timeout=10).status_code == 400
 
 
 # --- the service --------------------------------------------------------------------------

@@ -36,9 +36,12 @@ def _day(text: str | None) -> date:
     if not text:
         return date.today()
     try:
-        return date.fromisoformat(text.strip())
+        day = date.fromisoformat(text.strip())
     except ValueError:
         raise HTTPProblem(400, f"date: YYYY-MM-DD expected, got {text[:40]!r}") from None
+    if not 1900 <= day.year <= 9998:  # and the previous / next day links stay dates
+        raise HTTPProblem(400, f"date: a year from 1900 to 9998, got {day.year}")
+    return day
 
 
 def _filters(request: Request) -> tuple[date, service.DayFilters]:
@@ -96,7 +99,7 @@ def _values(request: Request, day: date, filters: service.DayFilters) -> dict[st
         },
         "day_iso": day.isoformat(),
         "day_dicom": day.strftime("%Y%m%d"),
-        "day_label": day.strftime("%A %-d %B %Y"),
+        "day_label": f"{day:%A} {day.day} {day:%B %Y}",
         "is_today": day == date.today(),
         "prev_query": query_string(day - timedelta(days=1), filters),
         "next_query": query_string(day + timedelta(days=1), filters),
