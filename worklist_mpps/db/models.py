@@ -195,7 +195,9 @@ class MPPSTracking(Base):
     completeness: Mapped[str | None] = mapped_column(String(16))
     received_count: Mapped[int | None] = mapped_column(Integer)
     missing_instances: Mapped[list[str] | None] = mapped_column(JSON)
-    completeness_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completeness_checked_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), index=True
+    )
     dataset: Mapped[bytes] = mapped_column(LargeBinary)
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
     # Incremented on every change; used for optimistic checks and ordering.
