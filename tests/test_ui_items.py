@@ -24,6 +24,7 @@ import browser as ui
 from browser import PASSWORD, USER, log_in, screenshot, start_ui_server
 from conftest import ROOT, LiveServer
 from dicom_clients import findscu_files
+from hl7_clients import MLLPClient, Receiver, ack_code, fields, order, wait_for
 from worklist_mpps.config import HL7Destination
 from worklist_mpps.db.models import (
     HL7Message,
@@ -177,6 +178,8 @@ def test_form_errors_are_shown_next_to_their_field_and_nothing_is_stored(server,
     page.locator("#f-sps_start_date").scroll_into_view_if_needed()
     screenshot(page, "schedule-form")
     assert stored(server, "BAD1") == []
+    page.set_viewport_size({"width": 768, "height": 1024})  # a tablet: no sideways scrolling
+    assert page.evaluate("document.documentElement.scrollWidth") <= 768
 
     # an accession number and step ID in use: the API's Conflict message, 409
     page.fill("#f-sps_start_date", TODAY.isoformat())
@@ -383,6 +386,53 @@ def test_an_unknown_item_is_a_404_page(server, page):
     assert rsp.status == 404
     assert "no worklist item 987654321" in page.inner_text("main")
     assert page.goto(server.http_url + "/ui/items/0").status == 422
+
+
+def test_an_order_from_hl7_its_messages_and_its_status_by_hand_back_to_the_ris(tmp_path, page):
+    """The HL7 table of the item page, and a status set by hand reaching the order placer
+    (the same SC message an MPPS change sends, services/order_status.py)."""
+    ris = Receiver().start()
+    destinations = json.dumps([{"name": "ris", "host": "127.0.0.1", "port": ris.port}])
+    live = start_ui_server(
+        tmp_path,
+        None,
+        *("--load-sample-data", "false", "--hl7-enabled", "true"),
+        *("--hl7-destinations", destinations, "--outbox-retry-min", "0.2"),
+    )
+    try:
+        today = TODAY.strftime("%Y%m%d")
+        with MLLPClient(live.hl7_port) as client:
+            assert ack_code(client.send(order(71, start=today + "093000"))) == "AA"
+        [item] = stored(live, "ACC71")
+        log_in(page, live.http_url)
+        url = f"{live.http_url}/ui/items/{item['id']}"
+        page.goto(url)
+        [row] = page.locator("#hl7 tbody tr").all_inner_texts()
+        assert "ORM^O01" in row and "MSG71" in row and "NW" in row and "AA" in row
+        assert not page.locator("#hl7 pre").is_visible()
+        page.click("#hl7 summary")  # the raw message, unfolded
+        assert "PID|1||PAT71^^^HOSP^MR" in page.inner_text("#hl7 pre")
+
+        page.select_option("#st-status", "IN PROGRESS")
+        page.fill("#st-reason", "modality without MPPS")
+        page.click("#status-form button[type=submit]")
+        page.wait_for_url(url + "?done=status")
+        assert wait_for(lambda: ris.messages), live.log()
+        orc = fields(ris.raw[0].replace("\n", "\r").encode(), "ORC")
+        assert orc[1] == "SC" and orc[2].startswith("PLC71") and orc[5] == "IP", ris.raw[0]
+
+        def delivered() -> bool:
+            page.goto(url)
+            return "delivered" in page.inner_text("#outbox")
+
+        assert wait_for(delivered), live.log()
+        assert "hl7:ris" in page.inner_text("#outbox") and "SC^IP" in page.inner_text("#outbox")
+        page.click("#hl7 summary")
+        page.locator("#h-hl7").scroll_into_view_if_needed()
+        screenshot(page, "item-order")
+    finally:
+        live.stop()
+        ris.stop()
 
 
 # --- services, called directly ----------------------------------------------------------

@@ -32,7 +32,8 @@ CANDIDATES = 1000  # HL7 messages of the order or the patient looked at, newest 
 
 
 def _time(value: Any) -> str | None:
-    return None if value is None else as_utc(value).isoformat(timespec="seconds")
+    """A stored time as UTC, YYYY-MM-DD HH:MM:SS (the page says UTC in its headings)."""
+    return None if value is None else as_utc(value).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _mpps(m: MPPSTracking) -> dict[str, Any]:
