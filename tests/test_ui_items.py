@@ -500,6 +500,7 @@ def test_set_status_of_an_order_item_queues_its_hl7_status(db):
     assert payloads[0]["patient"]["name"] == "山田^太郎"
     text, _ = build_message(payloads[1], HL7Destination("ris", "127.0.0.1", 2575), "W1", "WM")
     assert "ORC|SC|PO-1|FO-1||DC" in text
+    assert "OBX" not in text  # no performed series or image counts without an MPPS
 
 
 def add_mpps(session, item_id: int, uid: str, start: str | None, status: str = "COMPLETED"):
