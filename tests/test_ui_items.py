@@ -4,6 +4,8 @@ Browser tests: Debian's chromium through Playwright (tests/browser.py) against a
 server with a login; the worklist side is checked with DCMTK findscu, MPPS are sent with
 the project's own ``dicom-mpps``. Service tests call services.schedule.set_status and
 services.item_view.item_page directly on SQLite and PostgreSQL.
+
+Over 400 lines: the browser tests share one live server and its helpers.
 """
 
 from __future__ import annotations
