@@ -209,7 +209,7 @@ def build_message(
             ),
         )
     )
-    if final:
+    if final and mpps:  # the counts of a performed step; none for a change by hand
         for n, (code, meaning, count) in enumerate(
             [
                 ("SERIES", "Performed series", mpps.get("series")),

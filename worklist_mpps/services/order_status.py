@@ -5,8 +5,10 @@ or was discontinued; HL7 v2.5.1 4.5.1 ORC-1 ``SC`` status changed, ORC-5 order s
 When an MPPS change moves a worklist item that came from an HL7 order (it has a placer
 or filler order number) to IN PROGRESS, COMPLETED or DISCONTINUED, :func:`queue_status`
 queues one outbox row per HL7 destination in the MPPS change's own transaction, so the
-message exists exactly when the change does. The row is keyed ``item:ID``: the worker
-delivers the rows of one (destination, item) in id order, so IP always precedes CM.
+message exists exactly when the change does. A status changed by hand on the operator page
+(schedule.set_status, for modalities that send no MPPS) queues the same row, without MPPS.
+The row is keyed ``item:ID``: the worker delivers the rows of one (destination, item) in id
+order, so IP always precedes CM.
 
 The row's payload is a JSON snapshot of what the message needs, taken now; the message
 itself (format, version, MSH-10) is built at delivery time (delivery/hl7_out.py).
@@ -45,8 +47,9 @@ def _codes(codes: list[dict[str, Any]] | None) -> list[dict[str, str]]:
     ]
 
 
-def snapshot(change: StatusChange, record: MPPSTracking) -> dict[str, Any]:
-    """What the status message of one change needs, as plain JSON values."""
+def snapshot(change: StatusChange, record: MPPSTracking | None) -> dict[str, Any]:
+    """What the status message of one change needs, as plain JSON values (``mpps`` None
+    for a change made by hand)."""
     item = change.item
     patient = item.patient
     return {
@@ -77,7 +80,9 @@ def snapshot(change: StatusChange, record: MPPSTracking) -> dict[str, Any]:
         "scheduled_station_ae_title": item.scheduled_station_ae_title,
         "scheduled_station_name": item.scheduled_station_name,
         "sps_location": item.sps_location,
-        "mpps": {
+        "mpps": None
+        if record is None
+        else {
             "uid": record.sop_instance_uid,
             "status": record.status,
             "pps_id": record.pps_id,
@@ -103,7 +108,7 @@ def queue_status(
     session: Session,
     targets: Sequence[str],
     changes: Sequence[StatusChange],
-    record: MPPSTracking,
+    record: MPPSTracking | None,
 ) -> int:
     """Queue the status of each changed item for each HL7 destination among ``targets``,
     inside the caller's transaction; the number of rows queued. The outbox ``event`` is

@@ -6,12 +6,12 @@ writes its audit record in that transaction, and answers with plain dicts. Broke
 raise :class:`ItemError` (invalid data, naming the field), :class:`NotFound` or
 :class:`Conflict`; a front end maps them to its own answer (HTTP 422/404/409).
 Value normalisation and the row-level building blocks are in schedule_values.py.
-About 400 lines: one function per operation a front end offers, each with its audit record.
+About 480 lines: one function per operation a front end offers, each with its audit record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from worklist_mpps.db.engine import Database
-from worklist_mpps.db.models import STEP_STATUSES, Patient, WorklistItem, as_utc
-from worklist_mpps.services import audit, matching
+from worklist_mpps.db.models import FINAL_STATUSES, STEP_STATUSES, Patient, WorklistItem, as_utc
+from worklist_mpps.services import audit, matching, order_status
 from worklist_mpps.services import schedule_values as values
 from worklist_mpps.services.audit import Actor
+from worklist_mpps.services.links import StatusChange
 from worklist_mpps.services.schedule_values import (
     CODE_FIELDS,
     ITEM_FIELDS,
@@ -49,6 +50,7 @@ __all__ = [
     "purge_item",
     "search_items",
     "search_patients",
+    "set_status",
     "update_item",
     "update_patient",
 ]
@@ -303,6 +305,50 @@ def cancel_item(
         audit.record(session, actor, "item.cancel", f"item:{item.id}", detail)
         item.sps_status = "DISCONTINUED"
         item.status_reason = reason
+        session.flush()
+        return item_dict(item)
+
+
+# A step's status by hand follows the performed step's state machine (PS3.4 F.7.2.1:
+# IN PROGRESS, then COMPLETED or DISCONTINUED, both final): a step starts, then ends.
+STATUS_MOVES = {"SCHEDULED": ("IN PROGRESS", "DISCONTINUED"), "IN PROGRESS": FINAL_STATUSES}
+
+
+def set_status(
+    db: Database,
+    actor: Actor | None,
+    item_id: int,
+    status: str,
+    reason: str,
+    targets: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Change a step's status by hand, with a reason (a modality that sends no MPPS): only
+    the moves of STATUS_MOVES (Invalid otherwise); audited ``item.status``. An item from an
+    HL7 order queues its status for the HL7 destinations among ``targets``, as an MPPS
+    change does (order_status.py, IHE RAD-3)."""
+    reason = " ".join((reason or "").split())
+    if not reason:
+        raise Invalid("reason", "a reason is required")
+    if len(reason) > 250:
+        raise Invalid("reason", "at most 250 characters")
+    with db.write() as session:
+        item = session.get(WorklistItem, item_id, with_for_update=True)
+        if item is None:
+            raise NotFound(f"no worklist item {item_id}")
+        old = item.sps_status
+        if status not in STATUS_MOVES.get(old, ()):
+            allowed = " or ".join(STATUS_MOVES.get(old, ())) or "nothing (it is final)"
+            raise Invalid("status", f"a {old} step can become {allowed}, not {status}")
+        audit.record(
+            session,
+            actor,
+            "item.status",
+            f"item:{item.id}",
+            {"from": old, "to": status, "reason": reason},
+        )
+        item.sps_status = status
+        item.status_reason = reason if status == "DISCONTINUED" else None
+        order_status.queue_status(session, targets, [StatusChange(item, old, status)], None)
         session.flush()
         return item_dict(item)
 
