@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import requests
 from sqlalchemy import func, insert, select, update
-from tests import browser as ui
-from tests.browser import PASSWORD, USER, log_in, screenshot, start_ui_server
 
+import browser as ui
+from browser import PASSWORD, USER, log_in, screenshot, start_ui_server
 from worklist_mpps.db.models import AuditEvent, MPPSTracking, mpps_worklist_links, utcnow
 from worklist_mpps.services import schedule
 from worklist_mpps.services.today import DayFilters, change_token, day_view
