@@ -2,18 +2,17 @@
 Playwright's Python API (``executable_path``; Playwright's own browser download is never
 used), and a server with a login.
 
-Tests that need the browser skip with the reason when Debian's chromium is missing
-(``make test`` installs it as root: scripts/install-system-tools.sh).
+The fixtures ``browser`` and ``page`` are in conftest.py (one Chromium for the whole
+session, whichever modules use it). Tests that need the browser skip with the reason
+when Debian's chromium is missing (``make test`` installs it as root:
+scripts/install-system-tools.sh).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from conftest import LiveServer
 
@@ -38,32 +37,6 @@ def chromium_path() -> str | None:
         if candidate and Path(candidate).exists():
             return candidate
     return None
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator:
-    """One Chromium for the session; each test takes its own context (cookies apart)."""
-    path = chromium_path()
-    if path is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def page(browser) -> Iterator:
-    """A fresh browser context (no cookies) at 1366x768, English, the machine's zone."""
-    context = browser.new_context(viewport={"width": 1366, "height": 768}, locale="en-GB")
-    context.set_default_timeout(15_000)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
 
 
 def login_env() -> dict[str, str]:

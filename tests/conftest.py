@@ -312,3 +312,34 @@ def module_server(tmp_path_factory, name: str, *extra: str) -> Iterator[LiveServ
         yield live
     finally:
         live.stop()
+
+
+# --- the operator page's browser (tests/browser.py) -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    """One Chromium for the session; each test takes its own context (cookies apart)."""
+    from browser import CHROMIUM_FLAGS, chromium_path
+
+    path = chromium_path()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it as root)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    """A fresh browser context (no cookies) at 1366x768, English, the machine's zone."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768}, locale="en-GB")
+    context.set_default_timeout(15_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()

@@ -25,10 +25,8 @@ import requests
 from browser import (
     PASSWORD,
     USER,
-    browser,  # noqa: F401 - fixture
     log_in,
     login_env,
-    page,  # noqa: F401 - fixture
     screenshot,
 )
 from conftest import LiveServer
@@ -325,7 +323,7 @@ class _AttackerPage(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_browser_logs_in_and_a_cross_site_form_post_is_refused(server, page):  # noqa: F811
+def test_browser_logs_in_and_a_cross_site_form_post_is_refused(server, page):
     log_in(page, server.http_url)
     cookies = {c["name"]: c for c in page.context.cookies()}
     assert cookies["wm_session"]["httpOnly"] is True
@@ -351,7 +349,7 @@ def test_browser_logs_in_and_a_cross_site_form_post_is_refused(server, page):  #
     assert page.locator("form.who").inner_text().strip().startswith(USER)
 
 
-def test_docs_load_nothing_from_other_sites(server, page):  # noqa: F811
+def test_docs_load_nothing_from_other_sites(server, page):
     log_in(page, server.http_url)
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
@@ -364,7 +362,7 @@ def test_docs_load_nothing_from_other_sites(server, page):  # noqa: F811
     screenshot(page, "docs")
 
 
-def test_the_page_loads_nothing_from_other_sites(server, page):  # noqa: F811
+def test_the_page_loads_nothing_from_other_sites(server, page):
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
     page.goto(server.http_url + "/")  # the login form

@@ -22,7 +22,6 @@ import pytest
 import requests
 from sqlalchemy import event, select
 
-import browser as ui
 from browser import PASSWORD, USER, log_in, screenshot, start_ui_server
 from conftest import ROOT, LiveServer
 from dicom_clients import findscu_files
@@ -39,7 +38,6 @@ from worklist_mpps.delivery.hl7_out import build_message
 from worklist_mpps.services import audit, item_view, schedule
 from worklist_mpps.services.audit import Actor
 
-browser, page = ui.browser, ui.page  # the fixtures: Debian's chromium, a page at 1366x768
 TODAY = dt.date.today()
 _numbers = itertools.count(1)
 

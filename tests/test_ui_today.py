@@ -18,7 +18,6 @@ import pytest
 import requests
 from sqlalchemy import func, insert, select, update
 
-import browser as ui
 from browser import PASSWORD, USER, log_in, screenshot, start_ui_server
 from worklist_mpps.db.models import AuditEvent, MPPSTracking, mpps_worklist_links, utcnow
 from worklist_mpps.services import schedule
@@ -27,7 +26,6 @@ from worklist_mpps.services.today import DayFilters, change_token, day_view
 ROOT = Path(__file__).resolve().parent.parent
 TODAY = dt.date.today()
 DAY = TODAY.strftime("%Y%m%d")
-browser, page = ui.browser, ui.page  # the fixtures of tests/browser.py
 
 
 def uniq(prefix: str) -> str:
