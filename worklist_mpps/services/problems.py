@@ -75,7 +75,7 @@ def _candidates(session: Session, record: MPPSTracking) -> list[dict[str, Any]]:
             .order_by((W.sps_status != "SCHEDULED"), W.sps_start, W.id)
             .limit(CANDIDATES)
         )
-        for item, patient in session.execute(stmt).tuples():
+        for item, patient in session.execute(stmt):
             if item.id not in seen and len(seen) < CANDIDATES:
                 seen[item.id] = {
                     "id": item.id,
