@@ -67,11 +67,12 @@ def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None
             elif status == CANCEL:
                 tally.status = CANCEL
             yield answer
-    finally:
+    finally:  # never raises: a test's event may have no acceptor
         requestor = event.assoc.requestor
+        acceptor = getattr(event.assoc, "acceptor", None)
         station_queries.record_find(
             requestor.ae_title,
-            event.assoc.acceptor.ae_title,
+            getattr(acceptor, "ae_title", None),
             requestor.address,
             tally.sent,
             tally.status,

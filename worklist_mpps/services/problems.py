@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.engine import Database
@@ -50,24 +50,25 @@ def _unlinked():  # noqa: ANN202 - a SQL expression
 
 
 def _candidates(session: Session, record: MPPSTracking) -> list[dict[str, Any]]:
-    """Items the MPPS may have performed: same accession or patient ID first, else the
-    same day and modality; SCHEDULED before the others, then by start."""
+    """Items the MPPS may have performed: the same accession, then the same patient ID,
+    and only when neither finds one, the same day and modality; SCHEDULED items first,
+    then by start. One indexed query each (an OR across the join would scan)."""
     W = WorklistItem
-    same = []
-    if record.accession_number:
-        same.append(W.accession_number == record.accession_number)
-    if record.patient_id:
-        same.append(Patient.patient_id == record.patient_id)
     day = (record.start_datetime or "")[:8]
-    wheres = [or_(*same)] if same else []
-    if day:
-        wheres.append(
-            (W.sps_start_date == day) & (W.modality == record.modality)
-            if record.modality
-            else W.sps_start_date == day
-        )
+    strategies: list[tuple[bool, Any]] = [
+        (bool(record.accession_number), W.accession_number == record.accession_number),
+        (bool(record.patient_id), Patient.patient_id == record.patient_id),
+    ]
     seen: dict[int, dict[str, Any]] = {}
-    for where in wheres:
+    for usable, where in [*strategies, (bool(day), None)]:
+        if not usable or len(seen) >= CANDIDATES:
+            continue
+        if where is None:  # the same day (and modality): only when nothing else matched
+            if seen:
+                break
+            where = W.sps_start_date == day
+            if record.modality:
+                where = where & (W.modality == record.modality)
         stmt = (
             select(W, Patient)
             .join(Patient, W.patient_pk == Patient.id)
@@ -88,8 +89,6 @@ def _candidates(session: Session, record: MPPSTracking) -> list[dict[str, Any]]:
                     "patient_name": patient.patient_name,
                     "description": item.requested_procedure_description or item.sps_description,
                 }
-        if seen:
-            break
     return list(seen.values())
 
 
