@@ -252,6 +252,8 @@ def test_failed_delivery_is_retried_from_the_page(page, tmp_path):  # noqa: F811
         open_problems(page, upstream)
         line = page.locator(f"tr[data-outbox='{row['id']}']")
         assert "forward:ris" in line.inner_text() and "0x0124" in line.inner_text()
+        page.locator("#failed").scroll_into_view_if_needed()
+        screenshot(page, "problems-failed")
         refusing.stop()
         fixed = LiveServer(
             tmp_path,
