@@ -158,12 +158,23 @@ def test_unmatched_mpps_is_listed_and_linked_to_an_item(page, server):  # noqa: 
     assert event["detail"]["item_id"] == item["id"]
     assert (event["detail"]["from"], event["detail"]["to"]) == ("SCHEDULED", "IN PROGRESS")
 
-    # a second link of the same MPPS (another tab, a stale page) is refused with the reason
-    response = page.request.post(
-        server.http_url + f"/ui/problems/mpps/{uid}/link",
-        form={"csrf": page.locator("input[name=csrf]").first.input_value(), "item_id": "1"},
-    )
-    assert response.status == 409 and "already linked" in response.text()
+    # refusals, each with its reason on an error page: a second link of the same MPPS
+    # (another tab, a stale page), an item ID that is none, no such item, no CSRF token
+    csrf = page.locator("input[name=csrf]").first.input_value()
+    for target, fields, status, reason in [
+        (uid, {"csrf": csrf, "item_id": "1"}, 409, "already linked"),
+        (other, {"csrf": csrf, "item_id_text": "abc"}, 422, "type its ID (a number)"),
+        (other, {"csrf": csrf, "item_id_text": "999999"}, 404, "no worklist item 999999"),
+        (other, {"csrf": csrf, "item_id_text": "9" * 30}, 404, "no worklist item 999"),
+        ("1.2.3.4", {"csrf": csrf, "item_id": "1"}, 404, "no MPPS 1.2.3.4"),
+        (other, {"item_id": str(item["id"])}, 403, "CSRF token"),
+    ]:
+        response = page.request.post(
+            server.http_url + f"/ui/problems/mpps/{target}/link", form=fields
+        )
+        assert response.status == status and reason in response.text(), response.text()
+    page.reload()
+    assert page.locator(f"tr[data-mpps='{other}']").count() == 1  # none of them linked it
 
 
 def test_refused_hl7_message_is_listed_with_its_reason(page, server):  # noqa: F811
@@ -186,6 +197,9 @@ def test_refused_hl7_message_is_listed_with_its_reason(page, server):  # noqa: F
     assert [line[:3] for line in raw] == ["MSH", "PID", "ORC", "TQ1", "OBR", "NTE"]
     assert raw[-1] == "NTE|1||<script>x</script>"  # text, not markup
     assert page.locator("main script").count() == 0
+    for missing in ("999999", "9" * 25):
+        response = page.request.get(server.http_url + f"/ui/problems/hl7/{missing}")
+        assert response.status == 404 and "no HL7 message" in response.text()
 
 
 def test_stations_show_findscu_with_its_item_count(page, server, tmp_path):  # noqa: F811
@@ -241,13 +255,15 @@ def test_failed_delivery_is_retried_from_the_page(page, tmp_path):  # noqa: F811
     fixed = None
     db = Database(upstream.database_url)
     try:
-        uid = unscheduled_mpps(upstream.port, "PID-FWD", "CT", "CT01")
+        uids = [unscheduled_mpps(upstream.port, f"PID-FWD{n}", "CT", "CT01") for n in (1, 2)]
 
         def failed() -> list[dict]:
-            return outbox.list_messages(db, "failed")
+            rows = outbox.list_messages(db, "failed")
+            return rows if len(rows) == 2 else []
 
-        [row] = wait_for(failed)
-        assert row["mpps_uid"] == uid and "0x0124" in (row["last_error"] or "")
+        second, row = wait_for(failed)  # newest first
+        assert [row["mpps_uid"], second["mpps_uid"]] == uids
+        assert "0x0124" in (row["last_error"] or "")
 
         open_problems(page, upstream)
         line = page.locator(f"tr[data-outbox='{row['id']}']")
@@ -266,16 +282,20 @@ def test_failed_delivery_is_retried_from_the_page(page, tmp_path):  # noqa: F811
         page.wait_for_url("**/ui/problems?done=retried*")
         assert page.locator(f"tr[data-outbox='{row['id']}']").count() == 0
 
-        def delivered() -> bool:
-            return any(m["id"] == row["id"] for m in outbox.list_messages(db, "delivered"))
+        def delivered(*ids: int) -> bool:
+            done = {m["id"] for m in outbox.list_messages(db, "delivered")}
+            return done >= set(ids)
 
-        wait_for(delivered)
-        [event] = audit.query(db, action="outbox.retry")
-        assert (event["actor"], event["channel"], event["target"]) == (
-            USER,
-            "HTTP",
-            f"outbox:{row['id']}",
-        )
+        wait_for(lambda: delivered(row["id"]))
+        assert [m["id"] for m in outbox.list_messages(db, "failed")] == [second["id"]]
+        page.get_by_role("button", name="Retry all failed").click()
+        page.wait_for_url("**/ui/problems?done=retried-all*")
+        wait_for(lambda: delivered(row["id"], second["id"]))
+        events = audit.query(db, action="outbox.retry")
+        assert [(e["actor"], e["channel"], e["target"]) for e in reversed(events)] == [
+            (USER, "HTTP", f"outbox:{row['id']}"),
+            (USER, "HTTP", "outbox:all-failed"),
+        ]
         # nothing failed any more: Retry all answers that there is nothing to retry
         response = page.request.post(
             upstream.http_url + "/ui/problems/outbox/retry-all",
@@ -329,9 +349,11 @@ def test_link_mpps_service(db_url, tmp_path):
         actor = Actor("operator", "127.0.0.1:1", "HTTP")
         with pytest.raises(links.LinkError) as no_mpps:
             links.link_mpps(db, actor, "1.2.3.999", item["id"], targets)
-        with pytest.raises(links.LinkError) as no_item:
-            links.link_mpps(db, actor, uid, 999_999, targets)
-        assert no_mpps.value.not_found and no_item.value.not_found
+        for item_id in (999_999, 2**63, 0):  # none, past the 32-bit id (PostgreSQL), none
+            with pytest.raises(links.LinkError) as no_item:
+                links.link_mpps(db, actor, uid, item_id, targets)
+            assert no_item.value.not_found
+        assert no_mpps.value.not_found
 
         [change] = links.link_mpps(db, actor, uid, item["id"], targets)
         assert (change.old, change.new) == ("SCHEDULED", "IN PROGRESS")

@@ -124,7 +124,8 @@ def link_mpps(
         ).first()
         if record is None:
             raise LinkError(f"no MPPS {mpps_uid}", not_found=True)
-        item = session.get(WorklistItem, item_id)
+        # (an id past the 32-bit column would be a database error on PostgreSQL)
+        item = session.get(WorklistItem, item_id) if 0 < item_id < 2**31 else None
         if item is None:
             raise LinkError(f"no worklist item {item_id}", not_found=True)
         if record.worklist_items:

@@ -5,8 +5,6 @@ services/problems.py, the changes from services/links.py and services/outbox.py.
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +14,6 @@ from worklist_mpps.web.context import web_actor, web_context
 from worklist_mpps.web.errors import HTTPProblem
 from worklist_mpps.web.ui import render
 
-log = logging.getLogger("worklist_mpps.http")
 router = APIRouter(include_in_schema=False)
 
 # what a redirect after a post says (?done=...): fixed texts, never echoed input
@@ -25,6 +22,16 @@ NOTICES = {
     "retried": "Delivery due again: the outbox worker sends it now.",
     "retried-all": "Every failed delivery is due again: the outbox worker sends them now.",
 }
+
+
+MAX_ID = 2**31 - 1  # the id columns are 32-bit integers on PostgreSQL
+
+
+def _known_id(value: int, what: str) -> int:
+    """An id a row may have: a larger one would fail in the database, not be missing."""
+    if not 0 < value <= MAX_ID:
+        raise HTTPProblem(404, f"no {what} {value}")
+    return value
 
 
 @router.get("/ui/problems")
@@ -45,7 +52,7 @@ def problems_page(request: Request, done: str = "") -> HTMLResponse:
 @router.get("/ui/problems/hl7/{message_id}")
 def refused_message(request: Request, message_id: int) -> HTMLResponse:
     """One received message as text (escaped, a segment a line) with its ACK."""
-    message = hl7_log.show_message(web_context(request).db, message_id)
+    message = hl7_log.show_message(web_context(request).db, _known_id(message_id, "HL7 message"))
     if message is None:
         raise HTTPProblem(404, f"no HL7 message {message_id}")
     return render.page(request, "problems_hl7.html", message=message)
@@ -61,19 +68,12 @@ async def link(request: Request, uid: str) -> RedirectResponse:
         raise HTTPProblem(422, "choose an item, or type its ID (a number)")
     ctx = web_context(request)
     try:
-        changes = await run_in_threadpool(
+        await run_in_threadpool(
             links.link_mpps, ctx.db, web_actor(request), uid, int(text), ctx.targets
         )
     except links.LinkError as exc:
         raise HTTPProblem(404 if exc.not_found else 409, exc.message) from None
-    ctx.notify()  # an order's status message may be queued
-    log.info(
-        "MPPS %s linked to item %s by %s (%s)",
-        uid,
-        text,
-        request.state.user,
-        ", ".join(f"{c.old} -> {c.new}" for c in changes) or "status unchanged",
-    )
+    ctx.notify()  # an order's status message may be queued (the change is in the audit)
     return render.redirect("/ui/problems?done=linked#unmatched")
 
 
