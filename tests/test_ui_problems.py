@@ -20,7 +20,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from browser import PASSWORD, USER, browser, log_in, login_env, page, screenshot  # noqa: F401 - fixtures
 from conftest import LiveServer, dcmtk, free_port
-from dicom_clients import associate
+from dicom_clients import associate, find, worklist_query
 from hl7_clients import MLLPClient, ack_code, order
 from worklist_mpps.client.messages import ScheduledStep, n_create
 from worklist_mpps.db.engine import Database
@@ -205,11 +205,16 @@ def test_refused_hl7_message_is_listed_with_its_reason(page, server):  # noqa: F
 def test_stations_show_findscu_with_its_item_count(page, server, tmp_path):  # noqa: F811
     found = findscu(server.port, tmp_path / "rsp", "CT_SCANNER_1")
     assert found, "the sample worklist has today's items"
+    bad = worklist_query()
+    bad.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate = "20261399"
+    statuses, _ = find(server.port, bad, ae_title="US_BROKEN")
+    assert [s.Status for s in statuses] == [0xA900]
     open_problems(page, server)
 
     def listed() -> bool:
         page.reload()
-        return page.locator("tr[data-station='CT_SCANNER_1']").count() == 1
+        rows = page.locator("tr[data-station='CT_SCANNER_1'], tr[data-station='US_BROKEN']")
+        return rows.count() == 2
 
     wait_for(listed, timeout=15, interval=0.5)  # the flush delay: 2 s
     row = page.locator("tr[data-station='CT_SCANNER_1']")
@@ -220,6 +225,9 @@ def test_stations_show_findscu_with_its_item_count(page, server, tmp_path):  # n
     assert cells.nth(5).inner_text() == "127.0.0.1"
     assert cells.nth(6).inner_text() == "1"  # queries
     assert cells.nth(1).inner_text().endswith("s ago")
+    refused = page.locator("tr[data-station='US_BROKEN']")
+    assert refused.locator("td.matches").inner_text() == "0"
+    assert "refused: identifier does not match" in refused.inner_text()
     screenshot(page, "problems")
     page.locator("#stations").scroll_into_view_if_needed()
     screenshot(page, "problems-stations")
