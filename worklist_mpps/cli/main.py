@@ -140,6 +140,9 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
 
     raise_open_files_limit()  # many clients must not starve the listeners of descriptors
     server = DicomServer(ctx)
+    from worklist_mpps.services.station_queries import Flusher
+
+    stations = Flusher(db)  # the worklist queries per station, to the database every 2 s
     # The handler only records the signal: a handler runs between two bytecodes of the
     # main thread and must take no lock that code may hold. SIGUSR1 writes every thread's
     # stack to stderr (the log), for a server that seems stuck.
@@ -193,6 +196,7 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
                 ) from None
         if worker:
             worker.start()
+        stations.start()
         print(
             f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
             + (f", HTTP on {cfg.http_bind}:{http.port}" if http else "")
@@ -210,6 +214,7 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
         if mllp:
             mllp.stop()  # the messages in progress are committed and acknowledged first
         server.stop()  # in-flight associations finish first
+        stations.stop()  # after the listener: its last queries are written too
         if worker:
             worker.stop()
         db.dispose()

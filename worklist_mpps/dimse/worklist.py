@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
@@ -20,7 +21,7 @@ from worklist_mpps.dimse.common import (
     peer,
 )
 from worklist_mpps.dimse.pynetdicom_ext import wire
-from worklist_mpps.services import worklist
+from worklist_mpps.services import station_queries, worklist
 from worklist_mpps.services.health import db_error_comment, describe_db_error
 from worklist_mpps.services.matching import MatchError
 from worklist_mpps.services.status import (
@@ -46,7 +47,39 @@ def failure(status: int, comment: str, offending: list[str] | None = None) -> Da
     return ds
 
 
+@dataclass
+class Tally:
+    """What one C-FIND answered: matches sent and the final status."""
+
+    sent: int = 0
+    status: int = 0x0000
+
+
 def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None]]:  # noqa: ANN001
+    """Answer one worklist C-FIND, then count it for its calling AE title (the Problems
+    view's "which stations queried when": services/station_queries.py, in memory)."""
+    tally = Tally()
+    try:
+        for answer in _answer_find(event, ctx, tally):
+            status = answer[0]  # pending, CANCEL, or a failure's data set (final)
+            if isinstance(status, Dataset):
+                tally.status = status.Status
+            elif status == CANCEL:
+                tally.status = CANCEL
+            yield answer
+    finally:  # never raises: a test's event may have no acceptor
+        requestor = event.assoc.requestor
+        acceptor = getattr(event.assoc, "acceptor", None)
+        station_queries.record_find(
+            requestor.ae_title,
+            getattr(acceptor, "ae_title", None),
+            requestor.address,
+            tally.sent,
+            tally.status,
+        )
+
+
+def _answer_find(event, ctx: AppContext, tally: Tally) -> Iterator[tuple[object, Dataset | None]]:  # noqa: ANN001
     """Answer one worklist C-FIND: pending responses, then success (sent by pynetdicom)."""
     started = time.perf_counter()
     who = peer(event.assoc)
@@ -103,10 +136,9 @@ def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None
         if ctx.config.dimse_fast_path and wire.usable(event.assoc, event.context.transfer_syntax)
         else None
     )
-    sent = 0
     for row in rows:
         if event.is_cancelled:
-            log.info("C-FIND from %s: cancelled after %d of %d matches", who, sent, len(rows))
+            log.info("C-FIND from %s: cancelled after %d of %d matches", who, tally.sent, len(rows))
             yield CANCEL, None
             return
         if fast is not None and not fast.add(row, query):
@@ -115,13 +147,13 @@ def handle_find(event, ctx: AppContext) -> Iterator[tuple[object, Dataset | None
             fast = None  # a response this path cannot encode: pynetdicom's way from here on
         if fast is None:
             yield status, worklist.response(row, query)
-        sent += 1
+        tally.sent += 1
     if fast is not None and not fast.flush():
         return
     log.info(
         "C-FIND from %s: %d matches in %.1f ms%s",
         who,
-        sent,
+        tally.sent,
         (time.perf_counter() - started) * 1000,
         f" (unsupported keys: {', '.join(query.unsupported)})" if query.unsupported else "",
     )

@@ -3,14 +3,17 @@ the scheduled step it names in its Scheduled Step Attributes Sequence, F.7.2.1.2
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worklist_mpps.db.models import WorklistItem
+from worklist_mpps.db.engine import Database
+from worklist_mpps.db.models import MPPSTracking, WorklistItem
+from worklist_mpps.services import audit
+from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.dicom import text_value
 
 
@@ -88,3 +91,62 @@ def refresh_item_statuses(session: Session, item_ids: Iterable[int]) -> list[Sta
 
 def link_labels(items: Iterable[WorklistItem]) -> list[str]:
     return [f"{i.accession_number}/{i.sps_id}" for i in items]
+
+
+class LinkError(Exception):
+    """A link refused: ``not_found`` (no such MPPS or item) or a conflict."""
+
+    def __init__(self, message: str, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.message, self.not_found = message, not_found
+
+
+def link_mpps(
+    db: Database,
+    actor: Actor | None,
+    mpps_uid: str,
+    item_id: int,
+    targets: Sequence[str] = (),
+) -> list[StatusChange]:
+    """Link an unscheduled MPPS (PS3.4 F.7.2.1.2 Note: its Scheduled Step Attributes named
+    no known step) to the worklist item it performed, in one audited transaction: the
+    item's status follows its MPPS from then on (F.1), and what a matched N-CREATE would
+    have queued is queued now, the status for the order placer when the item came from an
+    HL7 order (order_status.py; the MPPS events for Orthanc and the forward peers were
+    queued when the MPPS arrived). The status changes made, in item id order.
+
+    Refused (:class:`LinkError`): no such MPPS or item, or an MPPS already linked."""
+    from worklist_mpps.services import order_status  # it imports this module
+
+    with db.write() as session:
+        record = session.scalars(
+            select(MPPSTracking).where(MPPSTracking.sop_instance_uid == mpps_uid).with_for_update()
+        ).first()
+        if record is None:
+            raise LinkError(f"no MPPS {mpps_uid}", not_found=True)
+        # (an id past the 32-bit column would be a database error on PostgreSQL)
+        item = session.get(WorklistItem, item_id) if 0 < item_id < 2**31 else None
+        if item is None:
+            raise LinkError(f"no worklist item {item_id}", not_found=True)
+        if record.worklist_items:
+            linked = ", ".join(link_labels(record.worklist_items))
+            raise LinkError(f"MPPS {mpps_uid} is already linked to {linked}")
+        old_status = item.sps_status
+        record.worklist_items = [item]
+        session.flush()
+        changes = refresh_item_statuses(session, [item.id])
+        queued = order_status.queue_status(session, targets, changes, record)
+        audit.record(
+            session,
+            actor,
+            "mpps.link",
+            mpps_uid,
+            {
+                "item_id": item.id,
+                "worklist_item": link_labels([item])[0],
+                "from": old_status,
+                "to": item.sps_status,
+                "status_messages_queued": queued,
+            },
+        )
+    return changes

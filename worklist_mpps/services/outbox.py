@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from worklist_mpps.config import Config
 from worklist_mpps.db.engine import Database, rowcount
 from worklist_mpps.db.models import OutboxMessage, as_utc, utcnow
+from worklist_mpps.services import audit
+from worklist_mpps.services.audit import Actor
 
 HL7_TARGET_PREFIX = "hl7:"  # an order placer that gets the procedure status back
 
@@ -98,18 +100,25 @@ def list_messages(db: Database, state: str | None = None, limit: int = 100) -> l
         ]
 
 
-def retry(db: Database, ids: Sequence[int] = (), all_failed: bool = False) -> int:
-    """Make failed (or waiting) rows due now again; the number of rows changed."""
+def retry(
+    db: Database, ids: Sequence[int] = (), all_failed: bool = False, actor: Actor | None = None
+) -> int:
+    """Make failed (or waiting) rows due now again; the number of rows changed. With an
+    ``actor`` (the operator page), audited ``outbox.retry`` in the same transaction."""
     with db.write() as session:
         stmt = update(OutboxMessage).where(OutboxMessage.state.in_(["failed", "pending"]))
         if not all_failed:
             stmt = stmt.where(OutboxMessage.id.in_(list(ids)))
         else:
             stmt = stmt.where(OutboxMessage.state == "failed")
-        return rowcount(
+        count = rowcount(
             session.execute(
                 stmt.values(
                     state="pending", next_attempt_at=utcnow(), claimed_by=None, claimed_until=None
                 )
             )
         )
+        if actor is not None and count:
+            target = "outbox:all-failed" if all_failed else f"outbox:{','.join(map(str, ids))}"
+            audit.record(session, actor, "outbox.retry", target, {"rows": count})
+        return count
