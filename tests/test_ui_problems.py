@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
-from browser import PASSWORD, USER, browser, log_in, login_env, page, screenshot  # noqa: F401 - fixtures
-from conftest import LiveServer, dcmtk, free_port
+from browser import PASSWORD, USER, log_in, login_env, screenshot
+from conftest import LiveServer, dcmtk, free_port, wait_for
 from dicom_clients import associate, find, worklist_query
 from hl7_clients import MLLPClient, ack_code, order
 from worklist_mpps.client.messages import ScheduledStep, n_create
@@ -27,15 +26,6 @@ from worklist_mpps.db.engine import Database
 from worklist_mpps.db.migrate import upgrade
 from worklist_mpps.services import audit, links, outbox, problems, schedule
 from worklist_mpps.services.audit import Actor
-
-
-def wait_for(check, timeout: float = 30.0, interval: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout} s")
 
 
 def api(server: LiveServer, path: str) -> dict:
@@ -119,7 +109,7 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
         live.stop()
 
 
-def open_problems(page, server: LiveServer) -> None:  # noqa: F811 - page: the fixture's
+def open_problems(page, server: LiveServer) -> None:
     log_in(page, server.http_url)
     page.goto(server.http_url + "/ui/problems")
 
@@ -127,7 +117,7 @@ def open_problems(page, server: LiveServer) -> None:  # noqa: F811 - page: the f
 # --- in the browser -------------------------------------------------------------------------
 
 
-def test_unmatched_mpps_is_listed_and_linked_to_an_item(page, server):  # noqa: F811
+def test_unmatched_mpps_is_listed_and_linked_to_an_item(page, server):
     today = dt.date.today().strftime("%Y%m%d")
     items = api(server, f"/api/worklist-items?date={today}&limit=100")["items"]
     item = next(i for i in items if i["sps_status"] == "SCHEDULED")
@@ -177,7 +167,7 @@ def test_unmatched_mpps_is_listed_and_linked_to_an_item(page, server):  # noqa: 
     assert page.locator(f"tr[data-mpps='{other}']").count() == 1  # none of them linked it
 
 
-def test_refused_hl7_message_is_listed_with_its_reason(page, server):  # noqa: F811
+def test_refused_hl7_message_is_listed_with_its_reason(page, server):
     bad = order("77", control="BAD<b>1</b>", orc1="ZZ", extra="NTE|1||<script>x</script>")
     with MLLPClient(server.hl7_port) as client:
         ack = client.send(bad)
@@ -202,7 +192,7 @@ def test_refused_hl7_message_is_listed_with_its_reason(page, server):  # noqa: F
         assert response.status == 404 and "no HL7 message" in response.text()
 
 
-def test_stations_show_findscu_with_its_item_count(page, server, tmp_path):  # noqa: F811
+def test_stations_show_findscu_with_its_item_count(page, server, tmp_path):
     found = findscu(server.port, tmp_path / "rsp", "CT_SCANNER_1")
     assert found, "the sample worklist has today's items"
     bad = worklist_query()
@@ -233,7 +223,7 @@ def test_stations_show_findscu_with_its_item_count(page, server, tmp_path):  # n
     screenshot(page, "problems-stations")
 
 
-def test_failed_delivery_is_retried_from_the_page(page, tmp_path):  # noqa: F811
+def test_failed_delivery_is_retried_from_the_page(page, tmp_path):
     """A downstream MPPS peer that refuses (0x0124: the upstream may query only) makes the
     row failed for good; once the peer is fixed, Retry delivers it."""
     down_port = free_port()
