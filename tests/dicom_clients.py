@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -85,3 +86,16 @@ def findscu_files(port: int, outdir: Path, *keys: str, timeout: float = 30) -> l
     assert proc.returncode == 0, f"findscu exited {proc.returncode}\n{text}"
     assert "Received Final Find Response (Success)" in text, text
     return [pydicom.dcmread(f) for f in sorted(outdir.glob("rsp*.dcm"))]
+
+
+def dicom_mpps(*args: str) -> str:
+    """Run the project's ``dicom-mpps`` (as a modality would); its output, stripped (the
+    MPPS UID for ``create``). A non-zero exit fails the test with what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps.cli.dicom_mpps", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout.strip()

@@ -16,7 +16,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from conftest import free_port, require_tool
-from dicom_clients import findscu_files
+from dicom_clients import dicom_mpps, findscu_files
 from hl7_clients import Receiver, mllp_send, wait_for
 
 STUDY_UID = "1.2.826.0.1.3680043.10.543.14.1"
@@ -34,17 +34,6 @@ def omi(today: str) -> str:
         f"IPC|ACC-E2E-1|RP-E2E-1|{STUDY_UID}|SPS-E2E-1|CT||||MODALITY1",
     ]
     return "\r".join(segments) + "\r"
-
-
-def dicom_mpps(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "worklist_mpps.cli.dicom_mpps", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.strip()
 
 
 @pytest.fixture

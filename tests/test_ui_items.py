@@ -14,8 +14,6 @@ import datetime as dt
 import itertools
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -23,8 +21,8 @@ import requests
 from sqlalchemy import event, select
 
 from browser import PASSWORD, USER, log_in, screenshot, start_ui_server
-from conftest import ROOT, LiveServer
-from dicom_clients import findscu_files
+from conftest import LiveServer
+from dicom_clients import dicom_mpps, findscu_files
 from hl7_clients import MLLPClient, Receiver, ack_code, fields, order, wait_for
 from worklist_mpps.config import HL7Destination
 from worklist_mpps.db.models import (
@@ -113,7 +111,8 @@ def audit_rows(page, action: str) -> list[str]:
 
 def test_schedule_through_the_form_then_findscu_finds_it(server, page, tmp_path):
     log_in(page, server.http_url)
-    page.goto(server.http_url + "/ui/items/new")
+    page.click("#schedule-link")  # from Today, as the front desk would
+    page.wait_for_url(server.http_url + "/ui/items/new")
     assert page.input_value("#f-sps_start_date") == TODAY.isoformat()  # today by default
     page.fill("#f-patient_id", "P-FORM1")
     page.fill("#f-patient_name", "山田^太郎")
@@ -263,18 +262,6 @@ def test_status_by_hand_in_progress_then_completed_with_the_users_name(server, p
     assert rsp.status == 422
     assert "a COMPLETED step can become nothing" in rsp.text()
     assert stored(server, "MAN1")[0]["sps_status"] == "COMPLETED"
-
-
-def dicom_mpps(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "worklist_mpps.cli.dicom_mpps", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
 
 
 def test_item_page_shows_an_mpps_from_dicom_mpps_and_the_audit(server, page):
@@ -500,7 +487,26 @@ def test_set_status_of_an_order_item_queues_its_hl7_status(db):
     assert payloads[0]["patient"]["name"] == "山田^太郎"
     text, _ = build_message(payloads[1], HL7Destination("ris", "127.0.0.1", 2575), "W1", "WM")
     assert "ORC|SC|PO-1|FO-1||DC" in text
+    assert "|^stopped" in text  # ORC-16: the reason given by hand
     assert "OBX" not in text  # no performed series or image counts without an MPPS
+
+
+def test_a_cancel_made_here_tells_the_order_placer_with_its_reason(db):
+    """The page's and the API's cancel of an item from an HL7 order queue ORC-5 DC with the
+    reason in ORC-16; a cancel without targets (the order feed's own) queues nothing."""
+    order = schedule_one(db, "ORD2", placer_order_number="PO-2", filler_order_number="FO-2")
+    fed = schedule_one(db, "ORD3", placer_order_number="PO-3")
+    schedule.cancel_item(db, ACTOR, order["id"], "patient declined", ["orthanc", "hl7:ris"])
+    schedule.cancel_item(db, ACTOR, order["id"], "again", ["hl7:ris"])  # already DISCONTINUED
+    schedule.cancel_item(db, ACTOR, fed["id"], "placer cancelled")
+    with db.read() as session:
+        rows = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        queued = [(r.target, r.mpps_uid, r.event) for r in rows]
+        payload = json.loads(rows[0].payload) if rows else {}
+    assert queued == [("hl7:ris", f"item:{order['id']}", "SC^DC")]
+    text, _ = build_message(payload, HL7Destination("ris", "127.0.0.1", 2575), "W1", "WM")
+    assert "ORC|SC|PO-2|FO-2||DC" in text
+    assert "|^patient declined" in text
 
 
 def add_mpps(session, item_id: int, uid: str, start: str | None, status: str = "COMPLETED"):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import requests
 from sqlalchemy import func, insert, select, update
 
 from browser import PASSWORD, USER, log_in, screenshot, start_ui_server
+from dicom_clients import dicom_mpps
 from worklist_mpps.db.models import AuditEvent, MPPSTracking, mpps_worklist_links, utcnow
 from worklist_mpps.services import schedule
 from worklist_mpps.services.today import DayFilters, change_token, day_view
@@ -133,7 +132,7 @@ def test_mpps_turns_the_row_in_progress_then_completed_without_reload(page, serv
     page.evaluate("window.__marker = 1")
 
     url = f"pacs://127.0.0.1:{server.port}"
-    create = dicom_mpps(
+    uid = dicom_mpps(
         "create",
         url,
         "--aet",
@@ -142,7 +141,6 @@ def test_mpps_turns_the_row_in_progress_then_completed_without_reload(page, serv
         "--accession",
         item["accession_number"],
     )
-    uid = create.stdout.strip()
     expect(status).to_have_text("IN PROGRESS", timeout=15_000)
     expect(row(page, item).locator("td.mpps")).to_contain_text("in progress")
 
@@ -374,15 +372,3 @@ def test_rows_show_completeness_and_the_orthanc_explorer_link():
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def dicom_mpps(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "worklist_mpps.cli.dicom_mpps", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc

@@ -176,7 +176,13 @@ def build_message(
     ]
     if payload.get("admission_id"):
         segments.append(segment("PV1", *_fields(f1="1", f2="U", f19=payload["admission_id"])))
-    reason = mpps.get("discontinuation_reason") if status == "DC" else None
+    # ORC-16 Order Control Code Reason: the MPPS's discontinuation reason, else the reason
+    # given with a cancel or a status set by hand
+    reason = (
+        (mpps.get("discontinuation_reason") or payload.get("status_reason"))
+        if status == "DC"
+        else None
+    )
     segments.append(
         segment(
             "ORC",

@@ -80,6 +80,7 @@ def snapshot(change: StatusChange, record: MPPSTracking | None) -> dict[str, Any
         "scheduled_station_ae_title": item.scheduled_station_ae_title,
         "scheduled_station_name": item.scheduled_station_name,
         "sps_location": item.sps_location,
+        "status_reason": item.status_reason,  # a cancel's or a status by hand's reason
         "mpps": None
         if record is None
         else {

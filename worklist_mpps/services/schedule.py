@@ -292,19 +292,31 @@ def update_item(
 
 
 def cancel_item(
-    db: Database, actor: Actor | None, item_id: int, reason: str | None = None
+    db: Database,
+    actor: Actor | None,
+    item_id: int,
+    reason: str | None = None,
+    targets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Cancel: the step becomes DISCONTINUED ("canceled or unsuccessfully terminated",
     PS3.4 K.6.1.2.2 / Table K.6-1 step status) and leaves the default worklist. The
-    item is kept; ``reason`` (e.g. an HL7 ORC-16) is kept with it and in the audit record."""
+    item is kept; ``reason`` (e.g. an HL7 ORC-16) is kept with it and in the audit record.
+
+    A cancel made here (the page, the API) of an item from an HL7 order tells the order
+    placer, through the HL7 destinations among ``targets`` (ORC-5 DC, the reason in
+    ORC-16); a cancel the placer sent itself (the order feed) passes no targets."""
     with db.write() as session:
         item = _item(session, item_id)
-        detail: dict[str, Any] = {"from": item.sps_status, "to": "DISCONTINUED"}
+        old = item.sps_status
+        detail: dict[str, Any] = {"from": old, "to": "DISCONTINUED"}
         if reason:
             detail["reason"] = reason
         audit.record(session, actor, "item.cancel", f"item:{item.id}", detail)
         item.sps_status = "DISCONTINUED"
         item.status_reason = reason
+        if old != "DISCONTINUED":
+            change = StatusChange(item, old, "DISCONTINUED")
+            order_status.queue_status(session, targets, [change], None)
         session.flush()
         return item_dict(item)
 

@@ -135,12 +135,14 @@ def cancel_item(
 
     With ``purge=true`` it is deleted, unless an MPPS refers to it (409).
     """
-    db, actor = web_context(request).db, web_actor(request)
+    ctx, actor = web_context(request), web_actor(request)
     with _answers():
         if purge:
-            schedule.purge_item(db, actor, item_id)
+            schedule.purge_item(ctx.db, actor, item_id)
             return Response(status_code=204)
-        return schedule.cancel_item(db, actor, item_id)
+        item = schedule.cancel_item(ctx.db, actor, item_id, targets=ctx.targets)
+        ctx.notify()  # an item from an HL7 order: its placer hears of the cancel
+        return item
 
 
 # --- patients ------------------------------------------------------------------------------------

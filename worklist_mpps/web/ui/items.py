@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from worklist_mpps.services import item_view, schedule
 from worklist_mpps.services.schedule import STATUS_MOVES, Conflict, ItemError, NotFound
+from worklist_mpps.services.schedule_values import CODE_FIELDS, ITEM_FIELDS
 from worklist_mpps.web.context import web_actor, web_context
 from worklist_mpps.web.errors import HTTPProblem
 from worklist_mpps.web.schemas import MAX_ID, ItemIn, ItemPatch, item_values
@@ -30,28 +31,10 @@ router = APIRouter(include_in_schema=False)
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 PATIENT_INPUTS = ("patient_id", "issuer_of_patient_id", "patient_name", "birth_date", "sex")
-ITEM_INPUTS = (
-    "accession_number",
-    "placer_order_number",
-    "filler_order_number",
-    "requested_procedure_id",
-    "requested_procedure_description",
-    "requested_procedure_priority",
-    "referring_physician_name",
-    "requesting_physician",
-    "admission_id",
-    "current_patient_location",
-    "sps_id",
-    "sps_description",
-    "modality",
-    "scheduled_station_ae_title",
-    "scheduled_station_name",
-    "sps_location",
-    "sps_start_date",
-    "sps_start_time",
-    "scheduled_performing_physician_name",
-    "pre_medication",
-    "requested_contrast_agent",
+# the item's own fields on the form: all but the UID (assigned once), the status (its own
+# actions) and the code sequences (CODE_INPUTS)
+ITEM_INPUTS = tuple(
+    f for f in ITEM_FIELDS if f not in ("study_instance_uid", "sps_status", *CODE_FIELDS)
 )
 # one code each on the form: prefix of its inputs -> the item field
 CODE_INPUTS = {"rp_code": "requested_procedure_codes", "sp_code": "scheduled_protocol_codes"}
@@ -338,7 +321,11 @@ async def cancel_item(item_id: ItemId, request: Request) -> Response:
         request.state.reason = error
         typed = {"cancel_reason": fields.get("reason", "")}
         return await _item_page(request, item_id, 422, {"cancel_reason": error}, typed)
-    await run_in_threadpool(schedule.cancel_item, db, web_actor(request), item_id, reason)
+    ctx = web_context(request)
+    await run_in_threadpool(
+        schedule.cancel_item, db, web_actor(request), item_id, reason, ctx.targets
+    )
+    ctx.notify()  # the order placer hears of it (an HL7 status row), as with set_status
     return _done(item_id, "cancelled")
 
 
