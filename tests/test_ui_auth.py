@@ -329,7 +329,6 @@ def test_browser_logs_in_and_a_cross_site_form_post_is_refused(server, page):
     assert cookies["wm_session"]["httpOnly"] is True
     assert cookies["wm_session"]["sameSite"] == "Strict"
     assert page.evaluate("document.cookie") == ""  # no script can read the session
-    screenshot(page, "login-done")
 
     _AttackerPage.target = server.http_url + "/ui/logout"
     attacker = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _AttackerPage)
