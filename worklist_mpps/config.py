@@ -308,6 +308,27 @@ class Config:
         default_factory=lambda: ["SCHEDULED", "IN PROGRESS"],
         metadata={"help": "step statuses returned when a query does not ask for a status"},
     )
+    worklist_expire_after: float = field(
+        default=0.0,
+        metadata={
+            "help": "days after its start a SCHEDULED step is DISCONTINUED (reason "
+            "'expired'); 0: never"
+        },
+    )
+    worklist_retention_days: float = field(
+        default=0.0,
+        metadata={"help": "days after it ended a finished step and its MPPS are deleted; 0: kept"},
+    )
+    lifecycle_interval: float = field(
+        default=60.0, metadata={"help": "seconds between two expiry and purge passes"}
+    )
+    timezone_offset: str = field(
+        default="",
+        metadata={
+            "help": "the server's Timezone Offset From UTC (0008,0201), +HHMM or -HHMM; "
+            "empty: the machine's"
+        },
+    )
     worklist_filter_by_calling_ae: bool = field(
         default=False,
         metadata={"help": "return only items whose Scheduled Station AE Title is the caller's"},
@@ -344,6 +365,26 @@ class Config:
     completeness_timeout: float = field(
         default=3600.0,
         metadata={"help": "seconds to re-check that every referenced image reached Orthanc"},
+    )
+    orthanc_emulate_mpps: bool = field(
+        default=False,
+        metadata={
+            "help": "complete a step from its stable study in Orthanc when no MPPS came "
+            "(modalities without MPPS; README: Orthanc as witness)"
+        },
+    )
+    orthanc_emulate_mpps_delay: float = field(
+        default=600.0,
+        metadata={"help": "seconds after the study became stable to wait for a real MPPS"},
+    )
+    orthanc_match_by: str = field(
+        default="study_instance_uid",
+        metadata={
+            "help": "how a stable study finds its item: study_instance_uid or accession_number"
+        },
+    )
+    orthanc_changes_interval: float = field(
+        default=5.0, metadata={"help": "seconds between two reads of Orthanc's /changes"}
     )
     forward_peers: list[ForwardPeer] = field(
         default_factory=list,
@@ -659,6 +700,30 @@ class Config:
             STEP_STATUSES,  # late import: models import nothing from here
         )
 
+        if self.orthanc_match_by not in ("study_instance_uid", "accession_number"):
+            raise ConfigError(
+                "orthanc_match_by: study_instance_uid or accession_number, "
+                f"got {self.orthanc_match_by!r}"
+            )
+        for name in (
+            "orthanc_emulate_mpps_delay",
+            "worklist_expire_after",
+            "worklist_retention_days",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("orthanc_changes_interval", "lifecycle_interval"):
+            if not (0 < getattr(self, name) <= 86400):
+                raise ConfigError(
+                    f"{name}: must be > 0 and at most 86400, got {getattr(self, name)}"
+                )
+        if self.timezone_offset and not re.fullmatch(
+            r"[+-](0\d|1[0-4])[0-5]\d", self.timezone_offset
+        ):
+            raise ConfigError(
+                f"timezone_offset: +HHMM or -HHMM (PS3.5 Table 6.2-1 DT), got "
+                f"{self.timezone_offset!r}"
+            )
         for status in self.worklist_default_statuses:
             if status not in STEP_STATUSES:
                 raise ConfigError(

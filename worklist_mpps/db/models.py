@@ -14,6 +14,7 @@ from typing import Any, overload
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import false
 
 STEP_STATUSES = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED")
 FINAL_STATUSES = ("COMPLETED", "DISCONTINUED")
@@ -200,6 +202,9 @@ class MPPSTracking(Base):
     )
     dataset: Mapped[bytes] = mapped_column(LargeBinary)
     calling_ae_title: Mapped[str | None] = mapped_column(String(16))
+    # made by worklist-mpps from a stable study in Orthanc, for a modality that sends no
+    # MPPS (services/witness.py; README "Orthanc as witness"), not received from one
+    emulated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Incremented on every change; used for optimistic checks and ordering.
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -349,3 +354,48 @@ class StationQuery(Base):
     last_matches: Mapped[int] = mapped_column(Integer, default=0)
     last_status: Mapped[int] = mapped_column(Integer, default=0)
     query_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Lease(Base):
+    """A job that one instance at a time runs when several share the database (the Orthanc
+    change feed, the expiry and purge timer): held by ``holder`` until ``until``, then
+    anyone's (services/leases.py)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+STUDY_STATES = ("unmatched", "matched", "emulated", "linked")
+
+
+class OrthancStudy(Base):
+    """A stable study seen in Orthanc's change feed (``StableStudy``), with what the
+    reconciliation made of it: ``matched`` to an item (by Study Instance UID or Accession
+    Number), ``emulated`` (an MPPS was made from it), ``linked`` by hand, or
+    ``unmatched`` (a study without an order: listed for the PACS administrator)."""
+
+    __tablename__ = "orthanc_studies"
+
+    orthanc_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    modalities: Mapped[str | None] = mapped_column(String(64))
+    series_count: Mapped[int] = mapped_column(Integer, default=0)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    item_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("worklist_items.id", ondelete="SET NULL"), index=True
+    )
+    change_seq: Mapped[int] = mapped_column(Integer)  # the /changes Seq it came with
+    stable_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
