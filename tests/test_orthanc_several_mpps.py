@@ -9,10 +9,10 @@ import pytest
 from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
+import test_orthanc_hook
 from conftest import wait_for
 from dicom_clients import associate
 from orthanc_server import new_uids
-from test_orthanc_hook import hooked, orthanc  # noqa: F401  (fixtures)
 from worklist_mpps.client.messages import (
     Instance,
     ScheduledStep,
@@ -24,6 +24,9 @@ from worklist_mpps.client.messages import (
 )
 
 pytestmark = pytest.mark.dimse
+
+# the real Orthanc and a server notifying it
+orthanc, hooked = test_orthanc_hook.orthanc, test_orthanc_hook.hooked
 
 
 def create(port: int, uid: str, study: str) -> None:
@@ -37,7 +40,7 @@ def create(port: int, uid: str, study: str) -> None:
         assoc.release()
 
 
-def finish(port: int, uid: str, final) -> None:  # noqa: ANN001
+def finish(port: int, uid: str, final) -> None:
     assoc = associate(port, MPPS, ae_title="CT01")
     try:
         assert assoc.send_n_set(final, MPPS, uid)[0].Status == 0
@@ -45,7 +48,7 @@ def finish(port: int, uid: str, final) -> None:  # noqa: ANN001
         assoc.release()
 
 
-def listed(orthanc, study: str) -> dict[str, str]:  # noqa: ANN001
+def listed(orthanc, study: str) -> dict[str, str]:
     """uid -> status of the study's MppsList metadata ({} while absent)."""
     raw = orthanc.metadata(study).get("MppsList")
     return {e["uid"]: e["status"] for e in json.loads(raw)} if raw else {}
@@ -61,7 +64,7 @@ def shape(meta: dict, names: dict[str, str]) -> dict:
     return out
 
 
-def two_steps(hooked, orthanc, first_done: str) -> dict:  # noqa: ANN001, F811
+def two_steps(hooked, orthanc, first_done: str) -> dict:
     """A study acquired in two steps (one series each); ``first_done`` completes first."""
     study, s1, s2 = new_uids(3)
     a, b = new_uids(2)
@@ -89,7 +92,7 @@ def two_steps(hooked, orthanc, first_done: str) -> dict:  # noqa: ANN001, F811
     return shape(meta, {one: "one", two: "two"})
 
 
-def test_two_mpps_give_the_same_aggregate_in_either_order(hooked, orthanc):  # noqa: F811
+def test_two_mpps_give_the_same_aggregate_in_either_order(hooked, orthanc):
     forward = two_steps(hooked, orthanc, "one")
     backward = two_steps(hooked, orthanc, "two")
     assert forward == backward
@@ -104,7 +107,7 @@ def test_two_mpps_give_the_same_aggregate_in_either_order(hooked, orthanc):  # n
     assert "MppsDiscontinuationReason" not in forward
 
 
-def mistake_and_real(hooked, orthanc, discontinue_last: bool) -> dict:  # noqa: ANN001, F811
+def mistake_and_real(hooked, orthanc, discontinue_last: bool) -> dict:
     """An MPPS sent by mistake (wrong worklist entry, discontinued) and the real one."""
     study, series_uid, image = new_uids(3)
     orthanc.upload(study, series_uid, image)
@@ -126,7 +129,7 @@ def mistake_and_real(hooked, orthanc, discontinue_last: bool) -> dict:  # noqa: 
     return shape(meta, {wrong: "wrong", right: "right"})
 
 
-def test_a_discontinued_mistake_and_a_completed_step_give_completed(hooked, orthanc):  # noqa: F811
+def test_a_discontinued_mistake_and_a_completed_step_give_completed(hooked, orthanc):
     last = mistake_and_real(hooked, orthanc, discontinue_last=True)
     first = mistake_and_real(hooked, orthanc, discontinue_last=False)
     assert last == first
@@ -139,7 +142,7 @@ def test_a_discontinued_mistake_and_a_completed_step_give_completed(hooked, orth
     assert (last["MppsExpected"], last["MppsReceived"]) == ("1", "1")
 
 
-def test_all_discontinued_give_discontinued_with_the_reason(hooked, orthanc):  # noqa: F811
+def test_all_discontinued_give_discontinued_with_the_reason(hooked, orthanc):
     study, _ = new_uids(2)
     orthanc.upload(study, *new_uids(2))
     one, two = generate_uid(), generate_uid()
