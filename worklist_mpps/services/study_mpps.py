@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.models import MPPSTracking, WorklistItem, mpps_worklist_links
@@ -56,7 +56,8 @@ def referenced_instances(ds) -> list[str]:  # noqa: ANN001
 
 def study_steps(session: Session, study_uids: Iterable[str], own_uid: str) -> list[Step]:
     """Every MPPS of these studies: by the Study Instance UID of its Scheduled Step
-    Attributes, or linked to an item with that Study Instance UID; ``own_uid`` always.
+    Attributes, or (having none) linked to an item with that Study Instance UID;
+    ``own_uid`` always.
     Ordered by PPS start, then creation (N-CREATE) order: not by delivery order."""
     uids = [u for u in study_uids if u]
     linked = (
@@ -66,7 +67,12 @@ def study_steps(session: Session, study_uids: Iterable[str], own_uid: str) -> li
     )
     conditions = [MPPSTracking.sop_instance_uid == own_uid]
     if uids:
-        conditions += [MPPSTracking.study_instance_uid.in_(uids), MPPSTracking.id.in_(linked)]
+        conditions += [
+            MPPSTracking.study_instance_uid.in_(uids),
+            # linked: only an MPPS without a study UID of its own (one with another UID
+            # made another study, whose images are not in this one)
+            and_(MPPSTracking.study_instance_uid.is_(None), MPPSTracking.id.in_(linked)),
+        ]
     steps = []
     for record in session.scalars(select(MPPSTracking).where(or_(*conditions))):
         final = record.status in ("COMPLETED", "DISCONTINUED")
