@@ -17,7 +17,8 @@
 
 Both work in batches of ``BATCH`` steps per transaction with indexed SQL, and are run
 by :class:`Lifecycle` every ``lifecycle_interval`` seconds under the lease
-``lifecycle`` (one instance at a time on a shared database, services/leases.py).
+``lifecycle`` (one instance at a time on a shared database, services/leases.py); a
+stop (SIGTERM) ends a pass after its current batch, the rest waits for the next pass.
 """
 
 from __future__ import annotations
@@ -70,7 +71,12 @@ def _local(now: datetime, tz: tzinfo | None) -> datetime:
 
 
 def expire(
-    db: Database, now: datetime, after_days: float, tz: tzinfo | None = None, batch: int = BATCH
+    db: Database,
+    now: datetime,
+    after_days: float,
+    tz: tzinfo | None = None,
+    batch: int = BATCH,
+    stop: threading.Event | None = None,
 ) -> int:
     """DISCONTINUE (reason "expired") every SCHEDULED step that started more than
     ``after_days`` days before ``now``; the number of steps. 0 days: nothing."""
@@ -109,11 +115,17 @@ def expire(
                 item.sps_status = "DISCONTINUED"
                 item.status_reason = EXPIRED
         total += len(items)
-        if len(items) < batch:
+        if len(items) < batch or (stop is not None and stop.is_set()):
             return total
 
 
-def purge(db: Database, now: datetime, retention_days: float, batch: int = BATCH) -> dict:
+def purge(
+    db: Database,
+    now: datetime,
+    retention_days: float,
+    batch: int = BATCH,
+    stop: threading.Event | None = None,
+) -> dict:
     """Delete finished steps older than ``retention_days`` days and what goes with them;
     the counts {"items", "mpps", "outbox"}. 0 days: nothing."""
     counts = {"items": 0, "mpps": 0, "outbox": 0}
@@ -178,7 +190,7 @@ def purge(db: Database, now: datetime, retention_days: float, batch: int = BATCH
         counts["items"] += len(ids)
         counts["mpps"] += len(mpps_ids)
         counts["outbox"] += outbox
-        if len(ids) < batch:
+        if len(ids) < batch or (stop is not None and stop.is_set()):
             return counts
 
 
@@ -188,6 +200,7 @@ def run_pass(
     holder: str,
     now: datetime | None = None,
     tz: tzinfo | None = None,
+    stop: threading.Event | None = None,
 ) -> dict | None:
     """One pass of both jobs if this instance holds the lease ``lifecycle``; None when
     another instance holds it. The lease outlives two intervals, so a dead holder's
@@ -196,8 +209,8 @@ def run_pass(
     seconds = max(3 * config.lifecycle_interval, 30.0)
     if not leases.acquire(db, LEASE, holder, seconds, now=now):
         return None
-    expired = expire(db, now, config.worklist_expire_after, tz)
-    purged = purge(db, now, config.worklist_retention_days)
+    expired = expire(db, now, config.worklist_expire_after, tz, stop=stop)
+    purged = purge(db, now, config.worklist_retention_days, stop=stop)
     return {"expired": expired} | purged
 
 
@@ -231,7 +244,7 @@ class Lifecycle:
     def _run(self) -> None:
         while not self._stop.wait(self.config.lifecycle_interval):
             try:
-                done = run_pass(self.db, self.config, self.holder, tz=self.tz)
+                done = run_pass(self.db, self.config, self.holder, tz=self.tz, stop=self._stop)
             except Exception:
                 log.exception("Lifecycle pass failed")
                 continue
