@@ -143,6 +143,11 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
     from worklist_mpps.services.station_queries import Flusher
 
     stations = Flusher(db)  # the worklist queries per station, to the database every 2 s
+    from worklist_mpps.services.lifecycle import Lifecycle
+
+    lifecycle = (
+        Lifecycle(db, cfg) if cfg.worklist_expire_after or cfg.worklist_retention_days else None
+    )
     # The handler only records the signal: a handler runs between two bytecodes of the
     # main thread and must take no lock that code may hold. SIGUSR1 writes every thread's
     # stack to stderr (the log), for a server that seems stuck.
@@ -197,6 +202,8 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
         if worker:
             worker.start()
         stations.start()
+        if lifecycle:  # expiry and purge (README "Stale items and retention")
+            lifecycle.start()
         print(
             f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
             + (f", HTTP on {cfg.http_bind}:{http.port}" if http else "")
@@ -215,6 +222,8 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
             mllp.stop()  # the messages in progress are committed and acknowledged first
         server.stop()  # in-flight associations finish first
         stations.stop()  # after the listener: its last queries are written too
+        if lifecycle:
+            lifecycle.stop()
         if worker:
             worker.stop()
         db.dispose()

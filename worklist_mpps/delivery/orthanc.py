@@ -10,9 +10,11 @@ Works with Orthanc 1.10 (Debian bookworm) and newer, over the REST API:
   in orthanc.json) and, where ``/system`` reports ``HasLabels`` (1.12+), as a
   label ``mpps-in-progress`` / ``mpps-completed`` / ``mpps-discontinued`` /
   ``mpps-incomplete``;
-- on COMPLETED the SOP Instance UIDs the MPPS references are compared with
-  the instances Orthanc holds; expected / received / missing go to our
-  database and to the study, re-checked until complete or
+- the study shows the aggregate of every MPPS of the study, whatever order their
+  notifications arrive in (services/study_mpps.py; ``MppsList`` lists them);
+- once the aggregate is COMPLETED the SOP Instance UIDs all final MPPS reference
+  are compared with the instances Orthanc holds; expected / received / missing
+  go to our database and to the study, re-checked until complete or
   ``completeness_timeout``.
 
 Credentials come from the configuration and are never logged.
@@ -25,7 +27,6 @@ import logging
 from typing import Any
 
 import requests
-from pydicom import Dataset
 from sqlalchemy import select
 
 from worklist_mpps.config import Config
@@ -33,6 +34,16 @@ from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import MPPSTracking, OutboxMessage, utcnow
 from worklist_mpps.delivery.worker import Failed, Retry, age_seconds
 from worklist_mpps.services.dicom import decode_dataset
+from worklist_mpps.services.study_mpps import (
+    Step,
+    aggregate_status,
+    expected_instances,
+    referenced_instances,
+    signature,
+    study_steps,
+)
+
+__all__ = ["METADATA", "OrthancClient", "OrthancTarget", "referenced_instances"]
 
 log = logging.getLogger("worklist_mpps.delivery.orthanc")
 
@@ -44,7 +55,16 @@ METADATA = {  # name -> what it holds; declare these as UserMetadata in orthanc.
     "MppsReceived": "how many of them Orthanc holds",
     "MppsMissing": "JSON list of the SOP Instance UIDs not in Orthanc",
     "MppsDiscontinuationReason": "code and meaning (CID 9300)",
+    "MppsList": 'JSON list of every MPPS of the study: {"uid", "status"[, "reason"]}',
 }
+# written only in some states: removed when the aggregate no longer says them
+STALE_ORDER = (
+    "MppsCompleteness",  # first: nobody sees a state without its counts
+    "MppsExpected",
+    "MppsReceived",
+    "MppsMissing",
+    "MppsDiscontinuationReason",
+)
 LABELS = ("mpps-in-progress", "mpps-completed", "mpps-discontinued", "mpps-incomplete")
 RECHECK_SECONDS = 15.0
 
@@ -113,27 +133,25 @@ class OrthancClient:
         if not response.ok:
             raise Retry(f"Orthanc metadata {name}: HTTP {response.status_code}")
 
+    def study_uid(self, study_id: str) -> str:
+        response = self._call("GET", f"/studies/{study_id}")
+        return response.json().get("MainDicomTags", {}).get("StudyInstanceUID", "")
+
+    def delete_metadata(self, study_id: str, names: list[str]) -> None:
+        """Remove these metadata of the study where present."""
+        if not names:
+            return
+        present = self._call("GET", f"/studies/{study_id}/metadata")
+        held = set(present.json()) if present.ok else set(names)
+        for name in names:
+            if name in held:
+                self._call("DELETE", f"/studies/{study_id}/metadata/{name}")
+
     def set_label(self, study_id: str, label: str) -> None:
         for other in LABELS:
             if other != label:
                 self._call("DELETE", f"/studies/{study_id}/labels/{other}")
         self._call("PUT", f"/studies/{study_id}/labels/{label}")
-
-
-def referenced_instances(ds) -> list[str]:  # noqa: ANN001
-    """SOP Instance UIDs of every image and non-image the MPPS references."""
-    uids = []
-    for series in ds.get("PerformedSeriesSequence") or []:
-        for keyword in (
-            "ReferencedImageSequence",
-            "ReferencedNonImageCompositeSOPInstanceSequence",
-        ):
-            uids += [
-                str(r.ReferencedSOPInstanceUID)
-                for r in series.get(keyword) or []
-                if r.get("ReferencedSOPInstanceUID")
-            ]
-    return list(dict.fromkeys(uids))
 
 
 class OrthancTarget:
@@ -153,52 +171,77 @@ class OrthancTarget:
         """Seconds between looks for a study or for missing images."""
         return min(RECHECK_SECONDS, self.config.outbox_retry_max)
 
-    def _studies(self, ds) -> list[str]:  # noqa: ANN001
-        """Orthanc IDs of the studies the MPPS is about."""
-        found = []
+    def _studies(self, ds) -> list[tuple[str, str]]:  # noqa: ANN001
+        """(Orthanc ID, Study Instance UID) of the studies the MPPS is about."""
+        found: list[tuple[str, str]] = []
         for item in ds.get("ScheduledStepAttributesSequence") or []:
             uid = item.get("StudyInstanceUID")
             study = self.client.lookup(str(uid), "Study") if uid else None
-            if study and study not in found:
-                found.append(study)
+            if study and study not in [f[0] for f in found]:
+                found.append((study, str(uid)))
         if not found:  # the modality may have used a study UID of its own
             for series in ds.get("PerformedSeriesSequence") or []:
                 series_id = self.client.lookup(str(series.SeriesInstanceUID), "Series")
                 study = self.client.parent_study(series_id) if series_id else None
-                if study and study not in found:
-                    found.append(study)
+                if study and study not in [f[0] for f in found]:
+                    found.append((study, self.client.study_uid(study)))
         return found
 
+    def _steps(self, message: OutboxMessage, study_uids: list[str]) -> list[Step]:
+        with self.db.read() as session:
+            return study_steps(session, study_uids, message.mpps_uid)
+
     def deliver(self, message: OutboxMessage) -> str | None:
+        """Write the aggregate of every MPPS of the study (services/study_mpps.py), so the
+        study never shows merely whichever notification was delivered last."""
         with self.db.read() as session:
             record = session.scalars(
                 select(MPPSTracking).where(MPPSTracking.sop_instance_uid == message.mpps_uid)
             ).one()
-            status, reason = record.status, record.discontinuation_reason
             ds = decode_dataset(record.dataset)
-        studies = self._studies(ds)
-        if not studies:
+        found = self._studies(ds)
+        if not found:
             if age_seconds(message) > self.config.orthanc_study_timeout:
                 raise Failed(
                     "the study never appeared in Orthanc within "
                     f"{self.config.orthanc_study_timeout:g} s"
                 )
             raise Retry("study not in Orthanc yet", after=self._recheck)
+        studies = [f[0] for f in found]
+        study_uids = [f[1] for f in found]
+        steps = self._steps(message, study_uids)
+        status = aggregate_status(s.status for s in steps)
         completeness = None
         if status == "COMPLETED":
-            completeness = self._completeness(message, ds, studies)
+            completeness = self._completeness(message, steps, studies)
+        reasons = [s.reason for s in steps if s.reason and s.status == "DISCONTINUED"]
+        values = {
+            "MppsStatus": status,
+            # one MPPS: its UID; several: the one started last (all of them: MppsList)
+            "MppsInstanceUID": steps[-1].uid,
+            "MppsList": json.dumps(
+                [
+                    {"uid": s.uid, "status": s.status} | ({"reason": s.reason} if s.reason else {})
+                    for s in steps
+                ]
+            ),
+        }
+        if status == "DISCONTINUED" and reasons:
+            values["MppsDiscontinuationReason"] = "; ".join(dict.fromkeys(reasons))
+        if completeness is not None:
+            state, expected, missing = completeness
+            values["MppsExpected"] = str(len(expected))
+            values["MppsReceived"] = str(len(expected) - len(missing))
+            values["MppsMissing"] = json.dumps(missing)
+            # last: whoever sees the new state sees its counts and missing list too
+            values["MppsCompleteness"] = state
         for study in studies:
-            self.client.set_metadata(study, "MppsStatus", status)
-            self.client.set_metadata(study, "MppsInstanceUID", message.mpps_uid)
-            if reason:
-                self.client.set_metadata(study, "MppsDiscontinuationReason", reason)
-            if completeness is not None:
-                state, expected, missing = completeness
-                self.client.set_metadata(study, "MppsExpected", str(len(expected)))
-                self.client.set_metadata(study, "MppsReceived", str(len(expected) - len(missing)))
-                self.client.set_metadata(study, "MppsMissing", json.dumps(missing))
-                # last: whoever sees the new state sees its counts and missing list too
-                self.client.set_metadata(study, "MppsCompleteness", state)
+            # what an earlier state left and the aggregate no longer says (e.g. the reason
+            # of a step discontinued by mistake, once another one completed)
+            stale = [n for n in STALE_ORDER if n not in values]
+            self.client.delete_metadata(study, stale)
+            for name, value in values.items():
+                self.client.set_metadata(study, name, value)
             if self.client.has_labels:
                 label = (
                     "mpps-incomplete"
@@ -206,12 +249,17 @@ class OrthancTarget:
                     else "mpps-" + status.lower().replace(" ", "-")
                 )
                 self.client.set_label(study, label)
+        if signature(self._steps(message, study_uids)) != signature(steps):
+            # another step of the study changed while we wrote: write the new aggregate
+            raise Retry("another MPPS of the study changed meanwhile", after=0)
         if completeness is not None and completeness[0] == "checking":
             raise Retry(
                 f"{len(completeness[2])} of {len(completeness[1])} instances not in Orthanc yet",
                 after=self._recheck,
             )
         note = f"study {', '.join(studies)} {status}"
+        if len(steps) > 1:
+            note += f" ({len(steps)} MPPS)"
         if completeness is not None:
             note += (
                 f", {completeness[0]} {len(completeness[1]) - len(completeness[2])}"
@@ -222,11 +270,13 @@ class OrthancTarget:
     def _completeness(
         self,
         message: OutboxMessage,
-        ds: Dataset,
+        steps: list[Step],
         studies: list[str],
     ) -> tuple[str, list[str], list[str]]:
-        """(complete | checking | incomplete, expected UIDs, missing UIDs), also stored."""
-        expected = referenced_instances(ds)
+        """(complete | checking | incomplete, expected UIDs, missing UIDs) of the study:
+        expected is the union of what every final MPPS references. Each COMPLETED MPPS
+        of the study gets its own figures in our database."""
+        expected = expected_instances(steps)
         held: set[str] = set()
         for study in studies:
             held |= self.client.sop_instance_uids(study)
@@ -237,12 +287,16 @@ class OrthancTarget:
             state = "checking"
         else:
             state = "incomplete"
+        completed = {s.uid: s for s in steps if s.status == "COMPLETED"}
         with self.db.write() as session:
-            record = session.scalars(
-                select(MPPSTracking).where(MPPSTracking.sop_instance_uid == message.mpps_uid)
-            ).one()
-            record.completeness = state
-            record.received_count = len(expected) - len(missing)
-            record.missing_instances = missing
-            record.completeness_checked_at = utcnow()
+            for record in session.scalars(
+                select(MPPSTracking).where(MPPSTracking.sop_instance_uid.in_(completed))
+            ):
+                own = [u for u in completed[record.sop_instance_uid].references if u not in held]
+                record.completeness = state if own else "complete"
+                record.received_count = len(completed[record.sop_instance_uid].references) - len(
+                    own
+                )
+                record.missing_instances = own
+                record.completeness_checked_at = utcnow()
         return state, expected, missing
