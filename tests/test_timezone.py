@@ -11,6 +11,7 @@ server; the DICOMweb search shares the matching.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +22,17 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
+from sqlalchemy import text
 
 from conftest import module_server, require_tool
 from dicom_clients import findscu_files
 from worklist_mpps import timezone
+from worklist_mpps.config import Config
+from worklist_mpps.context import AppContext
+from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import MPPSTracking, WorklistItem
-from worklist_mpps.services import mpps, schedule, worklist
+from worklist_mpps.services import mpps, orders, schedule, worklist
 from worklist_mpps.services.schedule_values import ItemError
 
 SPS = "(0040,0100)[0]."
@@ -235,6 +240,60 @@ def test_mpps_with_offset_is_stored_with_it(steps):
         assert record.end_datetime == "20261202090000"
 
 
+def test_hl7_order_time_with_offset(db, utc_server):
+    """An HL7 TS with +/-ZZZZ (TQ1-7 / ORC-7.4) is stored in the server's offset."""
+    ctx = AppContext(Config(), db)
+    msg = "\r".join(
+        [
+            "MSH|^~\\&|RIS|RADIOLOGY|WORKLIST|MODALITY|20261201090000||ORM^O01|TZ-1|P|2.3.1",
+            "PID|1||TZPAT^^^HOSPITAL||ZONE^ANNA||19700101|F",
+            "PV1|1|O",
+            "ORC|NW|PLCTZ|||||^^^20261201093000-0500^^R",
+            "OBR|1|PLCTZ||CTCHEST^CT Chest^LOCAL||||||||||||||ACCTZ|RP1|SPSTZ||||CT",
+        ]
+    )
+    received = orders.receive(ctx, msg.encode(), "127.0.0.1")
+    assert received.code == "AA", received.error
+    [item] = schedule.search_items(db, limit=10).rows
+    assert (item["sps_start_date"], item["sps_start_time"]) == ("20261201", "143000")
+    got = found(find(db, "20261201", "0900-1000", "-0500"))
+    assert got == {"ACCTZ": ("20261201", "093000", "-0500")}
+
+
+def test_migration_fills_the_utc_start_in_the_offset_at_migration_time(db_url):
+    """Steps stored before revision 0009 get their UTC start from the server's offset
+    when the migration runs (README "Time zones": the trade-off)."""
+    database = Database(db_url)
+    before = timezone.server_offset()
+    try:
+        migrate.upgrade(database.engine, "0008")
+        with database.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO patients (patient_id, created_at, updated_at) "
+                    "VALUES ('M1', :t, :t)"
+                ),
+                {"t": dt.datetime(2026, 12, 1, tzinfo=dt.UTC)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO worklist_items (patient_pk, accession_number, "
+                    "study_instance_uid, sps_status, sps_start_date, sps_start_time, "
+                    "sps_start, created_at, updated_at) "
+                    "SELECT id, 'MIG1', '1.2.3', 'SCHEDULED', '20261201', '233000', "
+                    "'20261201233000', created_at, created_at FROM patients"
+                )
+            )
+        timezone.configure("-0500")
+        migrate.upgrade(database.engine)
+        with database.engine.connect() as conn:
+            utc = conn.execute(text("SELECT sps_start_utc FROM worklist_items")).scalar_one()
+        assert utc == "20261202043000"
+    finally:
+        timezone.configure(before)
+        database.dispose()
+
+
 # --- a live server: DCMTK findscu, DICOMweb, an MPPS over DIMSE --------------------------
 
 YAML = "items:\n" + "".join(
@@ -332,6 +391,14 @@ def test_dicomweb_search_in_an_offset(live):
     got = found([Dataset.from_json(doc) for doc in rsp.json()])
     assert set(got) == {"TZ1", "TZ2", "TZ3", "TZ4"}
     assert got["TZ1"] == ("20261202", "003000", "+0100")
+    # a '+' left unencoded in the URL reads as a space: taken as the '+' it was
+    raw = requests.get(
+        f"{live.http_url}/modality-scheduled-procedure-steps?TimezoneOffsetFromUTC=+0100"
+        "&ScheduledProcedureStepSequence.ScheduledProcedureStepStartDate=20261202",
+        timeout=30,
+    )
+    assert raw.status_code == 200, raw.text
+    assert set(found([Dataset.from_json(doc) for doc in raw.json()])) == set(got)
 
 
 def test_mpps_n_create_with_offset_over_dimse(live):
