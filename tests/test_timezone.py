@@ -32,7 +32,7 @@ from worklist_mpps.context import AppContext
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import MPPSTracking, WorklistItem
-from worklist_mpps.services import mpps, orders, schedule, worklist
+from worklist_mpps.services import mpps, orders, schedule, today, worklist
 from worklist_mpps.services.schedule_values import ItemError
 
 SPS = "(0040,0100)[0]."
@@ -224,6 +224,9 @@ def test_mpps_with_offset_is_stored_with_it(steps):
         record = session.query(MPPSTracking).filter_by(sop_instance_uid=uid).one()
         assert record.timezone_offset == "+0100"
         assert record.start_datetime == "20261202083000"  # the server's local time
+    # Today shows the step (08:30 +0000) and its MPPS at the same local time
+    [row] = [r for r in today.day_view(steps, dt.date(2026, 12, 2)).rows if r.accession == "TZ4"]
+    assert (row.start_time, [p.start for p in row.mpps]) == ("083000", ["20261202083000"])
     _, stored = mpps.get(steps, uid)
     assert stored.TimezoneOffsetFromUTC == "+0100"  # the data set as sent
     assert stored.PerformedProcedureStepStartTime == "093000"
