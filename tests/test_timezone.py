@@ -336,6 +336,7 @@ def findscu(server, *keys: str) -> dict[str, tuple[str, str, str | None]]:
 
 
 @pytest.mark.dcmtk
+@pytest.mark.dimse
 def test_findscu_date_at_plus_0100(live):
     got = findscu(live, f"{TZ}=+0100", f"{SPS}ScheduledProcedureStepStartDate=20261202")
     assert got == {
@@ -347,6 +348,7 @@ def test_findscu_date_at_plus_0100(live):
 
 
 @pytest.mark.dcmtk
+@pytest.mark.dimse
 def test_findscu_at_minus_0500_across_midnight(live):
     got = findscu(
         live,
@@ -360,6 +362,7 @@ def test_findscu_at_minus_0500_across_midnight(live):
 
 
 @pytest.mark.dcmtk
+@pytest.mark.dimse
 def test_findscu_without_offset_unchanged(live):
     got = findscu(live, f"{SPS}ScheduledProcedureStepStartDate=20261202")
     assert got == {
@@ -371,6 +374,7 @@ def test_findscu_without_offset_unchanged(live):
 
 
 @pytest.mark.dcmtk
+@pytest.mark.dimse
 def test_findscu_explicit_offset_step_in_another_offset(live):
     got = findscu(
         live,
@@ -404,6 +408,7 @@ def test_dicomweb_search_in_an_offset(live):
     assert set(found([Dataset.from_json(doc) for doc in raw.json()])) == set(got)
 
 
+@pytest.mark.dimse
 def test_mpps_n_create_with_offset_over_dimse(live):
     ae = AE(ae_title="CT01")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
