@@ -964,8 +964,13 @@ def add_cli_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """A command's configuration; the process's server offset follows it (timezone.py)."""
     overrides = {name: getattr(args, name, None) for name in _fields()}
-    return load_config(getattr(args, "config", None), overrides=overrides)
+    cfg = load_config(getattr(args, "config", None), overrides=overrides)
+    from worklist_mpps import timezone
+
+    timezone.configure(cfg.timezone_offset)
+    return cfg
 
 
 def describe_defaults() -> list[tuple[str, str, str]]:

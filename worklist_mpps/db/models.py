@@ -102,6 +102,7 @@ class WorklistItem(Base):
             "sps_start",
         ),
         Index("ix_worklist_items_status_start", "sps_status", "sps_start"),
+        Index("ix_worklist_items_status_start_utc", "sps_status", "sps_start_utc"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -139,6 +140,9 @@ class WorklistItem(Base):
     sps_start_time: Mapped[str | None] = mapped_column(String(6), index=True)
     # YYYYMMDDHHMMSS, for combined date+time range matching (PS3.4 C.2.2.2.5.1).
     sps_start: Mapped[str | None] = mapped_column(String(14), index=True)
+    # The same instant in UTC, for queries carrying Timezone Offset From UTC (0008,0201):
+    # dates and times above are the server's local time (timezone_offset; PS3.3 C.12.1.1.8)
+    sps_start_utc: Mapped[str | None] = mapped_column(String(14), index=True)
     scheduled_performing_physician_name: Mapped[str | None] = mapped_column(String(324))
     scheduled_performing_physician_name_folded: Mapped[str | None] = mapped_column(
         String(324), index=True
@@ -188,8 +192,12 @@ class MPPSTracking(Base):
     modality: Mapped[str | None] = mapped_column(String(16), index=True)
     station_ae_title: Mapped[str | None] = mapped_column(String(16), index=True)
     pps_id: Mapped[str | None] = mapped_column(String(16))
+    # start and end in the server's local time (comparable with the worklist's); the
+    # data set keeps them as sent, with its Timezone Offset From UTC (0008,0201) if any,
+    # which is copied here (PS3.3 C.12.1.1.8: it applies to every date and time)
     start_datetime: Mapped[str | None] = mapped_column(String(14), index=True)
     end_datetime: Mapped[str | None] = mapped_column(String(14), index=True)
+    timezone_offset: Mapped[str | None] = mapped_column(String(5))
     series_count: Mapped[int] = mapped_column(Integer, default=0)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     discontinuation_reason: Mapped[str | None] = mapped_column(String(64))

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worklist_mpps import timezone
 from worklist_mpps.services.hl7_parse import HL7Error, Inbound, Location, Segment
 
 
@@ -300,9 +301,17 @@ def _date(value: str, field: Field, where: Location) -> str:
     return value
 
 
-def _dtm(value: str, field: Field, where: Location) -> tuple[str, str | None]:
-    """HL7 DTM YYYYMMDD[HH[MM[SS[.S]]]][+/-ZZZZ] -> (DA, TM); a local time (the zone is
-    dropped: the worklist holds local times, PS3.4 K.6)."""
+def _dtm(value: str, field: Field, where: Location) -> tuple[str, str | None, str | None]:
+    """HL7 DTM YYYYMMDD[HH[MM[SS[.S]]]][+/-ZZZZ] -> (DA, TM, offset). A time with an
+    offset is stored in the server's offset (schedule_values; PS3.3 C.12.1.1.8); without
+    one, or on a date alone, it is the server's local time."""
+    zone = re.search(r"[+-][0-9]{4}$", value)
+    offset = zone.group() if zone else None
+    if offset is not None:
+        try:
+            timezone.parse_offset(offset)
+        except timezone.OffsetError as exc:
+            raise HL7Error("AE", 102, f"{field.name}: {exc}", where) from None
     body = value.split("+")[0].split("-")[0].split(".")[0]
     try:
         if len(body) < 8 or len(body) > 14 or len(body) % 2 or not body.isdigit():
@@ -314,7 +323,7 @@ def _dtm(value: str, field: Field, where: Location) -> tuple[str, str | None]:
             "AE", 102, f"{field.name}: {value!r} is not a date/time (YYYYMMDD[HHMM[SS]])", where
         ) from None
     time = (body[8:14] + "0000")[:6] if len(body) > 8 else None
-    return body[:8], time
+    return body[:8], time, offset if time else None
 
 
 def extract(
@@ -347,7 +356,9 @@ def item_values(values: Mapping[str, Any]) -> dict[str, Any]:
         if name in PATIENT_KEYS:
             continue
         if name == "sps_start":
-            out["sps_start_date"], out["sps_start_time"] = value
+            out["sps_start_date"], out["sps_start_time"], offset = value
+            if offset:
+                out["timezone_offset"] = offset
         elif name == "requested_procedure_code":
             out["requested_procedure_codes"] = value
         else:

@@ -18,7 +18,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, and_, or_
+from sqlalchemy import ColumnElement, SQLColumnExpression, and_, func, or_
+
+from worklist_mpps import timezone
 
 # a column argument: a Core column or an ORM mapped attribute (WorklistItem.patient_id)
 Column = SQLColumnExpression[Any]
@@ -342,3 +344,44 @@ def combined_datetime(
     low = dates.low + (times.low or "000000") if dates.low else None
     high = dates.high + (times.high or "235959") if dates.high else None
     return range_match(datetime_column, Range(low, high))
+
+
+def datetime_in_offset(
+    utc_column: Column,
+    date_value: str,
+    time_value: str,
+    offset: str,
+    date_keyword: str = "ScheduledProcedureStepStartDate",
+    time_keyword: str = "ScheduledProcedureStepStartTime",
+) -> ColumnElement | None:
+    """Date and time keys in the request's Timezone Offset From UTC (0008,0201), matched
+    as instants against ``utc_column`` (YYYYMMDDHHMMSS in UTC).
+
+    PS3.4 C.2.2.2.1.3 / C.2.2.2.5.4: the offset adjusts TM values, and the DA values
+    that go with them, from the local zone to UTC; with the combined date and time
+    matching of Annex K this "may effect a change in date". A date alone is its whole
+    day in that offset (00:00:00 to 23:59:59). A time alone is a time of day in that
+    offset, midnight included (C.2.2.2.5.2): shifted to UTC it may cross midnight and
+    becomes two ranges (not index-assisted: a time without a date selects little).
+    """
+    dates = parse_range(date_keyword, date_value, "DA")
+    times = parse_range(time_keyword, time_value, "TM", ordered=dates is None)
+    if dates is None and times is None:
+        return None
+    if dates is None:
+        assert times is not None
+        low = timezone.to_utc("20000101" + (times.low or "000000"), offset)[8:]
+        high = timezone.to_utc("20000101" + (times.high or "235959"), offset)[8:]
+        clock = func.substr(utc_column, 9, 6)
+        if low <= high:
+            return and_(clock >= low, clock <= high)
+        return or_(clock >= low, clock <= high)  # crosses midnight in UTC
+    start = (times.low if times and times.low else "000000") if dates.low else None
+    end = (times.high if times and times.high else "235959") if dates.high else None
+    return range_match(
+        utc_column,
+        Range(
+            timezone.to_utc(dates.low + start, offset) if dates.low and start else None,
+            timezone.to_utc(dates.high + end, offset) if dates.high and end else None,
+        ),
+    )

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from worklist_mpps import timezone
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
 from worklist_mpps.services import audit, order_status, outbox
@@ -109,6 +110,9 @@ CREATE_ONLY = frozenset(
         "PerformedStationClassCodeSequence",
         "PerformedStationGeographicLocationCodeSequence",
         "PerformedProcessingApplicationsCodeSequence",
+        # SOP Common: the offset of every date and time of the instance (PS3.3 C.12.1.1.8);
+        # a later change would move the start already stored
+        "TimezoneOffsetFromUTC",
     }
 )
 # May be set by N-SET (Table F.7.2-1, including the Radiation Dose and Billing modules).
@@ -178,8 +182,30 @@ def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
     return seq[0] if seq else None
 
 
+def _offset(ds: Dataset) -> str | None:
+    """Timezone Offset From UTC (0008,0201) of the instance, 0x0106 when invalid."""
+    value = text_value(ds, "TimezoneOffsetFromUTC")
+    if value is None:
+        return None
+    try:
+        timezone.parse_offset(value)
+    except timezone.OffsetError as exc:
+        raise MPPSError(INVALID_ATTRIBUTE_VALUE, str(exc), ["TimezoneOffsetFromUTC"]) from None
+    return value
+
+
+def _server_time(value: str | None, offset: str | None) -> str | None:
+    """A YYYYMMDDHHMMSS of the instance in the server's local time: the dates and times
+    of an instance with Timezone Offset From UTC are local time in that offset (PS3.3
+    C.12.1.1.8), the worklist's are the server's; without one they are taken as the
+    server's (the standard calls the offset undefined then)."""
+    return timezone.convert(value, offset) if value and offset else value
+
+
 def _tracking_columns(ds: Dataset) -> dict[str, Any]:
-    """The indexed copies of an instance's attributes."""
+    """The indexed copies of an instance's attributes; start and end in the server's
+    local time, the instance's own offset beside them."""
+    offset = _offset(ds)
     ssas = _first_item(ds, "ScheduledStepAttributesSequence") or Dataset()
     reason = _first_item(ds, "PerformedProcedureStepDiscontinuationReasonCodeSequence")
     series, instances = _counts(ds)
@@ -192,12 +218,17 @@ def _tracking_columns(ds: Dataset) -> dict[str, Any]:
         "modality": text_value(ds, "Modality"),
         "station_ae_title": text_value(ds, "PerformedStationAETitle"),
         "pps_id": text_value(ds, "PerformedProcedureStepID"),
-        "start_datetime": datetime_value(
-            ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"
+        "start_datetime": _server_time(
+            datetime_value(
+                ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"
+            ),
+            offset,
         ),
-        "end_datetime": datetime_value(
-            ds, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"
+        "end_datetime": _server_time(
+            datetime_value(ds, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"),
+            offset,
         ),
+        "timezone_offset": offset,
         "series_count": series,
         "instance_count": instances,
         "discontinuation_reason": (
@@ -227,6 +258,7 @@ def validate_create(ds: Dataset) -> None:
             ["PerformedProcedureStepStatus"],
         )
     check_dates_and_times(ds)
+    _offset(ds)
     datetime_value(ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime")
     datetime_value(ds, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime")
 
@@ -326,8 +358,14 @@ def _check_final_state(ds: Dataset) -> None:
     """Final-state requirements (Table F.7.2-1 'Final State' column)."""
     status = text_value(ds, "PerformedProcedureStepStatus")
     if status == "DISCONTINUED":
-        # The SCP may complete an instance once it is final (F.7.2.2.3).
-        now = dt.datetime.now()
+        # The SCP may complete an instance once it is final (F.7.2.2.3), in the
+        # instance's offset when it has one (PS3.3 C.12.1.1.8)
+        offset = _offset(ds)
+        now = (
+            dt.datetime.now(dt.timezone(timezone.parse_offset(offset)))
+            if offset
+            else dt.datetime.now()
+        )
         if not text_value(ds, "PerformedProcedureStepEndDate"):
             ds.PerformedProcedureStepEndDate = now.strftime("%Y%m%d")
             ds.PerformedProcedureStepEndTime = now.strftime("%H%M%S")

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from worklist_mpps import timezone
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import FINAL_STATUSES, STEP_STATUSES, Patient, WorklistItem, as_utc
 from worklist_mpps.services import audit, matching, order_status
@@ -119,6 +120,8 @@ def item_dict(item: WorklistItem) -> dict[str, Any]:
         out[name] = _codes_out(out[name])
     out.update(
         id=item.id,
+        # the offset the start is stored in: the server's at that date (timezone.py)
+        timezone_offset=timezone.server_offset_at(item.sps_start) if item.sps_start else None,
         status_reason=item.status_reason,
         patient=patient_dict(item.patient),
         created_at=as_utc(item.created_at),
@@ -254,6 +257,8 @@ def add_item(
             "filler_order_number": item.filler_order_number,
             "study_instance_uid": item.study_instance_uid,
             "patient_id": patient.patient_id,
+            # scheduled with an explicit offset: stored converted to the server's
+            **({"timezone_offset": data["timezone_offset"]} if data.get("timezone_offset") else {}),
         },
     )
     return item

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
+from worklist_mpps import timezone
 from worklist_mpps.db.models import STEP_STATUSES, Patient, WorklistItem
 from worklist_mpps.services.dicom import new_study_uid
 from worklist_mpps.services.matching import MatchError, fold_pn, normalize_date, normalize_time
@@ -154,10 +155,33 @@ def _date(field: str, value: str) -> str:
         raise ItemError(field, str(exc).split(": ", 1)[1]) from None
 
 
+def _in_server_offset(data: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """A start given with an explicit ``timezone_offset`` (the API field, an HL7 TS with
+    +/-ZZZZ) is stored in the server's offset: every stored date and time of the worklist
+    is local time of one zone, so a query without Timezone Offset From UTC (0008,0201)
+    matches them as they are (PS3.4 C.2.2.2.1.3, C.2.2.2.5.2; README "Time zones")."""
+    offset = _clean(data.get("timezone_offset"))
+    if offset is None:
+        return
+    try:
+        timezone.parse_offset(str(offset))
+    except timezone.OffsetError as exc:
+        raise ItemError("timezone_offset", str(exc)) from None
+    if out.get("sps_start_date") is None or out.get("sps_start_time") is None:
+        raise ItemError(
+            "timezone_offset", "qualifies a start: give sps_start_date and sps_start_time with it"
+        )
+    local = timezone.convert(out["sps_start_date"] + out["sps_start_time"], str(offset))
+    out["sps_start_date"], out["sps_start_time"] = local[:8], local[8:]
+
+
 def normalize_item(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate item fields; empty strings become None, dates and times DICOM form."""
+    """Validate item fields; empty strings become None, dates and times DICOM form, a start
+    with a ``timezone_offset`` converted to the server's offset."""
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "timezone_offset":
+            continue  # a qualifier of the start, not a column (_in_server_offset)
         if key not in ITEM_FIELDS:
             raise ItemError(key, "unknown field")
         out[key] = _codes(key, value) if key in CODE_FIELDS else _clean(_text(key, value))
@@ -170,6 +194,7 @@ def normalize_item(data: Mapping[str, Any]) -> dict[str, Any]:
             out["sps_start_time"] = normalize_time("sps_start_time", str(out["sps_start_time"]))
         except MatchError as exc:
             raise ItemError("sps_start_time", str(exc).split(": ", 1)[1]) from None
+    _in_server_offset(data, out)
     if out.get("sps_status") is not None and out["sps_status"] not in STEP_STATUSES:
         raise ItemError("sps_status", f"must be one of {', '.join(STEP_STATUSES)}")
     priority = out.get("requested_procedure_priority")
@@ -201,10 +226,15 @@ def apply_values(obj: Any, values: Mapping[str, Any]) -> None:
 
 
 def _refresh_start(item: WorklistItem) -> None:
+    """The combined start (server's local time) and its UTC copy, which a query carrying
+    Timezone Offset From UTC (0008,0201) matches (PS3.4 C.2.2.2.5.4; README "Time zones");
+    a step with a date and no time counts from midnight."""
     if item.sps_start_date:
         item.sps_start = item.sps_start_date + (item.sps_start_time or "000000")
+        item.sps_start_utc = timezone.to_utc(item.sps_start)
     else:
         item.sps_start = None
+        item.sps_start_utc = None
 
 
 # lookups built once: building a statement costs more than running it (HL7 order feed)

@@ -12,6 +12,7 @@ tables (TOP_KEYS, SPS_KEYS); matching.py holds the per-type matching rules.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Row
 
+from worklist_mpps import timezone
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import Patient, WorklistItem
 from worklist_mpps.services import matching
@@ -39,6 +41,8 @@ SPS_SEQUENCE = "ScheduledProcedureStepSequence"
 CODE_KEYWORDS = ("CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning")
 # Attributes that are part of the response structure, never matched (K.4.1.1.3.2).
 NEVER_MATCHED = frozenset({"SpecificCharacterSet", "TimezoneOffsetFromUTC"})
+_TZ_TAG = 0x00080201  # Timezone Offset From UTC
+_START_DATE, _START_TIME = "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime"
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,9 @@ class WorklistQuery:
     asks_status: bool = False
     unsupported: list[str] = field(default_factory=list)  # keys not supported for matching
     charset: list[str] = field(default_factory=list)
+    # Timezone Offset From UTC (0008,0201) of the request: its dates and times are local
+    # time in this offset, and so are the response's (None: the server's local time)
+    offset: str | None = None
 
     @property
     def optional_keys_unsupported(self) -> bool:
@@ -225,15 +232,20 @@ def _parse_level(
         requested.append(RequestedKey(elem.tag, key.vr, key))
     requested.sort(key=lambda r: r.tag)  # responses are built in tag order
     if level == "sps":
-        date = elems.get("ScheduledProcedureStepStartDate")
-        time = elems.get("ScheduledProcedureStepStartTime")
-        clause = matching.combined_datetime(
-            WorklistItem.sps_start_date,
-            WorklistItem.sps_start_time,
-            WorklistItem.sps_start,
-            _single(date),
-            _single(time),
-        )
+        date = elems.get(_START_DATE)
+        time = elems.get(_START_TIME)
+        if query.offset is not None:  # matched as instants, on the UTC copy
+            clause = matching.datetime_in_offset(
+                WorklistItem.sps_start_utc, _single(date), _single(time), query.offset
+            )
+        else:
+            clause = matching.combined_datetime(
+                WorklistItem.sps_start_date,
+                WorklistItem.sps_start_time,
+                WorklistItem.sps_start,
+                _single(date),
+                _single(time),
+            )
         if clause is not None:
             query.filters.append(clause)
     return requested
@@ -281,6 +293,24 @@ def _parse_sps(elem: DataElement, query: WorklistQuery) -> RequestedKey:
     return RequestedKey(elem.tag, "SQ", None, sub_keys=sub)
 
 
+def _request_offset(identifier: Dataset) -> str | None:
+    """Timezone Offset From UTC (0008,0201) of a request: never matched (K.2.2.2), it
+    says in which offset the date and time keys are (C.2.2.2.1.3, C.2.2.2.5.2). The SCP
+    "may use" it to adjust them to UTC whatever the negotiation (C.2.2.2.5.4): this one
+    always does. A zero-length value, which an SCU shall not send (K.4.1.1.3.1), is read
+    as absent; an invalid one is 0xA900."""
+    if _TZ_TAG not in identifier:
+        return None
+    value = _values(identifier[_TZ_TAG])[0].strip(" ")
+    if not value:
+        return None
+    try:
+        timezone.parse_offset(value)
+    except timezone.OffsetError as exc:
+        raise MatchError("TimezoneOffsetFromUTC", str(exc)) from None
+    return value
+
+
 def parse_identifier(identifier: Dataset) -> WorklistQuery:
     """Validate and parse a Modality Worklist C-FIND identifier.
 
@@ -291,6 +321,7 @@ def parse_identifier(identifier: Dataset) -> WorklistQuery:
     query = WorklistQuery(keys=[])
     if "SpecificCharacterSet" in identifier:
         query.charset = [v for v in _values(identifier["SpecificCharacterSet"]) if v]
+    query.offset = _request_offset(identifier)
     query.keys = _parse_level(list(identifier), TOP_KEYS, query, "top")
     return query
 
@@ -311,6 +342,8 @@ def _columns(query: WorklistQuery) -> dict[str, Any]:
 
     for req in query.keys:
         add(req, SPS_KEYS)
+    if query.offset is not None and (_START_DATE in wanted or _START_TIME in wanted):
+        wanted["sps_start_utc"] = WorklistItem.sps_start_utc  # answered in the query's offset
     return wanted
 
 
@@ -381,10 +414,33 @@ def _element(req: RequestedKey, values: Any) -> Element:
     return (req.tag, key.vr, None if value == "" else value)
 
 
+def _in_offset(values: Any, offset: str) -> dict[str, Any]:
+    """The row's start as local time in ``offset`` (a step with no time keeps none)."""
+    out = dict(values)
+    utc = values.get("sps_start_utc")
+    if utc:
+        local = timezone.from_utc(utc, offset)
+        if _START_DATE in out:
+            out[_START_DATE] = local[:8]
+        if out.get(_START_TIME):
+            out[_START_TIME] = local[8:]
+    return out
+
+
 def response_elements(row: Row, query: WorklistQuery) -> list[Element]:
-    """Exactly the requested keys of one matching row (K.4.1.1.3.2), in tag order."""
+    """Exactly the requested keys of one matching row (K.4.1.1.3.2), in tag order.
+
+    A request with Timezone Offset From UTC (0008,0201) is answered in its offset, and
+    the response carries it: K.4.1.1.3.2 includes it when times in the response "are to
+    be interpreted explicitly in the designated local time zone", never zero-length."""
     values = row._mapping
-    return [_element(req, values) for req in query.keys]
+    if query.offset is None:
+        return [_element(req, values) for req in query.keys]
+    local = _in_offset(values, query.offset)
+    elements = [_element(req, local) for req in query.keys]
+    at = bisect.bisect_left([tag for tag, _, _ in elements], _TZ_TAG)
+    elements.insert(at, (_TZ_TAG, "SH", query.offset))
+    return elements
 
 
 def _text_values(elements: list[Element]) -> Iterable[str]:

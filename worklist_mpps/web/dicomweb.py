@@ -255,6 +255,7 @@ def retrieve(
 # --- worklist search (chapter 14) ----------------------------------------------------------------
 
 SEARCH_CONTROL = {"includefield", "offset", "limit", "fuzzymatching"}
+TIMEZONE_OFFSET = 0x00080201  # answered in its offset, as C-FIND (services/worklist.py)
 MAX_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # SQL BIGINT: beyond is a 400, not a driver overflow
 
@@ -294,6 +295,8 @@ def search_identifier(params: list[tuple[str, str]]) -> Dataset:
         if name in SEARCH_CONTROL:
             continue
         path = [_attribute_tag(part) for part in name.split(".")]
+        if path == [TIMEZONE_OFFSET] and value.startswith(" "):
+            value = "+" + value[1:]  # a '+' left unencoded reads as a space (form encoding)
         if len(path) == 1:
             _set_key(identifier, path[0], value)
         elif len(path) == 2 and path[0] == sps_tag:

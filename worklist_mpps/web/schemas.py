@@ -65,6 +65,12 @@ class ItemFields(BaseModel):
     sps_location: str | None = Field(None, max_length=16)
     sps_start_date: str | None = Field(None, examples=["20261123"])
     sps_start_time: str | None = Field(None, examples=["0830"])
+    timezone_offset: str | None = Field(
+        None,
+        examples=["+0100"],
+        description="in: the offset sps_start_date/time are given in (stored in the "
+        "server's); out: the offset of the stored start (the server's)",
+    )
     scheduled_performing_physician_name: str | None = Field(None, max_length=324)
     scheduled_protocol_codes: list[Code] | None = None
     pre_medication: str | None = Field(None, max_length=64)
