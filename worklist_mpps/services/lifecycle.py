@@ -43,6 +43,7 @@ from worklist_mpps.db.models import (
 )
 from worklist_mpps.services import audit, leases
 from worklist_mpps.services.audit import Actor
+from worklist_mpps.timezone import parse_offset
 
 log = logging.getLogger("worklist_mpps.services.lifecycle")
 
@@ -57,10 +58,7 @@ OPEN_OUTBOX = ("pending", "failed")
 def server_tz(offset: str) -> tzinfo | None:
     """The ``timezone_offset`` setting (+HHMM / -HHMM, PS3.5 DT) as a zone; None: the
     machine's."""
-    if not offset:
-        return None
-    minutes = int(offset[1:3]) * 60 + int(offset[3:5])
-    return timezone(timedelta(minutes=-minutes if offset[0] == "-" else minutes))
+    return timezone(parse_offset(offset)) if offset else None
 
 
 def _local(now: datetime, tz: tzinfo | None) -> datetime:
