@@ -155,6 +155,7 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
     # busy one. 1 ms: the order feed went from about 170 to about 200 orders/s (bench).
     sys.setswitchinterval(0.001)
     http, mllp, running = None, None, False
+    follower = None
     try:
         try:
             server.start()
@@ -196,6 +197,11 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
                 ) from None
         if worker:
             worker.start()
+        if cfg.orthanc_url:  # Orthanc as witness: its change feed (delivery/orthanc_witness)
+            from worklist_mpps.delivery.orthanc_witness import WitnessFollower
+
+            follower = WitnessFollower(db, cfg, ctx.targets, ctx.notify)
+            follower.start()
         stations.start()
         print(
             f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
@@ -215,6 +221,8 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
             mllp.stop()  # the messages in progress are committed and acknowledged first
         server.stop()  # in-flight associations finish first
         stations.stop()  # after the listener: its last queries are written too
+        if follower:
+            follower.stop()
         if worker:
             worker.stop()
         db.dispose()
@@ -498,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     from worklist_mpps.cli import hl7  # late: it uses this module's helpers
 
     hl7.add_parser(sub)
+    from worklist_mpps.cli import witness  # unmatched, link
+
+    witness.add_parsers(sub)
 
     p = sub.add_parser("audit", help="who changed what, and when")
     p.add_argument("--since", help="ISO date or date-time (UTC unless a zone is given)")
