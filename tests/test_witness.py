@@ -32,7 +32,7 @@ from dicom_clients import dicom_mpps, findscu_files
 from orthanc_server import PASSWORD, USER, Orthanc, new_uids
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.migrate import upgrade
-from worklist_mpps.services import audit, mpps, schedule
+from worklist_mpps.services import audit, leases, mpps, schedule
 
 TODAY = dt.date.today().strftime("%Y%m%d")
 
@@ -330,6 +330,51 @@ def test_studies_without_an_order_are_listed_and_linked(emulating, orthanc, tmp_
     assert api(server, f"/api/mpps/{unscheduled}/link", {"item_id": third["id"]})[0] == 409
     [event] = audit.query(db, action="mpps.link", target=unscheduled)
     assert event["actor"] == WEB_USER
+    # ... and one through the CLI
+    again = dicom_mpps(
+        "create",
+        f"pacs://WORKLISTS@127.0.0.1:{server.port}",
+        "--aet",
+        "CT01",
+        "--study-uid",
+        generate_uid(),
+        "--accession",
+        "NOBODY2",
+        "--patient-id",
+        "PID-U4",
+    )
+    fourth = new_item(db, "ACC-U4", patient_id="PID-U4")
+    done = cli(server.database_url, "link", "--mpps", again, "--item", str(fourth["id"]), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status_changes"] == [
+        {"item_id": fourth["id"], "from": "SCHEDULED", "to": "IN PROGRESS"}
+    ]
+    assert audit.query(db, action="mpps.link", target=again)[0]["channel"] == "CLI"
+    refused = cli(server.database_url, "link", "--mpps", again, "--item", str(fourth["id"]))
+    assert refused.returncode == 1 and "already linked" in refused.stderr
+
+
+def test_the_problems_page_links_a_study_without_an_order(emulating, orthanc, page):
+    """The operator page's "Studies without an order": listed, linked with its form."""
+    from browser import log_in
+
+    server, db = emulating
+    study = generate_uid()
+    upload(orthanc, study, generate_uid(), generate_uid(), "PID-P1", accession="WALK-P")
+    orthanc_id = orthanc.study_id(study)
+    wait_for(lambda: stable_audits(db, orthanc_id), timeout=30)
+    item = new_item(db, "ACC-PAGE", patient_id="PID-P1")
+    log_in(page, server.http_url)
+    page.goto(server.http_url + "/ui/problems")
+    row = page.locator(f'#studies tr[data-study="{orthanc_id}"]')
+    assert "WALK-P" in row.inner_text() and "PID-P1" in row.inner_text()
+    row.locator("select[name=item_id]").select_option(str(item["id"]))  # a candidate
+    row.get_by_role("button", name="Link to order").click()
+    page.wait_for_url("**/ui/problems?done=study-linked#studies")
+    assert page.locator(f'#studies tr[data-study="{orthanc_id}"]').count() == 0
+    wait_for(lambda: item_status(db, item["id"]) == "COMPLETED", timeout=30)
+    [event] = audit.query(db, action="study.link", target=f"study:{orthanc_id}")
+    assert event["actor"] == WEB_USER
 
 
 # --- live: the cursor -----------------------------------------------------------------------
@@ -348,7 +393,10 @@ def test_a_restart_resumes_the_feed_from_its_cursor(orthanc, tmp_path):
         upload(orthanc, *first)
         first_id = orthanc.study_id(first[0])
         wait_for(lambda: stable_audits(db, first_id), timeout=30)
+        assert leases.holder_of(db, "orthanc-changes") is not None
         server.stop()
+        assert leases.holder_of(db, "orthanc-changes") is None  # released at SIGTERM
+        assert "Shutting down" in server.log()
 
         meanwhile = [new_uids(3) for _ in range(3)]
         for study in meanwhile:
@@ -397,7 +445,7 @@ def test_two_instances_on_one_postgresql_follow_the_feed_once(orthanc, pg_url, t
     try:
         for server in servers:
             server.start()
-        items = [new_item(db, f"ACC-PG{n}") for n in range(4)]
+        items = [new_item(db, f"ACC-PG{n}") for n in range(6)]
         for item in items:
             series, image = new_uids(2)
             upload(orthanc, item["study_instance_uid"], series, image)

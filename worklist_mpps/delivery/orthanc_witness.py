@@ -151,6 +151,7 @@ class WitnessFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error = ""
+        self._gone: set[str] = set()  # due studies Orthanc no longer has (logged once)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="orthanc-witness", daemon=True)
@@ -251,7 +252,9 @@ class WitnessFollower:
                 return
             content = fetch_study(self.client, orthanc_id)
             if content is None:
-                log.warning("Orthanc witness: study %s is gone from Orthanc", orthanc_id)
+                if orthanc_id not in self._gone:  # once, not at every pass
+                    log.warning("Orthanc witness: study %s is gone from Orthanc", orthanc_id)
+                    self._gone.add(orthanc_id)
                 continue
             uid = witness.complete_from_study(
                 self.db,
