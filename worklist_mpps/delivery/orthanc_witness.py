@@ -168,8 +168,9 @@ class WitnessFollower:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            behind = False
             try:
-                self.run_once()
+                behind = self.run_once()
                 self._last_error = ""
             except (Retry, Failed) as exc:
                 if str(exc) != self._last_error:  # one line per cause, not per pass
@@ -179,27 +180,29 @@ class WitnessFollower:
                 log.info("Orthanc witness: another instance follows the feed (%s)", exc)
             except Exception:
                 log.exception("Orthanc witness: pass failed")
-            self._stop.wait(self.interval)
+            self._stop.wait(0 if behind else self.interval)  # catching up: no pause
 
     def _lease(self) -> bool:
         return leases.acquire(self.db, LEASE, self.holder, self.lease_seconds)
 
-    def run_once(self) -> None:
+    def run_once(self) -> bool:
         """One pass: the feed's new changes (if this instance holds the lease), then the
-        studies due for completion."""
+        studies due for completion. True when the feed has more changes waiting."""
         if not self._lease():
-            return
-        self.follow()
+            return False
+        behind = self.follow()
         self.complete_due()
+        return behind
 
-    def follow(self) -> None:
+    def follow(self) -> bool:
+        """Up to MAX_PAGES pages of changes; True when Orthanc has more."""
         seq = witness.cursor(self.db)
         if seq is None:
             seq = witness.init_cursor(self.db, last_change(self.client), self.actor)
             log.info("Orthanc witness: following Orthanc's changes from Seq %d", seq)
         for _ in range(MAX_PAGES):
             if self._stop.is_set() or not self._lease():
-                return
+                return False
             page = changes(self.client, seq)
             entries = page.get("Changes") or []
             last = int(page.get("Last") or 0)
@@ -241,7 +244,8 @@ class WitnessFollower:
             if seq != stored:
                 witness.advance_cursor(self.db, stored, seq)
             if page.get("Done", True) or not entries:
-                return
+                return False
+        return True
 
     def complete_due(self) -> None:
         due = witness.due_studies(

@@ -337,14 +337,19 @@ def _candidates(session: Session, study: OrthancStudy) -> list[dict[str, Any]]:
     """Items the study may be of: the same accession, then the same patient ID, then (only
     when neither finds one) the same day and modality; SCHEDULED first, then by start."""
     W = WorklistItem
-    modality = (study.modalities or "").split("\\")[0]
     tries: list[Any] = []
     if study.accession_number:
         tries.append(W.accession_number == study.accession_number)
     if study.patient_id:
         tries.append(Patient.patient_id == study.patient_id)
+    if study.study_date:  # the fallback
+        modality = (study.modalities or "").split("\\")[0]
+        day = W.sps_start_date == study.study_date
+        tries.append(and_(day, W.modality == modality) if modality else day)
     seen: dict[int, dict[str, Any]] = {}
-    for where in tries:
+    for n, where in enumerate(tries):
+        if seen and n == len(tries) - 1 and study.study_date:
+            break
         stmt = (
             select(W, Patient)
             .join(Patient, W.patient_pk == Patient.id)
@@ -365,28 +370,6 @@ def _candidates(session: Session, study: OrthancStudy) -> list[dict[str, Any]]:
                     "patient_name": patient.patient_name,
                     "description": item.requested_procedure_description or item.sps_description,
                 }
-    if not seen and study.study_date:
-        where = W.sps_start_date == study.study_date
-        if modality:
-            where = and_(where, W.modality == modality)
-        for item, patient in session.execute(
-            select(W, Patient)
-            .join(Patient, W.patient_pk == Patient.id)
-            .where(where)
-            .order_by(W.sps_status != "SCHEDULED", W.sps_start, W.id)
-            .limit(CANDIDATES)
-        ):
-            seen[item.id] = {
-                "id": item.id,
-                "accession_number": item.accession_number,
-                "sps_id": item.sps_id,
-                "sps_start": item.sps_start,
-                "modality": item.modality,
-                "status": item.sps_status,
-                "patient_id": patient.patient_id,
-                "patient_name": patient.patient_name,
-                "description": item.requested_procedure_description or item.sps_description,
-            }
     return list(seen.values())
 
 
