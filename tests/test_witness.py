@@ -65,7 +65,7 @@ def upload(
     assert response.ok, response.text
 
 
-def new_item(db: Database, accession: str, patient_id: str = "PID-W") -> dict:
+def new_item(db: Database, accession: str, patient_id: str = "PID-W", **extra: str) -> dict:
     return schedule.create_item(
         db,
         None,
@@ -78,6 +78,7 @@ def new_item(db: Database, accession: str, patient_id: str = "PID-W") -> dict:
             "scheduled_station_ae_title": "CT01",
             "sps_start_date": TODAY,
             "sps_start_time": "100000",
+            **extra,
         },
     )
 
@@ -535,7 +536,8 @@ def test_emulation_and_linking_services(sdb):
     orthanc_actor = Actor("orthanc", "127.0.0.1", "ORTHANC")
     user = Actor("operator", "127.0.0.1:1", "HTTP")
     witness.init_cursor(sdb, 0, orthanc_actor)
-    silent, talking, later = (new_item(sdb, a) for a in ("ACC-E1", "ACC-E2", "ACC-E3"))
+    silent = new_item(sdb, "ACC-E1", placer_order_number="PLC-E1")  # from an HL7 order
+    talking, later = (new_item(sdb, a) for a in ("ACC-E2", "ACC-E3"))
     contents: dict[str, StudyContent] = {}
     for n, (item, orthanc_id) in enumerate([(silent, "e-1"), (talking, "e-2")], start=1):
         contents[orthanc_id] = _content(item["study_instance_uid"], orthanc_id)
@@ -546,12 +548,15 @@ def test_emulation_and_linking_services(sdb):
     assert witness.due_studies(sdb, emulate=False, delay=0) == []
     due = witness.due_studies(sdb, True, 60, now + dt.timedelta(seconds=61))
     assert due == ["e-1"]  # the item with a real MPPS is not due
-    uid = witness.complete_from_study(sdb, orthanc_actor, "e-1", contents["e-1"], ["orthanc"])
+    targets = ["orthanc", "hl7:ris"]
+    uid = witness.complete_from_study(sdb, orthanc_actor, "e-1", contents["e-1"], targets)
     assert uid and item_status(sdb, silent["id"]) == "COMPLETED"
     assert witness.show_study(sdb, "e-1")["state"] == "emulated"
     assert witness.due_studies(sdb, True, 0, now + dt.timedelta(seconds=61)) == []
     rows = [(m["event"], m["pps_status"]) for m in _outbox(sdb) if m["mpps_uid"] == uid]
     assert rows == [("N-CREATE", "IN PROGRESS"), ("N-SET", "COMPLETED")]
+    placer = [m["event"] for m in _outbox(sdb) if m["mpps_uid"] == f"item:{silent['id']}"]
+    assert placer == ["SC^IP", "SC^CM"]  # the order placer hears of it as of a real MPPS
     assert item_status(sdb, talking["id"]) == "IN PROGRESS"
 
     # linking: refusals, then a study without an order completes the item at once
