@@ -285,7 +285,9 @@ def test_studies_without_an_order_are_listed_and_linked(emulating, orthanc, tmp_
     assert walk_id not in listed()
     status, body = api(server, f"/api/studies/{walk_id}/link", {"item_id": item["id"]})
     assert status == 409 and "already linked" in json.dumps(body)
-    assert api(server, "/api/studies/no-such-study/link", {"item_id": item["id"]})[0] == 404
+    unknown = "-".join(["0" * 8] * 5)
+    assert api(server, f"/api/studies/{unknown}/link", {"item_id": item["id"]})[0] == 404
+    assert api(server, "/api/studies/no%0D/link", {"item_id": item["id"]})[0] == 422
     assert api(server, f"/api/studies/{other_id}/link", {"item_id": 999_999})[0] == 404
 
     # the CLI, with the Orthanc connection: completed at once

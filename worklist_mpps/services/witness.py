@@ -46,6 +46,9 @@ from worklist_mpps.services.witness_mpps import StudyContent, complete_item
 log = logging.getLogger(__name__)
 
 CURSOR_KEY = "orthanc_changes_seq"
+# an Orthanc resource ID: the SHA-1 of its identifiers, as 5 groups of 8 hex digits
+ORTHANC_ID_PATTERN = r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$"
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"  # PS3.5 9.1
 ACTIVE = ("SCHEDULED", "IN PROGRESS")
 MATCH_BY = ("study_instance_uid", "accession_number")
 LIMIT = 200  # rows a listing shows

@@ -4,9 +4,9 @@ services/links.py do the work, audited (``study.link``, ``mpps.link``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +16,12 @@ from worklist_mpps.web.errors import HTTPProblem
 from worklist_mpps.web.schemas import MAX_ID
 
 router = APIRouter(tags=["reconciliation"])
+OrthancId = Annotated[
+    str, Path(pattern=witness.ORTHANC_ID_PATTERN, max_length=44, description="Orthanc study ID")
+]
+MppsUid = Annotated[
+    str, Path(pattern=witness.UID_PATTERN, max_length=64, description="MPPS SOP Instance UID")
+]
 
 
 class LinkIn(BaseModel):
@@ -31,7 +37,7 @@ def unmatched(request: Request, limit: int = Query(200, ge=1, le=500)) -> dict[s
 
 
 @router.post("/studies/{orthanc_id}/link", responses={404: {}, 409: {}})
-async def link_study(orthanc_id: str, body: LinkIn, request: Request) -> dict[str, Any]:
+async def link_study(orthanc_id: OrthancId, body: LinkIn, request: Request) -> dict[str, Any]:
     """Link a study to an item (audited ``study.link``): unless the item has an MPPS, it
     is completed from the study by the server's Orthanc witness within one
     ``orthanc_changes_interval``."""
@@ -46,7 +52,7 @@ async def link_study(orthanc_id: str, body: LinkIn, request: Request) -> dict[st
 
 
 @router.post("/mpps/{uid}/link", responses={404: {}, 409: {}})
-async def link_mpps(uid: str, body: LinkIn, request: Request) -> dict[str, Any]:
+async def link_mpps(uid: MppsUid, body: LinkIn, request: Request) -> dict[str, Any]:
     """Link an MPPS that named no known item (PS3.4 F.7.2.1.2, the unscheduled case) to
     the item it performed (audited ``mpps.link``); the item's status follows it."""
     ctx = web_context(request)

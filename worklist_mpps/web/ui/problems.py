@@ -5,6 +5,8 @@ services/problems.py, the changes from services/links.py and services/outbox.py.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
@@ -84,6 +86,8 @@ async def link_study(request: Request, orthanc_id: str) -> RedirectResponse:
     """Link a study without an order to the item chosen (as the MPPS form);
     witness.link_study does the work, audited ``study.link``."""
     fields = await render.form(request)
+    if not re.fullmatch(witness.ORTHANC_ID_PATTERN, orthanc_id):
+        raise HTTPProblem(404, "no such study (not an Orthanc study ID)")
     text = (fields.get("item_id_text") or fields.get("item_id") or "").strip()
     if not text.isdigit():
         raise HTTPProblem(422, "choose an item, or type its ID (a number)")
