@@ -465,6 +465,11 @@ def test_two_instances_on_one_postgresql_follow_the_feed_once(orthanc, pg_url, t
             assert len(audit.query(db, action="study.complete", target=f"study:{orthanc_id}")) == 1
         for server in servers:
             assert server.proc is not None and server.proc.poll() is None
+        # one instance held the lease and did it all; the other only waited
+        followers = [s for s in servers if "Orthanc witness: stable study" in s.log()]
+        completers = [s for s in servers if "completed its item" in s.log()]
+        assert len(followers) == 1 and completers == followers
+        assert leases.holder_of(db, "orthanc-changes") is not None
     finally:
         for server in servers:
             server.stop()
