@@ -1227,6 +1227,9 @@ API_OPERATIONS = [
     ("GET", "/api/patients/{patient_pk}"),
     ("PATCH", "/api/patients/{patient_pk}"),
     ("DELETE", "/api/patients/{patient_pk}"),
+    ("GET", "/api/studies/unmatched"),
+    ("POST", "/api/studies/{orthanc_id}/link"),
+    ("POST", "/api/mpps/{uid}/link"),
 ]
 
 

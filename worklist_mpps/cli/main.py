@@ -160,6 +160,7 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
     # busy one. 1 ms: the order feed went from about 170 to about 200 orders/s (bench).
     sys.setswitchinterval(0.001)
     http, mllp, running = None, None, False
+    follower = None
     try:
         try:
             server.start()
@@ -201,6 +202,11 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
                 ) from None
         if worker:
             worker.start()
+        if cfg.orthanc_url:  # Orthanc as witness: its change feed (delivery/orthanc_witness)
+            from worklist_mpps.delivery.orthanc_witness import WitnessFollower
+
+            follower = WitnessFollower(db, cfg, ctx.targets, ctx.notify)
+            follower.start()
         stations.start()
         if lifecycle:  # expiry and purge (README "Stale items and retention")
             lifecycle.start()
@@ -224,6 +230,8 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
         stations.stop()  # after the listener: its last queries are written too
         if lifecycle:
             lifecycle.stop()
+        if follower:
+            follower.stop()
         if worker:
             worker.stop()
         db.dispose()
@@ -507,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     from worklist_mpps.cli import hl7  # late: it uses this module's helpers
 
     hl7.add_parser(sub)
+    from worklist_mpps.cli import witness  # unmatched, link
+
+    witness.add_parsers(sub)
 
     p = sub.add_parser("audit", help="who changed what, and when")
     p.add_argument("--since", help="ISO date or date-time (UTC unless a zone is given)")

@@ -280,9 +280,11 @@ def create(
     uid_prefix: str = "",
     targets: Sequence[str] = (),
     actor: Actor | None = None,
+    emulated: bool = False,
 ) -> Outcome:
     """N-CREATE: store the instance, link and start its worklist items, queue the
-    notifications for ``targets`` (outbox), commit."""
+    notifications for ``targets`` (outbox), commit. ``emulated``: made from a study in
+    Orthanc for a modality that sends no MPPS (services/witness.py), not received."""
     actor = actor or Actor(calling_ae or "unknown", None, "DIMSE")  # direct calls: tests
     ds = as_unicode(attributes)
     if uid:  # a UID in use is the first thing to tell (PS3.18 15.4: 409)
@@ -306,6 +308,7 @@ def create(
                 sop_instance_uid=uid,
                 dataset=encode_dataset(ds),
                 calling_ae_title=calling_ae,
+                emulated=emulated,
                 version=1,
                 **columns,
             )
@@ -331,6 +334,7 @@ def create(
                 {
                     "status": "IN PROGRESS",
                     "generated_uid": generated,
+                    **({"emulated": True} if emulated else {}),
                     "worklist_items": {
                         label: i.sps_status for label, i in zip(linked, items, strict=True)
                     },
@@ -533,6 +537,7 @@ def summary(record: MPPSTracking) -> dict[str, Any]:
         "received": record.received_count,
         "missing": record.missing_instances,
         "calling_ae_title": record.calling_ae_title,
+        "emulated": bool(record.emulated),
         "worklist_items": link_labels(record.worklist_items),
         "updated_at": record.updated_at.isoformat() if record.updated_at else None,
     }

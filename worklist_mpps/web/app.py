@@ -20,7 +20,7 @@ from worklist_mpps import __version__
 from worklist_mpps.context import AppContext
 from worklist_mpps.services import web_sessions
 from worklist_mpps.services.health import WriteProbe, describe_db_error
-from worklist_mpps.web import api, dicomweb, guard, ui
+from worklist_mpps.web import api, dicomweb, guard, reconcile, ui
 from worklist_mpps.web.auth import COOKIE, authenticated_user, cookie_path
 from worklist_mpps.web.errors import HTTPProblem
 from worklist_mpps.web.ui import render
@@ -233,6 +233,7 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
 
     app.include_router(dicomweb.router)
     app.include_router(api.router, prefix="/api")
+    app.include_router(reconcile.router, prefix="/api")
     app.include_router(ui.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")
     return app

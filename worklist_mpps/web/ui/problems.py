@@ -5,11 +5,13 @@ services/problems.py, the changes from services/links.py and services/outbox.py.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from worklist_mpps.services import hl7_log, links, outbox, problems, station_queries
+from worklist_mpps.services import hl7_log, links, outbox, problems, station_queries, witness
 from worklist_mpps.web.context import web_actor, web_context
 from worklist_mpps.web.errors import HTTPProblem
 from worklist_mpps.web.ui import render
@@ -19,6 +21,7 @@ router = APIRouter(include_in_schema=False)
 # what a redirect after a post says (?done=...): fixed texts, never echoed input
 NOTICES = {
     "linked": "MPPS linked: the item's status now follows it.",
+    "study-linked": "Study linked: the item is completed from it unless it has an MPPS.",
     "retried": "Delivery due again: the outbox worker sends it now.",
     "retried-all": "Every failed delivery is due again: the outbox worker sends them now.",
 }
@@ -42,6 +45,7 @@ def problems_page(request: Request, done: str = "") -> HTMLResponse:
         "problems.html",
         notice=NOTICES.get(done, ""),
         unmatched=problems.unmatched_mpps(db),
+        studies=witness.unmatched_studies(db),
         failed=problems.failed_deliveries(db),
         refused=problems.refused_hl7(db),
         stations=problems.stations(db),
@@ -75,6 +79,26 @@ async def link(request: Request, uid: str) -> RedirectResponse:
         raise HTTPProblem(404 if exc.not_found else 409, exc.message) from None
     ctx.notify()  # an order's status message may be queued (the change is in the audit)
     return render.redirect("/ui/problems?done=linked#unmatched")
+
+
+@router.post("/ui/problems/studies/{orthanc_id}/link")
+async def link_study(request: Request, orthanc_id: str) -> RedirectResponse:
+    """Link a study without an order to the item chosen (as the MPPS form);
+    witness.link_study does the work, audited ``study.link``."""
+    fields = await render.form(request)
+    if not re.fullmatch(witness.ORTHANC_ID_PATTERN, orthanc_id):
+        raise HTTPProblem(404, "no such study (not an Orthanc study ID)")
+    text = (fields.get("item_id_text") or fields.get("item_id") or "").strip()
+    if not text.isdigit():
+        raise HTTPProblem(422, "choose an item, or type its ID (a number)")
+    ctx = web_context(request)
+    try:
+        await run_in_threadpool(
+            witness.link_study, ctx.db, web_actor(request), orthanc_id, int(text), ctx.targets
+        )
+    except links.LinkError as exc:
+        raise HTTPProblem(404 if exc.not_found else 409, exc.message) from None
+    return render.redirect("/ui/problems?done=study-linked#studies")
 
 
 @router.post("/ui/problems/outbox/{message_id}/retry")
