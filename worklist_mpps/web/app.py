@@ -176,9 +176,13 @@ def create_app(ctx: AppContext, dicom_listening: Callable[[], bool] = lambda: Tr
         if ui.page_path(request.url.path):
             return render.error_page(request, exc.status, exc.message)
         headers = {
-            "Warning": f'299 worklist-mpps: "{exc.message[:200]}"'.encode(
-                "ascii", "replace"
-            ).decode()
+            # a field value: no CR/LF or other control character (RFC 9110 5.5), no
+            # double quote inside the quoted-string (an echoed input could hold them)
+            "Warning": '299 worklist-mpps: "{}"'.format(
+                _printable(exc.message[:200]).replace('"', "'")
+            )
+            .encode("ascii", "replace")
+            .decode()
         }
         if exc.status == 503:
             headers["Retry-After"] = "5"
