@@ -215,8 +215,9 @@ class OrthancTarget:
         if status == "COMPLETED":
             completeness = self._completeness(message, steps, studies)
         reasons = [s.reason for s in steps if s.reason and s.status == "DISCONTINUED"]
+        # Written in this order: a reader who sees the new MppsStatus sees the list and
+        # the reason of that state; one who sees the new MppsCompleteness (last) sees all.
         values = {
-            "MppsStatus": status,
             # one MPPS: its UID; several: the one started last (all of them: MppsList)
             "MppsInstanceUID": steps[-1].uid,
             "MppsList": json.dumps(
@@ -228,6 +229,7 @@ class OrthancTarget:
         }
         if status == "DISCONTINUED" and reasons:
             values["MppsDiscontinuationReason"] = "; ".join(dict.fromkeys(reasons))
+        values["MppsStatus"] = status
         if completeness is not None:
             state, expected, missing = completeness
             values["MppsExpected"] = str(len(expected))
