@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.engine import Database
-from worklist_mpps.db.models import MPPSTracking, WorklistItem
+from worklist_mpps.db.models import MPPSTracking, Patient, WorklistItem
 from worklist_mpps.services import audit
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.dicom import text_value
@@ -150,3 +151,61 @@ def link_mpps(
             },
         )
     return changes
+
+
+CANDIDATES = 10  # items a link form offers
+
+
+def candidate_items(
+    session: Session,
+    accession_number: str | None,
+    patient_id: str | None,
+    day: str | None,
+    modality: str | None,
+) -> list[dict[str, Any]]:
+    """The items an unscheduled MPPS or a study without an order may be of (the link forms
+    of the Problems view): the same accession, then the same patient ID, and only when
+    neither finds one, the same day (and modality); SCHEDULED first, then by start. One
+    indexed query each (an OR across the join would scan)."""
+    W = WorklistItem
+    tries: list[Any] = []
+    if accession_number:
+        tries.append(W.accession_number == accession_number)
+    if patient_id:
+        tries.append(Patient.patient_id == patient_id)
+    seen: dict[int, dict[str, Any]] = {}
+    for where in tries:
+        _collect(session, where, seen)
+    if not seen and day:  # the fallback
+        _collect(
+            session,
+            (W.sps_start_date == day) & (W.modality == modality)
+            if modality
+            else W.sps_start_date == day,
+            seen,
+        )
+    return list(seen.values())
+
+
+def _collect(session: Session, where: Any, seen: dict[int, dict[str, Any]]) -> None:
+    W = WorklistItem
+    stmt = (
+        select(W, Patient)
+        .join(Patient, W.patient_pk == Patient.id)
+        .where(where)
+        .order_by(W.sps_status != "SCHEDULED", W.sps_start, W.id)
+        .limit(CANDIDATES)
+    )
+    for item, patient in session.execute(stmt):
+        if item.id not in seen and len(seen) < CANDIDATES:
+            seen[item.id] = {
+                "id": item.id,
+                "accession_number": item.accession_number,
+                "sps_id": item.sps_id,
+                "sps_start": item.sps_start,
+                "modality": item.modality,
+                "status": item.sps_status,
+                "patient_id": patient.patient_id,
+                "patient_name": patient.patient_name,
+                "description": item.requested_procedure_description or item.sps_description,
+            }

@@ -22,17 +22,15 @@ from worklist_mpps.db.models import (
     HL7Message,
     MPPSTracking,
     OutboxMessage,
-    Patient,
     StationQuery,
-    WorklistItem,
     as_utc,
     mpps_worklist_links,
     utcnow,
 )
 from worklist_mpps.services import station_queries
+from worklist_mpps.services.links import candidate_items
 
 LIMIT = 200  # rows a section shows
-CANDIDATES = 10  # items offered to link one MPPS to
 REFUSED_ACKS = ("AE", "AR")
 
 
@@ -50,46 +48,11 @@ def _unlinked():  # noqa: ANN202 - a SQL expression
 
 
 def _candidates(session: Session, record: MPPSTracking) -> list[dict[str, Any]]:
-    """Items the MPPS may have performed: the same accession, then the same patient ID,
-    and only when neither finds one, the same day and modality; SCHEDULED items first,
-    then by start. One indexed query each (an OR across the join would scan)."""
-    W = WorklistItem
-    day = (record.start_datetime or "")[:8]
-    strategies: list[tuple[bool, Any]] = [
-        (bool(record.accession_number), W.accession_number == record.accession_number),
-        (bool(record.patient_id), Patient.patient_id == record.patient_id),
-    ]
-    seen: dict[int, dict[str, Any]] = {}
-    for usable, where in [*strategies, (bool(day), None)]:
-        if not usable or len(seen) >= CANDIDATES:
-            continue
-        if where is None:  # the same day (and modality): only when nothing else matched
-            if seen:
-                break
-            where = W.sps_start_date == day
-            if record.modality:
-                where = where & (W.modality == record.modality)
-        stmt = (
-            select(W, Patient)
-            .join(Patient, W.patient_pk == Patient.id)
-            .where(where)
-            .order_by((W.sps_status != "SCHEDULED"), W.sps_start, W.id)
-            .limit(CANDIDATES)
-        )
-        for item, patient in session.execute(stmt):
-            if item.id not in seen and len(seen) < CANDIDATES:
-                seen[item.id] = {
-                    "id": item.id,
-                    "accession_number": item.accession_number,
-                    "sps_id": item.sps_id,
-                    "sps_start": item.sps_start,
-                    "modality": item.modality,
-                    "status": item.sps_status,
-                    "patient_id": patient.patient_id,
-                    "patient_name": patient.patient_name,
-                    "description": item.requested_procedure_description or item.sps_description,
-                }
-    return list(seen.values())
+    """Items the MPPS may have performed (links.candidate_items)."""
+    day = (record.start_datetime or "")[:8] or None
+    return candidate_items(
+        session, record.accession_number, record.patient_id, day, record.modality
+    )
 
 
 def unmatched_mpps(db: Database, limit: int = LIMIT) -> Section:

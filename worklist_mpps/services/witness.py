@@ -32,7 +32,6 @@ from worklist_mpps.db.models import (
     AppState,
     MPPSTracking,
     OrthancStudy,
-    Patient,
     WorklistItem,
     as_utc,
     mpps_worklist_links,
@@ -40,7 +39,7 @@ from worklist_mpps.db.models import (
 )
 from worklist_mpps.services import audit
 from worklist_mpps.services.audit import Actor
-from worklist_mpps.services.links import LinkError
+from worklist_mpps.services.links import LinkError, candidate_items
 from worklist_mpps.services.witness_mpps import StudyContent, complete_item
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,6 @@ UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"  # PS3.5 9.1
 ACTIVE = ("SCHEDULED", "IN PROGRESS")
 MATCH_BY = ("study_instance_uid", "accession_number")
 LIMIT = 200  # rows a listing shows
-CANDIDATES = 10
 DUE_BATCH = 20  # studies completed per pass
 
 __all__ = ["LinkError", "StudyContent"]
@@ -337,43 +335,11 @@ class Listing:
 
 
 def _candidates(session: Session, study: OrthancStudy) -> list[dict[str, Any]]:
-    """Items the study may be of: the same accession, then the same patient ID, then (only
-    when neither finds one) the same day and modality; SCHEDULED first, then by start."""
-    W = WorklistItem
-    tries: list[Any] = []
-    if study.accession_number:
-        tries.append(W.accession_number == study.accession_number)
-    if study.patient_id:
-        tries.append(Patient.patient_id == study.patient_id)
-    if study.study_date:  # the fallback
-        modality = (study.modalities or "").split("\\")[0]
-        day = W.sps_start_date == study.study_date
-        tries.append(and_(day, W.modality == modality) if modality else day)
-    seen: dict[int, dict[str, Any]] = {}
-    for n, where in enumerate(tries):
-        if seen and n == len(tries) - 1 and study.study_date:
-            break
-        stmt = (
-            select(W, Patient)
-            .join(Patient, W.patient_pk == Patient.id)
-            .where(where)
-            .order_by(W.sps_status != "SCHEDULED", W.sps_start, W.id)
-            .limit(CANDIDATES)
-        )
-        for item, patient in session.execute(stmt):
-            if item.id not in seen and len(seen) < CANDIDATES:
-                seen[item.id] = {
-                    "id": item.id,
-                    "accession_number": item.accession_number,
-                    "sps_id": item.sps_id,
-                    "sps_start": item.sps_start,
-                    "modality": item.modality,
-                    "status": item.sps_status,
-                    "patient_id": patient.patient_id,
-                    "patient_name": patient.patient_name,
-                    "description": item.requested_procedure_description or item.sps_description,
-                }
-    return list(seen.values())
+    """Items the study may be of (links.candidate_items), its first modality for the day."""
+    modality = (study.modalities or "").split("\\")[0] or None
+    return candidate_items(
+        session, study.accession_number, study.patient_id, study.study_date, modality
+    )
 
 
 def unmatched_studies(db: Database, limit: int = LIMIT, candidates: bool = True) -> Listing:
