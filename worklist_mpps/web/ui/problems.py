@@ -62,18 +62,24 @@ def refused_message(request: Request, message_id: int) -> HTMLResponse:
     return render.page(request, "problems_hl7.html", message=message)
 
 
+def _chosen_item(fields: dict[str, str]) -> int:
+    """The item a link form names: the ID typed in, else the candidate chosen (422 when
+    neither is a number)."""
+    text = (fields.get("item_id_text") or fields.get("item_id") or "").strip()
+    if not text.isdigit():
+        raise HTTPProblem(422, "choose an item, or type its ID (a number)")
+    return int(text)
+
+
 @router.post("/ui/problems/mpps/{uid}/link")
 async def link(request: Request, uid: str) -> RedirectResponse:
     """Link an MPPS that matched no order to the item chosen (the select, or the ID typed
     in, which wins); links.link_mpps does the work, audited ``mpps.link``."""
-    fields = await render.form(request)
-    text = (fields.get("item_id_text") or fields.get("item_id") or "").strip()
-    if not text.isdigit():
-        raise HTTPProblem(422, "choose an item, or type its ID (a number)")
+    item_id = _chosen_item(await render.form(request))
     ctx = web_context(request)
     try:
         await run_in_threadpool(
-            links.link_mpps, ctx.db, web_actor(request), uid, int(text), ctx.targets
+            links.link_mpps, ctx.db, web_actor(request), uid, item_id, ctx.targets
         )
     except links.LinkError as exc:
         raise HTTPProblem(404 if exc.not_found else 409, exc.message) from None
@@ -88,13 +94,11 @@ async def link_study(request: Request, orthanc_id: str) -> RedirectResponse:
     fields = await render.form(request)
     if not re.fullmatch(witness.ORTHANC_ID_PATTERN, orthanc_id):
         raise HTTPProblem(404, "no such study (not an Orthanc study ID)")
-    text = (fields.get("item_id_text") or fields.get("item_id") or "").strip()
-    if not text.isdigit():
-        raise HTTPProblem(422, "choose an item, or type its ID (a number)")
+    item_id = _chosen_item(fields)
     ctx = web_context(request)
     try:
         await run_in_threadpool(
-            witness.link_study, ctx.db, web_actor(request), orthanc_id, int(text), ctx.targets
+            witness.link_study, ctx.db, web_actor(request), orthanc_id, item_id, ctx.targets
         )
     except links.LinkError as exc:
         raise HTTPProblem(404 if exc.not_found else 409, exc.message) from None
