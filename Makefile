@@ -10,7 +10,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test check bench install system-tools clean lock screenshots
+.PHONY: serve test check bench install system-tools install-system clean lock screenshots
 
 $(STAMP): pyproject.toml requirements-test.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ serve: $(STAMP)
 
 system-tools:
 	./scripts/install-system-tools.sh
+
+# a plain Debian/Ubuntu host: virtualenv under /opt, system user, /etc/worklist-mpps,
+# hardened systemd unit, Orthanc configuration fragment (docs/deploy-debian.md);
+# DESTDIR=/some/root installs into a staging root (the test does)
+install-system:
+	./scripts/install-system.sh
 
 # the whole suite, then the DIMSE tests again on pynetdicom's stock paths
 # (dimse_fast_path false, README)

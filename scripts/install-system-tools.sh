@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to, from Debian's packages, when missing:
-# DCMTK (findscu, echoscu, wlmscpfs), Orthanc, docker-compose (to validate the
-# compose file offline) and Chromium (the operator page's browser tests, driven by
+# DCMTK (findscu, echoscu, wlmscpfs), Orthanc with its Python plugin (orthanc-python:
+# worklist-mpps inside Orthanc), the Docker engine with docker-compose and debootstrap
+# (the compose deployment's end-to-end test builds its base images from Debian's
+# packages) and Chromium (the operator page's browser tests, driven by
 # Playwright through executable_path: Playwright's own browser download is not used). Needs root for apt-get; without
 # root it says what is missing and the tests that need it skip with that reason.
 set -euo pipefail
@@ -9,6 +11,9 @@ set -euo pipefail
 missing=()
 command -v findscu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancPython.so ] || missing+=(orthanc-python)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # a Japanese font, so that screenshots show 山田^太郎 (the page itself uses the viewer's fonts)
