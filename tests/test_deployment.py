@@ -26,11 +26,7 @@ def compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         timeout=60,
         cwd=ROOT,
         env={
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if not k.startswith(("ORTHANC", "WORKLIST_MPPS"))
-            },
+            **{k: v for k, v in os.environ.items() if not k.startswith(("ORTHANC", "WORKLIST"))},
             **(env or {}),
         },
     )
@@ -56,7 +52,45 @@ def test_compose_file_is_valid_and_wired():
     assert [(int(p["published"]), int(p["target"])) for p in dicom] == [(5243, 5243)]
     assert "127.0.0.1:5244:5244/tcp" in wm["ports"], "HTTP on loopback only"
     assert "127.0.0.1:8042:8042/tcp" in services["orthanc"]["ports"], "Orthanc REST on loopback"
+    assert "127.0.0.1:2575:2575/tcp" in wm["ports"], "HL7 order feed on loopback"
+    assert wm["environment"]["WORKLIST_MPPS_HL7_ENABLED"] == "false", "order feed off"
     assert "healthcheck" in services["orthanc"]
+    assert wm["build"]["args"] == {"BASE_IMAGE": "python:3.11-slim", "WHEELHOUSE": ""}
+    assert services["orthanc"]["image"] == "orthancteam/orthanc:latest"
+
+
+def test_compose_addresses_images_and_wheelhouse_come_from_the_environment():
+    """What tests/test_deploy_docker.py sets: every published port on loopback, local
+    base images, an offline build from a wheelhouse (docs/deploy-docker.md)."""
+    proc = compose(
+        "config",
+        env={
+            "ORTHANC_PASSWORD": "pw",
+            "WORKLIST_MPPS_HTTP_TOKEN": "tk",
+            "WORKLIST_DICOM_PUBLISH": "127.0.0.1:15243",
+            "WORKLIST_HTTP_PUBLISH": "127.0.0.1:15244",
+            "WORKLIST_HL7_PUBLISH": "127.0.0.1:12575",
+            "ORTHANC_DICOM_PUBLISH": "127.0.0.1:14242",
+            "ORTHANC_HTTP_PUBLISH": "127.0.0.1:18042",
+            "ORTHANC_IMAGE": "local/orthanc:1",
+            "WORKLIST_IMAGE": "local/worklist-mpps:1",
+            "WORKLIST_BASE_IMAGE": "local/debian:1",
+            "WORKLIST_WHEELHOUSE": "build/wheelhouse",
+            "WORKLIST_BUILD_NETWORK": "none",
+        },
+    )
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    wm, orthanc = services["worklist-mpps"], services["orthanc"]
+    assert sorted(wm["ports"]) == [
+        "127.0.0.1:12575:2575/tcp",
+        "127.0.0.1:15243:5243/tcp",
+        "127.0.0.1:15244:5244/tcp",
+    ]
+    assert sorted(orthanc["ports"]) == ["127.0.0.1:14242:4242/tcp", "127.0.0.1:18042:8042/tcp"]
+    assert (orthanc["image"], wm["image"]) == ("local/orthanc:1", "local/worklist-mpps:1")
+    assert wm["build"]["args"] == {"BASE_IMAGE": "local/debian:1", "WHEELHOUSE": "build/wheelhouse"}
+    assert wm["build"]["network"] == "none"
 
 
 def test_compose_refuses_to_start_without_secrets():
@@ -68,24 +102,38 @@ def test_compose_refuses_to_start_without_secrets():
 
 def test_dockerfile_runs_the_server_as_a_user_with_a_data_volume():
     text = (ROOT / "Dockerfile").read_text()
-    assert text.startswith("#") and "FROM python:3.11-slim" in text
-    assert "USER worklist" in text and "VOLUME /data" in text and "EXPOSE 5243 5244" in text
+    assert text.startswith("#") and "\nARG BASE_IMAGE=python:3.11-slim\n" in text
+    assert text.count("FROM ${BASE_IMAGE}") == 2, "build stage and image on the same base"
+    assert "USER worklist" in text and "VOLUME /data" in text and "EXPOSE 5243 5244 2575" in text
+    assert "ENV PATH=/opt/worklist-mpps/bin:$PATH" in text, "a virtualenv (PEP 668 bases)"
     assert 'CMD ["worklist-mpps", "serve"]' in text
 
 
 def test_dockerfile_installs_exactly_the_lock_file():
-    """Every pip install of the image is the lock file with hashes, or the package itself
-    without resolving dependencies; the healthcheck writes the database."""
+    """Every pip install of the image is the lock file with hashes (from PyPI, or from the
+    wheelhouse with no index), or the package itself without resolving or downloading
+    anything; the healthcheck writes the database."""
     text = (ROOT / "Dockerfile").read_text()
     assert "COPY requirements.lock ./" in text
-    installs = [line for line in text.replace("\\\n", " ").splitlines() if "pip install" in line]
-    assert any("--require-hashes -r requirements.lock" in line for line in installs)
-    for line in installs:
-        assert "--require-hashes -r requirements.lock" in line or (
-            "--no-deps" in line and "--no-build-isolation" in line
-        ), line
-    assert text.index("--require-hashes -r requirements.lock") < text.index("--no-deps")
-    assert "requirements.lock" not in (ROOT / ".dockerignore").read_text()
+    joined = " ".join(text.replace("\\\n", " ").split())
+    installs = joined.split("pip install ")[1:]
+    assert len(installs) == 3, installs
+    offline, online, package = (i.split(";")[0].split(" && ")[0] for i in installs)
+    assert offline == (
+        "--no-index --find-links /tmp/wheelhouse --require-hashes -r requirements.lock"
+    )
+    assert online == "--require-hashes -r requirements.lock"
+    assert package.startswith("--no-index --no-deps --no-build-isolation . ")
+    assert 'if [ -n "$WHEELHOUSE" ]' in joined
+    assert "COPY requirements.lock ${WHEELHOUSE} /tmp/wheelhouse/" in joined
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*", "the build context is only what is re-included"
+    for needed in ("requirements.lock", "pyproject.toml", "worklist_mpps/", "build/wheelhouse*/"):
+        assert "!" + needed in patterns, needed
     assert (
         'HEALTHCHECK --interval=30s --timeout=10s CMD ["worklist-mpps", "ping", "--deep"]' in text
     )
