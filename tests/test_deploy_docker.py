@@ -97,13 +97,18 @@ class Engine:
             if sock.exists() and self.answers():
                 return self
             time.sleep(0.5)
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        said = [ln for ln in log.read_text(errors="replace").splitlines() if "level=info" not in ln]
+        tail = "\n".join(said[-10:])
         self.stop()
         pytest.skip(f"the Docker engine does not start here (dockerd {DOCKERD_FLAGS}):\n{tail}")
 
     def stop(self) -> None:
-        """SIGTERM to our dockerd (it stops its containerd), SIGKILL after 30 s."""
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGTERM to our dockerd (it stops its containerd), SIGKILL after 30 s; then the
+        mounts it may leave on its own folders (a dockerd that failed to start keeps the
+        bind mount of its data root) are undone."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(30)
@@ -111,9 +116,17 @@ class Engine:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None
+        for target in sorted(self.mounts(), reverse=True):
+            subprocess.run(["umount", "--lazy", target], timeout=30, check=False)
         if self.rundir is not None:
             shutil.rmtree(self.rundir, ignore_errors=True)
             self.rundir = None
+
+    def mounts(self) -> list[str]:
+        """Mount points in the folders of a dockerd started here."""
+        ours = [str(CACHE / "docker")] + ([str(self.rundir)] if self.rundir else [])
+        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        return [p for p in points if any(p == o or p.startswith(o + "/") for o in ours)]
 
     def __call__(self, *args: str, timeout: float = 120, check: bool = True):
         return run([self.docker, *args], self.env, timeout, check)
@@ -129,8 +142,7 @@ def engine() -> Iterator[Engine]:
         yield started
     finally:
         started.stop()
-        mounts = Path("/proc/self/mountinfo").read_text()
-        assert str(CACHE / "docker") not in mounts, "dockerd left mounts behind"
+    assert started.mounts() == [], "mounts left behind"
 
 
 @pytest.fixture(scope="module")
