@@ -248,7 +248,10 @@ def stack(request, engine, images, wheelhouse) -> Iterator[Stack]:
         pytest.skip(f"{request.param} is not installed")
     up = Stack(engine, compose, images, wheelhouse)
     try:
-        up("build", timeout=900)
+        # compose 1.29 builds with the legacy builder: a failed step's container is kept
+        # unless --force-rm (v2 builds with BuildKit, which keeps none)
+        legacy = Path(compose[0]).name == "docker-compose"
+        up("build", *(["--force-rm"] if legacy else []), timeout=900)
         up("up", "-d", timeout=300)
         wait_for(up.healthy, timeout=HEALTHY_WITHIN, interval=2)
         yield up
