@@ -1,8 +1,8 @@
 """docker-compose.yml for real (issue 17, docs/deploy-docker.md): a Docker engine (Debian's
 dockerd, started here when none answers), the stand-in base images of
 tests/docker_standins/ (no registry pull), the worklist-mpps image built offline from
-scripts/build-wheelhouse.sh's wheelhouse, both containers healthy, then C-ECHO with
-DCMTK echoscu, a worklist query with findscu, an MPPS cycle with dicom-mpps whose state
+scripts/build-wheelhouse.sh's wheelhouse, both containers healthy, then the HTTP token
+check, C-ECHO with DCMTK echoscu, a worklist query with findscu, an MPPS cycle with dicom-mpps whose state
 reaches the Orthanc study's metadata, a clean stop (exit 0 on SIGTERM) and `down -v`
 leaving no container, volume or network.
 
@@ -258,7 +258,9 @@ def stack(request, engine, images, wheelhouse) -> Iterator[Stack]:
     finally:
         up("down", "-v", "--remove-orphans", "--timeout", "20", check=False)
         engine("rmi", "-f", up.image, check=False)
-        engine("image", "prune", "-f", check=False)  # the image's build stage
+        if engine.proc is not None:  # our own engine: the build stage and build cache too
+            engine("image", "prune", "-f", check=False)
+            engine("builder", "prune", "-af", check=False)
 
 
 # --- the checks -------------------------------------------------------------------------
@@ -272,6 +274,16 @@ def test_stack_is_healthy_on_loopback_ports_without_secrets_in_commands(stack):
         command = " ".join([container["Path"], *container["Args"]])
         assert stack.password not in command and stack.token not in command
     assert stack.password not in stack.logs() and stack.token not in stack.logs()
+
+
+def test_http_is_published_and_requires_the_token(stack):
+    """HTTP binds all addresses inside the container, so the token is required (README
+    "HTTP"); /healthz, the compose healthcheck, is served without it."""
+    url = f"http://127.0.0.1:{stack.ports['http']}"
+    assert requests.get(url + "/healthz", timeout=10).status_code == 200
+    assert requests.get(url + "/api/worklist-items", timeout=10).status_code == 401
+    bearer = {"Authorization": f"Bearer {stack.token}"}
+    assert requests.get(url + "/api/worklist-items", headers=bearer, timeout=10).ok
 
 
 def test_c_echo_with_echoscu(stack):
