@@ -2,9 +2,9 @@
 dockerd, started here when none answers), the stand-in base images of
 tests/docker_standins/ (no registry pull), the worklist-mpps image built offline from
 scripts/build-wheelhouse.sh's wheelhouse, both containers healthy, then the HTTP token
-check, C-ECHO with DCMTK echoscu, a worklist query with findscu, an MPPS cycle with dicom-mpps whose state
-reaches the Orthanc study's metadata, a clean stop (exit 0 on SIGTERM) and `down -v`
-leaving no container, volume or network.
+check, C-ECHO with DCMTK echoscu, a worklist query with findscu, an MPPS cycle with
+dicom-mpps whose state reaches the Orthanc study's metadata, a clean stop (exit 0 on
+SIGTERM) and `down -v` leaving no container, volume or network.
 
 Every published port is on 127.0.0.1 and a free port. Runs once per compose spelling
 found: Debian's `docker-compose` 1.29 and the `docker compose` v2 plugin.
