@@ -188,10 +188,18 @@ class OrthancInNetns:
                 raise AssertionError(f"Orthanc exited {self.proc.returncode}:\n{self.log()}")
             if "(inside Orthanc)" in self.log()[offset:]:
                 return time.monotonic() - started
-            if "worklist-mpps: not started" in self.log()[offset:]:
+            if any(s in self.log()[offset:] for s in ("worklist-mpps: not", "worklist-mpps: no ")):
                 raise AssertionError(f"the plugin did not start:\n{self.log()[offset:]}")
             time.sleep(0.2)
         raise AssertionError(f"the plugin did not start within {timeout} s:\n{self.log()}")
+
+    def wait_log(self, text: str, timeout: float = 60.0) -> None:
+        """Until Orthanc's log (since its last start) says ``text``."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log()[self.log().rindex("Orthanc version") :]:
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.log()}"
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            time.sleep(0.2)
 
     def stop(self, timeout: float = 60.0) -> tuple[int, float]:
         """SIGTERM by PID: (exit code, seconds)."""
@@ -382,3 +390,36 @@ def test_inside_orthanc_worklist_on_both_ports_mpps_in_process_clean_restart(
     finally:
         orthanc.kill()
         print("\n[inside Orthanc] " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+def test_a_wrong_configuration_is_one_log_line_and_orthanc_goes_on(plugin_venv, netns, tmp_path):
+    """A wrong key in WorklistMpps, or no virtualenv: one error line naming it; Orthanc
+    runs on (storing images is its first job), its worklist port refuses, exit 0."""
+    orthanc = OrthancInNetns(_skip_unless_runnable(), netns, tmp_path, plugin_venv)
+    config = json.loads(orthanc.config_path.read_text())
+    config["WorklistMpps"]["max_find_result"] = 5  # max_find_results
+    orthanc.config_path.write_text(json.dumps(config))
+    try:
+        with pytest.raises(AssertionError, match="the plugin did not start"):
+            orthanc.start()
+        assert (
+            "worklist-mpps: not started: orthanc.json (MPPSAet, DicomPortMPPS, WorklistMpps): "
+            "unknown key 'max_find_result'"
+        ) in orthanc.log()
+        orthanc.wait_log("Orthanc has started")
+        assert json.loads(orthanc.rest("GET", "/system"))["DicomAet"] == "ORTHANC"
+        said = orthanc.findscu(ORTHANC_PORT, tmp_path / "refused", "PatientName")[0]
+        assert "Final Find Response (Failed: UnableToProcess)" in said, said
+        assert orthanc.stop()[0] == 0
+
+        del config["WorklistMpps"]["max_find_result"]
+        config["WorklistMppsVenv"] = str(tmp_path / "no-venv")
+        orthanc.config_path.write_text(json.dumps(config))
+        with pytest.raises(AssertionError, match="the plugin did not start"):
+            orthanc.start()
+        missing = tmp_path / "no-venv" / "lib" / "python3.11" / "site-packages"
+        assert f"worklist-mpps: no {missing}: create the virtualenv" in orthanc.log()
+        orthanc.wait_log("Orthanc has started")
+        assert orthanc.stop()[0] == 0
+    finally:
+        orthanc.kill()
