@@ -29,6 +29,7 @@ from conftest import wait_for
 from dicom_clients import dicom_mpps
 from orthanc_server import PASSWORD, USER, Orthanc, new_uids
 from worklist_mpps.delivery.orthanc import OPEN_ORTHANC
+from worklist_mpps.delivery.orthanc_access import open_to_anyone
 
 CLONE_NEWNET = 0x40000000
 REFUSAL = "accepts empty credentials from other hosts"
@@ -206,26 +207,19 @@ def test_a_closed_orthanc_gets_the_mpps_state(netns, live_server, tmp_path, conf
         netns(orthanc.stop)
 
 
-def test_the_probe_uses_empty_credentials_from_a_non_local_address(netns, tmp_path):
-    """What the refusal rests on, seen directly: Orthanc 1.10 answers the probe of an open
-    configuration (200) and refuses it otherwise (401), whatever 127.0.0.1 gets."""
-    import requests
-
-    from worklist_mpps.delivery.orthanc import PROBE_SOURCE, _SourceAddress
-
-    def probe(url: str) -> int:
-        session = requests.Session()
-        session.mount("http://", _SourceAddress(PROBE_SOURCE))
-        return session.get(url + "/system", auth=("", ""), timeout=10).status_code
-
-    for config, expected in ((OPEN, 200), (PROPER, 401), (DEBIAN_DEFAULT, 401)):
-        workdir = tmp_path / str(len(list(tmp_path.iterdir())))
+def test_the_probe_sees_an_open_orthanc_whatever_127_0_0_1_gets(netns, tmp_path):
+    """What the refusal rests on (delivery/orthanc_access.py), against Orthanc 1.10: every
+    configuration below answers 127.0.0.1 without a password or with the test user, but
+    only the open ones answer empty credentials from 127.0.0.2."""
+    cases = ((OPEN, True), (OPEN_AUTH_OFF, True), (PROPER, False), (DEBIAN_DEFAULT, False))
+    for number, (config, expected) in enumerate(cases):
+        workdir = tmp_path / str(number)
         workdir.mkdir()
         orthanc = orthanc_with(workdir, **config)
         if config is OPEN:
             orthanc.http.auth = ("", "")
         netns(orthanc.start)
         try:
-            assert netns(probe, orthanc.url) == expected, config
+            assert netns(open_to_anyone, orthanc.url) is expected, config
         finally:
             netns(orthanc.stop)

@@ -24,20 +24,17 @@ other hosts with empty credentials is refused before anything is sent to it
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-import socket
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from sqlalchemy import select
 
 from worklist_mpps.config import Config, redact_url
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import MPPSTracking, OutboxMessage, utcnow
+from worklist_mpps.delivery.orthanc_access import OPEN_ORTHANC, open_to_anyone
 from worklist_mpps.delivery.worker import Failed, Retry, age_seconds
 from worklist_mpps.services.dicom import decode_dataset
 from worklist_mpps.services.study_mpps import (
@@ -49,7 +46,7 @@ from worklist_mpps.services.study_mpps import (
     study_steps,
 )
 
-__all__ = ["METADATA", "OrthancClient", "OrthancTarget", "referenced_instances"]
+__all__ = ["METADATA", "OPEN_ORTHANC", "OrthancClient", "OrthancTarget", "referenced_instances"]
 
 log = logging.getLogger("worklist_mpps.delivery.orthanc")
 
@@ -73,44 +70,11 @@ STALE_ORDER = (
 )
 LABELS = ("mpps-in-progress", "mpps-completed", "mpps-discontinued", "mpps-incomplete")
 RECHECK_SECONDS = 15.0
-# Orthanc 1.10 counts only 127.0.0.1 as local (HttpServer.cpp: remote_addr == "127.0.0.1");
-# another loopback source address is "remote" to it, so the probe comes from there
-PROBE_SOURCE = "127.0.0.2"
-OPEN_ORTHANC = "refused: Orthanc answers other hosts with empty credentials (an open PACS)"
 _refusal_logged: set[str] = set()  # Orthanc URLs whose refusal was logged (once each)
 
 
 class OrthancError(Exception):
     pass
-
-
-class _SourceAddress(HTTPAdapter):
-    """Connections from one local address (the access probe)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["source_address"] = (self.source, 0)
-        super().init_poolmanager(*args, **kwargs)
-
-
-def _loopback_host(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _can_bind(address: str) -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind((address, 0))
-        return True
-    except OSError:
-        return False
 
 
 class OrthancClient:
@@ -128,46 +92,22 @@ class OrthancClient:
         self._access_ok = False
 
     def check_access(self) -> None:
-        """Refuse (Retry, nothing sent) an Orthanc that accepts empty credentials from
-        other hosts: Orthanc 1.10 with ``RemoteAccessAllowed`` true and
-        ``AuthenticationEnabled`` false, or with an empty user in ``RegisteredUsers``
-        (``"${ORTHANC_USER}": "${ORTHANC_PASSWORD}"`` with both unset) answers
-        ``Authorization: Basic Og==`` (empty user and password) from anywhere.
-
-        The probe is ``GET /system`` with empty credentials from an address Orthanc does not
-        count as local (127.0.0.2 when the URL is loopback): 200 means open, 401 means
-        remote access refused or credentials required. Debian's default (loopback only,
-        authentication off) passes. Checked at first use; a refused Orthanc is checked
-        again at each attempt (one GET), so a fixed Orthanc gets the waiting notifications;
-        the refusal is logged once per URL at ERROR."""
+        """Refuse (Retry, nothing sent) an Orthanc that answers other hosts with empty
+        credentials (delivery/orthanc_access.py says how that is seen). Checked at first
+        use; a refused Orthanc is checked again at each attempt (one GET), so once fixed
+        it gets the waiting notifications. The refusal is logged once per URL at ERROR."""
         if self._access_ok:
             return
-        probe = requests.Session()
-        if _loopback_host(self.url):
-            if not _can_bind(PROBE_SOURCE):  # not Linux: a second loopback address is rare
-                log.warning(
-                    "Orthanc at %s: cannot probe from %s whether it is open to other hosts",
-                    redact_url(self.url),
-                    PROBE_SOURCE,
-                )
-                self._access_ok = True
-                return
-            probe.mount("http://", _SourceAddress(PROBE_SOURCE))
-            probe.mount("https://", _SourceAddress(PROBE_SOURCE))
-        probe.verify = self.http.verify
         try:
-            response = probe.get(
-                self.url + "/system",
-                auth=("", ""),  # "Authorization: Basic Og==" (RFC 7617), URL/netrc unused
-                timeout=self.timeout,
-            )
+            verdict = open_to_anyone(self.url, self.http.verify, self.timeout)
         except requests.RequestException as exc:
             raise Retry(f"Orthanc unreachable: {exc.__class__.__name__}") from None
-        finally:
-            probe.close()
-        if response.status_code != 200:
+        shown = redact_url(self.url)
+        if verdict is None:
+            log.warning("Orthanc at %s: cannot probe whether it is open to other hosts", shown)
+        if not verdict:
             if self.url in _refusal_logged:
-                log.info("Orthanc at %s no longer accepts empty credentials", redact_url(self.url))
+                log.info("Orthanc at %s no longer accepts empty credentials", shown)
                 _refusal_logged.discard(self.url)
             self._access_ok = True
             return
@@ -180,7 +120,7 @@ class OrthancClient:
                 "and change its studies. Nothing is delivered to it until it is fixed: "
                 "register a user with a password (docs/deploy-debian.md) or set "
                 "RemoteAccessAllowed false; notifications wait, nothing is lost",
-                redact_url(self.url),
+                shown,
             )
         raise Retry(OPEN_ORTHANC)
 
