@@ -53,8 +53,8 @@ fi
 
 # --- the virtualenv ----------------------------------------------------------------------
 venv=$DESTDIR$PREFIX
-if [ ! -x "$venv/bin/python" ]; then
-    "$PYTHON" -m venv "$venv"
+if ! "$venv/bin/python" -c '' 2>/dev/null; then # none yet, or its interpreter is gone
+    "$PYTHON" -m venv --clear "$venv"
     say "created the virtualenv $PREFIX ($("$venv/bin/python" -V))"
 fi
 pip=("$venv/bin/python" -m pip install --quiet)
@@ -74,11 +74,16 @@ version=$("$venv/bin/python" -c 'from importlib.metadata import version; print(v
 say "worklist-mpps $version in $PREFIX"
 mkdir -p "$venv/share/docs" "$venv/share/debian"
 install -m 0644 "$SRC/docs/deploy-debian.md" "$venv/share/docs/deploy-debian.md"
-install -m 0644 "$SRC"/deploy/debian/* "$venv/share/debian/"
+install -m 0644 "$SRC"/deploy/debian/{config.yaml,orthanc-fragment.json,orthanc_config.py,worklist-mpps.service} \
+    "$venv/share/debian/"
 
 # --- the system user ---------------------------------------------------------------------
-account() { # name file field: a passwd/group entry's field from the target root
-    awk -F: -v n="$1" -v f="$3" '$1 == n { print $f; exit }' "$DESTDIR/etc/$2" 2>/dev/null || true
+account() { # name passwd|group field: an entry's field in the target root
+    if [ -z "$DESTDIR" ]; then
+        getent "$2" "$1" | cut -d: -f"$3" || true
+    else
+        awk -F: -v n="$1" -v f="$3" '$1 == n { print $f; exit }' "$DESTDIR/etc/$2" 2>/dev/null || true
+    fi
 }
 if [ -z "$DESTDIR" ] || [ -f "$DESTDIR/etc/passwd" ]; then
     root=()
