@@ -5,8 +5,8 @@ the site-packages of the virtualenv worklist-mpps is installed in first on sys.p
 its locked dependencies win over any python3-* package of the system), then imports the
 plugin, which reads MPPSAet, DicomPortMPPS and WorklistMpps from Orthanc's configuration.
 
-The virtualenv is /opt/worklist-mpps/venv unless orthanc.json says otherwise:
-    "WorklistMppsVenv": "/opt/worklist-mpps/venv"
+The virtualenv is /opt/worklist-mpps unless orthanc.json says otherwise:
+    "WorklistMppsVenv": "/opt/worklist-mpps"
 It must be made with the Python orthanc-python is built against (Debian 12: python3.11).
 """
 
@@ -17,7 +17,7 @@ import sys
 
 import orthanc
 
-venv = json.loads(orthanc.GetConfiguration()).get("WorklistMppsVenv", "/opt/worklist-mpps/venv")
+venv = json.loads(orthanc.GetConfiguration()).get("WorklistMppsVenv", "/opt/worklist-mpps")
 packages = os.path.join(
     venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages"
 )
