@@ -7,7 +7,6 @@ codes; each calls the service layer for its work.
 from __future__ import annotations
 
 import argparse
-import errno
 import faulthandler
 import json
 import logging
@@ -17,6 +16,15 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from worklist_mpps.cli.runtime import (
+    EXIT_CONFIG,
+    EXIT_DB_UNREACHABLE,
+    EXIT_FAILED,
+    Runtime,
+    StartupError,
+    database_failure,
+    open_database,
+)
 from worklist_mpps.config import (
     Config,
     ConfigError,
@@ -28,53 +36,13 @@ from worklist_mpps.config import (
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
 from worklist_mpps.services.health import (
-    DISK_FULL,
-    READ_ONLY,
-    SCHEMA,
-    Health,
     describe_db_error,
     probe_write,
     sqlite_file,
-    sqlite_file_problem,
 )
-from worklist_mpps.services.loader import LoadError, load_file, load_sample_once
+from worklist_mpps.services.loader import LoadError, load_file
 
 log = logging.getLogger("worklist_mpps")
-
-# Exit codes of worklist-mpps (README "Exit codes"): one per cause, so that a supervisor
-# or an operator tells them apart without reading a traceback
-EXIT_FAILED = 1  # the command's own failure (ping: no C-ECHO answer; db current: behind)
-EXIT_CONFIG = 2  # a configuration key or value, an unreadable secret file, schema behind
-EXIT_DB_UNREACHABLE = 3  # no connection: host, port, database name, credentials
-EXIT_DICOM_PORT = 4  # the DICOM port (or the TLS port) cannot be bound: in use, no right
-EXIT_HTTP_PORT = 5  # the HTTP port cannot be bound
-EXIT_DB_NOT_WRITABLE = 6  # connected, but a write fails: read-only database, disk full
-EXIT_HL7_PORT = 7  # the MLLP port of the HL7 order feed cannot be bound
-
-
-class StartupError(Exception):
-    """A cause that ends the command with one line and its own exit code."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def database_failure(health: Health) -> StartupError:
-    """The one line and exit code of a database that fails a command."""
-    code = (
-        EXIT_DB_NOT_WRITABLE
-        if health.problem in (READ_ONLY, DISK_FULL)
-        else EXIT_CONFIG
-        if health.problem == SCHEMA
-        else EXIT_DB_UNREACHABLE
-    )
-    return StartupError(code, health.reason)
-
-
-def _bind_failure(what: str, address: str, port: int, exc: OSError) -> str:
-    hint = " (another server running?)" if exc.errno == errno.EADDRINUSE else ""
-    return f"{what} {address}:{port} cannot be bound: {exc.strerror or exc}{hint}"
 
 
 def setup_logging(level: str) -> None:
@@ -100,54 +68,9 @@ def setup_logging(level: str) -> None:
     pydicom_config.settings.writing_validation_mode = mode
 
 
-def open_database(cfg: Config, migrate_now: bool | None = None) -> Database:
-    """The process's Database, its schema upgraded or checked; a database that cannot be
-    used ends the command with one line and its exit code (StartupError)."""
-    db = Database(cfg.database_url, cfg.sqlite_synchronous)
-    try:
-        if cfg.migrate_on_start if migrate_now is None else migrate_now:
-            migrate.upgrade(db.engine)
-        up_to_date = migrate.is_up_to_date(db.engine)
-    except SQLAlchemyError as exc:
-        db.dispose()
-        # a read-only filesystem under a SQLite file says more than "unable to open"
-        raise database_failure(sqlite_file_problem(db) or describe_db_error(exc)) from None
-    if not up_to_date:
-        raise ConfigError(
-            "database schema is not up to date: run 'worklist-mpps db upgrade' "
-            "(or set auto_migrate: true)"
-        )
-    return db
-
-
 def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
-    from worklist_mpps.context import AppContext
-    from worklist_mpps.dimse.server import DicomServer
-
-    db = open_database(cfg)
-    if cfg.load_sample_data:
-        loaded = load_sample_once(db, cfg.sample_file, cfg.uid_prefix)
-        if loaded:
-            log.info("Sample worklist loaded from %s: %d items", cfg.sample_file, loaded[0])
-    worker = build_outbox_worker(cfg, db)
-    ctx = AppContext(
-        cfg,
-        db,
-        list(worker.targets) if worker else [],
-        worker.wake.set if worker else (lambda: None),
-    )
-    from worklist_mpps.web.server import raise_open_files_limit
-
-    raise_open_files_limit()  # many clients must not starve the listeners of descriptors
-    server = DicomServer(ctx)
-    from worklist_mpps.services.station_queries import Flusher
-
-    stations = Flusher(db)  # the worklist queries per station, to the database every 2 s
-    from worklist_mpps.services.lifecycle import Lifecycle
-
-    lifecycle = (
-        Lifecycle(db, cfg) if cfg.worklist_expire_after or cfg.worklist_retention_days else None
-    )
+    runtime = Runtime(cfg)  # cli/runtime.py: what runs, its start-up and its stop
+    runtime.prepare()
     # The handler only records the signal: a handler runs between two bytecodes of the
     # main thread and must take no lock that code may hold. SIGUSR1 writes every thread's
     # stack to stderr (the log), for a server that seems stuck.
@@ -159,105 +82,14 @@ def cmd_serve(cfg: Config, _args: argparse.Namespace) -> int:
     # peer to answer (the MLLP listener's ACK, a DIMSE thread) waited that long behind a
     # busy one. 1 ms: the order feed went from about 170 to about 200 orders/s (bench).
     sys.setswitchinterval(0.001)
-    http, mllp, running = None, None, False
-    follower = None
     try:
-        try:
-            server.start()
-        except OSError as exc:
-            port = cfg.tls_port if server.is_listening() else cfg.port
-            raise StartupError(
-                EXIT_DICOM_PORT, _bind_failure("DICOM port", cfg.bind, port, exc)
-            ) from None
-        if cfg.hl7_enabled:  # before HTTP: /healthz answering means orders are taken too
-            from worklist_mpps.mllp.server import MLLPServer
-
-            mllp = MLLPServer(ctx)
-            try:
-                mllp.start()
-            except OSError as exc:
-                mllp = None
-                raise StartupError(
-                    EXIT_HL7_PORT, _bind_failure("MLLP port", cfg.hl7_bind, cfg.hl7_port, exc)
-                ) from None
-        if cfg.http_enabled:
-            from worklist_mpps.web.app import create_app
-            from worklist_mpps.web.server import HTTPServer
-
-            http = HTTPServer(
-                create_app(ctx, server.is_listening),
-                cfg.http_bind,
-                cfg.http_port,
-                keep_alive_timeout=cfg.network_timeout,
-                header_timeout=cfg.http_header_timeout,
-                body_timeout=cfg.http_body_timeout,
-                max_connections=cfg.http_max_connections,
-            )
-            try:
-                http.start()
-            except OSError as exc:
-                http = None
-                raise StartupError(
-                    EXIT_HTTP_PORT, _bind_failure("HTTP port", cfg.http_bind, cfg.http_port, exc)
-                ) from None
-        if worker:
-            worker.start()
-        if cfg.orthanc_url:  # Orthanc as witness: its change feed (delivery/orthanc_witness)
-            from worklist_mpps.delivery.orthanc_witness import WitnessFollower
-
-            follower = WitnessFollower(db, cfg, ctx.targets, ctx.notify)
-            follower.start()
-        stations.start()
-        if lifecycle:  # expiry and purge (README "Stale items and retention")
-            lifecycle.start()
-        print(
-            f"worklist-mpps: {cfg.ae_title} listening on {cfg.bind}:{server.port}"
-            + (f", HTTP on {cfg.http_bind}:{http.port}" if http else "")
-            + (f", MLLP (HL7) on {cfg.hl7_bind}:{mllp.port}" if mllp else ""),
-            flush=True,
-        )
-        running = True
+        runtime.start()
+        print(runtime.banner(), flush=True)
         while not stop_signals:
             time.sleep(0.2)
     finally:
-        if running:
-            log.info("Shutting down")
-        if http:
-            http.stop()
-        if mllp:
-            mllp.stop()  # the messages in progress are committed and acknowledged first
-        server.stop()  # in-flight associations finish first
-        stations.stop()  # after the listener: its last queries are written too
-        if lifecycle:
-            lifecycle.stop()
-        if follower:
-            follower.stop()
-        if worker:
-            worker.stop()
-        db.dispose()
+        runtime.stop()
     return 0
-
-
-def build_outbox_worker(cfg: Config, db: Database):  # noqa: ANN201
-    """The outbox worker for the configured targets, or None without targets: Orthanc and
-    the MPPS peers (MPPS events), the enabled HL7 destinations (order status, hl7:NAME)."""
-    from worklist_mpps.delivery.forward import ForwardTarget
-    from worklist_mpps.delivery.hl7_out import HL7StatusTarget
-    from worklist_mpps.delivery.orthanc import OrthancTarget
-    from worklist_mpps.delivery.worker import OutboxWorker, Target
-
-    targets: dict[str, Target] = {}
-    if cfg.orthanc_url:
-        targets["orthanc"] = OrthancTarget(db, cfg)
-    for peer in cfg.forward_peers:
-        if peer.enabled:
-            forward = ForwardTarget(peer, cfg.ae_title)
-            targets[forward.name] = forward
-    for destination in cfg.hl7_destinations:
-        if destination.enabled:
-            status = HL7StatusTarget(destination, cfg)
-            targets[status.name] = status
-    return OutboxWorker(db, cfg, targets) if targets else None
 
 
 def cmd_outbox(cfg: Config, args: argparse.Namespace) -> int:

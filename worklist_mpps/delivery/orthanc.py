@@ -17,7 +17,9 @@ Works with Orthanc 1.10 (Debian bookworm) and newer, over the REST API:
   go to our database and to the study, re-checked until complete or
   ``completeness_timeout``.
 
-Credentials come from the configuration and are never logged.
+Credentials come from the configuration and are never logged. An Orthanc that answers
+other hosts with empty credentials is refused before anything is sent to it
+(:meth:`OrthancClient.check_access`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any
 import requests
 from sqlalchemy import select
 
-from worklist_mpps.config import Config
+from worklist_mpps.config import Config, redact_url
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import MPPSTracking, OutboxMessage, utcnow
+from worklist_mpps.delivery.orthanc_access import OPEN_ORTHANC, open_to_anyone
 from worklist_mpps.delivery.worker import Failed, Retry, age_seconds
 from worklist_mpps.services.dicom import decode_dataset
 from worklist_mpps.services.study_mpps import (
@@ -43,7 +46,7 @@ from worklist_mpps.services.study_mpps import (
     study_steps,
 )
 
-__all__ = ["METADATA", "OrthancClient", "OrthancTarget", "referenced_instances"]
+__all__ = ["METADATA", "OPEN_ORTHANC", "OrthancClient", "OrthancTarget", "referenced_instances"]
 
 log = logging.getLogger("worklist_mpps.delivery.orthanc")
 
@@ -67,6 +70,7 @@ STALE_ORDER = (
 )
 LABELS = ("mpps-in-progress", "mpps-completed", "mpps-discontinued", "mpps-incomplete")
 RECHECK_SECONDS = 15.0
+_refusal_logged: set[str] = set()  # Orthanc URLs whose refusal was logged (once each)
 
 
 class OrthancError(Exception):
@@ -85,8 +89,43 @@ class OrthancClient:
             self.http.auth = (username, password)
         self.timeout = timeout
         self._system: dict | None = None
+        self._access_ok = False
+
+    def check_access(self) -> None:
+        """Refuse (Retry, nothing sent) an Orthanc that answers other hosts with empty
+        credentials (delivery/orthanc_access.py says how that is seen). Checked at first
+        use; a refused Orthanc is checked again at each attempt (one GET), so once fixed
+        it gets the waiting notifications. The refusal is logged once per URL at ERROR."""
+        if self._access_ok:
+            return
+        try:
+            verdict = open_to_anyone(self.url, self.http.verify, self.timeout)
+        except requests.RequestException as exc:
+            raise Retry(f"Orthanc unreachable: {exc.__class__.__name__}") from None
+        shown = redact_url(self.url)
+        if verdict is None:
+            log.warning("Orthanc at %s: cannot probe whether it is open to other hosts", shown)
+        if not verdict:
+            if self.url in _refusal_logged:
+                log.info("Orthanc at %s no longer accepts empty credentials", shown)
+                _refusal_logged.discard(self.url)
+            self._access_ok = True
+            return
+        if self.url not in _refusal_logged:
+            _refusal_logged.add(self.url)
+            log.error(
+                "Orthanc at %s accepts empty credentials from other hosts (RemoteAccessAllowed "
+                "true with AuthenticationEnabled false, or an empty user in RegisteredUsers, "
+                "e.g. ORTHANC_USER/ORTHANC_PASSWORD unset): anyone on the network can read "
+                "and change its studies. Nothing is delivered to it until it is fixed: "
+                "register a user with a password (docs/deploy-debian.md) or set "
+                "RemoteAccessAllowed false; notifications wait, nothing is lost",
+                shown,
+            )
+        raise Retry(OPEN_ORTHANC)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        self.check_access()
         try:
             response = self.http.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:

@@ -21,7 +21,7 @@ from worklist_mpps.dimse.common import (
     peer,
 )
 from worklist_mpps.dimse.pynetdicom_ext import wire
-from worklist_mpps.services import station_queries, worklist
+from worklist_mpps.services import station_queries, worklist, worklist_find
 from worklist_mpps.services.health import db_error_comment, describe_db_error
 from worklist_mpps.services.matching import MatchError
 from worklist_mpps.services.status import (
@@ -89,18 +89,18 @@ def _answer_find(event, ctx: AppContext, tally: Tally) -> Iterator[tuple[object,
         yield failure(NOT_AUTHORIZED, "Not authorized for worklist queries"), None
         return
     try:
-        query = worklist.parse_identifier(decoded(lambda: event.identifier))
-        calling = (
-            event.assoc.requestor.ae_title if ctx.config.worklist_filter_by_calling_ae else None
+        found = worklist_find.find(
+            ctx.db, ctx.config, decoded(lambda: event.identifier), event.assoc.requestor.ae_title
         )
-        cap = ctx.config.max_find_results or None
-        rows = worklist.search(
-            ctx.db,
-            query,
-            ctx.config.worklist_default_statuses,
-            calling,
-            limit=cap + 1 if cap else None,
+        query, rows = found.query, found.rows
+    except worklist_find.TooManyMatches as exc:
+        log.warning(
+            "C-FIND from %s: 0xA700 refused, more than %d matches (max_find_results)",
+            who,
+            exc.cap,
         )
+        yield failure(OUT_OF_RESOURCES, str(exc)), None
+        return
     except MatchError as exc:
         log.warning("C-FIND from %s: 0xA900 identifier does not match SOP class: %s", who, exc)
         yield failure(IDENTIFIER_DOES_NOT_MATCH, str(exc), [exc.keyword]), None
@@ -123,12 +123,6 @@ def _answer_find(event, ctx: AppContext, tally: Tally) -> Iterator[tuple[object,
         yield failure(UNABLE_TO_PROCESS, f"Unable to process: {exc.__class__.__name__}"), None
         return
 
-    if cap and len(rows) > cap:
-        log.warning(
-            "C-FIND from %s: 0xA700 refused, more than %d matches (max_find_results)", who, cap
-        )
-        yield failure(OUT_OF_RESOURCES, f"More than {cap} matches: narrow the query"), None
-        return
     status = PENDING_WARNING if query.optional_keys_unsupported else PENDING
     # dimse_fast_path off: every response is pynetdicom's own encoding
     fast = (
