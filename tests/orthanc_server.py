@@ -98,19 +98,10 @@ class Orthanc:
     # --- content ------------------------------------------------------------------------
 
     def upload(
-        self, study_uid: str, series_uid: str, sop_uid: str, patient_id: str = "PID-T"
+        self, study_uid: str, series_uid: str, sop_uid: str, patient_id: str = "PID-T", **tags: str
     ) -> None:
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.PatientID, ds.PatientName, ds.Modality = patient_id, "Test^Patient", "CT"
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        response = self.http.post(self.url + "/instances", data=buffer.getvalue(), timeout=10)
+        data = ct_image(study_uid, series_uid, sop_uid, patient_id, **tags)
+        response = self.http.post(self.url + "/instances", data=data, timeout=10)
         assert response.ok, response.text
 
     def study_id(self, study_uid: str) -> str | None:
@@ -122,6 +113,25 @@ class Orthanc:
         if study is None:
             return {}
         return self.http.get(f"{self.url}/studies/{study}/metadata?expand", timeout=10).json()
+
+
+def ct_image(
+    study_uid: str, series_uid: str, sop_uid: str, patient_id: str = "PID-T", **tags: str
+) -> bytes:
+    """One small CT instance of the study as a DICOM file; ``tags`` (keywords) added."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.PatientID, ds.PatientName, ds.Modality = patient_id, "Test^Patient", "CT"
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def new_uids(n: int) -> list[str]:

@@ -18,7 +18,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -153,16 +152,6 @@ def images(engine) -> dict[str, str]:
     return dict(line.split("=", 1) for line in done.stdout.split() if "=" in line)
 
 
-@pytest.fixture(scope="module")
-def wheelhouse() -> Iterator[str]:
-    """scripts/build-wheelhouse.sh into the build context (a folder .dockerignore lets in)."""
-    folder = f"build/wheelhouse-test-{os.getpid()}"
-    env = dict(os.environ, PYTHON=sys.executable)
-    run([str(ROOT / "scripts" / "build-wheelhouse.sh"), folder], env, 600, cwd=ROOT)
-    yield folder
-    shutil.rmtree(ROOT / folder, ignore_errors=True)
-
-
 # --- the stack --------------------------------------------------------------------------
 
 
@@ -246,7 +235,7 @@ def stack(request, engine, images, wheelhouse) -> Iterator[Stack]:
     compose = compose_commands(engine).get(request.param)
     if compose is None:
         pytest.skip(f"{request.param} is not installed")
-    up = Stack(engine, compose, images, wheelhouse)
+    up = Stack(engine, compose, images, str(wheelhouse.relative_to(ROOT)))
     try:
         # compose 1.29 builds with the legacy builder: a failed step's container is kept
         # unless --force-rm (v2 builds with BuildKit, which keeps none)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import io
 import json
 import subprocess
 import sys
@@ -19,10 +18,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, generate_uid
 
 from browser import PASSWORD as WEB_PASSWORD
 from browser import USER as WEB_USER
@@ -49,20 +47,9 @@ def upload(
     accession: str = "",
 ) -> None:
     """One CT instance into Orthanc over its REST API (with an Accession Number)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = sop
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.PatientID, ds.PatientName, ds.Modality = patient_id, "Witness^Wanda", "CT"
-    ds.AccessionNumber, ds.StudyDate, ds.StudyTime = accession, TODAY, "101500"
-    ds.SeriesDescription = "Axial"
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    response = orthanc.http.post(orthanc.url + "/instances", data=buffer.getvalue(), timeout=10)
-    assert response.ok, response.text
+    tags = {"PatientName": "Witness^Wanda", "AccessionNumber": accession}
+    tags |= {"StudyDate": TODAY, "StudyTime": "101500", "SeriesDescription": "Axial"}
+    orthanc.upload(study, series, sop, patient_id, **tags)
 
 
 def new_item(db: Database, accession: str, patient_id: str = "PID-W", **extra: str) -> dict:
