@@ -45,7 +45,9 @@ def hooked(live_server, orthanc, tmp_path):
         "--orthanc-username",
         USER,
         "--completeness-timeout",
-        "6",
+        # long enough that a loaded CI machine still sees "checking" between the late
+        # images (test_late_images...), short enough for the "incomplete" test
+        "12",
         "--outbox-retry-min",
         "0.3",
         "--outbox-retry-max",
