@@ -134,7 +134,7 @@ def main() -> None:
             stderr=open(Path(tmp) / "serve.log", "w"),
         )
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90
             while not port_open("127.0.0.1", port, 0.2) and time.monotonic() < deadline:
                 time.sleep(0.1)
             echo_associations(port, 20)  # warm up

@@ -126,6 +126,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._connected = False  # left Sta1 once: a later Sta1 means the connection closed
 
     def _poke(self) -> None:
+        if threading.get_ident() == self.ident:
+            return  # this thread's own put: its loop looks at the queues before waiting
         with self._pipe_lock:
             if self._pipe is not None:
                 with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
@@ -148,11 +150,13 @@ class EventDrivenDUL(DULServiceProvider):
         pipe = self._pipe
         assert pipe is not None  # run_reactor's loop, the one caller, has it open
         try:
-            select.select([sock, pipe[0]], [], [], TICK)
+            readable, _, _ = select.select([sock, pipe[0]], [], [], TICK)
         except (OSError, ValueError):
             time.sleep(STA13_POLL)  # socket closed under us: the next look reports it
-        with contextlib.suppress(BlockingIOError):
-            os.read(pipe[0], 4096)
+            readable = [pipe[0]]
+        if pipe[0] in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(pipe[0], 4096)
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's PDU read, restructured: the 6-byte PDU header is read first, from
