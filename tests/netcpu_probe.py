@@ -1,11 +1,12 @@
 """Server CPU per DIMSE operation, measured from the server process's own CPU time
 (/proc/PID/stat utime + stime) while this process drives it with pynetdicom (issue 18):
 C-ECHO associations, selective queries on an open association, and selective queries
-per second from 8 persistent associations. A probe for README-netcpu.md's figures, not a
-test: figures are noisy on a shared machine (run it a few times, compare medians).
+per second from 8 client processes on persistent associations. A probe for the figures
+of README-netcpu.md, not a test: figures are noisy on a shared machine (run it a few
+times, compare medians).
 
     python tests/netcpu_probe.py [--items 10000] [--echo 300] [--queries 300] [--seconds 5]
-        [--fast-path false] [--profile FILE]
+        [--fast-path false] [--only echo|query|rate] [--wrapper SCRIPT]
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -56,11 +56,11 @@ def echo_associations(port: int, n: int) -> None:
         assoc.release()
 
 
-def queries(port: int, n: int, stop: threading.Event | None = None) -> int:
+def queries(port: int, n: int) -> int:
     assoc = associate(port, ModalityWorklistInformationFind)
     done = 0
     try:
-        while done < n and not (stop is not None and stop.is_set()):
+        while done < n:
             for _status, _ds in assoc.send_c_find(selective(), ModalityWorklistInformationFind):
                 pass
             done += 1
@@ -76,7 +76,25 @@ def measured(pid: int, run) -> tuple[float, float]:
     return cpu_of(pid) - c0, time.perf_counter() - t0
 
 
+def client_main(port: int, seconds: float) -> None:
+    """One of the 8 clients: selective queries on one association for ``seconds``; prints
+    how many were answered in that time."""
+    assoc = associate(port, ModalityWorklistInformationFind)
+    done, deadline = 0, time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            for _status, _ds in assoc.send_c_find(selective(), ModalityWorklistInformationFind):
+                pass
+            done += 1
+    finally:
+        assoc.release()
+    print(done)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--client"]:
+        client_main(int(sys.argv[2]), float(sys.argv[3]))
+        return
     p = argparse.ArgumentParser()
     p.add_argument("--items", type=int, default=10_000)
     p.add_argument("--echo", type=int, default=300)
@@ -139,7 +157,7 @@ def main() -> None:
                 time.sleep(0.1)
             echo_associations(port, 20)  # warm up
             queries(port, 20)
-            echo_ms, query_ms, rates = [0.0], [0.0], [0.0]
+            echo_ms, query_ms, rates, rate_cpu = [0.0], [0.0], [0.0], [0.0]
             for _ in range(args.rounds):
                 if args.only in (None, "echo"):
                     cpu, _wall = measured(server.pid, lambda: echo_associations(port, args.echo))
@@ -149,29 +167,28 @@ def main() -> None:
                     query_ms.append(cpu / args.queries * 1000)
                 if args.only not in (None, "rate"):
                     continue
-                stop = threading.Event()
-                counts: list[int] = []
-
-                def client(stop: threading.Event = stop, counts: list[int] = counts) -> None:
-                    counts.append(queries(port, 10**9, stop))
-
-                threads = [threading.Thread(target=client) for _ in range(8)]
-                t0 = time.perf_counter()
-                for t in threads:
-                    t.start()
-                time.sleep(args.seconds)
-                stop.set()
-                for t in threads:
-                    t.join(30)
-                rates.append(sum(counts) / (time.perf_counter() - t0))
-            echo_ms, query_ms, rates = echo_ms[1:] or [0], query_ms[1:] or [0], rates[1:] or [0]
+                c0 = cpu_of(server.pid)
+                procs = [
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--client", str(port), str(args.seconds)],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
+                    for _ in range(8)
+                ]
+                done = sum(int(p.communicate(timeout=args.seconds + 60)[0]) for p in procs)
+                rates.append(done / args.seconds)
+                rate_cpu.append((cpu_of(server.pid) - c0) / max(done, 1) * 1000)
+            echo_ms, query_ms = echo_ms[1:] or [0], query_ms[1:] or [0]
+            rates, rate_cpu = rates[1:] or [0], rate_cpu[1:] or [0]
             print(
                 f"server CPU per C-ECHO association: {statistics.median(echo_ms):.2f} ms "
                 f"{[round(x, 2) for x in echo_ms]}\n"
                 f"server CPU per selective query (open association): "
                 f"{statistics.median(query_ms):.2f} ms {[round(x, 2) for x in query_ms]}\n"
-                f"selective queries/s, 8 clients (this process is the 8 clients): "
-                f"{statistics.median(rates):.0f} {[round(x) for x in rates]}"
+                f"selective queries/s, 8 client processes: "
+                f"{statistics.median(rates):.0f} {[round(x) for x in rates]}, server CPU "
+                f"{statistics.median(rate_cpu):.2f} ms per query"
             )
         finally:
             server.terminate()
