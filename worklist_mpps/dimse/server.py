@@ -7,6 +7,7 @@ handler modules and in the service layer.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import socket
 import ssl
@@ -187,6 +188,22 @@ def tls_context(cfg) -> ssl.SSLContext:  # noqa: ANN001
     return context
 
 
+_frozen = threading.Lock()  # held for good once the heap is frozen
+
+
+def freeze_start_up_heap() -> None:
+    """Once per process: collect, then move every object alive (modules, classes,
+    configuration, pools: what lives as long as the server) out of the collector's sight
+    (``gc.freeze``, CPython >= 3.7), so that no later collection, full ones included,
+    scans them again. With ended associations freed by reference counting (reactor.py
+    ``_unlink``) and pynetdicom's periodic ``gc.collect()`` gone, what the collector
+    still sees is the few objects of the requests in flight (issue 18: no pause over
+    10 ms)."""
+    if _frozen.acquire(blocking=False):
+        gc.collect()
+        gc.freeze()
+
+
 class DicomServer:
     """Starts and stops the AE's listeners: plain, and TLS when configured."""
 
@@ -229,6 +246,7 @@ class DicomServer:
 
     def start(self) -> None:
         cfg = self.ctx.config
+        freeze_start_up_heap()
         self._server = self._listen(cfg.port)
         log.info("DICOM listener %s on %s:%d", cfg.ae_title, cfg.bind, self.port)
         if cfg.tls_port:

@@ -124,6 +124,26 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
         "ACSE._negotiate_as_acceptor",
         source=("maximum_associations",),
     ),
+    # reactor.py: the reference cycles of an association, broken when it ends (_unlink),
+    # and the listener's periodic gc.collect() it replaces (service_actions)
+    Internal("reactor.py", "pynetdicom.acse", "ACSE.__init__", source=("self._assoc = assoc",)),
+    Internal("reactor.py", "pynetdicom.acse", "ACSE", source=('setattr(self.assoc, "abort"',)),
+    Internal("reactor.py", DIMSE, "DIMSEServiceProvider.__init__", source=("self._assoc = assoc",)),
+    Internal("reactor.py", DUL, "DULServiceProvider.__init__", source=("self._assoc = assoc",)),
+    Internal(
+        "reactor.py", TRANSPORT, "AssociationSocket.__init__", source=("self._assoc = assoc",)
+    ),
+    Internal(
+        "reactor.py", ASSOC, "ServiceUser.__init__", source=("self.assoc: Association = assoc",)
+    ),
+    Internal("reactor.py", "pynetdicom.fsm", "StateMachine.__init__", source=("self.dul = dul",)),
+    Internal(
+        "reactor.py",
+        TRANSPORT,
+        "AssociationServer.service_actions",
+        ("self",),
+        source=("gc.collect()",),
+    ),
     # wire.py: C-FIND responses, status-only responses, the bound on received messages,
     # the N-CREATE Attribute Identifier List
     Internal(

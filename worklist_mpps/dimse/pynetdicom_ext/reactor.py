@@ -126,6 +126,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._connected = False  # left Sta1 once: a later Sta1 means the connection closed
 
     def _poke(self) -> None:
+        if threading.get_ident() == self.ident:
+            return  # this thread's own put: its loop looks at the queues before waiting
         with self._pipe_lock:
             if self._pipe is not None:
                 with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
@@ -148,11 +150,13 @@ class EventDrivenDUL(DULServiceProvider):
         pipe = self._pipe
         assert pipe is not None  # run_reactor's loop, the one caller, has it open
         try:
-            select.select([sock, pipe[0]], [], [], TICK)
+            readable, _, _ = select.select([sock, pipe[0]], [], [], TICK)
         except (OSError, ValueError):
             time.sleep(STA13_POLL)  # socket closed under us: the next look reports it
-        with contextlib.suppress(BlockingIOError):
-            os.read(pipe[0], 4096)
+            readable = [pipe[0]]
+        if pipe[0] in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(pipe[0], 4096)
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's PDU read, restructured: the 6-byte PDU header is read first, from
@@ -380,6 +384,7 @@ class EventDrivenAssociation(Association):
 
     def __init__(self, ae, mode: str) -> None:  # noqa: ANN001
         super().__init__(ae, mode)
+        _unlink(self.dul)  # pynetdicom's DUL, replaced below and never started
         self._wake = threading.Event()
         self.dul = EventDrivenDUL(self, self._wake.set)  # pynetdicom's one is never started
         self.dimse = wire.DIMSEProvider(self)
@@ -400,6 +405,12 @@ class EventDrivenAssociation(Association):
         finally:
             if self.ticket is not None:
                 self.ticket.release()
+            if not self.dul.is_alive():  # both threads done: nothing runs on these any more
+                for part in (self.dul, self.acse, self.dimse, self.dul.socket):
+                    _unlink(part)
+                for user in (self.requestor, self.acceptor):
+                    vars(user)["assoc"] = None  # annotated Association
+                vars(self).pop("abort", None)  # ACSE sets it to a method of self
 
     def _serve_request(self, msg, context_id: int) -> None:  # noqa: ANN001
         """Dispatch a request, after the checks pynetdicom does not make.
@@ -530,6 +541,31 @@ class EventDrivenAssociation(Association):
                 return
 
 
+def _nothing() -> None:
+    """The wake-up of a queue whose reader has ended."""
+
+
+def _unlink(part: object) -> None:
+    """Drop ``part``'s references back to its association (and a DUL's state machine's to
+    the DUL): pynetdicom's association, DUL, ACSE, DIMSE provider, socket and service
+    users all point at each other, so that without this every ended association waits
+    for the cycle collector (pynetdicom's listener called ``gc.collect()`` every 60
+    passes for it). With them dropped, reference counting frees it at once."""
+    if part is None:
+        return
+    if hasattr(part, "_assoc"):
+        part._assoc = None
+    machine = getattr(part, "state_machine", None)
+    if machine is not None:
+        machine.dul = None
+    for name in ("event_queue", "to_provider_queue"):  # WakingQueues calling part._poke
+        waking = getattr(part, name, None)
+        if isinstance(waking, WakingQueue):
+            waking._wake = _nothing
+    if isinstance(part, threading.Thread) and not part.is_alive():
+        part._target = None  # type: ignore[attr-defined]  # an unstarted Thread keeps it
+
+
 class EventDrivenRequestHandler(RequestHandler):
     """pynetdicom's RequestHandler, creating :class:`EventDrivenAssociation`s."""
 
@@ -607,6 +643,13 @@ class GatedAssociationServer(AssociationServer):
     @admitting.setter
     def admitting(self, ticket: Ticket | None) -> None:
         self._setting_up.ticket = ticket
+
+    def service_actions(self) -> None:
+        """Nothing: pynetdicom's ran a full ``gc.collect()`` every 60 passes of the listener
+        loop (a stop-the-world pause of tens of ms with a large heap, issue 18) because
+        ended associations were only freed by the cycle collector; EventDrivenAssociation
+        breaks those cycles when it ends (``_unlink``) and server.py freezes the start-up
+        heap, so that the generational collector's own passes stay small."""
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None  # bound in __init__; serve_forever runs after that
