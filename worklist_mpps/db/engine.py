@@ -96,5 +96,19 @@ class Database:
                 session.connection(execution_options={"sqlite_immediate": True})
             yield session
 
+    def analyze(self, *tables: str) -> bool:
+        """Refresh the planner's statistics of ``tables`` on PostgreSQL (``ANALYZE``):
+        a table bulk-loaded since autovacuum last looked has none, and the planner then
+        guesses (issue 18: a selective query at 1M items took 173 ms until ANALYZE,
+        then 0.5 ms). SQLite plans without statistics; nothing is done there. True
+        when statistics were refreshed."""
+        if self.is_sqlite:
+            return False
+        with self.engine.begin() as conn:
+            for table in tables:
+                preparer = self.engine.dialect.identifier_preparer
+                conn.exec_driver_sql(f"ANALYZE {preparer.quote(table)}")
+        return True
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -240,7 +240,6 @@ def _parse_level(
             )
         else:
             clause = matching.combined_datetime(
-                WorklistItem.sps_start_date,
                 WorklistItem.sps_start_time,
                 WorklistItem.sps_start,
                 _single(date),
