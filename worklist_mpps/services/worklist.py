@@ -156,6 +156,12 @@ class WorklistQuery:
     # SQLAlchemy has already made (issue 18)
     statements: dict[tuple, Select] = field(default_factory=dict, repr=False, compare=False)
 
+    @cached_property
+    def ascii_charset(self) -> str | None:
+        """The Specific Character Set of a response whose text is all ASCII: every
+        character set this server answers in encodes ASCII alike."""
+        return choose_charset("", self.charset)
+
     @property
     def optional_keys_unsupported(self) -> bool:
         """True when the response status is 0xFF01 (PS3.4 K.4.1.1.4)."""
@@ -540,7 +546,21 @@ def choose_charset(text: str, requested: list[str]) -> str | None:
     return "ISO_IR 100" if fits("ISO_IR 100") else "ISO_IR 192"
 
 
+def _all_ascii(elements: list[Element]) -> bool:
+    for _, vr, value in elements:
+        if vr == "SQ":
+            if not all(_all_ascii(item) for item in value):
+                return False
+        elif isinstance(value, str) and not value.isascii():
+            return False
+    return True
+
+
 def response_charset(elements: list[Element], query: WorklistQuery) -> str | None:
+    """The response's Specific Character Set (``choose_charset``); the answer for text
+    all ASCII, most responses, depends on the request only and is computed once."""
+    if _all_ascii(elements):
+        return query.ascii_charset
     return choose_charset("".join(_text_values(elements)), query.charset)
 
 
