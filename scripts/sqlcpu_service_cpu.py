@@ -31,9 +31,14 @@ def ident(selective):
     return encode(ds, True, True)
 
 ENC = (lambda raw: None) if "nocache" in sys.argv else (lambda raw: (raw, "1.2.840.10008.1.2"))
+import inspect
+OLD_API = "encoded" not in inspect.signature(worklist_find.find).parameters
 def one(raw):
 
-    found = worklist_find.find(db, cfg, lambda: decode(BytesIO(raw), True, True), "CT01", encoded=ENC(raw))
+    if OLD_API:  # main before issue 18: find(db, config, Dataset, calling AE)
+        found = worklist_find.find(db, cfg, decode(BytesIO(raw), True, True), "CT01")
+    else:
+        found = worklist_find.find(db, cfg, lambda: decode(BytesIO(raw), True, True), "CT01", encoded=ENC(raw))
     out = []
     for row in found.rows:
         el = worklist.response_elements(row, found.query)
