@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 
 from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
@@ -90,7 +91,11 @@ def _answer_find(event, ctx: AppContext, tally: Tally) -> Iterator[tuple[object,
         return
     try:
         found = worklist_find.find(
-            ctx.db, ctx.config, decoded(lambda: event.identifier), event.assoc.requestor.ae_title
+            ctx.db,
+            ctx.config,
+            lambda: decoded(lambda: event.identifier),
+            event.assoc.requestor.ae_title,
+            encoded=_encoded(event),
         )
         query, rows = found.query, found.rows
     except worklist_find.TooManyMatches as exc:
@@ -151,6 +156,15 @@ def _answer_find(event, ctx: AppContext, tally: Tally) -> Iterator[tuple[object,
         (time.perf_counter() - started) * 1000,
         f" (unsupported keys: {', '.join(query.unsupported)})" if query.unsupported else "",
     )
+
+
+def _encoded(event) -> tuple[bytes, str] | None:  # noqa: ANN001
+    """The request identifier's bytes and transfer syntax (the key of a query parsed
+    before, services/worklist.py ``cached_query``)."""
+    raw = getattr(getattr(event, "request", None), "Identifier", None)
+    if not isinstance(raw, BytesIO):
+        return None
+    return raw.getvalue(), str(event.context.transfer_syntax)
 
 
 class FastResponses:

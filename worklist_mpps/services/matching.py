@@ -319,7 +319,6 @@ def time_match(column: Column, keyword: str, value: str) -> ColumnElement | None
 
 
 def combined_datetime(
-    date_column: Column,
     time_column: Column,
     datetime_column: Column,
     date_value: str,
@@ -333,14 +332,28 @@ def combined_datetime(
     instants: date 20260705-20260707 with time 1000-1800 is 5 July 10:00 to
     7 July 18:00. Annex K requires this for the Scheduled Procedure Step Start
     Date and Time. With only one of them, each is matched on its own.
-    ``datetime_column`` holds YYYYMMDDHHMMSS.
+    ``datetime_column`` holds YYYYMMDDHHMMSS: the date followed by the time, or by
+    000000 for a step with no time, NULL without a date (schedule_values.py).
+
+    A date alone is matched on that column too, as the span of its days: the same rows
+    as the date column, but the query's last condition is then the last column of the
+    indexes (status, [modality, station,] start), so every condition is an index
+    condition and no planner can pick a worse index, even with no statistics
+    (PostgreSQL right after a bulk load, issue 18).
     """
     dates = parse_range(date_keyword, date_value, "DA")
     times = parse_range(time_keyword, time_value, "TM", ordered=dates is None)
     if dates is None:
         return range_match(time_column, times)
     if times is None:
-        return range_match(date_column, dates)
+        return range_match(
+            datetime_column,
+            Range(
+                dates.low + "000000" if dates.low else None,
+                # every YYYYMMDDHHMMSS of that day sorts at or below it (all digits)
+                dates.high + "999999" if dates.high else None,
+            ),
+        )
     low = dates.low + (times.low or "000000") if dates.low else None
     high = dates.high + (times.high or "235959") if dates.high else None
     return range_match(datetime_column, Range(low, high))

@@ -24,7 +24,7 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -272,6 +272,10 @@ def _payload(ds: Dataset, targets: Sequence[str]) -> bytes | None:
     return encode_dataset(ds)
 
 
+# built once: building a statement costs more than running it
+_UID_IN_USE = select(MPPSTracking.id).where(MPPSTracking.sop_instance_uid == bindparam("uid"))
+
+
 def create(
     db: Database,
     attributes: Dataset,
@@ -288,11 +292,8 @@ def create(
     actor = actor or Actor(calling_ae or "unknown", None, "DIMSE")  # direct calls: tests
     ds = as_unicode(attributes)
     if uid:  # a UID in use is the first thing to tell (PS3.18 15.4: 409)
-        with db.read() as session:
-            if (
-                session.scalar(select(MPPSTracking.id).where(MPPSTracking.sop_instance_uid == uid))
-                is not None
-            ):
+        with db.query() as conn:  # one statement: no session, no transaction (issue 18)
+            if conn.execute(_UID_IN_USE, {"uid": uid}).first() is not None:
                 raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists")
     validate_create(ds)
     generated = not uid

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -149,6 +151,16 @@ class WorklistQuery:
     # Timezone Offset From UTC (0008,0201) of the request: its dates and times are local
     # time in this offset, and so are the response's (None: the server's local time)
     offset: str | None = None
+    # statements built for this query, by (statuses, calling AE, limit, offset): a query
+    # met again (``cached_query``) runs the same Select object, whose SQL and cache key
+    # SQLAlchemy has already made (issue 18)
+    statements: dict[tuple, Select] = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def ascii_charset(self) -> str | None:
+        """The Specific Character Set of a response whose text is all ASCII: every
+        character set this server answers in encodes ASCII alike."""
+        return choose_charset("", self.charset)
 
     @property
     def optional_keys_unsupported(self) -> bool:
@@ -240,7 +252,6 @@ def _parse_level(
             )
         else:
             clause = matching.combined_datetime(
-                WorklistItem.sps_start_date,
                 WorklistItem.sps_start_time,
                 WorklistItem.sps_start,
                 _single(date),
@@ -326,6 +337,45 @@ def parse_identifier(identifier: Dataset) -> WorklistQuery:
     return query
 
 
+class _Recent:
+    """The last queries parsed from identifiers met before, by their encoded bytes: a
+    modality polls the worklist with the same request all day long. Bounded, LRU; a
+    request that fails to parse is not kept (it fails again, the same way)."""
+
+    SIZE = 256
+    LARGEST = 8192  # bytes: a larger identifier is parsed every time
+
+    def __init__(self) -> None:
+        self.queries: OrderedDict[Hashable, WorklistQuery] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Hashable, identifier: Callable[[], Dataset]) -> WorklistQuery:
+        with self.lock:
+            query = self.queries.get(key)
+            if query is not None:
+                self.queries.move_to_end(key)
+                return query
+        query = parse_identifier(identifier())
+        with self.lock:
+            self.queries[key] = query
+            while len(self.queries) > self.SIZE:
+                self.queries.popitem(last=False)
+        return query
+
+
+_recent = _Recent()
+
+
+def cached_query(
+    raw: bytes, transfer_syntax: str, identifier: Callable[[], Dataset]
+) -> WorklistQuery:
+    """``parse_identifier(identifier())``, or the query parsed before from the same bytes
+    in the same transfer syntax. The query is shared: callers never change it."""
+    if len(raw) > _Recent.LARGEST:
+        return parse_identifier(identifier())
+    return _recent.get((raw, transfer_syntax), identifier)
+
+
 def _columns(query: WorklistQuery) -> dict[str, Any]:
     """The columns to select: only what the response needs."""
     wanted: dict[str, Any] = {}
@@ -354,7 +404,24 @@ def statement(
     limit: int | None = None,
     offset: int = 0,
 ) -> Select:
-    """One SELECT for the query; every filter runs in SQL on indexed columns."""
+    """One SELECT for the query; every filter runs in SQL on indexed columns. Built once
+    per query and arguments (``WorklistQuery.statements``)."""
+    key = (tuple(default_statuses), calling_ae, limit, offset)
+    stmt = query.statements.get(key)
+    if stmt is None:
+        stmt = query.statements[key] = _statement(
+            query, default_statuses, calling_ae, limit, offset
+        )
+    return stmt
+
+
+def _statement(
+    query: WorklistQuery,
+    default_statuses: Sequence[str],
+    calling_ae: str | None,
+    limit: int | None,
+    offset: int,
+) -> Select:
     columns = _columns(query)
     cols = [c.label(name) for name, c in columns.items()] or [WorklistItem.id.label("id_")]
     stmt = select(*cols).select_from(WorklistItem).join(Patient, WorklistItem.patient)
@@ -479,7 +546,21 @@ def choose_charset(text: str, requested: list[str]) -> str | None:
     return "ISO_IR 100" if fits("ISO_IR 100") else "ISO_IR 192"
 
 
+def _all_ascii(elements: list[Element]) -> bool:
+    for _, vr, value in elements:
+        if vr == "SQ":
+            if not all(_all_ascii(item) for item in value):
+                return False
+        elif isinstance(value, str) and not value.isascii():
+            return False
+    return True
+
+
 def response_charset(elements: list[Element], query: WorklistQuery) -> str | None:
+    """The response's Specific Character Set (``choose_charset``); the answer for text
+    all ASCII, most responses, depends on the request only and is computed once."""
+    if _all_ascii(elements):
+        return query.ascii_charset
     return choose_charset("".join(_text_values(elements)), query.charset)
 
 
@@ -511,10 +592,11 @@ def search(
     limit: int | None = None,
     offset: int = 0,
 ) -> list[Row]:
-    """Run the query in one short read transaction; rows of the selected columns.
+    """Run the query's one SELECT; rows of the selected columns.
 
     A Core connection, not an ORM session: the statement selects columns, and the
-    session's unit-of-work machinery costs a third of a selective query.
+    session's unit-of-work machinery costs a third of a selective query. One statement
+    needs no transaction around it (``Database.query``).
     """
-    with db.engine.connect() as conn:
+    with db.query() as conn:
         return list(conn.execute(statement(query, default_statuses, calling_ae, limit, offset)))

@@ -8,6 +8,7 @@ default statuses, calling-AE filter and cap on the number of matches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -36,12 +37,26 @@ class Found:
     rows: list[Row]
 
 
-def find(db: Database, config: Config, identifier: Dataset, calling_ae: str) -> Found:
+def find(
+    db: Database,
+    config: Config,
+    identifier: Dataset | Callable[[], Dataset],
+    calling_ae: str,
+    encoded: tuple[bytes, str] | None = None,
+) -> Found:
     """The matches of one C-FIND identifier for the calling AE title.
+
+    ``encoded``: the identifier's bytes and transfer syntax, when known; a request met
+    before is then not decoded and parsed again (``worklist.cached_query``), and
+    ``identifier`` may be a function decoding it, called only when needed.
 
     Raises MatchError (0xA900: the identifier does not match the SOP class), SQLAlchemy's
     errors (0xC001) and :class:`TooManyMatches` (0xA700)."""
-    query = worklist.parse_identifier(identifier)
+    get = identifier if callable(identifier) else lambda: identifier
+    if encoded is not None:
+        query = worklist.cached_query(*encoded, get)
+    else:
+        query = worklist.parse_identifier(get())
     calling = calling_ae if config.worklist_filter_by_calling_ae else None
     cap = config.max_find_results or None
     rows = worklist.search(
