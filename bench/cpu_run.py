@@ -1,0 +1,169 @@
+"""Issue 18's figures: server CPU per operation for each server and N, ratios, targets.
+
+Called by bench/run.py (``make bench``); the servers are measured one after the
+other on the same items (bench/generate.py): worklist-mpps on SQLite ("sqlite") and
+on PostgreSQL ("postgres"), DCMTK wlmscpfs and Orthanc's worklist plugin on the same
+.wl files (peers only up to --peer-max-n: each of their queries reads every file).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import time
+from pathlib import Path
+
+import cpu_servers
+import generate
+import server_cpu
+from cpu_servers import AET, Server
+from worklist_mpps.db import migrate
+from worklist_mpps.db.engine import Database
+
+SERVERS = ("sqlite", "postgres", "wlmscpfs", "orthanc")
+NAMES = {
+    "sqlite": "worklist-mpps, SQLite",
+    "postgres": "worklist-mpps, PostgreSQL",
+    "wlmscpfs": "wlmscpfs (fork)",
+    "orthanc": "Orthanc 1.10 worklist plugin",
+}
+PEER_OPS = ("echo_assoc", "find_open", "find_assoc", "broad_open")
+OUR_OPS = (*PEER_OPS, "mpps")
+
+
+def load_postgres(pairs: list) -> tuple[str, str, float]:
+    """(schema, url, seconds) of a fresh schema loaded in bulk; no ANALYZE afterwards
+    (autovacuum may still analyze it: pg_analyzed says whether it did)."""
+    schema = cpu_servers.new_pg_schema()
+    url = cpu_servers.pg_url(schema)
+    t0 = time.perf_counter()
+    db = Database(url)
+    migrate.upgrade(db.engine)
+    generate.load(db, pairs)
+    db.dispose()
+    return schema, url, time.perf_counter() - t0
+
+
+def pg_analyzed(schema: str) -> bool:
+    """Whether worklist_items has statistics yet (pg_stat_user_tables)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(cpu_servers.PG_BASE)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL "
+                "FROM pg_stat_user_tables WHERE schemaname = :s AND relname = 'worklist_items'"
+            ),
+            {"s": schema},
+        ).scalar()
+    engine.dispose()
+    return bool(row)
+
+
+def pg_analyze(schema: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(cpu_servers.PG_BASE, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'ANALYZE "{schema}".worklist_items'))
+        conn.execute(text(f'ANALYZE "{schema}".patients'))
+    engine.dispose()
+
+
+def measure_server(server: Server, ops: tuple[str, ...], args, day: str, out: dict) -> None:
+    """Every operation of ``ops`` into ``out`` (op -> Figure), then the 8-client rate."""
+    backends = server_cpu.Backends(server.app_name) if server.app_name else None
+    client = server_cpu.ClientProc(server, day)
+    try:
+        for op in ops:
+            fig = server_cpu.measure(
+                client, server, op, args.cpu_max_n, args.cpu_batches, backends, args.cpu_batch_s
+            )
+            out[op] = fig
+            print(f"    {server.name} {op}: {fig.server_ms:.2f} ms", end="", flush=True)
+            print(f" + DB {fig.db_ms:.2f} ms" if fig.db_ms is not None else "", end="")
+            print(f" (n={fig.n}, matches {fig.matches})", flush=True)
+    finally:
+        client.close()
+        if backends:
+            backends.close()
+
+
+def run_size(n: int, args, work: Path) -> dict:
+    """Figures of every selected server at ``n`` items: {server: {op: Figure, ...}}."""
+    today = dt.date.today()
+    day = today.strftime("%Y%m%d")
+    folder = work / f"cpu-n{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    t0 = time.perf_counter()
+    pairs = generate.make_items(n, today)
+    result: dict = {"n": n, "skipped": {}, "load_s": {}}
+    print(f"CPU N={n}: {n:,} items made in {time.perf_counter() - t0:.1f} s", flush=True)
+    servers = [s for s in args.servers.split(",") if s]
+    peers = [s for s in servers if s in ("wlmscpfs", "orthanc")]
+    if peers and n > args.peer_max_n:
+        for s in peers:
+            result["skipped"][s] = (
+                f"N > {args.peer_max_n:,}: each query reads every .wl file "
+                "(seconds of CPU per query at 100,000)"
+            )
+        peers = []
+    if peers:
+        t0 = time.perf_counter()
+        generate.export_wl(pairs, folder / "wl" / AET)
+        result["load_s"]["wl"] = time.perf_counter() - t0
+    for name in servers:
+        if name in result["skipped"]:
+            continue
+        figures: dict = {}
+        server = None
+        schema = None
+        try:
+            if name == "sqlite":
+                url = f"sqlite:///{folder / 'worklist.db'}"
+                t0 = time.perf_counter()
+                db = Database(url)
+                migrate.upgrade(db.engine)
+                generate.load(db, pairs)
+                db.dispose()
+                result["load_s"][name] = time.perf_counter() - t0
+                server = cpu_servers.start_ours(name, url, folder)
+            elif name == "postgres":
+                schema, url, result["load_s"][name] = load_postgres(pairs)
+                server = cpu_servers.start_ours(name, url, folder, app_name=f"wmbench-{schema}")
+                # right after the bulk load, before any manual ANALYZE (issue 18)
+                figures["analyzed_before"] = pg_analyzed(schema)
+            elif name == "wlmscpfs":
+                server = cpu_servers.start_wlmscpfs(folder / "wl", folder)
+            elif name == "orthanc":
+                server = cpu_servers.start_orthanc(folder / "wl" / AET, folder)
+            else:
+                raise SystemExit(f"unknown server {name!r}; choose among {', '.join(SERVERS)}")
+            print(f"  {NAMES[name]} (load {result['load_s'].get(name, 0):.1f} s)", flush=True)
+            measure_server(
+                server, OUR_OPS if name in ("sqlite", "postgres") else PEER_OPS, args, day, figures
+            )
+            if name == "postgres" and schema:
+                pg_analyze(schema)
+                after: dict = {}
+                measure_server(server, ("find_open",), args, day, after)
+                figures["find_open_analyzed"] = after["find_open"]
+            if name in ("sqlite", "postgres") and args.clients:
+                figures["qps"] = server_cpu.rate(server, day, args.clients, args.cpu_seconds)
+                print(
+                    f"    {name}: {figures['qps'][0]:.0f} q/s with {args.clients} clients "
+                    f"({figures['qps'][1]:.2f} ms server CPU per query)",
+                    flush=True,
+                )
+        except Exception as exc:  # noqa: BLE001 - one server failing keeps the others' figures
+            result["skipped"][name] = f"failed: {type(exc).__name__}: {exc}"[:300]
+            print(f"  {name}: {result['skipped'][name]}", flush=True)
+        finally:
+            if server is not None:
+                cpu_servers.stop(server)
+            if schema and not args.keep_schema:
+                cpu_servers.drop_pg_schema(schema)
+        result[name] = figures
+    return result
