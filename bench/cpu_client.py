@@ -71,15 +71,19 @@ class Client:
     def __init__(self, host: str, port: int, called: str, day: str) -> None:
         self.host, self.port, self.called = host, port, called
         self.selective, self.broad = query(day, True), query(day, False)
-        self.ae = AE(ae_title="BENCHSCU")
-        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 600
-        for context in (Verification, MWL, MPPS):
-            self.ae.add_requested_context(context)
+        # one AE per kind of association, each proposing only its own SOP class (as
+        # echoscu / findscu / a modality's MPPS SCU do): what the server negotiates
+        self.aes = {}
+        for kind, context in (("echo", Verification), ("find", MWL), ("mpps", MPPS)):
+            ae = AE(ae_title="BENCHSCU")
+            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
+            ae.add_requested_context(context)
+            self.aes[kind] = ae
         self.assoc = None
         self.counter = 0
 
-    def associate(self):
-        assoc = self.ae.associate(self.host, self.port, ae_title=self.called)
+    def associate(self, kind: str):
+        assoc = self.aes[kind].associate(self.host, self.port, ae_title=self.called)
         if not assoc.is_established:
             raise RuntimeError(f"association refused by {self.host}:{self.port}")
         return assoc
@@ -126,14 +130,14 @@ class Client:
 
     def one(self, op: str) -> int:
         if op == "echo_assoc":
-            assoc = self.associate()
+            assoc = self.associate("echo")
             status = assoc.send_c_echo()
             assoc.release()
             if not status or status.Status != 0:
                 raise RuntimeError(f"C-ECHO failed: {status!r}")
             return 0
         if op == "find_assoc":
-            assoc = self.associate()
+            assoc = self.associate("find")
             try:
                 return self.find(assoc, self.selective)
             finally:
@@ -149,7 +153,7 @@ class Client:
     def handle(self, command: dict) -> dict:
         cmd = command["cmd"]
         if cmd == "open":
-            self.assoc = self.associate()
+            self.assoc = self.associate(command["kind"])
             return {"ok": True}
         if cmd == "close":
             if self.assoc is not None:

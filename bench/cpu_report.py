@@ -21,8 +21,10 @@ def cell(fig) -> str:
 
 def per_operation(results: list[dict]) -> list[str]:
     lines = [
-        "| N | server | " + " | ".join(OPS[op][0] for op in OUR_OPS) + " | q/s, 8 clients |",
-        "|---|---|" + "---|" * (len(OUR_OPS) + 1),
+        "| N | server | "
+        + " | ".join(OPS[op][0] for op in OUR_OPS)
+        + " | q/s, 8 clients | idle CPU ms/s |",
+        "|---|---|" + "---|" * (len(OUR_OPS) + 2),
     ]
     for r in results:
         for name in (*OURS, *PEERS):
@@ -32,11 +34,12 @@ def per_operation(results: list[dict]) -> list[str]:
             figures = r.get(name)
             if not figures:
                 continue
-            qps = figures.get("qps")
+            qps, idle = figures.get("qps"), figures.get("idle")
             lines.append(
                 f"| {r['n']:,} | {NAMES[name]} | "
                 + " | ".join(cell(figures.get(op)) for op in OUR_OPS)
-                + f" | {f'{qps[0]:.0f}' if qps else '–'} |"
+                + f" | {f'{qps[0]:.0f}' if qps else '–'}"
+                + f" | {f'{idle:.1f}' if idle is not None else '–'} |"
             )
     return lines
 
@@ -183,10 +186,19 @@ def report(results: list[dict], seconds: float, clients: int) -> str:
         "batches of n operations from one pynetdicom client process, divided by n; median "
         "of the batches). wlmscpfs: its forked children included. PostgreSQL: the "
         "backends serving the server, in brackets (not in the server's figure). "
-        f"Last column: selective queries/s from {clients} client processes, each on its "
-        "own open association.",
+        f"q/s: selective queries/s from {clients} client processes, each on its own open "
+        "association. Idle: the server's CPU per second with no client connected, before the "
+        "operations; whatever it spends per second while serving (pollers, periodic "
+        "collections) is in the per-operation figures too, more so when the client is slow.",
         "",
         *per_operation(results),
+        "",
+        *(
+            f"- N={r['n']:,}: bulk load "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in r["load_s"].items())
+            + " (wl: the .wl files)"
+            for r in results
+        ),
         "",
         "Ratios ours / peer, server CPU per operation (below 1: worklist-mpps costs less).",
         "",

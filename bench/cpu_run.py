@@ -76,6 +76,11 @@ def measure_server(server: Server, ops: tuple[str, ...], args, day: str, out: di
     backends = server_cpu.Backends(server.app_name) if server.app_name else None
     client = server_cpu.ClientProc(server, day)
     try:
+        if "idle" not in out:  # what the server spends with no client at all, per second
+            cpu0, t0 = server_cpu.server_cpu(server), time.monotonic()
+            time.sleep(args.idle_s)
+            idle = server_cpu.server_cpu(server) - cpu0
+            out["idle"] = idle * 1000 / (time.monotonic() - t0)
         for op in ops:
             fig = server_cpu.measure(
                 client, server, op, args.cpu_max_n, args.cpu_batches, backends, args.cpu_batch_s
@@ -141,7 +146,8 @@ def run_size(n: int, args, work: Path) -> dict:
                 server = cpu_servers.start_orthanc(folder / "wl" / AET, folder)
             else:
                 raise SystemExit(f"unknown server {name!r}; choose among {', '.join(SERVERS)}")
-            print(f"  {NAMES[name]} (load {result['load_s'].get(name, 0):.1f} s)", flush=True)
+            took = result["load_s"].get(name, result["load_s"].get("wl", 0.0))
+            print(f"  {NAMES[name]} (items loaded / .wl files written in {took:.1f} s)", flush=True)
             measure_server(
                 server, OUR_OPS if name in ("sqlite", "postgres") else PEER_OPS, args, day, figures
             )

@@ -2,6 +2,7 @@
 
     make bench                      # N = 1,000 / 10,000 / 100,000, writes bench/RESULTS.md
     .venv/bin/python bench/run.py --sizes 1000 --repeat 10 --duration 5
+    .venv/bin/python bench/run.py --no-e2e --cpu-sizes 10000 --servers ours,orthanc
 
 For each N: generate realistic items (bench/generate.py), load them into a
 fresh SQLite database (the embedded default) and export the same items as .wl
@@ -15,6 +16,11 @@ and against the in-memory reference SCP (bench/reference_mpps_scp.py); the
 server's resident memory; at the largest N, the Today view's server time for a day of
 1,000 items (bench/ui_today.py). Medians and p95 over repeated runs. Everything
 started is stopped.
+
+Then (issue 18, bench/cpu_run.py) the servers' own CPU per operation from
+/proc/PID/stat with one pynetdicom client process: worklist-mpps on SQLite and
+PostgreSQL, wlmscpfs and Orthanc's worklist plugin, at --cpu-sizes; ratios and the
+issue's targets (bench/cpu_report.py).
 """
 
 from __future__ import annotations
@@ -663,6 +669,9 @@ def main() -> int:
     parser.add_argument(
         "--peer-max-n", type=int, default=100_000, help="largest N for wlmscpfs and Orthanc"
     )
+    parser.add_argument(
+        "--idle-s", type=float, default=3.0, help="seconds of idle CPU read per server"
+    )
     parser.add_argument("--keep-schema", action="store_true", help="keep PostgreSQL schemas")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "work"))
     parser.add_argument("--write", metavar="FILE", help="write the tables (bench/RESULTS.md)")
@@ -705,10 +714,16 @@ def main() -> int:
 RESULTS_NOTES = """
 ## Reading the figures
 
-- Every figure is a whole client process. `echoscu` / `findscu` start-up (loading the
-  DICOM dictionary) is most of a C-ECHO; the server's own share is a few milliseconds.
-  The two servers are timed in turn, run after run, so that a shared machine's drift
-  touches both alike.
+- Server CPU per operation (issue 18): utime + stime of the server process from
+  /proc/PID/stat around batches of operations sent by one pynetdicom client process
+  (bench/cpu_client.py), divided by the batch size, median of the batches; wlmscpfs's
+  forked children included (reaped or not), PostgreSQL backends apart ("DB"). Clock
+  ticks are 10 ms, so a batch aims at 0.5 s of server CPU. CPU time still varies
+  with what else the machine runs (shared caches and cores).
+- End-to-end tables: every figure is a whole client process. `echoscu` / `findscu`
+  start-up (loading the DICOM dictionary) is most of a C-ECHO; the server's own share
+  is a few milliseconds. The two servers are timed in turn, run after run, so that a
+  shared machine's drift touches both alike.
 - Our queries do not grow with N: one indexed SQL query, while wlmscpfs reads every
   .wl file on every query (x10 per x10 N).
 - The C-FIND responses leave through a fast path (worklist_mpps/dimse/pynetdicom_ext/wire.py): each

@@ -144,6 +144,7 @@ def test_tiny_run_against_a_real_server(tmp_path):
         clients=2,
         cpu_seconds=1.0,
         keep_schema=False,
+        idle_s=0.2,
     )
     result = cpu_run.run_size(400, args, tmp_path)
     assert result["skipped"] == {}, result["skipped"]
@@ -153,6 +154,7 @@ def test_tiny_run_against_a_real_server(tmp_path):
     assert figures["broad_open"].matches > figures["find_open"].matches
     assert all(figures[op].server_ms >= 0 and figures[op].db_ms is None for op in cpu_run.OUR_OPS)
     assert figures["qps"][0] > 0
+    assert figures["idle"] >= 0
     text = cpu_report.report([result], 1.0, 2)
     assert "| 400 | worklist-mpps, SQLite |" in text
     assert "### Targets (issue 18)" in text
@@ -169,6 +171,7 @@ def test_unknown_server_is_refused(tmp_path, name):
         clients=0,
         cpu_seconds=1.0,
         keep_schema=False,
+        idle_s=0.2,
     )
     with pytest.raises(SystemExit, match="unknown server"):
         cpu_run.run_size(10, args, tmp_path)
