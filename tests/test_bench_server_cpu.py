@@ -175,3 +175,18 @@ def test_unknown_server_is_refused(tmp_path, name):
     )
     with pytest.raises(SystemExit, match="unknown server"):
         cpu_run.run_size(10, args, tmp_path)
+
+
+def test_wl_files_of_the_end_to_end_run_reused_only_when_complete_and_of_today(tmp_path):
+    import datetime as dt
+
+    folder = tmp_path / "wl" / cpu_servers.AET
+    folder.mkdir(parents=True)
+    (folder / "lockfile").touch()
+    for i in range(3):
+        (folder / f"B{i}.wl").touch()
+    today = dt.date.today()
+    assert cpu_run.reusable(tmp_path / "wl", 3, today)
+    assert not cpu_run.reusable(tmp_path / "wl", 4, today)
+    assert not cpu_run.reusable(tmp_path / "wl", 3, today + dt.timedelta(days=1))
+    assert not cpu_run.reusable(tmp_path / "nothing", 3, today)
