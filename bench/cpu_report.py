@@ -203,7 +203,7 @@ def report(results: list[dict], seconds: float, clients: int) -> str:
         *(
             f"- N={r['n']:,}: bulk load "
             + ", ".join(f"{k} {v:.0f} s" for k, v in r["load_s"].items())
-            + " (wl: the .wl files)"
+            + (" (wl: writing the .wl files, 0 when reused)" if "wl" in r["load_s"] else "")
             for r in results
         ),
         "",
