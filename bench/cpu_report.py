@@ -47,7 +47,7 @@ def per_operation(results: list[dict]) -> list[str]:
 def ratio(a, b) -> str:
     if a is None or b is None or not b.server_ms:
         return "–"
-    return f"{a.server_ms / b.server_ms:.2f}"
+    return f"{a.server_ms / b.server_ms:.3g}"
 
 
 def ratios(results: list[dict]) -> list[str]:
