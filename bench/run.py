@@ -2,6 +2,7 @@
 
     make bench                      # N = 1,000 / 10,000 / 100,000, writes bench/RESULTS.md
     .venv/bin/python bench/run.py --sizes 1000 --repeat 10 --duration 5
+    .venv/bin/python bench/run.py --no-e2e --cpu-sizes 10000 --servers ours,orthanc
 
 For each N: generate realistic items (bench/generate.py), load them into a
 fresh SQLite database (the embedded default) and export the same items as .wl
@@ -15,6 +16,11 @@ and against the in-memory reference SCP (bench/reference_mpps_scp.py); the
 server's resident memory; at the largest N, the Today view's server time for a day of
 1,000 items (bench/ui_today.py). Medians and p95 over repeated runs. Everything
 started is stopped.
+
+Then (issue 18, bench/cpu_run.py) the servers' own CPU per operation from
+/proc/PID/stat with one pynetdicom client process: worklist-mpps on SQLite and
+PostgreSQL, wlmscpfs and Orthanc's worklist plugin, at --cpu-sizes; ratios and the
+issue's targets (bench/cpu_report.py).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import cpu_report  # noqa: E402
+import cpu_run  # noqa: E402
 import generate  # noqa: E402
 import hl7_feed  # noqa: E402
 import ui_today  # noqa: E402
@@ -431,7 +439,7 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
 # --- report -------------------------------------------------------------------------------------
 
 
-def report(results: list[dict], args: argparse.Namespace) -> str:
+def header(args: argparse.Namespace) -> str:
     echoscu = subprocess.run(["echoscu", "--version"], capture_output=True, text=True)
     dcmtk_version = echoscu.stdout.splitlines()[0]
     lines = [
@@ -447,7 +455,15 @@ def report(results: list[dict], args: argparse.Namespace) -> str:
         f"- repeats: {args.repeat} per figure, the two servers measured in turn "
         "(wlmscpfs at 100,000: a tenth); concurrency: "
         f"{args.clients} clients for {args.duration:g} s; clients with TCP_NODELAY=1",
-        "- command: `make bench` (`python bench/run.py`)",
+        "- command: `make bench` (`python bench/run.py`); the server-CPU section: "
+        f"`--cpu-sizes {args.cpu_sizes} --servers {args.servers}`",
+    ]
+    return "\n".join(lines)
+
+
+def report(results: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        header(args),
         "",
         "| N | server | C-ECHO median / p95 ms | selective median / p95 ms (matches) "
         "| broad median / p95 ms (matches) | selective q/s, 8 clients |",
@@ -633,16 +649,61 @@ def main() -> int:
     parser.add_argument("--no-mpps", dest="mpps", action="store_false")
     parser.add_argument("--no-hl7", dest="hl7", action="store_false", help="no order-feed figure")
     parser.add_argument("--no-ui", dest="ui", action="store_false", help="no Today view figure")
+    parser.add_argument(
+        "--no-e2e", dest="e2e", action="store_false", help="no DCMTK end-to-end figures"
+    )
+    parser.add_argument("--no-cpu", dest="cpu", action="store_false", help="no server-CPU figures")
+    parser.add_argument(
+        "--cpu-sizes", default="10000,100000", help="N for the server-CPU figures (1000000: slow)"
+    )
+    parser.add_argument(
+        "--servers",
+        default="sqlite,postgres,wlmscpfs,orthanc",
+        help="server-CPU servers (ours = sqlite,postgres)",
+    )
+    parser.add_argument("--cpu-batches", type=int, default=5, help="batches per figure")
+    parser.add_argument("--cpu-max-n", type=int, default=300, help="most operations per batch")
+    parser.add_argument(
+        "--cpu-batch-s", type=float, default=0.5, help="server CPU seconds a batch aims at"
+    )
+    parser.add_argument(
+        "--peer-max-n", type=int, default=100_000, help="largest N for wlmscpfs and Orthanc"
+    )
+    parser.add_argument(
+        "--idle-s", type=float, default=3.0, help="seconds of idle CPU read per server"
+    )
+    parser.add_argument("--keep-schema", action="store_true", help="keep PostgreSQL schemas")
     parser.add_argument("--workdir", default=str(ROOT / "bench" / "work"))
     parser.add_argument("--write", metavar="FILE", help="write the tables (bench/RESULTS.md)")
     args = parser.parse_args()
+    args.servers = ",".join(
+        dict.fromkeys(
+            part
+            for name in args.servers.split(",")
+            for part in (("sqlite", "postgres") if name == "ours" else (name,))
+        )
+    )
+    args.cpu_seconds = args.duration
+    # a TERM (or an INT, ignored by background jobs otherwise) unwinds: servers stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for tool in ("echoscu", "findscu", "wlmscpfs"):
         if shutil.which(tool) is None:
             print(f"bench: {tool} missing: install DCMTK (make system-tools)", file=sys.stderr)
             return 2
+    started = time.monotonic()
     work = Path(args.workdir)
-    results = [run_size(int(n), args, work) for n in args.sizes.split(",")]
-    text = report(results, args)
+    text = ""
+    if args.e2e:
+        results = [run_size(int(n), args, work) for n in args.sizes.split(",")]
+        text = report(results, args)
+    if args.cpu:
+        t0 = time.monotonic()
+        cpu = [cpu_run.run_size(int(n), args, work) for n in args.cpu_sizes.split(",")]
+        if not text:
+            text = header(args) + "\n"
+        text += "\n" + cpu_report.report(cpu, time.monotonic() - t0, args.clients)
+    text += f"\nWhole run: {(time.monotonic() - started) / 60:.1f} min.\n"
     print()
     print(text)
     if args.write:
@@ -653,10 +714,16 @@ def main() -> int:
 RESULTS_NOTES = """
 ## Reading the figures
 
-- Every figure is a whole client process. `echoscu` / `findscu` start-up (loading the
-  DICOM dictionary) is most of a C-ECHO; the server's own share is a few milliseconds.
-  The two servers are timed in turn, run after run, so that a shared machine's drift
-  touches both alike.
+- Server CPU per operation (issue 18): utime + stime of the server process from
+  /proc/PID/stat around batches of operations sent by one pynetdicom client process
+  (bench/cpu_client.py), divided by the batch size, median of the batches; wlmscpfs's
+  forked children included (reaped or not), PostgreSQL backends apart ("DB"). Clock
+  ticks are 10 ms, so a batch aims at 0.5 s of server CPU. CPU time still varies
+  with what else the machine runs (shared caches and cores).
+- End-to-end tables: every figure is a whole client process. `echoscu` / `findscu`
+  start-up (loading the DICOM dictionary) is most of a C-ECHO; the server's own share
+  is a few milliseconds. The two servers are timed in turn, run after run, so that a
+  shared machine's drift touches both alike.
 - Our queries do not grow with N: one indexed SQL query, while wlmscpfs reads every
   .wl file on every query (x10 per x10 N).
 - The C-FIND responses leave through a fast path (worklist_mpps/dimse/pynetdicom_ext/wire.py): each

@@ -1,0 +1,198 @@
+"""The server-CPU harness of `make bench` (issue 18, bench/server_cpu.py and friends):
+its pure parts, and one tiny run against a real worklist-mpps server. No timing asserts:
+the machine is shared; what is checked is what gets counted and reported."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import cpu_client
+import cpu_report
+import cpu_run
+import cpu_servers
+import server_cpu
+
+BURN = 0.3  # seconds of CPU the forked child burns
+
+
+def burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_tree_cpu_counts_forked_children_zombie_and_reaped():
+    """A forking server's children count (wlmscpfs forks one per association), whether not
+    yet reaped (a zombie keeps its times) or reaped (cutime + cstime, proc(5))."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the "server": forks one child that burns CPU, then waits to be told
+        os.close(write)
+        child = os.fork()
+        if child == 0:
+            burn(BURN)
+            os._exit(0)
+        os.read(read, 1)  # 1: reap the child
+        os.waitpid(child, 0)
+        os.read(read, 1)  # 2 (or EOF): exit
+        os._exit(0)
+    os.close(read)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and server_cpu.tree_cpu(pid) < BURN * 0.8:
+            time.sleep(0.05)
+        zombie = server_cpu.tree_cpu(pid)
+        assert zombie >= BURN * 0.8, "an unreaped child's CPU is the server's"
+        assert server_cpu.own_cpu(pid) < BURN * 0.5, "the parent itself did not burn"
+        os.write(write, b"1")
+        while time.monotonic() < deadline and server_cpu.children_of(pid):
+            time.sleep(0.05)
+        assert not server_cpu.children_of(pid)
+        assert server_cpu.tree_cpu(pid) >= zombie, "a reaped child still counts (cutime)"
+    finally:
+        os.write(write, b"2")
+        os.close(write)
+        os.waitpid(pid, 0)
+
+
+def test_listening_reads_the_process_own_sockets():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        assert not cpu_servers.listening(os.getpid(), port)
+        s.listen()
+        assert cpu_servers.listening(os.getpid(), port)
+
+
+def test_queries_are_run_py_findscu_ones():
+    selective, broad = cpu_client.query("20260102", True), cpu_client.query("20260102", False)
+    sps = selective.ScheduledProcedureStepSequence[0]
+    assert (sps.Modality, sps.ScheduledStationAETitle) == ("CT", "CT01")
+    assert sps.ScheduledProcedureStepStartDate == "20260102"
+    assert "Modality" in broad.ScheduledProcedureStepSequence[0]
+    assert broad.ScheduledProcedureStepSequence[0].Modality == ""
+    assert all(key in selective for key in cpu_client.TOP_KEYS)
+
+
+def test_orthanc_config_serves_the_worklist_folder(tmp_path):
+    config = cpu_servers.orthanc_config(tmp_path / "wl", tmp_path / "db")
+    assert config["Worklists"] == {"Enable": True, "Database": str(tmp_path / "wl")}
+    assert str(cpu_servers.ORTHANC_PLUGIN) in config["Plugins"]
+    assert config["HttpServerEnabled"] is False and config["RemoteAccessAllowed"] is False
+
+
+def fig(ms: float, db: float | None = None, worst: float = 1.0) -> server_cpu.Figure:
+    return server_cpu.Figure(ms, db, [ms], 10, 9, 2.0, worst)
+
+
+def test_targets_judge_ratios_and_thresholds():
+    results = [
+        {
+            "n": 1_000_000,
+            "skipped": {},
+            "sqlite": {
+                "echo_assoc": fig(1.2),
+                "find_open": fig(1.4),
+                "broad_open": fig(6.0),
+                "mpps": fig(9.0),
+                "qps": (320.0, 2.0),
+            },
+            "postgres": {
+                "echo_assoc": fig(2.0),
+                "find_open_fresh": fig(1.0, 170.0),
+                "find_open": fig(1.0, 0.5, worst=25.0),
+                "analyzed_before": False,
+            },
+            "orthanc": {"echo_assoc": fig(1.0)},
+        }
+    ]
+    met = {t: ok for t, _, ok in cpu_report.targets(results)}
+
+    def verdict(*words: str) -> str:
+        (key,) = [t for t in met if all(w in t for w in words)]
+        return met[key]
+
+    assert verdict("C-ECHO", "SQLite") == "yes"  # 1.2 x
+    assert verdict("C-ECHO", "PostgreSQL") == "**no**"  # 2.0 x
+    assert verdict("open association <= 1.5 ms", "SQLite") == "yes"
+    assert verdict("broad", "SQLite") == "**no**"
+    assert verdict("MPPS", "SQLite") == "yes"
+    assert verdict(">= 300", "SQLite") == "yes"
+    assert verdict("pause", "SQLite") == "yes"
+    assert verdict("pause", "PostgreSQL") == "**no**"
+    assert verdict("right after a bulk load") == "**no**"  # 171 vs 1.5 ms
+    results[0]["postgres"]["find_open_fresh"] = "failed (aborted at the network timeout)"
+    met = {t: ok for t, _, ok in cpu_report.targets(results)}
+    assert verdict("right after a bulk load") == "**no**"
+    results[0]["postgres"]["find_open_fresh"] = fig(1.1, 0.6)
+    met = {t: ok for t, _, ok in cpu_report.targets(results)}
+    assert verdict("right after a bulk load") == "yes"
+
+
+def test_tiny_run_against_a_real_server(tmp_path):
+    """Every operation against a real worklist-mpps on SQLite, a few of each, reported."""
+    args = argparse.Namespace(
+        servers="sqlite",
+        cpu_max_n=3,
+        cpu_batches=2,
+        cpu_batch_s=0.05,
+        peer_max_n=100_000,
+        clients=2,
+        cpu_seconds=1.0,
+        keep_schema=False,
+        idle_s=0.2,
+    )
+    result = cpu_run.run_size(400, args, tmp_path)
+    assert result["skipped"] == {}, result["skipped"]
+    figures = result["sqlite"]
+    assert set(cpu_run.OUR_OPS) <= set(figures)
+    assert figures["find_open"].matches > 0
+    assert figures["broad_open"].matches > figures["find_open"].matches
+    assert all(figures[op].server_ms >= 0 and figures[op].db_ms is None for op in cpu_run.OUR_OPS)
+    assert figures["qps"][0] > 0
+    assert figures["idle"] >= 0
+    text = cpu_report.report([result], 1.0, 2)
+    assert "| 400 | worklist-mpps, SQLite |" in text
+    assert "### Targets (issue 18)" in text
+
+
+@pytest.mark.parametrize("name", ["nonsense"])
+def test_unknown_server_is_refused(tmp_path, name):
+    args = argparse.Namespace(
+        servers=name,
+        cpu_max_n=1,
+        cpu_batches=1,
+        cpu_batch_s=0.05,
+        peer_max_n=1,
+        clients=0,
+        cpu_seconds=1.0,
+        keep_schema=False,
+        idle_s=0.2,
+    )
+    with pytest.raises(SystemExit, match="unknown server"):
+        cpu_run.run_size(10, args, tmp_path)
+
+
+def test_wl_files_of_the_end_to_end_run_reused_only_when_complete_and_of_today(tmp_path):
+    import datetime as dt
+
+    folder = tmp_path / "wl" / cpu_servers.AET
+    folder.mkdir(parents=True)
+    (folder / "lockfile").touch()
+    for i in range(3):
+        (folder / f"B{i}.wl").touch()
+    today = dt.date.today()
+    assert cpu_run.reusable(tmp_path / "wl", 3, today)
+    assert not cpu_run.reusable(tmp_path / "wl", 4, today)
+    assert not cpu_run.reusable(tmp_path / "wl", 3, today + dt.timedelta(days=1))
+    assert not cpu_run.reusable(tmp_path / "nothing", 3, today)
