@@ -45,8 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import cpu_client  # noqa: E402
 import cpu_report  # noqa: E402
 import cpu_run  # noqa: E402
+import cpu_servers  # noqa: E402
 import generate  # noqa: E402
 import hl7_feed  # noqa: E402
 import ui_today  # noqa: E402
@@ -76,14 +78,7 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+stop = cpu_servers.stop_proc  # SIGTERM by PID, SIGKILL after 20 s
 
 
 def rss_mb(pid: int) -> float:
@@ -101,22 +96,8 @@ def echo_cmd(port: int) -> list[str]:
 
 
 def find_cmd(port: int, *match: str) -> list[str]:
-    keys = [
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "StudyInstanceUID",
-        "RequestedProcedureID",
-        "RequestedProcedureDescription",
-        "(0040,0100)[0].Modality",
-        "(0040,0100)[0].ScheduledStationAETitle",
-        "(0040,0100)[0].ScheduledProcedureStepStartDate",
-        "(0040,0100)[0].ScheduledProcedureStepStartTime",
-        "(0040,0100)[0].ScheduledProcedureStepID",
-        "(0040,0100)[0].ScheduledProcedureStepDescription",
-    ]
+    # the same return keys as the server-CPU client's query (PS3.4 K.6.1.2)
+    keys = [*cpu_client.TOP_KEYS, *(f"(0040,0100)[0].{k}" for k in cpu_client.SPS_KEYS)]
     given = {m.split("=")[0] for m in match}
     args = ["findscu", "-W", "-aec", AET]
     for key in keys:
