@@ -136,6 +136,18 @@ def outbox(tmp_path) -> list[dict]:
     return [r for r in json.loads(proc.stdout) if r["target"] == "orthanc"]
 
 
+def hook_and_mpps(netns, live_server, orthanc, tmp_path, credentials: bool):
+    """An image of a new study in Orthanc, a hook server for it with its own credentials
+    (none: unset, like Orthanc's; or the test user), and an MPPS cycle on that study:
+    (the hook, the Study Instance UID, the MPPS SOP Instance UID)."""
+    study, series, image = new_uids(3)
+    netns(orthanc.upload, study, series, image)
+    args = ("--orthanc-username", USER) if credentials else ()
+    env = {"WORKLIST_MPPS_ORTHANC_PASSWORD": PASSWORD} if credentials else None
+    hook = netns(start_hook, live_server, orthanc, tmp_path, *args, env=env)
+    return hook, study, netns(mpps_cycle, hook.port, study, series, image)
+
+
 @pytest.mark.parametrize(
     "config, credentials",
     [
@@ -151,13 +163,7 @@ def test_an_open_orthanc_is_refused_once_and_gets_nothing(
         orthanc.http.auth = ("", "")  # the only credentials it knows
     netns(orthanc.start)
     try:
-        study, series, image = new_uids(3)
-        netns(orthanc.upload, study, series, image)
-        # the hook's own credentials: none (unset, like Orthanc's), or a user
-        args = ("--orthanc-username", USER) if credentials else ()
-        env = {"WORKLIST_MPPS_ORTHANC_PASSWORD": PASSWORD} if credentials else None
-        hook = netns(start_hook, live_server, orthanc, tmp_path, *args, env=env)
-        uid = netns(mpps_cycle, hook.port, study, series, image)
+        hook, study, uid = hook_and_mpps(netns, live_server, orthanc, tmp_path, credentials)
         # the IN PROGRESS row may be tried before the COMPLETED one supersedes it (the
         # outbox keeps Orthanc's newest state only); the live row keeps waiting
         rows = wait_for(
@@ -195,12 +201,7 @@ def test_a_closed_orthanc_gets_the_mpps_state(netns, live_server, tmp_path, conf
     orthanc = orthanc_with(tmp_path, **config)
     netns(orthanc.start)
     try:
-        study, series, image = new_uids(3)
-        netns(orthanc.upload, study, series, image)
-        args = ("--orthanc-username", USER) if credentials else ()
-        env = {"WORKLIST_MPPS_ORTHANC_PASSWORD": PASSWORD} if credentials else None
-        hook = netns(start_hook, live_server, orthanc, tmp_path, *args, env=env)
-        uid = netns(mpps_cycle, hook.port, study, series, image)
+        hook, study, uid = hook_and_mpps(netns, live_server, orthanc, tmp_path, credentials)
         meta = wait_for(
             lambda: (
                 (m := netns(orthanc.metadata, study)).get("MppsCompleteness") == "complete" and m
