@@ -21,6 +21,7 @@ selective = modality CT + station CT01 + the day, broad = the day.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 
@@ -31,6 +32,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationSocket
 
 TOP_KEYS = (
     "PatientName",
@@ -65,6 +67,23 @@ def query(day: str, selective: bool) -> Dataset:
         sps.Modality, sps.ScheduledStationAETitle = "CT", "CT01"
     ds.ScheduledProcedureStepSequence = Sequence([sps])
     return ds
+
+
+def _nodelay_socket(create):
+    """pynetdicom's client socket with TCP_NODELAY, as DCMTK's clients run in bench/run.py
+    (TCP_NODELAY=1): pynetdicom writes a request's command and data set in separate
+    writes, and with Nagle's algorithm the second waits for the server's delayed ACK
+    (~40 ms), which would make every figure the client's latency, not the server's."""
+
+    def create_socket(self, address):
+        sock = create(self, address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    return create_socket
+
+
+AssociationSocket._create_socket = _nodelay_socket(AssociationSocket._create_socket)
 
 
 class Client:

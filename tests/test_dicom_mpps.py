@@ -1065,3 +1065,15 @@ def test_consecutive_commands_fit_in_max_associations(live_server):
     for _ in range(3):
         proc = dicom_mpps("create", url, "--aet", "MODALITY", "--study-uid", generate_uid())
         assert proc.returncode == 0, show(proc) + "\nserver log:\n" + small.log()[-3000:]
+
+
+def test_client_connection_has_tcp_nodelay(server):
+    """dicom-mpps (and MPPS forwarding, same class) sends each message's command and data
+    set as separate PDUs: without TCP_NODELAY the data set waits for the server's delayed
+    ACK (~40 ms a message). The socket of an open association has it set."""
+    from worklist_mpps.client.scu import Association, Peer
+
+    peer = Peer("127.0.0.1", server.port, "WORKLISTS")
+    with Association(peer, "NODELAY") as assoc:
+        sock = assoc.established.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
