@@ -69,6 +69,14 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
             "_kill_thread",
         ),
     ),
+    # reactor.py _due_in: a Timer runs while started and not stopped
+    Internal(
+        "reactor.py",
+        "pynetdicom.timer",
+        "Timer",
+        source=("if self._end_time is None:",),
+        attributes=("_start_time", "_end_time"),
+    ),
     Internal("reactor.py", ASSOC, "Association._serve_request", ("self", "msg", "context_id")),
     Internal("reactor.py", ASSOC, "Association._run_reactor", ("self",)),
     Internal(
@@ -199,6 +207,7 @@ def _instance(module: str, name: str) -> Any:
         "DULServiceProvider": lambda: Association(AE(), "acceptor").dul,
         "DIMSEServiceProvider": lambda: Association(AE(), "acceptor").dimse,
         "ApplicationEntity": AE,
+        "Timer": lambda: cls(1),
     }
     cls = getattr(importlib.import_module(module), name)
     return makers[name]() if name in makers else cls()

@@ -13,8 +13,11 @@ and only change how the two threads wait:
 - the association thread blocks on an Event that the DIMSE message queue and
   the DUL's user queue set.
 
-Both still wake every ``TICK`` seconds to look at their timers (ARTIM, network
-idle timeout) and kill flags, as the polling loops did.
+Neither wakes for nothing: the DUL thread's wait ends when its next timer is due
+(ARTIM, the network idle timer, the handshake deadline: ``_wait_limit``), the association
+thread's after IDLE_WAIT at most (it looks at the idle timer; everything else it waits for
+sets its Event). Waking every 20 ms, as the first version did, cost ~6 ms of CPU a second
+per open idle association (issue 18: 8 idle associations, 52 ms/s).
 
 With ``fast_path`` False (config ``dimse_fast_path``) both threads run pynetdicom's own
 polling loops (``DULServiceProvider.run_reactor``, ``Association._run_reactor``), the
@@ -52,6 +55,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.timer import Timer
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from worklist_mpps.dimse.admission import ConnectionGate, RateLimitedLog, Ticket
@@ -60,7 +64,8 @@ from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.services.status import SOP_CLASS_NOT_SUPPORTED
 
 log = logging.getLogger("worklist_mpps.dimse")
-TICK = 0.02  # seconds between timer checks while nothing happens
+IDLE_WAIT = 1.0  # most seconds either thread waits with no timer due (a safety net)
+MIN_WAIT = 0.005  # least seconds a timer wait lasts: a timer past due does not spin the loop
 ASSOCIATE_RQ_LIMIT = 65536  # bytes; a real A-ASSOCIATE-RQ is a few hundred
 STA13_POLL = 0.0002  # Sta13: pynetdicom closes the socket once the peer sent nothing more
 HANDSHAKE_TIMEOUT = 5.0  # default seconds from accept to a whole A-ASSOCIATE-RQ
@@ -68,6 +73,14 @@ RECV_CHUNK = 65536
 DROPPED = RateLimitedLog(log)  # one line per dropped connection, a flood summarised
 ABORTED = RateLimitedLog(log)
 REFUSED = RateLimitedLog(log)
+
+
+def _due_in(timer: Timer) -> float:
+    """Seconds until a running pynetdicom Timer expires (``remaining`` counts down only
+    while it runs: started, not stopped), at most IDLE_WAIT."""
+    if timer.timeout is None or timer._start_time is None or timer._end_time is not None:
+        return IDLE_WAIT
+    return min(timer.remaining, IDLE_WAIT)
 
 
 class WakingQueue(queue.Queue):
@@ -150,13 +163,22 @@ class EventDrivenDUL(DULServiceProvider):
         pipe = self._pipe
         assert pipe is not None  # run_reactor's loop, the one caller, has it open
         try:
-            readable, _, _ = select.select([sock, pipe[0]], [], [], TICK)
+            readable, _, _ = select.select([sock, pipe[0]], [], [], self._wait_limit())
         except (OSError, ValueError):
             time.sleep(STA13_POLL)  # socket closed under us: the next look reports it
             readable = [pipe[0]]
         if pipe[0] in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(pipe[0], 4096)
+
+    def _wait_limit(self) -> float:
+        """Seconds until the next timer this loop looks at is due: the ARTIM and idle
+        timers while running (pynetdicom's Timer: ``remaining`` counts down only then), and
+        the handshake deadline before the association."""
+        limit = min(_due_in(self.artim_timer), _due_in(self._idle_timer))
+        if self._before_association():
+            limit = min(limit, self.handshake_deadline - time.monotonic())
+        return max(limit, MIN_WAIT)
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's PDU read, restructured: the 6-byte PDU header is read first, from
@@ -502,7 +524,7 @@ class EventDrivenAssociation(Association):
         self._is_paused = False
         while not self._kill:
             if not self.dimse.msg_queue.qsize():
-                self._wake.wait(TICK)
+                self._wake.wait(max(_due_in(self.dul._idle_timer), MIN_WAIT))
             self._wake.clear()
 
             self._is_paused = True
