@@ -284,7 +284,7 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
     t0 = time.perf_counter()
     db = Database(url)
     migrate.upgrade(db.engine)
-    generate.load(db, pairs)
+    generate.bulk_load(db, pairs)
     db.dispose()
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()

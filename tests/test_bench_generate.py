@@ -81,6 +81,21 @@ def stored(db: Database, table, skip: tuple[str, ...] = ()) -> list[tuple]:
         return [tuple(r) for r in conn.execute(select(*cols).order_by(table.c.id))]
 
 
+def indexes(db: Database) -> list[tuple[str, str]]:
+    """Every index of the database and its definition (bulk_load drops and remakes them)."""
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            rows = conn.exec_driver_sql(
+                "SELECT name, coalesce(sql, '') FROM sqlite_master WHERE type = 'index'"
+            )
+            return sorted(tuple(r) for r in rows)
+        schema = conn.exec_driver_sql("SELECT current_schema()").scalar()
+        rows = conn.exec_driver_sql(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
+        )
+        return sorted((name, sql.replace(f"{schema}.", "")) for name, sql in rows)
+
+
 @pytest.fixture
 def counted_uids(monkeypatch):
     """Study Instance UIDs from a counter, restarted for each load: rows comparable whole."""
@@ -109,6 +124,8 @@ def test_bulk_load_stores_the_rows_of_the_ordinary_paths(three, counted_uids):
         assert rows == stored(ordinary, table), table.name
         skip = (*STAMPS, "study_instance_uid")
         assert stored(fast, table, skip) == stored(application, table, skip), table.name
+    assert indexes(fast) == indexes(ordinary) == indexes(application)
+    assert len(indexes(fast)) > 40
     items = stored(fast, WorklistItem.__table__)
     assert len(items) == N + 3
     assert items[N][1] == items[N + 2][1]  # one patient, given padded and not
