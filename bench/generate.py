@@ -299,7 +299,10 @@ class _FieldWise:
 
 
 class _Memo(dict):
-    """fn(value) once per distinct value (folding, UTC starts, JSON text of a code list)."""
+    """fn(value) once per distinct value (folding, UTC starts, JSON text of a code list),
+    for the first LIMIT distinct values (memory stays bounded when values do not repeat)."""
+
+    LIMIT = 100_000
 
     def __init__(self, fn: Callable[[Any], Any], by_id: bool = False) -> None:
         super().__init__()
@@ -310,9 +313,12 @@ class _Memo(dict):
             return None
         token = id(value) if self.by_id else value
         hit = self.get(token)
-        if hit is None:
-            hit = self[token] = (value, self.fn(value))
-        return hit[1]
+        if hit is not None:
+            return hit[1]
+        out = self.fn(value)
+        if len(self) < self.LIMIT:
+            self[token] = (value, out)  # the value kept: its id() stays its own
+        return out
 
 
 def _columns(table: Table) -> list[str]:

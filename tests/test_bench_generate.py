@@ -107,7 +107,14 @@ def counted_uids(monkeypatch):
     return restart
 
 
-def test_bulk_load_stores_the_rows_of_the_ordinary_paths(three, counted_uids):
+@pytest.mark.parametrize("memo_limit", [None, 3], ids=["memos", "memos-full"])
+def test_bulk_load_stores_the_rows_of_the_ordinary_paths(
+    three, counted_uids, monkeypatch, memo_limit
+):
+    """memos-full: the memos stop taking values after 3 (as they do at 1M items)."""
+    if memo_limit:
+        monkeypatch.setattr(generate._FieldWise, "LIMIT", memo_limit)
+        monkeypatch.setattr(generate._Memo, "LIMIT", memo_limit)
     fast, ordinary, application = three
     data = pairs()
     counted_uids()
