@@ -214,10 +214,11 @@ def report(results: list[dict], seconds: float, clients: int) -> str:
     if any("find_open_fresh" in (r.get("postgres") or {}) for r in results):
         lines += [
             "",
-            "PostgreSQL right after the bulk load (bench/generate.py, no ANALYZE; "
-            "autovacuum may analyze on its own), then after a manual ANALYZE (the "
-            "PostgreSQL figures of the first table are all taken after it): server "
-            "(DB) CPU ms per selective query.",
+            "PostgreSQL right after the bulk load (bench/generate.py bulk_load: COPY, "
+            "then the ANALYZE the YAML loader runs after a load of 1,000 items or more, "
+            "services/loader.py), then after a manual ANALYZE (the PostgreSQL figures "
+            "of the first table are all taken after it): server (DB) CPU ms per "
+            "selective query.",
             "",
             *after_load(results),
         ]

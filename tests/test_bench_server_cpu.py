@@ -196,3 +196,27 @@ def test_wl_files_of_the_end_to_end_run_reused_only_when_complete_and_of_today(t
     assert not cpu_run.reusable(tmp_path / "wl", 4, today)
     assert not cpu_run.reusable(tmp_path / "wl", 3, today + dt.timedelta(days=1))
     assert not cpu_run.reusable(tmp_path / "nothing", 3, today)
+
+
+def test_postgres_load_of_the_harness_is_the_bulk_load_with_statistics():
+    """cpu_run loads PostgreSQL with generate.bulk_load (COPY), which ends with the
+    loader's ANALYZE: the "right after the bulk load" figure is taken with statistics."""
+    import datetime as dt
+
+    from sqlalchemy import create_engine, text
+
+    from conftest import PG_HOST, PG_PORT, port_open
+
+    if not port_open(PG_HOST, PG_PORT):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    schema, _url, seconds = cpu_run.load_postgres(cpu_run.generate.make_items(500, dt.date.today()))
+    try:
+        assert seconds > 0
+        assert cpu_run.pg_analyzed(schema)
+        engine = create_engine(cpu_servers.PG_BASE)
+        with engine.connect() as conn:
+            count = conn.execute(text(f'SELECT count(*) FROM "{schema}".worklist_items')).scalar()
+        engine.dispose()
+        assert count == 500
+    finally:
+        cpu_servers.drop_pg_schema(schema)
