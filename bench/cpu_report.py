@@ -190,11 +190,14 @@ def report(results: list[dict], seconds: float, clients: int) -> str:
         "## Server CPU per operation (issue 18)",
         "",
         "Server CPU milliseconds per operation (utime + stime from /proc/PID/stat around "
-        "batches of n operations from one pynetdicom client process, divided by n; median "
+        "batches of n operations from one pynetdicom client process (TCP_NODELAY set, as "
+        "DCMTK's clients run here), divided by n; median "
         "of the batches). wlmscpfs: its forked children included. PostgreSQL: the "
         "backends serving the server, in brackets (not in the server's figure). "
         f"q/s: selective queries/s from {clients} client processes, each on its own open "
-        "association. Idle: the server's CPU per second with no client connected, before the "
+        "association (bench/raw_client.py: raw sockets, the request encoded once; a "
+        "pynetdicom client costs three times the server's CPU a query). Idle: the "
+        "server's CPU per second with no client connected, before the "
         "operations; whatever it spends per second while serving (pollers, periodic "
         "collections) is in the per-operation figures too, more so when the client is slow.",
         "",

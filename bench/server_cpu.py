@@ -25,6 +25,9 @@ from cpu_servers import Server
 
 TICK = os.sysconf("SC_CLK_TCK")
 CLIENT = Path(__file__).resolve().parent / "cpu_client.py"
+# the 8-client rate's load generator: a pynetdicom client spends ~10 ms of CPU a query,
+# three times the server, so 8 of them would saturate 2 cores themselves (raw_client.py)
+RATE_CLIENT = Path(__file__).resolve().parent / "raw_client.py"
 OPS = {  # operation -> (label, needs an open association of this kind)
     "echo_assoc": ("association with one C-ECHO", None),
     "find_open": ("selective query, open association", "find"),
@@ -115,8 +118,10 @@ class Backends:
 class ClientProc:
     """One bench/cpu_client.py process, driven over its stdin/stdout."""
 
-    def __init__(self, server: Server, day: str, called: str = "WORKLISTS") -> None:
-        cmd = [*server.client_prefix(), sys.executable, str(CLIENT)]
+    def __init__(
+        self, server: Server, day: str, called: str = "WORKLISTS", script: Path | None = None
+    ) -> None:
+        cmd = [*server.client_prefix(), sys.executable, str(script or CLIENT)]
         cmd += ["127.0.0.1", str(server.port), called, day]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
@@ -228,7 +233,7 @@ def measure(
 def rate(server: Server, day: str, clients: int, seconds: float) -> tuple[float, float]:
     """Selective queries per second from ``clients`` client processes, each on its own
     open association, all started together; and the server's CPU ms per query."""
-    procs = [ClientProc(server, day) for _ in range(clients)]
+    procs = [ClientProc(server, day, script=RATE_CLIENT) for _ in range(clients)]
     try:
         for c in procs:
             c.ask(cmd="open", kind="find")
