@@ -6,6 +6,7 @@ request shapes, both transfer syntaxes and the character sets the sample data ne
 from __future__ import annotations
 
 from io import BytesIO
+from typing import ClassVar
 
 import pytest
 from pydicom import Dataset
@@ -176,7 +177,9 @@ def test_sample_rows_cover_what_the_encoder_tells_apart(sample_db):
     query = worklist.parse_identifier(every_key())
     rows = worklist.search(sample_db, query, STATUSES)
     encoder = row_encoder.prepared(query, False)
-    charsets = {worklist.response_charset(worklist.response_elements(r, query), query) for r in rows}
+    charsets = {
+        worklist.response_charset(worklist.response_elements(row, query), query) for row in rows
+    }
     assert {None, "ISO_IR 100", "ISO_IR 192"} <= charsets
     names = [r.PatientName for r in rows]
     assert any(n and len(n.encode("utf-8")) % 2 for n in names)
@@ -202,7 +205,7 @@ def test_prepared_encoder_matches_pydicom(sample_db, explicit):
 class _Row(tuple):
     """A row as ``worklist.search`` gives them: by position and by column name."""
 
-    names: list[str] = []
+    names: ClassVar[list[str]] = []
 
     @property
     def _mapping(self) -> dict:
@@ -220,7 +223,32 @@ def test_a_value_not_str_is_encoded_as_the_general_path_does(sample_db):
     values[encoder.columns["PatientID"]] = 12345
     odd = _Row(values)
     assert encoder.identifier(odd) == general(odd, query, True)
-    assert b"12345 " in encoder.identifier(odd)
+    assert b"12345 " in (encoder.identifier(odd) or b"")
+
+
+def test_a_value_holding_the_row_separator_is_encoded_alike(sample_db):
+    """The flat plan joins a row's values with a control character to encode them at
+    once; a value holding it is encoded value by value."""
+    query = worklist.parse_identifier(bench_keys())
+    row = worklist.search(sample_db, query, STATUSES)[0]
+    encoder = row_encoder.prepared(query, False)
+    _Row.names = list(encoder.columns)
+    values = list(row)
+    values[encoder.columns["PatientID"]] = "A\x01B"
+    odd = _Row(values)
+    assert encoder.identifier(odd) == general(odd, query, False)
+
+
+def test_both_plans_are_compared():
+    """Text-only requests take the flat plan, others (codes, US) the slot by slot one:
+    the comparisons above cover both."""
+    flat = [
+        n
+        for n in QUERIES
+        if row_encoder.prepared(worklist.parse_identifier(QUERIES[n]()), True).flat
+    ]
+    assert "bench keys" in flat and "timezone offset" in flat and "ISO_IR 100 asked" not in flat
+    assert "every key" not in flat and "universal SPS" not in flat
 
 
 def test_identifier_reads_back(sample_db):
@@ -229,3 +257,24 @@ def test_identifier_reads_back(sample_db):
     raw = row_encoder.prepared(query, True).identifier(row)
     ds = read_dataset(BytesIO(raw), is_implicit_VR=False, is_little_endian=True)
     assert ds.StudyInstanceUID == row.StudyInstanceUID
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["implicit", "explicit"])
+def test_a_step_without_a_time_keeps_none_in_the_requests_offset(sample_db, explicit):
+    """Answered in the request's offset, a step with no start time gets its date moved
+    and no time (``worklist._in_offset``), on both plans."""
+    for with_us in (False, True):  # flat plan; with a US key, the slot by slot one
+        shape = in_offset()
+        if with_us:
+            shape.PregnancyStatus = None
+        query = worklist.parse_identifier(shape)
+        assert (row_encoder.prepared(query, explicit).flat is None) == with_us
+        row = worklist.search(sample_db, query, STATUSES)[0]
+        encoder = row_encoder.prepared(query, explicit)
+        _Row.names = list(encoder.columns)
+        values = list(row)
+        values[encoder.columns["ScheduledProcedureStepStartTime"]] = None
+        timeless = _Row(values)
+        raw = encoder.identifier(timeless)
+        assert raw == general(timeless, query, explicit)
+        assert raw != encoder.identifier(row)

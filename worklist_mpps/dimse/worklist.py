@@ -136,7 +136,9 @@ def _answer_find(event, ctx: AppContext, tally: Tally) -> Iterator[tuple[object,
         else None
     )
     for row in rows:
-        if event.is_cancelled:
+        # C-CANCEL is looked for between responses sent (PS3.4 C.4.1.2.3): the fast path
+        # sends them a batch at a time, so before each batch; the other path, each one
+        if (fast is None or not fast.pending) and event.is_cancelled:
             log.info("C-FIND from %s: cancelled after %d of %d matches", who, tally.sent, len(rows))
             yield CANCEL, None
             return

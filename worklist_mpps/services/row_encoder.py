@@ -23,12 +23,12 @@ lengths (PS3.5 7.5). Character sets with ISO 2022 code extensions are not encode
 
 from __future__ import annotations
 
+import bisect
 import struct
 from operator import itemgetter
 from typing import Any
 
 from pydicom.charset import python_encoding
-from pydicom.datadict import keyword_for_tag
 
 from worklist_mpps import timezone
 from worklist_mpps.services import worklist
@@ -130,9 +130,9 @@ class _Compiler:
             return (_CONST, None, None, None, None, _empty(req.tag, req.vr, explicit))
         index = self.columns[key.keyword]
         if key.match == "code":
-            subs = None if req.all_items else req.sub_keys
-            self.codes.append((index, subs))
-            return (_CODES, req.tag, None, index, subs, None)
+            item_keys = None if req.all_items else req.sub_keys
+            self.codes.append((index, item_keys))
+            return (_CODES, req.tag, None, index, item_keys, None)
         fixed, packer = header_fixed(req.tag, key.vr, explicit)
         empty = fixed + packer.pack(0)
         if key.vr in BINARY:
@@ -154,19 +154,17 @@ class RowEncoder:
         self.text, self.codes = compiler.text, compiler.codes
         tags = [req.tag for req in query.keys]
         if query.offset is not None:  # answered in the request's offset (response_elements)
-            at = _bisect(tags, worklist._TZ_TAG)
+            at = bisect.bisect_left(tags, worklist._TZ_TAG)
             tz = encode_plain([(worklist._TZ_TAG, "SH", query.offset)], "ascii", explicit)
             plan.insert(at, (_CONST, None, None, None, None, tz))
             tags.insert(at, worklist._TZ_TAG)
         self.plan = plan
-        self.charset_at = _bisect_right(tags, _CHARSET_TAG)  # as sorted() places it
+        self.charset_at = bisect.bisect_right(tags, _CHARSET_TAG)  # as sorted() places it
         self.charsets: dict[str | None, tuple[str, bytes] | None] = {}
         # ASCII-only rows (most): encoded with 'ascii', which raises on any other text
         ascii_charset = query.ascii_charset
         codec = text_codec(ascii_charset)
-        self.ascii = (
-            self._charset(ascii_charset) if codec and _ascii_compatible(codec) else None
-        )
+        self.ascii = self._charset(ascii_charset) if codec and _ascii_compatible(codec) else None
         self.utc = self.columns.get("sps_start_utc")
         self.date = self.columns.get(worklist._START_DATE)
         self.time = self.columns.get(worklist._START_TIME)
@@ -192,9 +190,10 @@ class RowEncoder:
         None when its character set needs ISO 2022 code extensions."""
         values = row if self.query.offset is None else self._local(row)
         if self.flat is not None:
-            done = self.flat.encode(self, values)
-            if done is not False:
-                return done
+            try:
+                return self.flat.encode(self, values)
+            except _NotFlat:
+                pass
         if self.ascii is not None:
             try:
                 return self._encode(values, *self.ascii)
@@ -287,6 +286,10 @@ _COMPATIBLE = frozenset(
 )
 
 
+class _NotFlat(Exception):
+    """This row is not for ``_Flat``."""
+
+
 class _Flat:
     """The plan of a request whose keys are all text (no code sequence, no US), with
     at most one sequence, itself flat (the usual request, bench/cpu_client.py's among
@@ -294,10 +297,12 @@ class _Flat:
     they are all ASCII is one ``str.isascii``. Same bytes as ``RowEncoder._level``."""
 
     def __init__(self, leaves: list[tuple], indices: list[int], seq: tuple | None) -> None:
-        self.leaves = leaves  # (fixed, packer, pad, zero-length element), depth first
+        # depth first: (headers by value length, paddings (even, odd)); the headers'
+        # fixed part and length packer are at key -1
+        self.leaves = leaves
         self.get = itemgetter(*indices) if len(indices) > 1 else None
         self.indices = indices
-        self.seq = seq  # (top-level position, first leaf, end leaf, fixed, packer)
+        self.seq = seq  # (first leaf, end leaf, fixed, packer) of the sequence
 
     @classmethod
     def of(cls, plan: list[tuple], width: int) -> _Flat | None:
@@ -308,34 +313,38 @@ class _Flat:
         def leaf(slot: tuple) -> bool:
             kind, fixed, packer, at, pad, empty = slot
             if kind == _TEXT:
-                leaves.append((fixed, packer, pad, empty))
+                leaves.append(({0: empty, -1: (fixed, packer)}, (b"", pad)))
                 indices.append(at)
             elif kind == _CONST:  # an always empty value: "" at index width
-                leaves.append((None, None, None, empty))
+                leaves.append(({0: empty}, (b"", b"")))
                 indices.append(width)
             else:
                 return False
             return True
 
-        for position, slot in enumerate(plan):
+        for slot in plan:
             if slot[0] == _SEQ and seq is None:
                 first = len(leaves)
                 if not all(leaf(sub) for sub in slot[3]):
                     return None
-                seq = (position, first, len(leaves), slot[1], slot[2])
+                seq = (first, len(leaves), slot[1], slot[2])
             elif not leaf(slot):
                 return None
         return cls(leaves, indices, seq) if len(leaves) > 1 else None
 
-    def encode(self, encoder: RowEncoder, row: Any) -> bytes | None | bool:
-        """The identifier; None as ``RowEncoder.identifier``; False when a value is not
-        text or holds the separator (``RowEncoder._level`` then encodes the row)."""
+    def encode(self, encoder: RowEncoder, row: Any) -> bytes | None:
+        """The identifier; None as ``RowEncoder.identifier``. Raises _NotFlat when a
+        value is not text or holds the separator (``RowEncoder._level`` then encodes)."""
         assert self.get is not None
-        values = [v if v is not None else "" for v in self.get((*row, ""))]
+        values = self.get((*row, ""))
         try:
             joined = _SEP.join(values)
-        except TypeError:
-            return False
+        except TypeError:  # a None (no value), or a value not a str
+            values = [v if v is not None else "" for v in values]
+            try:
+                joined = _SEP.join(values)
+            except TypeError:
+                raise _NotFlat from None
         if joined.isascii() and encoder.ascii is not None:
             codec, charset = encoder.ascii
         else:
@@ -346,22 +355,17 @@ class _Flat:
                 return None
             codec, charset = prepared
             if codec not in _COMPATIBLE:
-                return False
+                raise _NotFlat
         raws = joined.encode(codec).split(_SEP_BYTE)
         if len(raws) != len(self.leaves):
-            return False
+            raise _NotFlat
+        # header (by value length, made once) + value + padding to even length
         parts = [
-            empty
-            if not raw
-            else (
-                fixed + packer.pack(len(raw) + 1) + raw + pad
-                if len(raw) & 1
-                else fixed + packer.pack(len(raw)) + raw
-            )
-            for (fixed, packer, pad, empty), raw in zip(self.leaves, raws, strict=True)
+            (heads.get(n := len(raw)) or _head(heads, n)) + raw + pads[n & 1]
+            for (heads, pads), raw in zip(self.leaves, raws, strict=True)
         ]
         if self.seq is not None:
-            position, first, end, fixed, packer = self.seq
+            first, end, fixed, packer = self.seq
             body = b"".join(parts[first:end])
             item = _ITEM + _UL.pack(len(body)) + body
             parts[first:end] = [fixed + packer.pack(len(item)) + item]
@@ -370,12 +374,11 @@ class _Flat:
         return b"".join(parts)
 
 
-def _bisect(tags: list[int], tag: int) -> int:
-    return next((i for i, t in enumerate(tags) if t >= tag), len(tags))
-
-
-def _bisect_right(tags: list[int], tag: int) -> int:
-    return next((i for i, t in enumerate(tags) if t > tag), len(tags))
+def _head(heads: dict[int, Any], length: int) -> bytes:
+    """The header of a value of ``length`` bytes, padded to even length (PS3.5 7.1)."""
+    fixed, packer = heads[-1]
+    head = heads[length] = fixed + packer.pack(length + (length & 1))
+    return head
 
 
 def prepared(query: WorklistQuery, explicit: bool) -> RowEncoder:
