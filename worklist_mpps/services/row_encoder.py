@@ -1,9 +1,10 @@
 """A C-FIND response identifier encoded straight from a matching row, by a plan prepared
 once per parsed request (issue 18).
 
-``worklist.response_elements`` builds each response as plain elements, and the DIMSE fast
-path (dimse/pynetdicom_ext/wire.py) then encodes them: most of a broad query's CPU. A :class:`RowEncoder` is compiled once per query and transfer syntax (cached on
-the :class:`~worklist_mpps.services.worklist.WorklistQuery`, itself cached per request
+``worklist.response_elements`` builds each response as plain elements, and the DIMSE
+fast path (dimse/pynetdicom_ext/wire.py) then encodes them: most of a broad query's CPU.
+A :class:`RowEncoder` is compiled once per query and transfer syntax (cached on the
+:class:`~worklist_mpps.services.worklist.WorklistQuery`, itself cached per request
 bytes): which selected column each requested key takes, in which order, and every
 element header's fixed bytes. Per row it only reads the row's columns by position and
 joins the prepared headers with the encoded values; a request of text keys only (the
