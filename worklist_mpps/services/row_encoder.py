@@ -51,12 +51,9 @@ _CONST, _TEXT, _BIN, _SEQ, _CODES = range(5)
 def text_codec(charset: str | None) -> str | None:
     """Python codec of a response character set; None for ISO 2022 code extensions
     (PS3.5 6.1.2.5: escape sequences, pydicom's business) or an unknown term."""
-    if charset in (None, "", "ISO_IR 6"):
+    if not charset or charset == "ISO_IR 6":
         return "ascii"
-    assert charset is not None
-    if charset.startswith("ISO 2022"):
-        return None
-    return python_encoding.get(charset)
+    return None if charset.startswith("ISO 2022") else python_encoding.get(charset)
 
 
 def _ascii_compatible(codec: str) -> bool:
@@ -164,28 +161,29 @@ class RowEncoder:
         self.plan = plan
         self.charset_at = bisect.bisect_right(tags, _CHARSET_TAG)  # as sorted() places it
         self.charsets: dict[str | None, tuple[str, bytes] | None] = {}
-        # ASCII-only rows (most): encoded with 'ascii', which raises on any other text
-        ascii_charset = query.ascii_charset
-        codec = text_codec(ascii_charset)
-        self.ascii = self._charset(ascii_charset) if codec and _ascii_compatible(codec) else None
+        # the charset of ASCII rows, the request's own or none: its codec holds a row's
+        # text exactly when choose_charset answers it for that row
+        codec = text_codec(query.ascii_charset)
+        compatible = codec and _ascii_compatible(codec)
+        self.ascii = self._charset(query.ascii_charset) if compatible else None
         self.utc = self.columns.get("sps_start_utc")
         self.date = self.columns.get(worklist._START_DATE)
         self.time = self.columns.get(worklist._START_TIME)
         self.flat = _Flat.of(plan, len(names))
+        # a request naming no character set, non-ASCII text: ISO_IR 100 if it holds the
+        # text, else ISO_IR 192 (worklist.choose_charset)
+        latin1, utf8 = self._charset("ISO_IR 100"), self._charset("ISO_IR 192")
+        assert latin1 is not None and utf8 is not None  # codecs Python has
+        self.latin1, self.utf8 = latin1[1], utf8[1]
 
     def _charset(self, charset: str | None) -> tuple[str, bytes] | None:
         """(codec, encoded (0008,0005) element or b"") of a response character set."""
         if charset not in self.charsets:
             codec = text_codec(charset)
-            if codec is None:
-                self.charsets[charset] = None
-            else:
-                element = (
-                    encode_plain([(_CHARSET_TAG, "CS", charset)], codec, self.explicit)
-                    if charset
-                    else b""
-                )
-                self.charsets[charset] = (codec, element)
+            element = b""
+            if codec is not None and charset:
+                element = encode_plain([(_CHARSET_TAG, "CS", charset)], codec, self.explicit)
+            self.charsets[charset] = None if codec is None else (codec, element)
         return self.charsets[charset]
 
     def identifier(self, row: Any) -> bytes | None:
@@ -282,6 +280,7 @@ class RowEncoder:
 _SEP, _SEP_BYTE = "\x01", b"\x01"  # joins a row's values; never in an encoded DICOM value
 # codecs in which the separator and ASCII text are single bytes of themselves; no
 # stateful ISO 2022 codec (its escape sequences would depend on the joining)
+_LATIN1, _UTF8 = python_encoding["ISO_IR 100"], python_encoding["ISO_IR 192"]
 _COMPATIBLE = frozenset(
     c
     for c in {"ascii", *python_encoding.values()}
@@ -352,6 +351,11 @@ class _Flat:
                 raise _NotFlat from None
         if joined.isascii() and encoder.ascii is not None:
             codec, charset = encoder.ascii
+        elif not encoder.query.charset:  # choose_charset's answer, encoding once
+            try:
+                return self._assemble(encoder, joined.encode(_LATIN1), encoder.latin1)
+            except UnicodeEncodeError:
+                return self._assemble(encoder, joined.encode(_UTF8), encoder.utf8)
         else:
             prepared = encoder._charset(
                 worklist.choose_charset("".join(values), encoder.query.charset)
@@ -361,7 +365,10 @@ class _Flat:
             codec, charset = prepared
             if codec not in _COMPATIBLE:
                 raise _NotFlat
-        raws = joined.encode(codec).split(_SEP_BYTE)
+        return self._assemble(encoder, joined.encode(codec), charset)
+
+    def _assemble(self, encoder: RowEncoder, encoded: bytes, charset: bytes) -> bytes:
+        raws = encoded.split(_SEP_BYTE)
         if len(raws) != len(self.leaves):
             raise _NotFlat
         # header (by value length, made once) + value + padding to even length
