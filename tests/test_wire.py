@@ -242,7 +242,9 @@ def answers(
     return statuses, found
 
 
-@pytest.mark.parametrize("name", ["every key", "code sub-keys, whole SPS item"])
+@pytest.mark.parametrize(
+    "name", ["every key", "few keys", "code sub-keys, whole SPS item", "ISO_IR 192 asked"]
+)
 def test_fast_and_pynetdicom_paths_answer_alike(live, name):
     """Little endian goes the fast path, big endian pynetdicom's: same statuses, same
     responses in the same order; a 256-byte maximum PDU makes the fast path fragment."""

@@ -22,7 +22,7 @@ from worklist_mpps.dimse.common import (
     peer,
 )
 from worklist_mpps.dimse.pynetdicom_ext import wire
-from worklist_mpps.services import station_queries, worklist, worklist_find
+from worklist_mpps.services import row_encoder, station_queries, worklist, worklist_find
 from worklist_mpps.services.health import db_error_comment, describe_db_error
 from worklist_mpps.services.matching import MatchError
 from worklist_mpps.services.status import (
@@ -136,7 +136,9 @@ def _answer_find(event, ctx: AppContext, tally: Tally) -> Iterator[tuple[object,
         else None
     )
     for row in rows:
-        if event.is_cancelled:
+        # C-CANCEL is looked for between responses sent (PS3.4 C.4.1.2.3): the fast path
+        # sends them a batch at a time, so before each batch; the other path, each one
+        if (fast is None or not fast.pending) and event.is_cancelled:
             log.info("C-FIND from %s: cancelled after %d of %d matches", who, tally.sent, len(rows))
             yield CANCEL, None
             return
@@ -182,15 +184,16 @@ class FastResponses:
         self.max_pdu = wire.peer_max_pdu(event.assoc)
         self.pending: list[bytes] = []
         self.ok = True
+        self.encoder: row_encoder.RowEncoder | None = None
         wire.drain(self.assoc)
 
     def add(self, row, query: worklist.WorklistQuery) -> bool:  # noqa: ANN001
         """Queue one response; False when it cannot be encoded here (after flushing what
         was queued) or the connection failed."""
-        elements = worklist.response_elements(row, query)
-        identifier = wire.encode_identifier(
-            elements, worklist.response_charset(elements, query), self.explicit
-        )
+        encoder = self.encoder
+        if encoder is None or encoder.query is not query:
+            encoder = self.encoder = row_encoder.prepared(query, self.explicit)
+        identifier = encoder.identifier(row)
         if identifier is None:
             self.flush()
             return False

@@ -155,6 +155,8 @@ class WorklistQuery:
     # met again (``cached_query``) runs the same Select object, whose SQL and cache key
     # SQLAlchemy has already made (issue 18)
     statements: dict[tuple, Select] = field(default_factory=dict, repr=False, compare=False)
+    # response encoders prepared for this query, by transfer syntax (services/row_encoder.py)
+    encoders: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def ascii_charset(self) -> str | None:

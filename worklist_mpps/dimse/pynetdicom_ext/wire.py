@@ -196,6 +196,14 @@ def one_pdv(context_id: int, data: bytes) -> list[tuple[int, bytes]]:
     return cast("list[tuple[int, bytes]]", [[context_id, data]])
 
 
+@functools.lru_cache(maxsize=64)
+def _find_command(message_id: int, status: int, dataset: bool) -> bytes:
+    """The C-FIND-RSP command set; the same for every pending response of a request."""
+    return _command(
+        MWL_FIND, C_FIND_RSP, message_id, status, DATASET_PRESENT if dataset else NO_DATASET
+    )
+
+
 def find_response(
     message_id: int, status: int, identifier: bytes | None, context_id: int, max_pdu: int
 ) -> bytes:
@@ -204,13 +212,7 @@ def find_response(
     Command and identifier go in one P-DATA-TF PDU when both fit: PDVs of the same
     message may share a PDU (PS3.8 E.1), and the peer then reads one PDU per response.
     """
-    command = _command(
-        MWL_FIND,
-        C_FIND_RSP,
-        message_id,
-        status,
-        NO_DATASET if identifier is None else DATASET_PRESENT,
-    )
+    command = _find_command(message_id, status, identifier is not None)
     if identifier is None:
         return _pdus(command, context_id, True, max_pdu)
     length = len(command) + len(identifier) + 12

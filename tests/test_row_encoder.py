@@ -1,0 +1,292 @@
+"""The prepared row encoder (services/row_encoder.py) gives, for every row, the very bytes
+of the general fast path, ``wire.encode_identifier(response_elements(...))``, which
+tests/test_wire.py compares with pydicom's encoding of ``worklist.response``: over many
+request shapes, both transfer syntaxes and the character sets the sample data needs."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import ClassVar
+
+import pytest
+from pydicom import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.sequence import Sequence
+from pynetdicom.dsutils import encode
+
+from conftest import SAMPLE
+from dicom_clients import worklist_query
+from worklist_mpps.db import migrate
+from worklist_mpps.db.engine import Database
+from worklist_mpps.dimse.pynetdicom_ext import wire
+from worklist_mpps.services import row_encoder, worklist
+from worklist_mpps.services.loader import load_file
+
+STATUSES = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED")
+
+
+@pytest.fixture(scope="module")
+def sample_db(tmp_path_factory):
+    db = Database(f"sqlite:///{tmp_path_factory.mktemp('rows') / 'w.db'}")
+    migrate.upgrade(db.engine)
+    load_file(db, SAMPLE)
+    yield db
+    db.dispose()
+
+
+def every_key() -> Dataset:
+    ds = Dataset()
+    for key in worklist.TOP_KEYS.values():
+        ds.add_new(key.keyword, key.vr, Sequence() if key.vr == "SQ" else None)
+    ds.OtherPatientIDs = ""  # not in the model: echoed empty
+    ds.add_new(0x00091001, "US", None)  # private: echoed empty
+    ds.add_new(0x00091002, "SQ", Sequence())  # private sequence: echoed empty
+    item = Dataset()
+    for key in worklist.SPS_KEYS.values():
+        item.add_new(key.keyword, key.vr, Sequence() if key.vr == "SQ" else None)
+    item.add_new(0x00400001, "AE", None)  # a second Scheduled Station AE Title: unknown here
+    ds.ScheduledProcedureStepSequence = Sequence([item])
+    return ds
+
+
+def bench_keys(selective: bool = False) -> Dataset:
+    """bench/cpu_client.py's query: the figures of issue 18."""
+    ds = Dataset()
+    for key in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "RequestedProcedureID",
+        "RequestedProcedureDescription",
+    ):
+        setattr(ds, key, "")
+    sps = Dataset()
+    for key in (
+        "Modality",
+        "ScheduledStationAETitle",
+        "ScheduledProcedureStepStartDate",
+        "ScheduledProcedureStepStartTime",
+        "ScheduledProcedureStepID",
+        "ScheduledProcedureStepDescription",
+    ):
+        setattr(sps, key, "")
+    if selective:
+        sps.Modality = "CT"
+    ds.ScheduledProcedureStepSequence = Sequence([sps])
+    return ds
+
+
+def code_shapes() -> Dataset:
+    ds = worklist_query()
+    code = Dataset()
+    code.CodeValue = ""
+    code.CodeMeaning = ""
+    code.add_new(0x00080105, "CS", None)  # Mapping Resource: not a code key here
+    ds.RequestedProcedureCodeSequence = Sequence([code])
+    item = ds.ScheduledProcedureStepSequence[0]
+    item.ScheduledProtocolCodeSequence = Sequence()  # the whole items
+    return ds
+
+
+def universal_sps() -> Dataset:
+    ds = worklist_query(PatientID="", PatientWeight="", PregnancyStatus=None)
+    ds.ScheduledProcedureStepSequence = Sequence()
+    return ds
+
+
+def empty_item_sps() -> Dataset:
+    ds = worklist_query(ReferencedStudySequence=Sequence())
+    ds.ScheduledProcedureStepSequence = Sequence([Dataset()])
+    return ds
+
+
+def nested_sps() -> Dataset:
+    ds = worklist_query()
+    ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepSequence = Sequence()
+    return ds
+
+
+def in_offset(term: str = "+0530") -> Dataset:
+    ds = worklist_query(TimezoneOffsetFromUTC=term)
+    item = ds.ScheduledProcedureStepSequence[0]
+    item.ScheduledProcedureStepStartDate = ""
+    item.ScheduledProcedureStepStartTime = ""
+    return ds
+
+
+def no_keys() -> Dataset:
+    ds = Dataset()
+    item = Dataset()
+    item.Modality = "CT"
+    ds.ScheduledProcedureStepSequence = Sequence([item])
+    return ds
+
+
+def _with(ds: Dataset, **keys) -> Dataset:
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def charset(make, term: str):
+    def asked() -> Dataset:
+        ds = make()
+        ds.SpecificCharacterSet = term
+        return ds
+
+    return asked
+
+
+QUERIES = {
+    "every key": every_key,
+    "bench keys": bench_keys,
+    "bench keys, selective": lambda: bench_keys(True),
+    "few keys": worklist_query,
+    "bench keys, unknown and unstored": lambda: _with(
+        bench_keys(), OtherPatientIDs="", ReferencedStudySequence=Sequence()
+    ),
+    "code sequences": code_shapes,
+    "universal SPS": universal_sps,
+    "empty SPS item": empty_item_sps,
+    "SPS in SPS": nested_sps,
+    "timezone offset": in_offset,
+    "timezone offset, UTC": lambda: in_offset("+0000"),
+    "no return keys": no_keys,
+    "ISO_IR 100 asked": charset(every_key, "ISO_IR 100"),
+    "ISO_IR 192 asked": charset(every_key, "ISO_IR 192"),
+    "ISO_IR 144 asked": charset(bench_keys, "ISO_IR 144"),
+    "ISO 2022 IR 100 asked": charset(bench_keys, "ISO 2022 IR 100"),
+    "ISO_IR 100 and ISO_IR 192 asked": charset(code_shapes, ["ISO_IR 100", "ISO_IR 192"]),
+}
+
+
+def general(row, query: worklist.WorklistQuery, explicit: bool) -> bytes | None:
+    elements = worklist.response_elements(row, query)
+    return wire.encode_identifier(elements, worklist.response_charset(elements, query), explicit)
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["implicit", "explicit"])
+@pytest.mark.parametrize("name", QUERIES)
+def test_prepared_encoder_gives_the_general_paths_bytes(sample_db, name, explicit):
+    query = worklist.parse_identifier(QUERIES[name]())
+    rows = worklist.search(sample_db, query, STATUSES)
+    assert len(rows) >= 5
+    encoder = row_encoder.prepared(query, explicit)
+    assert row_encoder.prepared(query, explicit) is encoder  # compiled once
+    for row in rows:
+        assert encoder.identifier(row) == general(row, query, explicit), row
+
+
+def test_sample_rows_cover_what_the_encoder_tells_apart(sample_db):
+    """The comparisons above mean something only if the rows hold non-ASCII names (for
+    ISO_IR 100 and ISO_IR 192), values of odd length, codes and empty values."""
+    query = worklist.parse_identifier(every_key())
+    rows = worklist.search(sample_db, query, STATUSES)
+    encoder = row_encoder.prepared(query, False)
+    charsets = {
+        worklist.response_charset(worklist.response_elements(row, query), query) for row in rows
+    }
+    assert {None, "ISO_IR 100", "ISO_IR 192"} <= charsets
+    names = [r.PatientName for r in rows]
+    assert any(n and len(n.encode("utf-8")) % 2 for n in names)
+    assert any(r.RequestedProcedureCodeSequence for r in rows)
+    assert any(value in (None, "") for r in rows for value in r)
+    assert any(r.PregnancyStatus is not None for r in rows)  # US, binary
+    assert encoder.identifier(rows[0])
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["implicit", "explicit"])
+def test_prepared_encoder_matches_pydicom(sample_db, explicit):
+    """Decoded, the identifier is pydicom's encoding of ``worklist.response`` (the data
+    set pynetdicom's path sends)."""
+    query = worklist.parse_identifier(charset(every_key, "ISO_IR 192")())
+    encoder = row_encoder.prepared(query, explicit)
+    for row in worklist.search(sample_db, query, STATUSES):
+        raw = encoder.identifier(row)
+        assert raw is not None
+        expected = encode(worklist.response(row, query), not explicit, True)
+        assert raw == expected, row
+
+
+class _Row(tuple):
+    """A row as ``worklist.search`` gives them: by position and by column name."""
+
+    names: ClassVar[list[str]] = []
+
+    @property
+    def _mapping(self) -> dict:
+        return dict(zip(self.names, self, strict=True))
+
+
+def test_a_value_not_str_is_encoded_as_the_general_path_does(sample_db):
+    """SQLite keeps what it was given whatever the column type: an int in a text column
+    is sent as its str, both ways."""
+    query = worklist.parse_identifier(bench_keys())
+    row = worklist.search(sample_db, query, STATUSES)[0]
+    encoder = row_encoder.prepared(query, True)
+    _Row.names = list(encoder.columns)
+    values = list(row)
+    values[encoder.columns["PatientID"]] = 12345
+    odd = _Row(values)
+    assert encoder.identifier(odd) == general(odd, query, True)
+    assert b"12345 " in (encoder.identifier(odd) or b"")
+
+
+def test_a_value_holding_the_row_separator_is_encoded_alike(sample_db):
+    """The flat plan joins a row's values with a control character to encode them at
+    once; a value holding it is encoded value by value."""
+    query = worklist.parse_identifier(bench_keys())
+    row = worklist.search(sample_db, query, STATUSES)[0]
+    encoder = row_encoder.prepared(query, False)
+    _Row.names = list(encoder.columns)
+    values = list(row)
+    values[encoder.columns["PatientID"]] = "A\x01B"
+    odd = _Row(values)
+    assert encoder.identifier(odd) == general(odd, query, False)
+
+
+def test_both_plans_are_compared():
+    """Text-only requests take the flat plan, others (codes, US) the slot by slot one:
+    the comparisons above cover both."""
+    flat = [
+        n
+        for n in QUERIES
+        if row_encoder.prepared(worklist.parse_identifier(QUERIES[n]()), True).flat
+    ]
+    assert "bench keys" in flat and "timezone offset" in flat
+    assert (
+        "bench keys, unknown and unstored" in flat
+    )  # zero-length elements among them and "ISO_IR 100 asked" not in flat
+    assert "every key" not in flat and "universal SPS" not in flat
+
+
+def test_identifier_reads_back(sample_db):
+    query = worklist.parse_identifier(bench_keys())
+    row = worklist.search(sample_db, query, STATUSES)[0]
+    raw = row_encoder.prepared(query, True).identifier(row)
+    ds = read_dataset(BytesIO(raw), is_implicit_VR=False, is_little_endian=True)
+    assert ds.StudyInstanceUID == row.StudyInstanceUID
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["implicit", "explicit"])
+def test_a_step_without_a_time_keeps_none_in_the_requests_offset(sample_db, explicit):
+    """Answered in the request's offset, a step with no start time gets its date moved
+    and no time (``worklist._in_offset``), on both plans."""
+    for with_us in (False, True):  # flat plan; with a US key, the slot by slot one
+        shape = in_offset()
+        if with_us:
+            shape.PregnancyStatus = None
+        query = worklist.parse_identifier(shape)
+        assert (row_encoder.prepared(query, explicit).flat is None) == with_us
+        row = worklist.search(sample_db, query, STATUSES)[0]
+        encoder = row_encoder.prepared(query, explicit)
+        _Row.names = list(encoder.columns)
+        values = list(row)
+        values[encoder.columns["ScheduledProcedureStepStartTime"]] = None
+        timeless = _Row(values)
+        raw = encoder.identifier(timeless)
+        assert raw == general(timeless, query, explicit)
+        assert raw != encoder.identifier(row)
