@@ -169,54 +169,67 @@ class Client:
             return self.mpps()
         raise ValueError(f"unknown operation {op!r}")
 
-    def handle(self, command: dict) -> dict:
-        cmd = command["cmd"]
-        if cmd == "open":
-            self.assoc = self.associate(command["kind"])
-            return {"ok": True}
-        if cmd == "close":
-            if self.assoc is not None:
-                self.assoc.release()
-                self.assoc = None
-            return {"ok": True}
-        if cmd == "batch":
-            matches, latencies = 0, []
-            for _ in range(int(command["n"])):
-                start = time.perf_counter()
-                matches = self.one(command["op"])
-                latencies.append((time.perf_counter() - start) * 1000)
-            latencies.sort()
-            return {
-                "ok": True,
-                "done": len(latencies),
-                "matches": matches,
-                "median_ms": latencies[len(latencies) // 2],
-                "max_ms": latencies[-1],
-            }
-        if cmd == "run":
-            deadline, done = time.monotonic() + float(command["seconds"]), 0
-            while time.monotonic() < deadline and done < 1_000_000:
-                self.one(command["op"])
-                done += 1
-            return {"ok": True, "done": done}
-        raise ValueError(f"unknown command {cmd!r}")
+    def open(self, kind: str) -> None:
+        self.assoc = self.associate(kind)
+
+    def close(self) -> None:
+        if self.assoc is not None:
+            self.assoc.release()
+            self.assoc = None
 
 
-def main() -> int:
-    host, port, called, day = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    client = Client(host, port, called, day)
+def handle(client, command: dict) -> dict:
+    """One command of the line protocol for ``client`` (``open(kind)``, ``close()``,
+    ``one(op)`` -> matches): this client's, and bench/raw_client.py's."""
+    cmd = command["cmd"]
+    if cmd == "open":
+        client.open(command["kind"])
+        return {"ok": True}
+    if cmd == "close":
+        client.close()
+        return {"ok": True}
+    if cmd == "batch":
+        matches, latencies = 0, []
+        for _ in range(int(command["n"])):
+            start = time.perf_counter()
+            matches = client.one(command["op"])
+            latencies.append((time.perf_counter() - start) * 1000)
+        latencies.sort()
+        return {
+            "ok": True,
+            "done": len(latencies),
+            "matches": matches,
+            "median_ms": latencies[len(latencies) // 2],
+            "max_ms": latencies[-1],
+        }
+    if cmd == "run":
+        deadline, done = time.monotonic() + float(command["seconds"]), 0
+        while time.monotonic() < deadline and done < 1_000_000:
+            client.one(command["op"])
+            done += 1
+        return {"ok": True, "done": done}
+    raise ValueError(f"unknown command {cmd!r}")
+
+
+def serve(client) -> int:
+    """Answer the harness's commands on stdin, one JSON line each, until quit."""
     print(json.dumps({"ok": True, "ready": True}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "quit":
             break
         try:
-            answer = client.handle(command)
+            answer = handle(client, command)
         except Exception as exc:  # noqa: BLE001 - reported to the harness, which stops the run
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(answer), flush=True)
-    client.handle({"cmd": "close"})
+    client.close()
     return 0
+
+
+def main() -> int:
+    host, port, called, day = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    return serve(Client(host, port, called, day))
 
 
 if __name__ == "__main__":

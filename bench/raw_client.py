@@ -17,16 +17,14 @@ little endian PS3.5 A.1; the identifier is cpu_client.py's query, encoded by pyd
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import sys
-import time
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from cpu_client import query
+from cpu_client import query, serve
 
 MWL = b"1.2.840.10008.5.1.4.31"
 IMPLICIT = b"1.2.840.10008.1.2"
@@ -119,7 +117,9 @@ class RawClient:
         pdu_type, length = struct.unpack(">BxL", self._read(6))
         return pdu_type, self._read(length)
 
-    def open(self) -> None:
+    def open(self, kind: str) -> None:
+        if kind != "find":
+            raise ValueError("the raw client only queries the worklist")
         self.sock = socket.create_connection((self.host, self.port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.sendall(associate_rq("BENCHRAW", self.called))
@@ -161,53 +161,14 @@ class RawClient:
             self.sock.close()
             self.sock, self.buffer = None, b""
 
-    def handle(self, command: dict) -> dict:
-        cmd = command["cmd"]
-        if cmd == "open":
-            if command.get("kind") != "find":
-                raise ValueError("the raw client only queries the worklist")
-            self.open()
-            return {"ok": True}
-        if cmd == "close":
-            self.close()
-            return {"ok": True}
-        if cmd == "batch":
-            matches, latencies = 0, []
-            for _ in range(int(command["n"])):
-                start = time.perf_counter()
-                matches = self.find(command["op"])
-                latencies.append((time.perf_counter() - start) * 1000)
-            latencies.sort()
-            return {
-                "ok": True,
-                "done": len(latencies),
-                "matches": matches,
-                "median_ms": latencies[len(latencies) // 2],
-                "max_ms": latencies[-1],
-            }
-        if cmd == "run":
-            deadline, done = time.monotonic() + float(command["seconds"]), 0
-            while time.monotonic() < deadline and done < 1_000_000:
-                self.find(command["op"])
-                done += 1
-            return {"ok": True, "done": done}
-        raise ValueError(f"unknown command {cmd!r}")
+    def one(self, op: str) -> int:
+        if op not in self.identifiers:
+            raise ValueError(f"the raw client runs find_open and broad_open, not {op!r}")
+        return self.find(op)
 
 
 def main() -> int:
-    client = RawClient(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])
-    print(json.dumps({"ok": True, "ready": True}), flush=True)
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["cmd"] == "quit":
-            break
-        try:
-            answer = client.handle(command)
-        except Exception as exc:  # noqa: BLE001 - reported to the harness, which stops the run
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(answer), flush=True)
-    client.close()
-    return 0
+    return serve(RawClient(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]))
 
 
 if __name__ == "__main__":
