@@ -371,3 +371,17 @@ def wheelhouse() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sample_db(tmp_path_factory):
+    """A database holding the sample data (tests/data), for a module's tests that read it."""
+    from worklist_mpps.db import migrate
+    from worklist_mpps.db.engine import Database
+    from worklist_mpps.services.loader import load_file
+
+    db = Database(f"sqlite:///{tmp_path_factory.mktemp('sample') / 'w.db'}")
+    migrate.upgrade(db.engine)
+    load_file(db, SAMPLE)
+    yield db
+    db.dispose()

@@ -5,6 +5,7 @@ request shapes, both transfer syntaxes and the character sets the sample data ne
 
 from __future__ import annotations
 
+import sys
 from io import BytesIO
 from typing import ClassVar
 
@@ -14,68 +15,31 @@ from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 from pynetdicom.dsutils import encode
 
-from conftest import SAMPLE
+from conftest import ROOT
 from dicom_clients import worklist_query
-from worklist_mpps.db import migrate
-from worklist_mpps.db.engine import Database
+from test_wire import every_key as wire_every_key
 from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.services import row_encoder, worklist
-from worklist_mpps.services.loader import load_file
+
+sys.path.insert(0, str(ROOT / "bench"))
+import cpu_client
 
 STATUSES = ("SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED")
 
 
-@pytest.fixture(scope="module")
-def sample_db(tmp_path_factory):
-    db = Database(f"sqlite:///{tmp_path_factory.mktemp('rows') / 'w.db'}")
-    migrate.upgrade(db.engine)
-    load_file(db, SAMPLE)
-    yield db
-    db.dispose()
-
-
 def every_key() -> Dataset:
-    ds = Dataset()
-    for key in worklist.TOP_KEYS.values():
-        ds.add_new(key.keyword, key.vr, Sequence() if key.vr == "SQ" else None)
-    ds.OtherPatientIDs = ""  # not in the model: echoed empty
-    ds.add_new(0x00091001, "US", None)  # private: echoed empty
+    """tests/test_wire.py's every key, and a private sequence and an unknown SPS key."""
+    ds = wire_every_key()
     ds.add_new(0x00091002, "SQ", Sequence())  # private sequence: echoed empty
-    item = Dataset()
-    for key in worklist.SPS_KEYS.values():
-        item.add_new(key.keyword, key.vr, Sequence() if key.vr == "SQ" else None)
-    item.add_new(0x00400001, "AE", None)  # a second Scheduled Station AE Title: unknown here
-    ds.ScheduledProcedureStepSequence = Sequence([item])
+    ds.ScheduledProcedureStepSequence[0].add_new(0x00400001, "AE", None)  # unknown here
     return ds
 
 
 def bench_keys(selective: bool = False) -> Dataset:
-    """bench/cpu_client.py's query: the figures of issue 18."""
-    ds = Dataset()
-    for key in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "AccessionNumber",
-        "StudyInstanceUID",
-        "RequestedProcedureID",
-        "RequestedProcedureDescription",
-    ):
-        setattr(ds, key, "")
-    sps = Dataset()
-    for key in (
-        "Modality",
-        "ScheduledStationAETitle",
-        "ScheduledProcedureStepStartDate",
-        "ScheduledProcedureStepStartTime",
-        "ScheduledProcedureStepID",
-        "ScheduledProcedureStepDescription",
-    ):
-        setattr(sps, key, "")
+    """bench/cpu_client.py's query (the figures of issue 18), any date; selective: CT only."""
+    ds = cpu_client.query("", False)
     if selective:
-        sps.Modality = "CT"
-    ds.ScheduledProcedureStepSequence = Sequence([sps])
+        ds.ScheduledProcedureStepSequence[0].Modality = "CT"
     return ds
 
 

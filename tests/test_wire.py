@@ -25,11 +25,8 @@ from pynetdicom.sop_class import Verification
 
 from conftest import SAMPLE, module_server
 from dicom_clients import find, worklist_query
-from worklist_mpps.db import migrate
-from worklist_mpps.db.engine import Database
 from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.services import worklist
-from worklist_mpps.services.loader import load_file
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
@@ -111,15 +108,6 @@ def test_status_only_responses_are_pynetdicoms():
 
 
 # --- identifiers: the same data set as pydicom's encoding of worklist.response -----------------
-
-
-@pytest.fixture(scope="module")
-def sample_db(tmp_path_factory):
-    db = Database(f"sqlite:///{tmp_path_factory.mktemp('wire') / 'w.db'}")
-    migrate.upgrade(db.engine)
-    load_file(db, SAMPLE)
-    yield db
-    db.dispose()
 
 
 def every_key() -> Dataset:
