@@ -48,7 +48,9 @@ from worklist_mpps.services.dicom import (
 from worklist_mpps.services.links import (
     find_scheduled_items,
     link_labels,
+    linked_item_ids,
     refresh_item_statuses,
+    refresh_items,
 )
 from worklist_mpps.services.status import (
     ATTRIBUTE_LIST_ERROR,
@@ -349,11 +351,15 @@ def create(
 # --- N-SET ------------------------------------------------------------------------------------
 
 
+_BY_UID = select(MPPSTracking).where(MPPSTracking.sop_instance_uid == bindparam("uid"))
+_BY_UID_FOR_UPDATE = _BY_UID.with_for_update()
+
+
 def _load(session: Session, uid: str, for_update: bool = False) -> MPPSTracking:
     """The stored instance (locked for the transaction with ``for_update``); 0x0112 No
     such SOP Instance when there is none (F.7.2.2, F.8)."""
-    stmt = select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)
-    record = session.scalars(stmt.with_for_update() if for_update else stmt).first()
+    stmt = _BY_UID_FOR_UPDATE if for_update else _BY_UID
+    record = session.scalars(stmt, {"uid": uid}).first()
     if record is None:
         raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
     return record
@@ -458,11 +464,12 @@ def update(
             setattr(record, key, value)
         record.dataset = encode_dataset(stored)
         record.version += 1
-        session.flush()
-        changes = refresh_item_statuses(session, [i.id for i in record.worklist_items])
+        # the linked items by one statement on the link table, not the ORM collection
+        item_ids = linked_item_ids(session, record.id)
+        items, changes = refresh_items(session, item_ids)  # flushes the update first
         outbox.enqueue(session, outbox.mpps_targets(targets), uid, "N-SET", new_status, payload)
         order_status.queue_status(session, targets, changes, record)
-        linked = link_labels(record.worklist_items)
+        linked = link_labels(items)
         audit.record(
             session,
             actor,
@@ -475,7 +482,7 @@ def update(
                 "not_modified": [e.keyword or str(e.tag) for e in not_modified],
                 "worklist_items": {
                     label: i.sps_status
-                    for label, i in zip(linked, record.worklist_items, strict=True)
+                    for label, i in zip(linked, items, strict=True)
                 },
             },
         )
