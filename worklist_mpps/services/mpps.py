@@ -322,7 +322,8 @@ def create(
                         items.append(item)
             record.worklist_items = items
             session.add(record)
-            session.flush()
+            # flushed with its links first when items are linked (refresh_items), else
+            # with the audit row at commit: one flush (issue 18)
             changes = refresh_item_statuses(session, [i.id for i in items])
             outbox.enqueue(
                 session, outbox.mpps_targets(targets), uid, "N-CREATE", "IN PROGRESS", payload
@@ -423,6 +424,10 @@ def update(
             raise MPPSError(
                 PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED, error_id=ERROR_ID_NO_LONGER_UPDATED
             )
+        # the linked items by one statement on the link table (not the ORM collection),
+        # read before the record changes: the update and the audit row then go out in
+        # one flush at commit when nothing is linked (issue 18)
+        item_ids = linked_item_ids(session, record.id)
         check_dates_and_times(mods)
         stored = decode_dataset(record.dataset)
         old_status = record.status
@@ -464,8 +469,6 @@ def update(
             setattr(record, key, value)
         record.dataset = encode_dataset(stored)
         record.version += 1
-        # the linked items by one statement on the link table, not the ORM collection
-        item_ids = linked_item_ids(session, record.id)
         items, changes = refresh_items(session, item_ids)  # flushes the update first
         outbox.enqueue(session, outbox.mpps_targets(targets), uid, "N-SET", new_status, payload)
         order_status.queue_status(session, targets, changes, record)
