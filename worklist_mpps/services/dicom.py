@@ -13,15 +13,15 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR
 from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.valuerep import PersonName
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
+from pydicom.valuerep import PersonName
 
 from worklist_mpps.services.matching import (
     MatchError,
@@ -133,12 +133,11 @@ def decode_dataset(data: bytes) -> Dataset:
 
 # VRs whose values are text (PS3.5 Table 6.2-1) and whose values never are
 _TEXT_VRS = frozenset(
-    ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC")
-    + ("UI", "UR", "UT")
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
+    | {"UI", "UR", "UT"}
 )
 _BINARY_VRS = frozenset(
-    ("AT", "FD", "FL", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV", "UL", "US")
-    + ("UV",)
+    {"AT", "FD", "FL", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV", "UL", "US"} | {"UV"}
 )
 # Python codecs in which a byte outside ASCII is exactly a character outside ASCII
 _BYTEWISE_CODECS = frozenset({"iso8859", "latin_1", "UTF8"})
@@ -303,14 +302,13 @@ def _copy_as_read(ds: Dataset) -> Dataset | None:
                     if item_copy is None:
                         return None
                     items.append(item_copy)
-                elem = DataElement(
-                    tag, "SQ", items, is_undefined_length=elem.is_undefined_length
-                )
+                elem = DataElement(tag, "SQ", items, is_undefined_length=elem.is_undefined_length)
             elif not elem.is_empty:
                 return None
         elements[tag] = elem
     copied = Dataset(elements)
-    copied.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    implicit, little_endian = ds.original_encoding
+    copied.set_original_encoding(implicit, little_endian, ds.original_character_set)
     copied.is_undefined_length_sequence_item = ds.is_undefined_length_sequence_item
     return copied
 

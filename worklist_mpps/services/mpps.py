@@ -25,12 +25,14 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
 from sqlalchemy import bindparam, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from worklist_mpps import timezone
 from worklist_mpps.db.engine import Database
-from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
+from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem, utcnow
 from worklist_mpps.services import audit, order_status, outbox
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.dicom import (
@@ -243,6 +245,9 @@ def _tracking_columns(ds: Dataset) -> dict[str, Any]:
     }
 
 
+_TRACKING_KEYS = tuple(_tracking_columns(Dataset()))  # the indexed columns
+
+
 # --- N-CREATE -------------------------------------------------------------------------------
 
 
@@ -352,6 +357,11 @@ def create(
 # --- N-SET ------------------------------------------------------------------------------------
 
 
+_UPDATE = (
+    sql_update(MPPSTracking.__table__)  # type: ignore[arg-type]
+    .where(MPPSTracking.__table__.c.id == bindparam("pk"))
+    .values({key: bindparam(key) for key in (*_TRACKING_KEYS, "dataset", "version", "updated_at")})
+)
 _BY_UID = select(MPPSTracking).where(MPPSTracking.sop_instance_uid == bindparam("uid"))
 _BY_UID_FOR_UPDATE = _BY_UID.with_for_update()
 
@@ -465,10 +475,14 @@ def update(
         _check_final_state(stored)
         charset_for_storage(stored)
         columns = _tracking_columns(stored)  # validates the end date/time
+        columns.update(
+            dataset=encode_dataset(stored), version=record.version + 1, updated_at=utcnow()
+        )
+        # one Core UPDATE, sent now (the ORM unit of work cost more than the row, issue 18);
+        # the loaded record shows the new values without being flushed again
+        session.execute(_UPDATE, {"pk": record.id, **columns})
         for key, value in columns.items():
-            setattr(record, key, value)
-        record.dataset = encode_dataset(stored)
-        record.version += 1
+            set_committed_value(record, key, value)
         items, changes = refresh_items(session, item_ids)  # flushes the update first
         outbox.enqueue(session, outbox.mpps_targets(targets), uid, "N-SET", new_status, payload)
         order_status.queue_status(session, targets, changes, record)
@@ -484,8 +498,7 @@ def update(
                 "applied": applied,
                 "not_modified": [e.keyword or str(e.tag) for e in not_modified],
                 "worklist_items": {
-                    label: i.sps_status
-                    for label, i in zip(linked, items, strict=True)
+                    label: i.sps_status for label, i in zip(linked, items, strict=True)
                 },
             },
         )
