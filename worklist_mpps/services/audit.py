@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.engine import Database
@@ -42,18 +42,25 @@ def record(
     target: str,
     detail: dict[str, Any] | None = None,
 ) -> None:
+    """Add one audit row in ``session``'s transaction: one Core INSERT, sent now (the ORM
+    unit of work cost more than the row, issue 18); it commits or rolls back with the
+    change it records."""
     actor = actor or Actor("unknown", None, "unknown")
-    session.add(
-        AuditEvent(
-            at=utcnow(),
-            channel=actor.channel,
-            actor=actor.name[:128],
-            address=(actor.address or None),
-            action=action,
-            target=str(target)[:80],
-            detail=detail,
-        )
+    session.execute(
+        _INSERT,
+        {
+            "at": utcnow(),
+            "channel": actor.channel,
+            "actor": actor.name[:128],
+            "address": actor.address or None,
+            "action": action,
+            "target": str(target)[:80],
+            "detail": detail,
+        },
     )
+
+
+_INSERT = insert(AuditEvent.__table__)  # type: ignore[arg-type]
 
 
 def query(

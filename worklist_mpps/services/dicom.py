@@ -4,6 +4,9 @@ titles, dates and times), required attributes (PS3.4 F.7.2, Table F.7.2-1) and n
 
 A broken rule raises :class:`~worklist_mpps.services.status.MPPSError` with the status of
 PS3.7 Annex C (data sets), or :class:`BadValue` (a single value given by a user).
+
+Over 400 lines: the in-place decoding of a request (issue 18) must sit beside the round
+trip it stands in for, and with the charset rules both follow.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
+from pydicom.valuerep import PersonName
 
 from worklist_mpps.services.matching import (
     MatchError,
@@ -129,8 +134,42 @@ def decode_dataset(data: bytes) -> Dataset:
     return read_dataset(BytesIO(data), False, True)  # Explicit VR Little Endian
 
 
+# VRs whose values are text (PS3.5 Table 6.2-1) and whose values never are
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
+    | {"UI", "UR", "UT"}
+)
+_BINARY_VRS = frozenset(
+    {"AT", "FD", "FL", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV", "UL", "US"} | {"UV"}
+)
+# Python codecs in which a byte outside ASCII is exactly a character outside ASCII
+_BYTEWISE_CODECS = frozenset({"iso8859", "latin_1", "UTF8"})
+
+
+def _bytewise(ds: Dataset) -> bool:
+    """Whether the raw text of ``ds`` (read from bytes) is in a bytewise codec."""
+    charset = ds.original_character_set
+    if isinstance(charset, str):
+        return charset in _BYTEWISE_CODECS
+    return len(charset) == 1 and charset[0] in _BYTEWISE_CODECS
+
+
 def _text_is_ascii(ds: Dataset) -> bool:
-    for elem in ds:
+    """Whether every text value of ``ds``, in sequences too, is ASCII. A text element
+    still raw in a bytewise character set (a stored instance: ISO_IR 192 or none) is
+    judged by its bytes without being decoded (issue 18: it is then written back as it
+    was read); binary VRs hold no text."""
+    bytewise = _bytewise(ds)
+    for tag in list(ds.keys()):
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            if elem.VR in _BINARY_VRS:
+                continue
+            if bytewise and elem.VR in _TEXT_VRS:
+                if not bytes(elem.value or b"").isascii():
+                    return False
+                continue
+            elem = ds[tag]  # decoded: SQ, UN and the others
         if elem.VR == "SQ":
             if not all(_text_is_ascii(item) for item in elem.value):
                 return False
@@ -150,11 +189,20 @@ def as_unicode(ds: Dataset) -> Dataset:
 
     F.7.2.2.3: the N-SET character set does not replace the N-CREATE one; the
     SCP keeps the combination. We hold every value as Unicode and store the
-    instance as ISO_IR 192 when any text is outside ASCII. The dataset is
-    written in its own character set and read back, so each element is decoded
-    from bytes exactly once (pydicom's Dataset.decode() re-encodes str person
-    names wrongly).
+    instance as ISO_IR 192 when any text is outside ASCII. Each element is decoded
+    from bytes exactly once (pydicom's Dataset.decode() re-encodes str person names
+    wrongly): a request just read from the wire is decoded where it stands
+    (:func:`_decoded_in_place`, issue 18); any other data set, or one that path cannot
+    vouch for, is written in its own character set and read back
+    (:func:`_roundtrip_unicode`), which gives the same values.
     """
+    fast = _decoded_in_place(ds)
+    return fast if fast is not None else _roundtrip_unicode(ds)
+
+
+def _roundtrip_unicode(ds: Dataset) -> Dataset:
+    """:func:`as_unicode` by writing ``ds`` in its own character set and reading it back;
+    a value that cannot be written or decoded is a 0x0106 naming it (PS3.4 F.7.2.1.3)."""
     try:  # pydicom decodes the request lazily: a malformed value fails here
         encoded = encode_dataset(ds)  # written in the request's own character set
     except MPPSError:
@@ -184,6 +232,115 @@ def as_unicode(ds: Dataset) -> Dataset:
     if "SpecificCharacterSet" in raw:
         del raw.SpecificCharacterSet
     return raw
+
+
+# Specific Character Sets (PS3.3 C.12.1.1.2) whose Python codec maps decoded text back to
+# the same bytes: none (the default repertoire, which pydicom reads as Latin-1), one
+# single-byte ISO 8859 part, or UTF-8. ISO 2022 code extensions, the Japanese, Chinese
+# and Korean sets take the round trip.
+_IN_PLACE_CODECS = {
+    term: python_encoding[term]
+    for term in (
+        "",
+        "ISO_IR 6",
+        "ISO_IR 100",
+        "ISO_IR 101",
+        "ISO_IR 109",
+        "ISO_IR 110",
+        "ISO_IR 126",
+        "ISO_IR 127",
+        "ISO_IR 138",
+        "ISO_IR 144",
+        "ISO_IR 148",
+        "ISO_IR 166",
+        "ISO_IR 192",
+    )
+}
+
+
+def _decoded_in_place(ds: Dataset) -> Dataset | None:
+    """:func:`as_unicode` of a data set read from bytes and not touched since (every
+    top-level element still raw): its elements decoded once, in a copy (``ds`` is left
+    as it was). None when the round trip must decide: an element already decoded, a
+    character set outside ``_IN_PLACE_CODECS``, a value pydicom cannot convert, an
+    ambiguous VR, or decoded text the character set cannot encode again (bytes the set
+    does not define), i.e. whenever writing and reading back could give other values or
+    an error."""
+    decoded = _copy_as_read(ds)
+    if decoded is None:
+        return None
+    charset = decoded.get_item(_CHARSET_TAG)
+    term = ""
+    if isinstance(charset, RawDataElement) and charset.value:
+        term = bytes(charset.value).decode("latin_1").strip(" \0")
+    codec = _IN_PLACE_CODECS.get(term)
+    if codec is None:
+        return None
+    try:
+        if not _decode_all(decoded, codec):
+            return None
+    except Exception:  # noqa: BLE001 - the round trip reports it
+        return None
+    _check_sequence_vrs(decoded)
+    if _CHARSET_TAG in decoded:
+        del decoded[_CHARSET_TAG]
+    return decoded
+
+
+_CHARSET_TAG = 0x00080005
+
+
+def _copy_as_read(ds: Dataset) -> Dataset | None:
+    """A copy of ``ds`` to decode (decoding it leaves ``ds`` as it was) when every element,
+    in sequences too, is as pydicom's reader left it: raw, empty, or a sequence of such
+    items; else None. (Reads pydicom's element dict: ``Dataset.elements()`` costs more
+    than the decoding it saves.)"""
+    elements: dict = {}
+    for tag, elem in ds._dict.items():
+        if not isinstance(elem, RawDataElement):
+            if elem.VR == "SQ":
+                items = []
+                for item in elem.value:
+                    item_copy = _copy_as_read(item)
+                    if item_copy is None:
+                        return None
+                    items.append(item_copy)
+                elem = DataElement(tag, "SQ", items, is_undefined_length=elem.is_undefined_length)
+            elif not elem.is_empty:
+                return None
+        elements[tag] = elem
+    copied = Dataset(elements)
+    implicit, little_endian = ds.original_encoding
+    copied.set_original_encoding(implicit, little_endian, ds.original_character_set)
+    copied.is_undefined_length_sequence_item = ds.is_undefined_length_sequence_item
+    return copied
+
+
+def _decode_all(ds: Dataset, codec: str) -> bool:
+    """:func:`_materialize` ``ds``; False when a VR is ambiguous or a text value does not
+    encode in ``codec`` again (its bytes were not all of the character set)."""
+    for elem in ds:  # iterating converts raw elements with the dataset's charset
+        vr = elem.VR
+        if vr == "SQ":
+            if not all(_decode_all(item, codec) for item in elem.value):
+                return False
+            continue
+        if vr is None or len(vr) != 2:
+            return False
+        value = elem.value
+        if value is None:
+            continue
+        if vr == "PN":
+            if isinstance(value, MultiValue):
+                elem.value = [str(v) for v in value]
+            else:
+                elem.value = str(value)
+            value = elem.value
+        texts = value if isinstance(value, (MultiValue, list)) else (value,)
+        for text in texts:
+            if isinstance(text, (str, PersonName)):
+                str(text).encode(codec)  # UnicodeEncodeError: the round trip decides
+    return True
 
 
 def _check_sequence_vrs(ds: Dataset) -> None:

@@ -8,14 +8,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.engine import Database
-from worklist_mpps.db.models import MPPSTracking, Patient, WorklistItem
+from worklist_mpps.db.models import MPPSTracking, Patient, WorklistItem, mpps_worklist_links
 from worklist_mpps.services import audit
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.dicom import text_value
+
+
+def _scheduled(*columns: Any) -> Any:
+    """Items whose ``columns`` equal the bound values ``v0``, ``v1``, by id (built once:
+    building a statement costs more than running it, issue 18)."""
+    return (
+        select(WorklistItem)
+        .where(*(column == bindparam(f"v{n}") for n, column in enumerate(columns)))
+        .order_by(WorklistItem.id)
+    )
+
+
+_W = WorklistItem
+_BY_ACC_STEP = _scheduled(_W.accession_number, _W.sps_id)
+_BY_STUDY_STEP = _scheduled(_W.study_instance_uid, _W.sps_id)
+_BY_ACC_RP = _scheduled(_W.accession_number, _W.requested_procedure_id)
+_BY_STUDY = _scheduled(_W.study_instance_uid)
+_BY_ACC = _scheduled(_W.accession_number)
 
 
 def find_scheduled_items(session: Session, ssas_item: Dataset) -> list[WorklistItem]:
@@ -29,17 +47,17 @@ def find_scheduled_items(session: Session, ssas_item: Dataset) -> list[WorklistI
     study = text_value(ssas_item, "StudyInstanceUID")
     step = text_value(ssas_item, "ScheduledProcedureStepID")
     rp = text_value(ssas_item, "RequestedProcedureID")
-    W = WorklistItem
     strategies = [
-        (acc and step, [W.accession_number == acc, W.sps_id == step]),
-        (study and step, [W.study_instance_uid == study, W.sps_id == step]),
-        (acc and rp, [W.accession_number == acc, W.requested_procedure_id == rp]),
-        (study, [W.study_instance_uid == study]),
-        (acc, [W.accession_number == acc]),
+        (_BY_ACC_STEP, (acc, step)),
+        (_BY_STUDY_STEP, (study, step)),
+        (_BY_ACC_RP, (acc, rp)),
+        (_BY_STUDY, (study,)),
+        (_BY_ACC, (acc,)),
     ]
-    for usable, where in strategies:
-        if usable:
-            items = session.scalars(select(W).where(*where).order_by(W.id)).all()
+    for stmt, values in strategies:
+        if all(values):
+            params = {f"v{n}": value for n, value in enumerate(values)}
+            items = session.scalars(stmt, params).all()
             if items:
                 return list(items)
     return []
@@ -68,26 +86,57 @@ class StatusChange:
     new: str
 
 
-def refresh_item_statuses(session: Session, item_ids: Iterable[int]) -> list[StatusChange]:
-    """Lock the linked items (in id order) and set each status from its MPPS; the items
-    whose status changed, in id order."""
+_LINKED_ITEMS = (
+    select(mpps_worklist_links.c.item_pk)
+    .where(mpps_worklist_links.c.mpps_pk == bindparam("pk"))
+    .order_by(mpps_worklist_links.c.item_pk)
+)
+_LOCK_ITEMS = (
+    select(WorklistItem)
+    .where(WorklistItem.id.in_(bindparam("ids", expanding=True)))
+    .order_by(WorklistItem.id)
+    .with_for_update()
+)
+_ITEM_MPPS_STATUSES = (
+    select(mpps_worklist_links.c.item_pk, MPPSTracking.status)
+    .join(MPPSTracking, MPPSTracking.id == mpps_worklist_links.c.mpps_pk)
+    .where(mpps_worklist_links.c.item_pk.in_(bindparam("ids", expanding=True)))
+)
+
+
+def linked_item_ids(session: Session, mpps_pk: int) -> list[int]:
+    """The ids of the worklist items an MPPS is linked to, in id order: one statement on
+    the link table (the ORM collection would load every item, issue 18)."""
+    return list(session.scalars(_LINKED_ITEMS, {"pk": mpps_pk}))
+
+
+def refresh_items(
+    session: Session, item_ids: Iterable[int]
+) -> tuple[list[WorklistItem], list[StatusChange]]:
+    """Lock the linked items (in id order) and set each status from its MPPS (PS3.4 F.1),
+    as flushed: the items, and those whose status changed, both in id order. Two
+    statements whatever the number of items (issue 18: not one re-read per item)."""
     ids = sorted(set(item_ids))
     changes: list[StatusChange] = []
     if not ids:
-        return changes
-    items = session.scalars(
-        select(WorklistItem)
-        .where(WorklistItem.id.in_(ids))
-        .order_by(WorklistItem.id)
-        .with_for_update()
-    ).all()
+        return [], changes
+    session.flush()  # the statuses read below are the flushed ones
+    items = list(session.scalars(_LOCK_ITEMS, {"ids": ids}))
+    statuses: dict[int, list[str]] = {}
+    for item_pk, status in session.execute(_ITEM_MPPS_STATUSES, {"ids": ids}):
+        statuses.setdefault(item_pk, []).append(status)
     for item in items:
-        session.refresh(item, ["mpps"])
-        status = derived_item_status(m.status for m in item.mpps)
+        status = derived_item_status(statuses.get(item.id, ()))
         if status is not None and status != item.sps_status:
             changes.append(StatusChange(item, item.sps_status, status))
             item.sps_status = status
-    return changes
+    return items, changes
+
+
+def refresh_item_statuses(session: Session, item_ids: Iterable[int]) -> list[StatusChange]:
+    """Lock the linked items (in id order) and set each status from its MPPS; the items
+    whose status changed, in id order."""
+    return refresh_items(session, item_ids)[1]
 
 
 def link_labels(items: Iterable[WorklistItem]) -> list[str]:

@@ -25,12 +25,14 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
 from sqlalchemy import bindparam, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from worklist_mpps import timezone
 from worklist_mpps.db.engine import Database
-from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem
+from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem, utcnow
 from worklist_mpps.services import audit, order_status, outbox
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.dicom import (
@@ -48,7 +50,9 @@ from worklist_mpps.services.dicom import (
 from worklist_mpps.services.links import (
     find_scheduled_items,
     link_labels,
+    linked_item_ids,
     refresh_item_statuses,
+    refresh_items,
 )
 from worklist_mpps.services.status import (
     ATTRIBUTE_LIST_ERROR,
@@ -241,6 +245,9 @@ def _tracking_columns(ds: Dataset) -> dict[str, Any]:
     }
 
 
+_TRACKING_KEYS = tuple(_tracking_columns(Dataset()))  # the indexed columns
+
+
 # --- N-CREATE -------------------------------------------------------------------------------
 
 
@@ -320,7 +327,8 @@ def create(
                         items.append(item)
             record.worklist_items = items
             session.add(record)
-            session.flush()
+            # flushed with its links first when items are linked (refresh_items), else
+            # with the audit row at commit: one flush (issue 18)
             changes = refresh_item_statuses(session, [i.id for i in items])
             outbox.enqueue(
                 session, outbox.mpps_targets(targets), uid, "N-CREATE", "IN PROGRESS", payload
@@ -349,11 +357,20 @@ def create(
 # --- N-SET ------------------------------------------------------------------------------------
 
 
+_UPDATE = (
+    sql_update(MPPSTracking.__table__)  # type: ignore[arg-type]
+    .where(MPPSTracking.__table__.c.id == bindparam("pk"))
+    .values({key: bindparam(key) for key in (*_TRACKING_KEYS, "dataset", "version", "updated_at")})
+)
+_BY_UID = select(MPPSTracking).where(MPPSTracking.sop_instance_uid == bindparam("uid"))
+_BY_UID_FOR_UPDATE = _BY_UID.with_for_update()
+
+
 def _load(session: Session, uid: str, for_update: bool = False) -> MPPSTracking:
     """The stored instance (locked for the transaction with ``for_update``); 0x0112 No
     such SOP Instance when there is none (F.7.2.2, F.8)."""
-    stmt = select(MPPSTracking).where(MPPSTracking.sop_instance_uid == uid)
-    record = session.scalars(stmt.with_for_update() if for_update else stmt).first()
+    stmt = _BY_UID_FOR_UPDATE if for_update else _BY_UID
+    record = session.scalars(stmt, {"uid": uid}).first()
     if record is None:
         raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
     return record
@@ -417,6 +434,10 @@ def update(
             raise MPPSError(
                 PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED, error_id=ERROR_ID_NO_LONGER_UPDATED
             )
+        # the linked items by one statement on the link table (not the ORM collection),
+        # read before the record changes: the update and the audit row then go out in
+        # one flush at commit when nothing is linked (issue 18)
+        item_ids = linked_item_ids(session, record.id)
         check_dates_and_times(mods)
         stored = decode_dataset(record.dataset)
         old_status = record.status
@@ -454,15 +475,18 @@ def update(
         _check_final_state(stored)
         charset_for_storage(stored)
         columns = _tracking_columns(stored)  # validates the end date/time
+        columns.update(
+            dataset=encode_dataset(stored), version=record.version + 1, updated_at=utcnow()
+        )
+        # one Core UPDATE, sent now (the ORM unit of work cost more than the row, issue 18);
+        # the loaded record shows the new values without being flushed again
+        session.execute(_UPDATE, {"pk": record.id, **columns})
         for key, value in columns.items():
-            setattr(record, key, value)
-        record.dataset = encode_dataset(stored)
-        record.version += 1
-        session.flush()
-        changes = refresh_item_statuses(session, [i.id for i in record.worklist_items])
+            set_committed_value(record, key, value)
+        items, changes = refresh_items(session, item_ids)  # flushes the update first
         outbox.enqueue(session, outbox.mpps_targets(targets), uid, "N-SET", new_status, payload)
         order_status.queue_status(session, targets, changes, record)
-        linked = link_labels(record.worklist_items)
+        linked = link_labels(items)
         audit.record(
             session,
             actor,
@@ -474,8 +498,7 @@ def update(
                 "applied": applied,
                 "not_modified": [e.keyword or str(e.tag) for e in not_modified],
                 "worklist_items": {
-                    label: i.sps_status
-                    for label, i in zip(linked, record.worklist_items, strict=True)
+                    label: i.sps_status for label, i in zip(linked, items, strict=True)
                 },
             },
         )
