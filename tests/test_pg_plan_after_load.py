@@ -128,10 +128,15 @@ def _items_scan(db: Database) -> dict[str, Any]:
 
 
 def _analyzed(db: Database, table: str) -> bool:
+    """Whether ``table`` of this test's schema has statistics (database ``test`` may hold
+    other schemas with the same tables: a bench run's, another test's)."""
     with db.engine.connect() as conn:
         return (
             conn.execute(
-                text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = :t"),
+                text(
+                    "SELECT last_analyze FROM pg_stat_user_tables "
+                    "WHERE relname = :t AND schemaname = current_schema()"
+                ),
                 {"t": table},
             ).scalar()
             is not None
