@@ -104,11 +104,23 @@ def pg_url(schema: str) -> str:
 
 
 def new_pg_schema() -> str:
+    """A fresh schema; first the schemas of earlier runs that were killed before they
+    could drop theirs (no backend of theirs still connected), so none piles up in
+    database ``test``, which the test suite shares."""
     from sqlalchemy import create_engine, text
 
     schema = "wmbench_" + uuid.uuid4().hex[:10]
     admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
+        stale = conn.execute(
+            text(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'wmbench\\_%' "
+                "AND NOT EXISTS (SELECT 1 FROM pg_stat_activity "
+                "WHERE application_name = 'wmbench-' || nspname)"
+            )
+        ).scalars()
+        for name in list(stale):
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     admin.dispose()
     return schema

@@ -220,3 +220,39 @@ def test_postgres_load_of_the_harness_is_the_bulk_load_with_statistics():
         assert count == 500
     finally:
         cpu_servers.drop_pg_schema(schema)
+
+
+def test_new_schema_drops_schemas_of_killed_runs_only():
+    """A bench run killed before it dropped its schema leaves one in database test, which
+    the suite shares (a leftover made test_pg_plan_after_load read another schema's
+    statistics): the next run's new_pg_schema drops it, not a running run's schema."""
+    from sqlalchemy import create_engine, text
+
+    from conftest import PG_HOST, PG_PORT, port_open
+
+    if not port_open(PG_HOST, PG_PORT):
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    admin = create_engine(cpu_servers.PG_BASE, isolation_level="AUTOCOMMIT")
+    live = create_engine(cpu_servers.pg_url("wmbench_running"))  # a run still connected
+    with admin.connect() as conn:
+        conn.execute(text('CREATE SCHEMA "wmbench_killed"'))
+        conn.execute(text('CREATE SCHEMA "wmbench_running"'))
+    schema = None
+    try:
+        with live.connect():
+            schema = cpu_servers.new_pg_schema()
+            with admin.connect() as conn:
+                names = set(
+                    conn.execute(
+                        text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'wmbench%'")
+                    ).scalars()
+                )
+        assert schema in names and "wmbench_running" in names
+        assert "wmbench_killed" not in names
+    finally:
+        live.dispose()
+        with admin.connect() as conn:
+            for name in ("wmbench_killed", "wmbench_running", schema):
+                if name:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        admin.dispose()
