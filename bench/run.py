@@ -436,8 +436,9 @@ def header(args: argparse.Namespace) -> str:
         f"- repeats: {args.repeat} per figure, the two servers measured in turn "
         "(wlmscpfs at 100,000: a tenth); concurrency: "
         f"{args.clients} clients for {args.duration:g} s; clients with TCP_NODELAY=1",
-        "- command: `make bench` (`python bench/run.py`); the server-CPU section: "
-        f"`--cpu-sizes {args.cpu_sizes} --servers {args.servers}`",
+        f"- command: `python bench/run.py {' '.join(sys.argv[1:])}` (`make bench`: "
+        f"`--write bench/RESULTS.md`); end-to-end N: {args.sizes}; server-CPU N: "
+        f"{args.cpu_sizes}, servers {args.servers}",
     ]
     return "\n".join(lines)
 
