@@ -12,7 +12,8 @@ persistent association). Checked:
 - every C-FIND response's command set has a Status (PS3.7 9.1.2.1.5 / C.4.1.1.4) and
   answers the request's Message ID (0000,0120); every pending (0xFF00/0xFF01) response
   carries an identifier (PS3.4 K.4.1.3, PS3.7 9.3.2.2: CommandDataSetType not 0x0101,
-  a data set follows), the final one none; the final status is Success;
+  a data set follows), the final one none; the final status is Success; each client's
+  queries match as many items as its first (the items do not change meanwhile);
 - every association is accepted: 8 clients stay under the admission limits from one
   address (max_connections_per_address 16, max_associations 32; dimse/admission.py);
 - every MPPS step answers Success (PS3.4 F.7.2) and, after a cycle, the stored state is
@@ -216,6 +217,7 @@ class Soak:
         self.deadline = time.monotonic() + SECONDS
         self.errors: list[str] = []
         self.counts: Counter[str] = Counter()
+        self.matches: dict[str, int] = {}  # each query client's first count
         self.lock = threading.Lock()
         self.selective = cpu_client.query(day, True)
 
@@ -268,6 +270,7 @@ class Soak:
             matches = client.find(op)
             if not matches:
                 raise SoakError(f"{op}: no match for today")
+            self.same_matches(who, matches)
             self.count(f"raw {op}")
 
         try:
@@ -275,9 +278,18 @@ class Soak:
         finally:
             client.close()
 
-    def find_checked(self, assoc) -> None:
-        """One pynetdicom C-FIND: every pending with its identifier, a final Success."""
-        final = None
+    def same_matches(self, who: str, matches: int) -> None:
+        """The items do not change during the soak: every query of a client matches as
+        many as its first (a lost pending response would be a silently missing item)."""
+        with self.lock:
+            first = self.matches.setdefault(who, matches)
+        if matches != first:
+            raise SoakError(f"{matches} matches, {first} at the first query")
+
+    def find_checked(self, assoc) -> int:
+        """One pynetdicom C-FIND: every pending with its identifier, a final Success;
+        the matches."""
+        final, matches = None, 0
         for status, identifier in assoc.send_c_find(self.selective, MWL):
             if not status or "Status" not in status:
                 raise SoakError(
@@ -285,16 +297,19 @@ class Soak:
                     f"aborted {assoc.is_aborted})"
                 )
             final = status.Status
-            if final in PENDING and identifier is None:
-                raise SoakError("pending response without identifier")
+            if final in PENDING:
+                if identifier is None:
+                    raise SoakError("pending response without identifier")
+                matches += 1
         if final != 0:
             raise SoakError(f"C-FIND ended with {final!r}")
+        return matches
 
     def find_open(self, who: str) -> None:
         assoc = self.associate(self.ae(MWL, "SOAKFIND"))
 
         def step() -> None:
-            self.find_checked(assoc)
+            self.same_matches(who, self.find_checked(assoc))
             self.count("pynetdicom find_open")
 
         try:
@@ -308,7 +323,7 @@ class Soak:
         def step() -> None:
             assoc = self.associate(ae)
             try:
-                self.find_checked(assoc)
+                self.same_matches(who, self.find_checked(assoc))
             finally:
                 assoc.release()
             self.count("pynetdicom find_assoc")
