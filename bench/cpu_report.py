@@ -3,7 +3,7 @@ issue 18's targets (met or not, from the same run)."""
 
 from __future__ import annotations
 
-from cpu_run import NAMES, OUR_OPS, PEER_OPS
+from cpu_run import NAMES, OUR_OPS, PAUSE_PHASES, PEER_OPS
 from server_cpu import OPS
 
 OURS = ("sqlite", "postgres")
@@ -88,6 +88,50 @@ def after_load(results: list[dict]) -> list[str]:
     return lines
 
 
+# the pause target is judged on the phases where the clients leave the CPU free: in the
+# 8-client phase the client processes saturate the bench's cores, and a GIL holder the
+# kernel deschedules stalls the others for reasons outside the server
+JUDGED_PHASES = tuple(p for p in PAUSE_PHASES if p != "mixed")
+
+
+def pauses(results: list[dict]) -> list[str]:
+    """The pause watchdog's figures per server, N and phase (bench/pause_watch.py)."""
+    lines = [
+        "| N | server | phase | ops | longest pause | p99.9 | pauses > 10 ms "
+        "| late (in all) | longest GC pass by generation 0/1/2, wall (CPU) | GC passes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for name in OURS:
+            for phase, f in ((r.get(name) or {}).get("pauses") or {}).items():
+                gc_cells = "/".join(
+                    f"{f['gc_max_ms'][g]:.1f} ({f['gc_cpu_max_ms'][g]:.1f})" for g in "012"
+                )
+                lines.append(
+                    f"| {r['n']:,} | {NAMES[name]} | {phase} | {f['done']} "
+                    f"| {f['pause_max_ms']:.1f} ms | {f['pause_p999_ms']:.1f} ms "
+                    f"| {f['pause_over_10ms']} | {f['late_max_ms']:.1f} ms | {gc_cells} ms "
+                    f"| {'/'.join(str(f['gc_count'][g]) for g in '012')} |"
+                )
+    return lines
+
+
+def watchdog_cost(results: list[dict]) -> list[str]:
+    """The watchdog's own CPU: the idle server's CPU per second with it on, less off."""
+    out = []
+    for r in results:
+        for name in OURS:
+            figures = r.get(name) or {}
+            idle = (figures.get("pauses") or {}).get("idle")
+            if idle and figures.get("idle") is not None and idle["seconds"]:
+                on = idle["cpu_s"] * 1000 / idle["seconds"]
+                out.append(
+                    f"- {NAMES[name]}, N={r['n']:,}: idle {figures['idle']:.1f} ms CPU/s with "
+                    f"the watchdog off, {on:.1f} ms/s with it on ({idle['wakes']} wakes)"
+                )
+    return out
+
+
 def total(fig) -> float:
     return fig.server_ms + (fig.db_ms or 0.0)
 
@@ -144,13 +188,29 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
                     yes(mpps.server_ms <= 10),
                 )
             )
+        watched = [
+            (f["pause_max_ms"], phase, r["n"])
+            for r in runs
+            for phase, f in (r[ours].get("pauses") or {}).items()
+            if phase in JUDGED_PHASES
+        ]
+        if watched:
+            longest, phase, n = max(watched)
+            out.append(
+                (
+                    f"no stop-the-world pause over 10 ms ({NAMES[ours]}; the server's pause "
+                    "watchdog, idle and one client of each operation, every N)",
+                    f"{longest:.1f} ms ({phase}, N={n:,})",
+                    yes(longest <= 10),
+                )
+            )
         worst = max(r[ours]["find_open"].worst_extra_ms for r in runs)
         out.append(
             (
-                f"no stop-the-world pause over 10 ms ({NAMES[ours]}; proxy: worst selective "
-                "query latency minus the median, every batch of every N)",
+                f"(proxy, not judged: worst selective query latency minus the median, seen "
+                f"by the client, its own jitter included; {NAMES[ours]})",
                 f"{worst:.1f} ms",
-                yes(worst <= 10),
+                "–" if watched else f"not judged ({yes(worst <= 10)})",
             )
         )
         qps = top[ours].get("qps")
@@ -224,6 +284,24 @@ def report(results: list[dict], seconds: float, clients: int) -> str:
             "selective query.",
             "",
             *after_load(results),
+        ]
+    if any((r.get(o) or {}).get("pauses") for r in results for o in OURS):
+        lines += [
+            "",
+            "Pauses inside worklist-mpps (bench/pause_watch.py; a phase of its own after "
+            "the CPU figures, which are taken with it off): a watchdog thread in the "
+            "server process sleeps 2 ms again and again and records how late it wakes; "
+            "a pause is that lateness less the watchdog's own run-queue wait, at most the "
+            "CPU the process spent meanwhile (a thread holding the GIL: a GC pass, a long "
+            "C call), so that a CPU saturated by other processes does not count. "
+            "gc.callbacks time each collection. Phases: the server idle, each "
+            "operation from one client, and 'mixed': 8 client processes at once (4 "
+            "selective and 2 broad raw-socket query clients, one MPPS and one C-ECHO "
+            "pynetdicom client), which saturate the cores (shown, not judged).",
+            "",
+            *pauses(results),
+            "",
+            *watchdog_cost(results),
         ]
     lines += [
         "",

@@ -29,6 +29,28 @@ NAMES = {
 }
 PEER_OPS = ("echo_assoc", "find_open", "find_assoc", "broad_open")
 OUR_OPS = (*PEER_OPS, "mpps")
+# bench/pause_watch.py's phases, after the CPU figures: the server idle, each
+# operation from one client, then 8 clients at once (server_cpu.PAUSE_MIX)
+PAUSE_PHASES = ("idle", *OUR_OPS, "mixed")
+
+
+def measure_pauses(server: Server, args, day: str) -> dict:
+    """{phase: the watchdog's figures} over ``args.pause_s`` seconds each (0: none)."""
+    seconds = getattr(args, "pause_s", 5.0)
+    out: dict = {}
+    if not seconds or server.pauses is None:
+        return out
+    for phase in PAUSE_PHASES:
+        fig = server_cpu.pause_phase(server, day, None if phase == "idle" else phase, seconds)
+        out[phase] = fig
+        print(
+            f"    {server.name} pauses, {phase}: longest {fig['pause_max_ms']:.1f} ms "
+            f"(late {fig['late_max_ms']:.1f} ms, in-process {fig['in_process_max_ms']:.1f} "
+            f"ms), p99.9 {fig['pause_p999_ms']:.2f} ms, longest GC pass "
+            f"{max(fig['gc_max_ms'].values()):.1f} ms",
+            flush=True,
+        )
+    return out
 
 
 def load_postgres(pairs: list) -> tuple[str, str, float]:
@@ -191,6 +213,8 @@ def run_size(n: int, args, work: Path) -> dict:
                 pg_analyze(schema)
             ops = OUR_OPS if name in ("sqlite", "postgres") else PEER_OPS
             measure_server(server, ops, args, day, figures)
+            if name in ("sqlite", "postgres"):
+                figures["pauses"] = measure_pauses(server, args, day)
             if name in ("sqlite", "postgres") and args.clients:
                 figures["qps"] = server_cpu.rate(server, day, args.clients, args.cpu_seconds)
                 print(

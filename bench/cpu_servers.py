@@ -2,7 +2,10 @@
 
 - worklist-mpps (`python -m worklist_mpps serve`) on a SQLite file or on a fresh
   PostgreSQL schema of database `test` (127.0.0.1:5432, trust); its PostgreSQL
-  connections carry application_name so their backends can be found.
+  connections carry application_name so their backends can be found. It is started
+  through bench/pause_watch.py, which calls the same CLI entry point with the same
+  arguments and adds an idle thread that runs the pause watchdog only when told
+  (Server.pauses: start / stop around the bench's pause phases).
 - DCMTK `wlmscpfs` on the .wl files bench/run.py exports, in its default fork mode
   (one child process per association: its CPU is counted, see server_cpu.tree_cpu).
 - Orthanc 1.10 (Debian) with its ModalityWorklists plugin on the same .wl files.
@@ -23,6 +26,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pause_watch import PauseControl
+
 ROOT = Path(__file__).resolve().parent.parent
 AET = "WORKLISTS"
 PG_BASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -41,6 +46,7 @@ class Server:
     netns: str | None = None  # the client runs in this network namespace
     app_name: str | None = None  # PostgreSQL application_name of its connections
     procs: list[subprocess.Popen] = field(default_factory=list)
+    pauses: PauseControl | None = None  # worklist-mpps: its pause watchdog
 
     def client_prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -138,11 +144,13 @@ def drop_pg_schema(schema: str) -> None:
 def start_ours(name: str, url: str, folder: Path, app_name: str | None = None) -> Server:
     port = free_port()
     log = folder / f"{name}.log"
+    control_r, control_w = os.pipe()
+    answer_r, answer_w = os.pipe()
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "worklist_mpps",
+            str(ROOT / "bench" / "pause_watch.py"),
+            *(str(control_r), str(answer_w)),
             "serve",
             *("--bind", "127.0.0.1", "--port", str(port), "--database-url", url),
             *("--http-enabled", "false", "--load-sample-data", "false"),
@@ -152,12 +160,16 @@ def start_ours(name: str, url: str, folder: Path, app_name: str | None = None) -
         cwd=folder,
         stdout=subprocess.DEVNULL,
         stderr=open(log, "w"),
+        pass_fds=(control_r, answer_w),
     )
-    server = Server(name, proc.pid, port, app_name=app_name, procs=[proc])
+    os.close(control_r)
+    os.close(answer_w)
+    pauses = PauseControl(control_w, answer_r)
+    server = Server(name, proc.pid, port, app_name=app_name, procs=[proc], pauses=pauses)
     try:
         wait_listening(proc, port, log)
     except Exception:
-        stop_proc(proc)
+        stop(server)
         raise
     return server
 
@@ -228,5 +240,7 @@ def start_orthanc(wl_dir: Path, folder: Path) -> Server:
 def stop(server: Server) -> None:
     for proc in server.procs:
         stop_proc(proc)
+    if server.pauses is not None:
+        server.pauses.close()
     if server.netns:
         subprocess.run(["ip", "netns", "del", server.netns], check=False)

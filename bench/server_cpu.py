@@ -249,3 +249,48 @@ def rate(server: Server, day: str, clients: int, seconds: float) -> tuple[float,
         for c in procs:
             c.close()
     return done / elapsed, (cpu1 - cpu0) * 1000 / max(1, done)
+
+
+# the pause phases' client mix (issue 18's "8 clients"): raw-socket queries, and
+# pynetdicom clients for what the raw client does not speak
+PAUSE_MIX = (
+    *(("find_open", True),) * 4,
+    *(("broad_open", True),) * 2,
+    ("mpps", False),
+    ("echo_assoc", False),
+)
+
+
+def pause_phase(server: Server, day: str, op: str | None, seconds: float) -> dict:
+    """The pause watchdog's figures (bench/pause_watch.py) over ``seconds`` of ``op``
+    from one pynetdicom client (None: the server idle; "mixed": PAUSE_MIX, 8 client
+    processes at once), with the server's CPU and the operations done meanwhile. A
+    phase of its own, after the CPU figures: those are taken with the watchdog off."""
+    assert server.pauses is not None
+    if op is None:
+        cpu0 = server_cpu(server)
+        server.pauses.start()
+        time.sleep(seconds)
+        figures = server.pauses.stop()
+        return {**figures, "done": 0, "cpu_s": server_cpu(server) - cpu0}
+    mix = PAUSE_MIX if op == "mixed" else ((op, False),)
+    procs = [ClientProc(server, day, script=RATE_CLIENT if raw else None) for _, raw in mix]
+    try:
+        for c, (o, _) in zip(procs, mix, strict=True):
+            if OPS[o][1]:
+                c.ask(cmd="open", kind=OPS[o][1])
+            c.ask(cmd="batch", op=o, n=1)
+        cpu0 = server_cpu(server)
+        server.pauses.start()
+        for c, (o, _) in zip(procs, mix, strict=True):
+            c.send(cmd="run", op=o, seconds=seconds)
+        done = sum(c.ask_answer()["done"] for c in procs)
+        figures = server.pauses.stop()
+        cpu = server_cpu(server) - cpu0
+        for c, (o, _) in zip(procs, mix, strict=True):
+            if OPS[o][1]:
+                c.ask(cmd="close")
+    finally:
+        for c in procs:
+            c.close()
+    return {**figures, "done": done, "cpu_s": cpu}

@@ -5,9 +5,13 @@ the machine is shared; what is checked is what gets counted and reported."""
 from __future__ import annotations
 
 import argparse
+import gc
+import io
+import json
 import os
 import socket
 import sys
+import threading
 import time
 
 import pytest
@@ -20,6 +24,7 @@ import cpu_client
 import cpu_report
 import cpu_run
 import cpu_servers
+import pause_watch
 import server_cpu
 
 BURN = 0.3  # seconds of CPU the forked child burns
@@ -95,6 +100,10 @@ def fig(ms: float, db: float | None = None, worst: float = 1.0) -> server_cpu.Fi
     return server_cpu.Figure(ms, db, [ms], 10, 9, 2.0, worst)
 
 
+def pause(ms: float) -> dict:
+    return {"pause_max_ms": ms}
+
+
 def test_targets_judge_ratios_and_thresholds():
     results = [
         {
@@ -106,12 +115,14 @@ def test_targets_judge_ratios_and_thresholds():
                 "broad_open": fig(6.0),
                 "mpps": fig(9.0),
                 "qps": (320.0, 2.0),
+                "pauses": {"idle": pause(1.0), "find_open": pause(4.0), "mixed": pause(30.0)},
             },
             "postgres": {
                 "echo_assoc": fig(2.0),
                 "find_open_fresh": fig(1.0, 170.0),
-                "find_open": fig(1.0, 0.5, worst=25.0),
+                "find_open": fig(1.0, 0.5, worst=2.0),
                 "analyzed_before": False,
+                "pauses": {"idle": pause(1.0), "mpps": pause(25.0), "mixed": pause(3.0)},
             },
             "orthanc": {"echo_assoc": fig(1.0)},
         }
@@ -128,8 +139,10 @@ def test_targets_judge_ratios_and_thresholds():
     assert verdict("broad", "SQLite") == "**no**"
     assert verdict("MPPS", "SQLite") == "yes"
     assert verdict(">= 300", "SQLite") == "yes"
-    assert verdict("pause", "SQLite") == "yes"
-    assert verdict("pause", "PostgreSQL") == "**no**"
+    # judged on the watchdog (not the 8-client phase), not on the client-side proxy
+    assert verdict("pause watchdog", "SQLite") == "yes"  # 4 ms; mixed's 30 not judged
+    assert verdict("pause watchdog", "PostgreSQL") == "**no**"  # 25 ms, proxy 0
+    assert verdict("proxy", "SQLite") == "–"
     assert verdict("right after a bulk load") == "**no**"  # 171 vs 1.5 ms
     results[0]["postgres"]["find_open_fresh"] = "failed (aborted at the network timeout)"
     met = {t: ok for t, _, ok in cpu_report.targets(results)}
@@ -151,6 +164,7 @@ def test_tiny_run_against_a_real_server(tmp_path):
         cpu_seconds=1.0,
         keep_schema=False,
         idle_s=0.2,
+        pause_s=0.3,
     )
     result = cpu_run.run_size(400, args, tmp_path)
     assert result["skipped"] == {}, result["skipped"]
@@ -161,9 +175,92 @@ def test_tiny_run_against_a_real_server(tmp_path):
     assert all(figures[op].server_ms >= 0 and figures[op].db_ms is None for op in cpu_run.OUR_OPS)
     assert figures["qps"][0] > 0
     assert figures["idle"] >= 0
+    pauses = figures["pauses"]  # the watchdog inside the server, over its pipes
+    assert tuple(pauses) == cpu_run.PAUSE_PHASES
+    assert all(pauses[p]["wakes"] > 0 for p in pauses)
+    assert all(pauses[p]["done"] > 0 for p in pauses if p != "idle")
     text = cpu_report.report([result], 1.0, 2)
     assert "| 400 | worklist-mpps, SQLite |" in text
     assert "### Targets (issue 18)" in text
+    assert "| 400 | worklist-mpps, SQLite | mixed |" in text
+    assert "the server's pause watchdog" in text
+
+
+def hold_gil(seconds: float) -> None:
+    """Hold the GIL for ``seconds`` of this thread's CPU: no other thread runs Python
+    meanwhile (the switch interval, which would make this thread let go, set long)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)
+    try:
+        burn_thread(seconds)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def burn_thread(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_watchdog_reports_a_deliberate_gil_hold():
+    """A thread holding the GIL 50 ms is a 50 ms pause for every other thread: the
+    watchdog reports it (>= 40 ms), and its stacks show where the threads were."""
+    watchdog = pause_watch.Watchdog()
+    watchdog.start()
+    try:
+        time.sleep(0.1)
+        hog = threading.Thread(target=hold_gil, args=(0.05,), name="hog")
+        hog.start()
+        hog.join()
+        time.sleep(0.1)
+    finally:
+        figures = watchdog.stop()
+    assert figures["pause_max_ms"] >= 40, figures
+    assert figures["pause_over_10ms"] >= 1
+    assert figures["late_max_ms"] >= figures["pause_max_ms"]
+    assert figures["worst_stacks"], "the other threads' frames at the longest pause"
+
+
+def test_watchdog_without_a_hold_reports_small_pauses():
+    """No hold, no collection: no pause near 40 ms."""
+    watchdog = pause_watch.Watchdog()
+    watchdog.start()
+    try:
+        time.sleep(0.3)
+    finally:
+        figures = watchdog.stop()
+    assert figures["wakes"] > 10
+    assert figures["pause_max_ms"] < 40, figures
+    assert gc.callbacks.count(watchdog._on_gc) == 0, "stopped: no callback left behind"
+
+
+def test_watchdog_times_gc_passes_by_generation():
+    """A full collection (this test process's heap is large: a real pause) is timed as
+    a generation-2 pass, and named as overlapping the longest pause."""
+    watchdog = pause_watch.Watchdog()
+    watchdog.start()
+    try:
+        time.sleep(0.05)
+        gc.collect()
+        time.sleep(0.05)
+    finally:
+        figures = watchdog.stop()
+    assert figures["gc_count"]["2"] >= 1
+    assert figures["gc_cpu_max_ms"]["2"] > 0
+    if figures["pause_max_ms"] > 10:  # the collection was the pause
+        assert 2 in figures["worst_during_gc"], figures
+
+
+def test_watchdog_control_protocol():
+    """start / stop lines, each answered by one JSON line; stop carries the figures."""
+    answers = io.StringIO()
+    commands = ["start\n", "stop\n", "bogus\n"]
+    pause_watch.control(pause_watch.Watchdog(), commands, answers)
+    start, stop, bogus = (json.loads(line) for line in answers.getvalue().splitlines())
+    assert start == {"ok": True}
+    assert stop["ok"] and "pause_max_ms" in stop and "gc_max_ms" in stop
+    assert not bogus["ok"]
 
 
 @pytest.mark.parametrize("name", ["nonsense"])
