@@ -10,12 +10,12 @@ from io import BytesIO
 import pytest
 from pydicom import Dataset
 from pynetdicom.dsutils import decode, encode
-from sqlalchemy import event, update
+from sqlalchemy import update
 
 from conftest import SAMPLE
 from worklist_mpps.config import Config
 from worklist_mpps.db.models import WorklistItem
-from worklist_mpps.services import worklist, worklist_find
+from worklist_mpps.services import sql_cursor, worklist, worklist_find
 from worklist_mpps.services.loader import load_file
 from worklist_mpps.services.matching import MatchError
 
@@ -95,17 +95,23 @@ def test_a_refused_request_is_refused_every_time(loaded):
 
 def test_the_select_runs_outside_a_transaction(loaded):
     """No BEGIN (SQLite: emitted by db/engine.py) and no COMMIT/ROLLBACK statement around
-    the query; on PostgreSQL the connection is in autocommit while it runs."""
+    the query; on PostgreSQL the connection is in autocommit while it runs. The SELECT
+    runs on a DB-API connection services/sql_cursor.py keeps (tests/test_worklist_cursor.py
+    has more)."""
+    find(loaded, request("US"))
+    kept = [c.driver_connection for c in sql_cursor.reader(loaded).idle]
     seen: list[str] = []
-    autocommit: list[bool] = []
-
-    def before(conn, cursor, statement, *args) -> None:
-        seen.append(statement.split()[0].upper())
-        autocommit.append(loaded.is_sqlite or conn.connection.dbapi_connection.autocommit)
-
-    event.listen(loaded.engine, "before_cursor_execute", before)
+    for conn in kept:
+        if loaded.is_sqlite:
+            conn.set_trace_callback(lambda sql: seen.append(sql.split()[0].upper()))
     try:
         find(loaded, request("US"))
     finally:
-        event.remove(loaded.engine, "before_cursor_execute", before)
-    assert seen == ["SELECT"] and all(autocommit), seen
+        for conn in kept:
+            if loaded.is_sqlite:
+                conn.set_trace_callback(None)
+    assert kept
+    if loaded.is_sqlite:
+        assert seen == ["SELECT"] and not any(conn.in_transaction for conn in kept), seen
+    else:
+        assert all(conn.autocommit and conn.info.transaction_status == 0 for conn in kept)

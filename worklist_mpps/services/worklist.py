@@ -29,13 +29,13 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, Select, select
-from sqlalchemy.engine import Row
 
 from worklist_mpps import timezone
 from worklist_mpps.db.engine import Database
 from worklist_mpps.db.models import Patient, WorklistItem
 from worklist_mpps.services import matching
 from worklist_mpps.services.matching import MatchError
+from worklist_mpps.services.sql_cursor import Compiled, Row, reader
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,9 @@ class WorklistQuery:
     # met again (``cached_query``) runs the same Select object, whose SQL and cache key
     # SQLAlchemy has already made (issue 18)
     statements: dict[tuple, Select] = field(default_factory=dict, repr=False, compare=False)
+    # each of them compiled for a database's dialect, by (statement key, dialect):
+    # ``search`` runs it on the DB-API cursor (services/sql_cursor.py, issue 18)
+    compiled: dict[tuple, Compiled] = field(default_factory=dict, repr=False, compare=False)
     # response encoders prepared for this query, by transfer syntax (services/row_encoder.py)
     encoders: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -594,11 +597,15 @@ def search(
     limit: int | None = None,
     offset: int = 0,
 ) -> list[Row]:
-    """Run the query's one SELECT; rows of the selected columns.
+    """Run the query's one SELECT; rows of the selected columns, by position and label.
 
-    A Core connection, not an ORM session: the statement selects columns, and the
-    session's unit-of-work machinery costs a third of a selective query. One statement
-    needs no transaction around it (``Database.query``).
+    The Select is compiled once per dialect and run on the DB-API cursor of a connection
+    kept in autocommit, outside any transaction (services/sql_cursor.py): the same SQL,
+    parameters and values as ``Connection.execute`` without its per-call machinery.
     """
-    with db.query() as conn:
-        return list(conn.execute(statement(query, default_statuses, calling_ae, limit, offset)))
+    key = (tuple(default_statuses), calling_ae, limit, offset, db.engine.dialect)
+    compiled = query.compiled.get(key)
+    if compiled is None:
+        stmt = statement(query, default_statuses, calling_ae, limit, offset)
+        compiled = query.compiled[key] = Compiled.of(stmt, db.engine.dialect)
+    return reader(db).rows(compiled)

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from sqlalchemy import Row
 
 from worklist_mpps.config import Config
 from worklist_mpps.db.engine import Database
 from worklist_mpps.services import worklist
+from worklist_mpps.services.sql_cursor import Row
 
 
 class TooManyMatches(Exception):
