@@ -28,11 +28,16 @@ import time
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket
+
+from worklist_mpps.client.pynetdicom_race import RequestorAE
+
+# seconds: connection, association, each response; a stuck server fails the batch
+# loudly instead of hanging it. IDLE: an open association may wait between batches.
+TIMEOUT, IDLE = 30, 600
 
 TOP_KEYS = (
     "PatientName",
@@ -86,6 +91,22 @@ def _nodelay_socket(create):
 AssociationSocket._create_socket = _nodelay_socket(AssociationSocket._create_socket)
 
 
+def run_mpps_steps(assoc, uid: str, create: Dataset, *sets: Dataset) -> None:
+    """N-CREATE then each N-SET on ``assoc``, each checked before the next is sent: a
+    RuntimeError naming the step whose status is not Success (PS3.4 F.7.2.1.2,
+    F.7.2.2.2), or that had no response (the DIMSE timeout, or an abort)."""
+    steps = [("N-CREATE", create)] + [(f"N-SET {i}", ds) for i, ds in enumerate(sets, 1)]
+    for name, ds in steps:
+        if name == "N-CREATE":
+            status, _ = assoc.send_n_create(ds, MPPS, uid)
+        else:
+            status, _ = assoc.send_n_set(ds, MPPS, uid)
+        if not status or "Status" not in status:
+            raise RuntimeError(f"MPPS {name}: no response (timeout, or association aborted)")
+        if status.Status != 0:
+            raise RuntimeError(f"MPPS {name} failed: status 0x{status.Status:04X}")
+
+
 class Client:
     def __init__(self, host: str, port: int, called: str, day: str) -> None:
         self.host, self.port, self.called = host, port, called
@@ -94,8 +115,10 @@ class Client:
         # echoscu / findscu / a modality's MPPS SCU do): what the server negotiates
         self.aes = {}
         for kind, context in (("echo", Verification), ("find", MWL), ("mpps", MPPS)):
-            ae = AE(ae_title="BENCHSCU")
-            ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
+            # pynetdicom's AE with its requestor race fixed (client/pynetdicom_race.py)
+            ae = RequestorAE(ae_title="BENCHSCU")
+            ae.acse_timeout = ae.dimse_timeout = ae.connection_timeout = TIMEOUT
+            ae.network_timeout = IDLE
             ae.add_requested_context(context)
             self.aes[kind] = ae
         self.assoc = None
@@ -138,13 +161,13 @@ class Client:
             station_ae_title="CT01",
             patient_name="Müller^Hans",
         )
-        for status, _ in (
-            self.assoc.send_n_create(create, MPPS, uid),
-            self.assoc.send_n_set(n_set_progress([Series(series, images[:1])]), MPPS, uid),
-            self.assoc.send_n_set(n_set_completed([Series(series, images)]), MPPS, uid),
-        ):
-            if not status or status.get("Status") != 0:
-                raise RuntimeError(f"MPPS step failed: {status!r}")
+        run_mpps_steps(
+            self.assoc,
+            uid,
+            create,
+            n_set_progress([Series(series, images[:1])]),
+            n_set_completed([Series(series, images)]),
+        )
         return 0
 
     def one(self, op: str) -> int:

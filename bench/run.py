@@ -189,10 +189,17 @@ def concurrent_rate(
 
 # --- MPPS clients -------------------------------------------------------------------------------
 
+MPPS_TIMEOUT = 30  # seconds: connection, association, each response, idle
+
 
 def _mpps_worker(port: int, called: str, seconds: float, index: int, out) -> None:
+    """Full MPPS cycles (PS3.4 F.7: N-CREATE IN PROGRESS, N-SET, N-SET COMPLETED), one
+    association each, until ``seconds`` have passed: (cycles, failures) on ``out``. Each
+    step is checked before the next is sent (cpu_client.run_mpps_steps); a failed cycle
+    is reported on stderr. pynetdicom's AE with its requestor race fixed
+    (client/pynetdicom_race.py); connection, association and each response bounded by
+    MPPS_TIMEOUT."""
     from pydicom.uid import generate_uid
-    from pynetdicom import AE
     from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
     from worklist_mpps.client.messages import (
@@ -203,8 +210,11 @@ def _mpps_worker(port: int, called: str, seconds: float, index: int, out) -> Non
         n_set_completed,
         n_set_progress,
     )
+    from worklist_mpps.client.pynetdicom_race import RequestorAE
 
-    ae = AE(ae_title=f"MOD{index:02d}")
+    ae = RequestorAE(ae_title=f"MOD{index:02d}")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = MPPS_TIMEOUT
+    ae.connection_timeout = MPPS_TIMEOUT
     ae.add_requested_context(MPPS)
     cycles, failures = 0, 0
     deadline = time.monotonic() + seconds
@@ -214,24 +224,32 @@ def _mpps_worker(port: int, called: str, seconds: float, index: int, out) -> Non
         assoc = ae.associate("127.0.0.1", port, ae_title=called)
         if not assoc.is_established:
             failures += 1
+            print(f"MPPS client MOD{index:02d}: association refused", file=sys.stderr)
             continue
-        ok = assoc.send_n_create(
-            n_create(
-                [ScheduledStep(study, f"X{index}")],
-                modality="CT",
-                station_ae_title=f"MOD{index:02d}",
-                patient_name="Müller^Hans",
-            ),
-            MPPS,
-            uid,
-        )[0]
-        ok2 = assoc.send_n_set(n_set_progress([Series(series, images[:1])]), MPPS, uid)[0]
-        ok3 = assoc.send_n_set(n_set_completed([Series(series, images)]), MPPS, uid)[0]
-        assoc.release()
-        if all(s.get("Status") == 0 for s in (ok, ok2, ok3)):
-            cycles += 1
-        else:
+        create = n_create(
+            [ScheduledStep(study, f"X{index}")],
+            modality="CT",
+            station_ae_title=f"MOD{index:02d}",
+            patient_name="Müller^Hans",
+        )
+        failed = None
+        try:
+            cpu_client.run_mpps_steps(
+                assoc,
+                uid,
+                create,
+                n_set_progress([Series(series, images[:1])]),
+                n_set_completed([Series(series, images)]),
+            )
+        except RuntimeError as exc:
+            failed = str(exc)
+        if assoc.is_established:
+            assoc.release()
+        if failed:
             failures += 1
+            print(f"MPPS client MOD{index:02d} to {called}: {failed}", file=sys.stderr)
+        else:
+            cycles += 1
     out.put((cycles, failures))
 
 

@@ -22,13 +22,12 @@ persistent association). Checked:
 
 The suite runs 12 s per database (SQLite, PostgreSQL when reachable). Scratch mode, to
 hunt: WM_SOAK_SECONDS=600 (the server log stays in pytest's tmp_path, server.log);
-WM_SOAK_STOCK_PYNETDICOM=1 runs the pynetdicom clients without the fix of their own
-race (below), to watch it happen.
+WM_SOAK_STOCK_PYNETDICOM=1 runs the pynetdicom clients on pynetdicom's stock AE, without
+the client wing's fix of its requestor race (tests/test_client_race.py), to watch it happen.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import signal
@@ -52,6 +51,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import create_engine, text
 
 from conftest import PG_HOST, PG_PORT, ROOT, LiveServer, port_open
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -67,75 +67,14 @@ MAX_OPS = int(os.environ.get("WM_SOAK_MAX_OPS", "100000"))  # per client, a boun
 ITEMS = 2000
 AET = "WORKLISTS"
 PENDING = (0xFF00, 0xFF01)
+# the soak's pynetdicom clients are the client wing's RequestorAE, with the fix of
+# pynetdicom's requestor race (client/pynetdicom_race.py, tests/test_client_race.py),
+# unless WM_SOAK_STOCK_PYNETDICOM=1 (pynetdicom's stock AE, to watch the race happen)
+STOCK = os.environ.get("WM_SOAK_STOCK_PYNETDICOM") == "1"
 
 
 class SoakError(AssertionError):
     pass
-
-
-# --- pynetdicom's requestor loses a response that overtakes its reactor -----------------------
-#
-# Found by this soak (failure 2 of issue 18): pynetdicom 3.0.4's Association pauses its
-# reactor thread for each send_*(): the sender clears ``_reactor_checkpoint`` and spins
-# until ``_is_paused``; the reactor sets ``_is_paused = True``, waits on the checkpoint,
-# sets ``_is_paused = False`` and takes the next DIMSE message off the queue. If the
-# reactor has just passed ``wait()`` when the sender clears the checkpoint, the sender
-# still reads ``_is_paused`` True and sends; should the response be queued before the
-# sender reaches its own blocking get (a busy client process: the GIL, the scheduler),
-# the reactor takes it, logs "Received unexpected N-SET service message" and drops it.
-# The sender then waits out its DIMSE timeout, aborts, and the next send_n_set raises
-# "association with a peer SCP must be established prior to sending an N-SET request".
-# The server answered in time (its log shows the N-SET). The fix: ``_is_paused`` behind
-# a lock, and the reactor not leaving its pause while the checkpoint is cleared.
-
-
-class _Paused:
-    """``Association._is_paused`` as a lock-guarded property: setting it from True to
-    False (the reactor leaving its pause) waits while a sender holds the checkpoint
-    cleared, so the reactor never takes a message off the queue once a sender saw it
-    paused. (A first version also held the reactor's initial ``_is_paused = False``:
-    a sender on a fresh association then waited for a pause that never came; the soak
-    found it, test_fix_holds_only_a_reactor_leaving_its_pause pins it.)"""
-
-    def __get__(self, assoc, owner=None):
-        if assoc is None:
-            return self
-        with _lock(assoc):
-            return assoc.__dict__.get("_paused_flag", False)
-
-    def __set__(self, assoc, value: bool) -> None:
-        while True:
-            with _lock(assoc):
-                # held only when leaving a pause: at its start the reactor was not
-                # paused, and a sender waiting to see it paused must not wait on it
-                paused = assoc.__dict__.get("_paused_flag", False)
-                if value or not paused or assoc._reactor_checkpoint.is_set():
-                    assoc.__dict__["_paused_flag"] = value
-                    return
-            assoc._reactor_checkpoint.wait()
-
-
-_LOCKS_GUARD = threading.Lock()
-
-
-def _lock(assoc) -> threading.Lock:
-    lock = assoc.__dict__.get("_paused_lock")
-    if lock is None:
-        with _LOCKS_GUARD:
-            lock = assoc.__dict__.setdefault("_paused_lock", threading.Lock())
-    return lock
-
-
-@contextmanager
-def paused_handshake_fixed() -> Iterator[None]:
-    """Install the fix on pynetdicom's Association (every subclass) for the block."""
-    from pynetdicom.association import Association
-
-    Association._is_paused = _Paused()  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        del Association._is_paused
 
 
 def elements(command: bytes) -> dict[int, bytes]:
@@ -240,7 +179,7 @@ class Soak:
             self.error(who, f"{type(exc).__name__}: {exc}")
 
     def ae(self, context: str, title: str) -> AE:
-        ae = AE(ae_title=title)
+        ae = (AE if STOCK else RequestorAE)(ae_title=title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
         ae.add_requested_context(context)
         return ae
@@ -497,11 +436,7 @@ def soak(url: str, tmp_path: Path) -> None:
             ).scalar()
 
     try:
-        # the soak's pynetdicom clients carry the fix of their own race (the test below),
-        # unless WM_SOAK_STOCK_PYNETDICOM=1 (to watch the race happen)
-        stock = os.environ.get("WM_SOAK_STOCK_PYNETDICOM") == "1"
-        fixed = contextlib.nullcontext() if stock else paused_handshake_fixed()
-        with server(url, tmp_path) as (port, log), fixed:
+        with server(url, tmp_path) as (port, log):
             run = Soak(port, today.strftime("%Y%m%d"), mpps_state)
             run.run()
     finally:
@@ -533,96 +468,3 @@ def test_soak_postgres(tmp_path):
         soak(cpu_servers.pg_url(schema), tmp_path)
     finally:
         cpu_servers.drop_pg_schema(schema)
-
-
-def test_fix_holds_only_a_reactor_leaving_its_pause():
-    """The reactor's first ``_is_paused = False`` (not paused yet) passes even with the
-    checkpoint cleared by a sender; leaving a pause waits until the sender sets it."""
-
-    class Stub:
-        _is_paused = _Paused()
-
-    stub = Stub()
-    stub._reactor_checkpoint = threading.Event()  # cleared: a sender is at work
-    start = threading.Thread(target=setattr, args=(stub, "_is_paused", False), daemon=True)
-    start.start()
-    start.join(10)
-    assert not start.is_alive(), "the reactor's start held: the sender would wait forever"
-    stub._is_paused = True
-    leave = threading.Thread(target=setattr, args=(stub, "_is_paused", False), daemon=True)
-    leave.start()
-    leave.join(0.2)
-    assert leave.is_alive() and stub._is_paused, "left its pause under a sender's feet"
-    stub._reactor_checkpoint.set()
-    leave.join(10)
-    assert not leave.is_alive() and stub._is_paused is False
-
-
-def overtaken_n_set(port: int) -> tuple[int | None, bool]:
-    """One N-CREATE, then an N-SET sent while the requestor's reactor is caught just
-    past its checkpoint (held there 0.3 s) and the sender is slow to read its response
-    (0.6 s after sending): the N-SET's status (None: no response) and whether the
-    association is still up. Deterministic: the window of the race, held open."""
-    from worklist_mpps.client.messages import ScheduledStep, n_create, n_set_progress
-
-    ae = AE(ae_title="SOAKRACE")
-    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 10, 2, 10
-    ae.add_requested_context(MPPS)
-    assoc = ae.associate("127.0.0.1", port, ae_title=AET)
-    assert assoc.is_established
-    uid = generate_uid()
-    create = n_create(
-        [ScheduledStep(generate_uid(), "RACE")], modality="CT", station_ae_title="CT01"
-    )
-    status, _ = assoc.send_n_create(create, MPPS, uid)
-    assert status.Status == 0
-    armed = threading.Event()
-    checkpoint, send_msg = assoc._reactor_checkpoint, assoc.dimse.send_msg
-    sender = threading.current_thread()
-
-    class Held(threading.Event):
-        def wait(self, timeout=None):
-            passed = checkpoint.wait(timeout)
-            if armed.is_set() and threading.current_thread() is not sender:
-                armed.clear()
-                time.sleep(0.3)  # the reactor thread descheduled just past wait()
-            return passed
-
-        def set(self) -> None:
-            checkpoint.set()
-
-        def clear(self) -> None:
-            checkpoint.clear()
-
-        def is_set(self) -> bool:
-            return checkpoint.is_set()
-
-    def slow_send(*args, **kwargs):
-        send_msg(*args, **kwargs)
-        if threading.current_thread() is sender:
-            time.sleep(0.6)  # the sender descheduled before its blocking get
-
-    assoc._reactor_checkpoint = Held()
-    assoc.dimse.send_msg = slow_send
-    armed.set()
-    time.sleep(0.05)  # the reactor is now held just past its checkpoint, paused
-    try:
-        status, _ = assoc.send_n_set(n_set_progress([]), MPPS, uid)
-        return (status.Status if status and "Status" in status else None), assoc.is_established
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-def test_pynetdicom_requestor_race_loses_a_response_and_the_fix_keeps_it(tmp_path):
-    """The race behind "association must be established prior to N-SET": with
-    pynetdicom's stock pause handshake the N-SET response is taken by the reactor and
-    dropped (the association then aborted at the DIMSE timeout); with the fix it reaches
-    send_n_set. The server is right both times (it answered)."""
-    with server(f"sqlite:///{tmp_path / 'race.db'}", tmp_path) as (port, log):
-        lost = overtaken_n_set(port)
-        with paused_handshake_fixed():
-            kept = overtaken_n_set(port)
-    assert lost == (None, False), f"pynetdicom's race did not show (fixed upstream?): {lost}"
-    assert kept == (0, True), kept
-    assert log.read_text().count("N-SET from SOAKRACE") == 2, "the server answered both"

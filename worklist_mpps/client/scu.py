@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pydicom import Dataset
 from pydicom.tag import Tag
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.association import Association as PynetdicomAssociation
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import (
@@ -30,6 +30,7 @@ from pynetdicom.status import (
     code_to_category,
 )
 
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.services.dicom import BadValue, check_ae_title
 from worklist_mpps.services.status import PENDING, PENDING_WARNING
 
@@ -162,7 +163,8 @@ class Association:
         check_ae_title(calling_ae_title, "calling AE title (--aet)")
         self.peer = peer
         self.timeout = timeout
-        self.ae = AE(ae_title=calling_ae_title)
+        # pynetdicom's AE, with its requestor race fixed (client/pynetdicom_race.py)
+        self.ae = RequestorAE(ae_title=calling_ae_title)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = timeout
         self.ae.connection_timeout = timeout
         for context in contexts:
