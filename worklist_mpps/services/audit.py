@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.engine import Database
@@ -36,15 +37,15 @@ class Actor:
 
 
 def record(
-    session: Session,
+    session: Session | Connection,
     actor: Actor | None,
     action: str,
     target: str,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Add one audit row in ``session``'s transaction: one Core INSERT, sent now (the ORM
-    unit of work cost more than the row, issue 18); it commits or rolls back with the
-    change it records."""
+    """Add one audit row in ``session``'s transaction (a session or a Core connection):
+    one Core INSERT, sent now (the ORM unit of work cost more than the row, issue 18); it
+    commits or rolls back with the change it records."""
     actor = actor or Actor("unknown", None, "unknown")
     session.execute(
         _INSERT,

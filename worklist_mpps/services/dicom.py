@@ -12,19 +12,20 @@ trip it stands in for, and with the charset rules both follow.
 from __future__ import annotations
 
 import re
+import struct
 from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.charset import python_encoding
+from pydicom.charset import default_encoding, python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
-from pydicom.valuerep import PersonName
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 
 from worklist_mpps.services.matching import (
     MatchError,
@@ -91,8 +92,53 @@ def _write(ds: Dataset) -> bytes:
     pydicom's exception when a value cannot be written."""
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = False, True
-    write_dataset(fp, ds)
+    if (
+        COPY_RAW_ELEMENTS
+        and ds.original_encoding == (False, True)
+        and ds.original_character_set == ds._character_set
+    ):
+        _write_copying_raw(fp, ds)
+    else:
+        write_dataset(fp, ds)
     return fp.getvalue()
+
+
+# False: every data set through pydicom's write_dataset (the tests compare both ways)
+COPY_RAW_ELEMENTS = True
+_LONG_LENGTH_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+_UNDEFINED = 0xFFFFFFFF
+
+
+def _write_copying_raw(fp: DicomBytesIO, ds: Dataset) -> None:
+    """pydicom's ``write_dataset`` of a data set read from Explicit VR Little Endian bytes
+    whose character set is unchanged (a stored instance being modified by N-SET, issue 18):
+    it then writes every element still raw as the bytes it was read from (PS3.5 7.1.2:
+    tag, VR, 16- or 32-bit length, value); this writes those header and value bytes
+    directly, the same, and gives every other element to pydicom's
+    ``write_data_element`` with the same character set, as ``write_dataset`` does."""
+    encodings = ds.get("SpecificCharacterSet", default_encoding)
+    write = fp.write
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # group lengths are not written (as write_dataset)
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED:
+            value, vr = elem.value, elem.VR
+            if isinstance(value, bytes) and vr is not None and len(vr) == 2:
+                n = len(value)
+                if vr in _LONG_LENGTH_VRS:
+                    write(_LONG_HEADER.pack(tag.group, tag.element, vr.encode("latin_1"), 0, n))
+                    write(value)
+                    continue
+                if n <= 0xFFFF:
+                    write(_SHORT_HEADER.pack(tag.group, tag.element, vr.encode("latin_1"), n))
+                    write(value)
+                    continue
+        write_data_element(fp, elem, encodings)
+
+
+_LONG_HEADER = struct.Struct("<HH2sHL")
+_SHORT_HEADER = struct.Struct("<HH2sH")
 
 
 def encode_dataset(ds: Dataset) -> bytes:

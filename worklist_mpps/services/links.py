@@ -9,6 +9,7 @@ from typing import Any
 
 from pydicom import Dataset
 from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from worklist_mpps.db.engine import Database
@@ -28,39 +29,79 @@ def _scheduled(*columns: Any) -> Any:
     )
 
 
+def _scheduled_ids(*columns: Any) -> Any:
+    """As :func:`_scheduled`, the ids only: a Core statement (issue 18)."""
+    return (
+        select(WorklistItem.id)
+        .where(*(column == bindparam(f"v{n}") for n, column in enumerate(columns)))
+        .order_by(WorklistItem.id)
+    )
+
+
 _W = WorklistItem
 _BY_ACC_STEP = _scheduled(_W.accession_number, _W.sps_id)
 _BY_STUDY_STEP = _scheduled(_W.study_instance_uid, _W.sps_id)
 _BY_ACC_RP = _scheduled(_W.accession_number, _W.requested_procedure_id)
 _BY_STUDY = _scheduled(_W.study_instance_uid)
 _BY_ACC = _scheduled(_W.accession_number)
+_IDS = {
+    stmt: _scheduled_ids(*columns)
+    for stmt, columns in (
+        (_BY_ACC_STEP, (_W.accession_number, _W.sps_id)),
+        (_BY_STUDY_STEP, (_W.study_instance_uid, _W.sps_id)),
+        (_BY_ACC_RP, (_W.accession_number, _W.requested_procedure_id)),
+        (_BY_STUDY, (_W.study_instance_uid,)),
+        (_BY_ACC, (_W.accession_number,)),
+    )
+}
 
 
-def find_scheduled_items(session: Session, ssas_item: Dataset) -> list[WorklistItem]:
-    """Worklist items named by one Scheduled Step Attributes Sequence item.
-
-    Most specific identification first: accession + step ID, study UID + step
-    ID, accession + requested procedure ID, study UID, accession. No match is
-    the unscheduled case (F.7.2.1.2 Note), accepted without a link.
-    """
+def _strategies(ssas_item: Dataset) -> list[tuple[Any, tuple[str | None, ...]]]:
+    """The identifications of one Scheduled Step Attributes Sequence item, most specific
+    first: accession + step ID, study UID + step ID, accession + requested procedure ID,
+    study UID, accession."""
     acc = text_value(ssas_item, "AccessionNumber")
     study = text_value(ssas_item, "StudyInstanceUID")
     step = text_value(ssas_item, "ScheduledProcedureStepID")
     rp = text_value(ssas_item, "RequestedProcedureID")
-    strategies = [
+    return [
         (_BY_ACC_STEP, (acc, step)),
         (_BY_STUDY_STEP, (study, step)),
         (_BY_ACC_RP, (acc, rp)),
         (_BY_STUDY, (study,)),
         (_BY_ACC, (acc,)),
     ]
-    for stmt, values in strategies:
+
+
+def find_scheduled_items(session: Session, ssas_item: Dataset) -> list[WorklistItem]:
+    """Worklist items named by one Scheduled Step Attributes Sequence item: the first
+    identification of :func:`_strategies` that finds any. No match is the unscheduled case
+    (F.7.2.1.2 Note), accepted without a link."""
+    for stmt, values in _strategies(ssas_item):
         if all(values):
             params = {f"v{n}": value for n, value in enumerate(values)}
             items = session.scalars(stmt, params).all()
             if items:
                 return list(items)
     return []
+
+
+def find_scheduled_item_ids(conn: Connection, ssas_items: Iterable[Dataset]) -> list[int]:
+    """The ids of the worklist items named by the Scheduled Step Attributes Sequence
+    items (:func:`find_scheduled_items` of each, in that order, each item once), by Core
+    statements: nothing is loaded for an unscheduled step (issue 18)."""
+    found: list[int] = []
+    for ssas_item in ssas_items:
+        for stmt, values in _strategies(ssas_item):
+            if all(values):
+                params = {f"v{n}": value for n, value in enumerate(values)}
+                ids = list(conn.scalars(_IDS[stmt], params))
+                if ids:
+                    for item_id in ids:
+                        if item_id not in found:
+                            found.append(item_id)
+                    break
+    return found
 
 
 def derived_item_status(mpps_statuses: Iterable[str]) -> str | None:
@@ -104,7 +145,7 @@ _ITEM_MPPS_STATUSES = (
 )
 
 
-def linked_item_ids(session: Session, mpps_pk: int) -> list[int]:
+def linked_item_ids(session: Session | Connection, mpps_pk: int) -> list[int]:
     """The ids of the worklist items an MPPS is linked to, in id order: one statement on
     the link table (the ORM collection would load every item, issue 18)."""
     return list(session.scalars(_LINKED_ITEMS, {"pk": mpps_pk}))

@@ -14,9 +14,10 @@ side by side; values and encoding are in dicom.py, links to the worklist in link
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,15 +25,15 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy import update as sql_update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from worklist_mpps import timezone
 from worklist_mpps.db.engine import Database
-from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, WorklistItem, utcnow
+from worklist_mpps.db.models import FINAL_STATUSES, MPPSTracking, mpps_worklist_links, utcnow
 from worklist_mpps.services import audit, order_status, outbox
 from worklist_mpps.services.audit import Actor
 from worklist_mpps.services.dicom import (
@@ -48,10 +49,9 @@ from worklist_mpps.services.dicom import (
     text_value,
 )
 from worklist_mpps.services.links import (
-    find_scheduled_items,
+    find_scheduled_item_ids,
     link_labels,
     linked_item_ids,
-    refresh_item_statuses,
     refresh_items,
 )
 from worklist_mpps.services.status import (
@@ -279,6 +279,44 @@ def _payload(ds: Dataset, targets: Sequence[str]) -> bytes | None:
     return encode_dataset(ds)
 
 
+@contextlib.contextmanager
+def _transaction(db: Database) -> Iterator[Connection]:
+    """A write transaction on a Core connection, committed on success: what
+    ``Database.write`` gives without the ORM session (issue 18: the session cost more than
+    the statements); ``BEGIN IMMEDIATE`` on SQLite, as there. The answer to the modality
+    goes out only after the commit (F.7.2: a success seen has been stored)."""
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            conn.execution_options(sqlite_immediate=True)
+        with conn.begin():
+            yield conn
+
+
+@contextlib.contextmanager
+def _items_session(
+    db: Database, conn: Connection, item_ids: Sequence[int]
+) -> Iterator[Session | None]:
+    """An ORM session in ``conn``'s transaction when worklist items are linked (their
+    status changes and order status messages work on the ORM objects), flushed at the
+    end; None when nothing is linked."""
+    if not item_ids:
+        yield None
+        return
+    with db.sessions(bind=conn) as session:
+        yield session
+        session.flush()
+
+
+def _record(uid: str, columns: dict[str, Any]) -> MPPSTracking:
+    """The instance's indexed values as an MPPSTracking (not added to any session), for
+    the order status snapshot (order_status.py)."""
+    return MPPSTracking(sop_instance_uid=uid, **{k: columns[k] for k in _TRACKING_KEYS})
+
+
+_INSERT = insert(MPPSTracking.__table__)  # type: ignore[arg-type]
+_LINK = insert(mpps_worklist_links)
+
+
 # built once: building a statement costs more than running it
 _UID_IN_USE = select(MPPSTracking.id).where(MPPSTracking.sop_instance_uid == bindparam("uid"))
 
@@ -310,45 +348,49 @@ def create(
     ds.SOPInstanceUID = uid
     charset_for_storage(ds)
     columns = _tracking_columns(ds)
+    data = encode_dataset(ds)  # before the transaction: a 0x0106 takes no lock
     try:
-        with db.write() as session:
-            record = MPPSTracking(
-                sop_instance_uid=uid,
-                dataset=encode_dataset(ds),
-                calling_ae_title=calling_ae,
-                emulated=emulated,
-                version=1,
-                **columns,
-            )
-            items: list[WorklistItem] = []
-            for ssas_item in ds.ScheduledStepAttributesSequence:
-                for item in find_scheduled_items(session, ssas_item):
-                    if item not in items:
-                        items.append(item)
-            record.worklist_items = items
-            session.add(record)
-            # flushed with its links first when items are linked (refresh_items), else
-            # with the audit row at commit: one flush (issue 18)
-            changes = refresh_item_statuses(session, [i.id for i in items])
-            outbox.enqueue(
-                session, outbox.mpps_targets(targets), uid, "N-CREATE", "IN PROGRESS", payload
-            )
-            order_status.queue_status(session, targets, changes, record)
-            linked = link_labels(items)
-            audit.record(
-                session,
-                actor,
-                "mpps.create",
-                uid,
+        with _transaction(db) as conn:
+            found = find_scheduled_item_ids(conn, ds.ScheduledStepAttributesSequence)
+            inserted = conn.execute(
+                _INSERT,
                 {
-                    "status": "IN PROGRESS",
-                    "generated_uid": generated,
-                    **({"emulated": True} if emulated else {}),
-                    "worklist_items": {
-                        label: i.sps_status for label, i in zip(linked, items, strict=True)
-                    },
+                    "sop_instance_uid": uid,
+                    "dataset": data,
+                    "calling_ae_title": calling_ae,
+                    "emulated": emulated,
+                    "version": 1,
+                    **columns,
                 },
-            )
+            ).inserted_primary_key
+            if found:
+                link = [{"mpps_pk": inserted[0], "item_pk": i} for i in found]  # type: ignore[index]
+                conn.execute(_LINK, link)
+            with _items_session(db, conn, found) as session:
+                items, changes = refresh_items(session, found) if session else ([], [])
+                by_id = {i.id: i for i in items}
+                items = [by_id[i] for i in found if i in by_id]  # in the order found
+                into = session or conn
+                outbox.enqueue(
+                    into, outbox.mpps_targets(targets), uid, "N-CREATE", "IN PROGRESS", payload
+                )
+                if session:
+                    order_status.queue_status(session, targets, changes, _record(uid, columns))
+                linked = link_labels(items)
+                audit.record(
+                    into,
+                    actor,
+                    "mpps.create",
+                    uid,
+                    {
+                        "status": "IN PROGRESS",
+                        "generated_uid": generated,
+                        **({"emulated": True} if emulated else {}),
+                        "worklist_items": {
+                            label: i.sps_status for label, i in zip(linked, items, strict=True)
+                        },
+                    },
+                )
     except IntegrityError:  # the unique UID: a concurrent N-CREATE with the same UID won
         raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists") from None
     return Outcome(uid=uid, pps_status="IN PROGRESS", generated_uid=generated, linked=linked)
@@ -364,6 +406,12 @@ _UPDATE = (
 )
 _BY_UID = select(MPPSTracking).where(MPPSTracking.sop_instance_uid == bindparam("uid"))
 _BY_UID_FOR_UPDATE = _BY_UID.with_for_update()
+# what N-SET reads of the stored instance, locked for the transaction (Core, issue 18)
+_ROW_FOR_UPDATE = (
+    select(MPPSTracking.id, MPPSTracking.status, MPPSTracking.version, MPPSTracking.dataset)
+    .where(MPPSTracking.sop_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
 
 
 def _load(session: Session, uid: str, for_update: bool = False) -> MPPSTracking:
@@ -428,16 +476,17 @@ def update(
     actor = actor or Actor(calling_ae or "unknown", None, "DIMSE")  # direct calls: tests
     mods = as_unicode(modifications)
     payload = _payload(mods, targets)
-    with db.write() as session:
-        record = _load(session, uid, for_update=True)
+    with _transaction(db) as conn:
+        record = conn.execute(_ROW_FOR_UPDATE, {"uid": uid}).first()
+        if record is None:
+            raise MPPSError(NO_SUCH_SOP_INSTANCE, f"No such SOP Instance {uid}")
         if record.status in FINAL_STATUSES:
             raise MPPSError(
                 PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED, error_id=ERROR_ID_NO_LONGER_UPDATED
             )
-        # the linked items by one statement on the link table (not the ORM collection),
-        # read before the record changes: the update and the audit row then go out in
-        # one flush at commit when nothing is linked (issue 18)
-        item_ids = linked_item_ids(session, record.id)
+        # the linked items by one statement on the link table, read before the record
+        # changes (issue 18)
+        item_ids = linked_item_ids(conn, record.id)
         check_dates_and_times(mods)
         stored = decode_dataset(record.dataset)
         old_status = record.status
@@ -478,30 +527,30 @@ def update(
         columns.update(
             dataset=encode_dataset(stored), version=record.version + 1, updated_at=utcnow()
         )
-        # one Core UPDATE, sent now (the ORM unit of work cost more than the row, issue 18);
-        # the loaded record shows the new values without being flushed again
-        session.execute(_UPDATE, {"pk": record.id, **columns})
-        for key, value in columns.items():
-            set_committed_value(record, key, value)
-        items, changes = refresh_items(session, item_ids)  # flushes the update first
-        outbox.enqueue(session, outbox.mpps_targets(targets), uid, "N-SET", new_status, payload)
-        order_status.queue_status(session, targets, changes, record)
-        linked = link_labels(items)
-        audit.record(
-            session,
-            actor,
-            "mpps.update",
-            uid,
-            {
-                "from": old_status,
-                "to": new_status,
-                "applied": applied,
-                "not_modified": [e.keyword or str(e.tag) for e in not_modified],
-                "worklist_items": {
-                    label: i.sps_status for label, i in zip(linked, items, strict=True)
+        # one Core UPDATE, sent now (the ORM unit of work cost more than the row, issue 18)
+        conn.execute(_UPDATE, {"pk": record.id, **columns})
+        with _items_session(db, conn, item_ids) as session:
+            items, changes = refresh_items(session, item_ids) if session else ([], [])
+            into = session or conn
+            outbox.enqueue(into, outbox.mpps_targets(targets), uid, "N-SET", new_status, payload)
+            if session:
+                order_status.queue_status(session, targets, changes, _record(uid, columns))
+            linked = link_labels(items)
+            audit.record(
+                into,
+                actor,
+                "mpps.update",
+                uid,
+                {
+                    "from": old_status,
+                    "to": new_status,
+                    "applied": applied,
+                    "not_modified": [e.keyword or str(e.tag) for e in not_modified],
+                    "worklist_items": {
+                        label: i.sps_status for label, i in zip(linked, items, strict=True)
+                    },
                 },
-            },
-        )
+            )
     outcome = Outcome(uid=uid, pps_status=new_status, linked=linked)
     if not_modified:
         outcome.status = ATTRIBUTE_LIST_ERROR
