@@ -6,20 +6,23 @@ thread sleeps 1 ms between looks for a decoded DIMSE message. Every PDU hop
 (A-ASSOCIATE, each request, A-RELEASE) can wait for a poll, and with a few
 associations open the idle polling alone keeps a core busy. The subclasses
 here keep pynetdicom's state machine, timers and message handling as they are
-and only change how the two threads wait:
+and change which thread runs them and how it waits:
 
-- the DUL thread blocks in ``select`` on its socket and a wake-up pipe, which
-  every put to its provider or event queue writes to;
-- the association thread blocks on an Event that the DIMSE message queue and
-  the DUL's user queue set.
+- one thread per association: the association thread runs the DUL loop itself
+  (``EventDrivenDUL.pump``) wherever pynetdicom's would wait for its DUL thread (the
+  A-ASSOCIATE-RQ, the next request, the end of the connection, ``wire.drain``, a
+  service class's look for a C-CANCEL); no DUL thread is started, and no PDU is
+  handed between threads (issue 18: ~20 % of the CPU of an association carrying one
+  C-ECHO was starting the second thread and the hand-offs);
+- that loop blocks in ``select`` on the socket and a wake-up pipe, which every put to
+  the provider or event queue from another thread (an abort at shutdown) writes to.
 
-Neither wakes for nothing: the DUL thread's wait ends when its next timer is due
-(ARTIM, the network idle timer, the handshake deadline: ``_wait_limit``), the association
-thread's after IDLE_WAIT at most (it looks at the idle timer; everything else it waits for
-sets its Event). Waking every 20 ms, as the first version did, cost ~6 ms of CPU a second
-per open idle association (issue 18: 8 idle associations, 52 ms/s).
+It does not wake for nothing: a wait ends when the next timer is due (ARTIM, the
+network idle timer, the handshake deadline: ``_wait_limit``), IDLE_WAIT at most. Waking
+every 20 ms, as the first version did, cost ~6 ms of CPU a second per open idle
+association (issue 18: 8 idle associations, 52 ms/s).
 
-With ``fast_path`` False (config ``dimse_fast_path``) both threads run pynetdicom's own
+With ``fast_path`` False (config ``dimse_fast_path``) two threads run pynetdicom's own
 polling loops (``DULServiceProvider.run_reactor``, ``Association._run_reactor``), the
 listener starts a thread per connection as pynetdicom's ThreadedAssociationServer, and
 wire.py's encoding shortcuts are off. What protects the server stays on either way: the
