@@ -101,21 +101,6 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
         ("self",),
         source=("while self.dul.is_alive() and not self.dul.stop_dul():",),
     ),
-    # reactor.py _dul_provider / _dimse_provider: the names Association.__init__ builds
-    # its providers with, looked up in its module when it runs
-    Internal(
-        "reactor.py",
-        ASSOC,
-        "Association.__init__",
-        source=(
-            "self.dul: DULServiceProvider = DULServiceProvider(self)",
-            "self.dimse: DIMSEServiceProvider = DIMSEServiceProvider(self)",
-            "self.acse_timeout: float | None = self.ae.acse_timeout",
-            "self.network_timeout: float | None = self.ae.network_timeout",
-        ),
-    ),
-    Internal("reactor.py", ASSOC, "DULServiceProvider"),
-    Internal("reactor.py", ASSOC, "DIMSEServiceProvider"),
     Internal("reactor.py", DUL, "DULServiceProvider.receive_pdu", ("self", "wait", "timeout")),
     Internal("reactor.py", DUL, "DULServiceProvider.stop_dul", ("self",)),
     Internal(

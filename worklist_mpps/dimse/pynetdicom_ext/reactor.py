@@ -54,10 +54,8 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
-import pynetdicom.association as _association
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.timer import Timer
@@ -457,9 +455,15 @@ class EventDrivenAssociation(Association):
     dimse: wire.DIMSEProvider
 
     def __init__(self, ae, mode: str) -> None:  # noqa: ANN001
-        self._wake = threading.Event()
-        # pynetdicom's __init__ builds this class's DUL and DIMSE provider (_providers)
         super().__init__(ae, mode)
+        _unlink(self.dul)  # pynetdicom's DUL, replaced below and never started
+        self._wake = threading.Event()
+        self.dul = EventDrivenDUL(self, self._wake.set)  # pynetdicom's one is never started
+        self.dimse = wire.DIMSEProvider(self)
+        self.dimse.msg_queue = WakingQueue(self._wake.set)
+        # the setters copy these into the DUL's ARTIM and idle timers
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
 
     ticket: Ticket | None = None  # admission.py: released when the association ends
 
@@ -653,32 +657,6 @@ class EventDrivenAssociation(Association):
 
 def _nothing() -> None:
     """The wake-up of a queue whose reader has ended."""
-
-
-_STOCK_DUL, _STOCK_DIMSE = _association.DULServiceProvider, _association.DIMSEServiceProvider
-
-
-def _dul_provider(assoc: Association) -> DULServiceProvider:
-    """The DUL ``Association.__init__`` builds: pynetdicom's, or for an
-    EventDrivenAssociation its own, instead of one built to be thrown away (a thread,
-    four queues and a state machine: ~0.15 ms, issue 18)."""
-    if isinstance(assoc, EventDrivenAssociation):
-        return EventDrivenDUL(assoc, assoc._wake.set)
-    return _STOCK_DUL(assoc)
-
-
-def _dimse_provider(assoc: Association) -> DIMSEServiceProvider:
-    """The DIMSE provider ``Association.__init__`` builds (as ``_dul_provider``)."""
-    if isinstance(assoc, EventDrivenAssociation):
-        dimse = wire.DIMSEProvider(assoc)
-        dimse.msg_queue = WakingQueue(assoc._wake.set)
-        return dimse
-    return _STOCK_DIMSE(assoc)
-
-
-# pynetdicom.association looks these names up when an Association is built
-_association.DULServiceProvider = _dul_provider  # type: ignore[misc,assignment]
-_association.DIMSEServiceProvider = _dimse_provider  # type: ignore[misc,assignment]
 
 
 def _unlink(part: object) -> None:
