@@ -166,6 +166,9 @@ def test_dimse_fast_path_picks_the_reactors(tmp_path, fast):
                 fast,
             ) * 3
             assert (acceptor.dul._pipe is not None) == fast  # only the event-driven DUL
+            # on: one thread per association, running the DUL loop too (no DUL thread)
+            assert acceptor.dul.is_alive() != fast
+            assert (acceptor.dul.owner == acceptor.ident) == fast
             assert acceptor.dimse.max_message_size == Config().max_message_size
             assert acceptor.ticket is not None and acceptor.ticket.associated
         finally:

@@ -79,15 +79,37 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
     ),
     Internal("reactor.py", ASSOC, "Association._serve_request", ("self", "msg", "context_id")),
     Internal("reactor.py", ASSOC, "Association._run_reactor", ("self",)),
+    # one thread per association: the association thread runs the DUL loop, so that
+    # pynetdicom's must not start a DUL thread (_started_dul), its waits for the DUL
+    # (receive_pdu, kill) turn that loop, and a service class's look for a C-CANCEL
+    # (cancel_req.keys()) lets it take what has arrived
     Internal(
         "reactor.py",
         ASSOC,
         "Association.run_reactor",
         ("self",),
-        source=("receive_pdu(wait=True, timeout=self.acse_timeout)",),
+        source=(
+            "receive_pdu(wait=True, timeout=self.acse_timeout)",
+            "if not self._started_dul:",
+        ),
     ),
     Internal("reactor.py", ASSOC, "Association.abort", ("self",)),
-    Internal("reactor.py", ASSOC, "Association.kill", ("self",)),
+    Internal(
+        "reactor.py",
+        ASSOC,
+        "Association.kill",
+        ("self",),
+        source=("while self.dul.is_alive() and not self.dul.stop_dul():",),
+    ),
+    Internal("reactor.py", DUL, "DULServiceProvider.receive_pdu", ("self", "wait", "timeout")),
+    Internal("reactor.py", DUL, "DULServiceProvider.stop_dul", ("self",)),
+    Internal(
+        "wire.py",
+        "pynetdicom.service_class",
+        "ServiceClass.is_cancelled",
+        ("self", "msg_id"),
+        source=("self.dimse.cancel_req.keys()",),
+    ),
     Internal(
         "reactor.py",
         ASSOC,
@@ -103,6 +125,7 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
             "_dul_ready",
             "_sent_release",
             "_server",
+            "_started_dul",
         ),
     ),
     Internal(
@@ -169,7 +192,7 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
         "wire.py",
         DIMSE,
         "DIMSEServiceProvider",
-        attributes=("message", "msg_queue", "dul", "assoc"),
+        attributes=("message", "msg_queue", "dul", "assoc", "cancel_req"),
     ),
     Internal(
         "wire.py",

@@ -6,20 +6,23 @@ thread sleeps 1 ms between looks for a decoded DIMSE message. Every PDU hop
 (A-ASSOCIATE, each request, A-RELEASE) can wait for a poll, and with a few
 associations open the idle polling alone keeps a core busy. The subclasses
 here keep pynetdicom's state machine, timers and message handling as they are
-and only change how the two threads wait:
+and change which thread runs them and how it waits:
 
-- the DUL thread blocks in ``select`` on its socket and a wake-up pipe, which
-  every put to its provider or event queue writes to;
-- the association thread blocks on an Event that the DIMSE message queue and
-  the DUL's user queue set.
+- one thread per association: the association thread runs the DUL loop itself
+  (``EventDrivenDUL.pump``) wherever pynetdicom's would wait for its DUL thread (the
+  A-ASSOCIATE-RQ, the next request, the end of the connection, ``wire.drain``, a
+  service class's look for a C-CANCEL); no DUL thread is started, and no PDU is
+  handed between threads (issue 18: ~20 % of the CPU of an association carrying one
+  C-ECHO was starting the second thread and the hand-offs);
+- that loop blocks in ``select`` on the socket and a wake-up pipe, which every put to
+  the provider or event queue from another thread (an abort at shutdown) writes to.
 
-Neither wakes for nothing: the DUL thread's wait ends when its next timer is due
-(ARTIM, the network idle timer, the handshake deadline: ``_wait_limit``), the association
-thread's after IDLE_WAIT at most (it looks at the idle timer; everything else it waits for
-sets its Event). Waking every 20 ms, as the first version did, cost ~6 ms of CPU a second
-per open idle association (issue 18: 8 idle associations, 52 ms/s).
+It does not wake for nothing: a wait ends when the next timer is due (ARTIM, the
+network idle timer, the handshake deadline: ``_wait_limit``), IDLE_WAIT at most. Waking
+every 20 ms, as the first version did, cost ~6 ms of CPU a second per open idle
+association (issue 18: 8 idle associations, 52 ms/s).
 
-With ``fast_path`` False (config ``dimse_fast_path``) both threads run pynetdicom's own
+With ``fast_path`` False (config ``dimse_fast_path``) two threads run pynetdicom's own
 polling loops (``DULServiceProvider.run_reactor``, ``Association._run_reactor``), the
 listener starts a thread per connection as pynetdicom's ThreadedAssociationServer, and
 wire.py's encoding shortcuts are off. What protects the server stays on either way: the
@@ -137,9 +140,12 @@ class EventDrivenDUL(DULServiceProvider):
         self.handshake_deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         self._tls_done = False
         self._connected = False  # left Sta1 once: a later Sta1 means the connection closed
+        self.owner: int | None = None  # the thread running this loop (the association's)
+        self.ended = False  # the loop has stopped: connection closed, killed or aborted
+        self._until: float | None = None  # monotonic time a pump's wait ends at
 
     def _poke(self) -> None:
-        if threading.get_ident() == self.ident:
+        if threading.get_ident() == self.owner:
             return  # this thread's own put: its loop looks at the queues before waiting
         with self._pipe_lock:
             if self._pipe is not None:
@@ -173,11 +179,13 @@ class EventDrivenDUL(DULServiceProvider):
 
     def _wait_limit(self) -> float:
         """Seconds until the next timer this loop looks at is due: the ARTIM and idle
-        timers while running (pynetdicom's Timer: ``remaining`` counts down only then), and
-        the handshake deadline before the association."""
+        timers while running (pynetdicom's Timer: ``remaining`` counts down only then), the
+        handshake deadline before the association, and the end of the current pump."""
         limit = min(_due_in(self.artim_timer), _due_in(self._idle_timer))
         if self._before_association():
             limit = min(limit, self.handshake_deadline - time.monotonic())
+        if self._until is not None:
+            limit = min(limit, self._until - time.monotonic())
         return max(limit, MIN_WAIT)
 
     def _read_pdu_data(self) -> None:
@@ -343,57 +351,99 @@ class EventDrivenDUL(DULServiceProvider):
             self._wake_assoc()
 
     def run_reactor(self) -> None:
-        """pynetdicom's ``DULServiceProvider.run_reactor`` with ``_wait`` for its sleep."""
+        """pynetdicom's ``DULServiceProvider.run_reactor`` with ``_wait`` for its sleep (the
+        DUL's own thread: only with ``fast_path`` off, or when something starts it)."""
         if not self.fast_path:
             self._stock_run_reactor()
             return
+        self.open()
+        try:
+            self.pump(_never)
+        finally:
+            self.close()
+
+    def open(self) -> None:
+        """Make the calling thread the one running this loop (``pump``)."""
+        self.owner = threading.get_ident()
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
         self._pipe = (read_fd, write_fd)
         self._idle_timer.start()
+        if not self.assoc._dul_ready.is_set():
+            self.assoc._dul_ready.set()
+
+    def close(self) -> None:
+        """The loop has ended: the user queue closed, the wake-up pipe too."""
+        self.ended = True
+        self.to_user_queue.close()
+        with self._pipe_lock:
+            pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            os.close(pipe[0])
+            os.close(pipe[1])
+        self._wake_assoc()
+
+    def pump(self, until: Callable[[], object], timeout: float | None = None) -> None:
+        """Run the loop, on its owner thread, until ``until()`` is true, the loop ends or
+        ``timeout`` seconds have passed; waiting (``_wait``) only after a turn that found
+        nothing to do."""
+        self._until = None if timeout is None else time.monotonic() + timeout
         idle = False
         try:
-            while True:
-                if not self.assoc._dul_ready.is_set():
-                    self.assoc._dul_ready.set()
+            while not self.ended and not until():
                 if idle:
+                    if self._until is not None and time.monotonic() >= self._until:
+                        return
                     self._wait()
-                if self._kill_thread:
-                    break
-                if self.artim_timer.expired:
-                    self.event_queue.put("Evt18")
-                self._check_handshake_deadline()
-                try:
-                    if self._process_recv_primitive():
-                        pass
-                    elif self._is_transport_event():
-                        self._idle_timer.restart()
-                    event = self.event_queue.get(block=False)
-                except queue.Empty:
-                    idle = True
-                    continue
-                except Exception as exc:  # noqa: BLE001 - as pynetdicom's reactor
-                    self._abort(f"{exc.__class__.__name__} reading from the peer: {exc}")
-                    return
-                try:
-                    self.state_machine.do_action(event)
-                    if self.state_machine.current_state == "Sta1":  # connection closed
-                        self.to_user_queue.close()
-                except Exception as exc:  # noqa: BLE001 - see below
-                    # pynetdicom's reactor lets this end the thread with a traceback; a
-                    # message its state machine or DIMSE decoder cannot take (an unknown
-                    # command, an event invalid in this state) aborts the association
-                    self._abort(f"{exc.__class__.__name__} on {event}: {exc}")
-                    return
-                idle = False
+                idle = not self._turn()
         finally:
-            self.to_user_queue.close()
-            with self._pipe_lock:
-                self._pipe = None
-            os.close(read_fd)
-            os.close(write_fd)
-            self._wake_assoc()
+            self._until = None
+
+    def _turn(self) -> bool:
+        """One turn of pynetdicom's reactor loop; False when there was nothing to do."""
+        if self._kill_thread:
+            self.ended = True
+            return True
+        if self.artim_timer.expired:
+            self.event_queue.put("Evt18")
+        self._check_handshake_deadline()
+        try:
+            if self._process_recv_primitive():
+                pass
+            elif self._is_transport_event():
+                self._idle_timer.restart()
+            event = self.event_queue.get(block=False)
+        except queue.Empty:
+            return False
+        except Exception as exc:  # noqa: BLE001 - as pynetdicom's reactor
+            self._abort(f"{exc.__class__.__name__} reading from the peer: {exc}")
+            self.ended = True
+            return True
+        try:
+            self.state_machine.do_action(event)
+            if self.state_machine.current_state == "Sta1":  # connection closed
+                self.to_user_queue.close()
+        except Exception as exc:  # noqa: BLE001 - see below
+            # pynetdicom's reactor lets this end the thread with a traceback; a
+            # message its state machine or DIMSE decoder cannot take (an unknown
+            # command, an event invalid in this state) aborts the association
+            self._abort(f"{exc.__class__.__name__} on {event}: {exc}")
+            self.ended = True
+        return True
+
+    def receive_pdu(self, wait: bool = False, timeout: float | None = None):  # noqa: ANN201
+        """pynetdicom's, run on the loop's owner thread: a wait for a primitive turns
+        the loop until the user queue has one."""
+        if wait and self.owner is not None and threading.get_ident() == self.owner:
+            queued = self.to_user_queue
+            self.pump(lambda: queued.qsize() or queued.closed, timeout)
+            wait = False
+        return super().receive_pdu(wait, timeout)
+
+
+def _never() -> bool:
+    return False
 
 
 class EventDrivenAssociation(Association):
@@ -418,8 +468,39 @@ class EventDrivenAssociation(Association):
     ticket: Ticket | None = None  # admission.py: released when the association ends
 
     def kill(self) -> None:
+        """pynetdicom's, for a DUL loop run by this association's thread (``run_reactor``):
+        on that thread the loop turns until the DUL may stop (Sta1) instead of sleeping
+        for a DUL thread to get there; from another thread, it waits for this one."""
         self._wake.set()
-        super().kill()
+        if self.dul.owner is None:
+            super().kill()
+            return
+        self._reactor_checkpoint.set()
+        self._kill = True
+        self.is_established = False
+        self._is_paused = True
+        self.dul._poke()
+        if threading.get_ident() == self.dul.owner:
+            self.dul.pump(self.dul.stop_dul)
+            return
+        while self.is_alive() and not self.dul.ended and not self.dul.stop_dul():
+            time.sleep(0.01)
+
+    def run_reactor(self) -> None:
+        """pynetdicom's, with this thread running the DUL's loop too (``fast_path``): one
+        thread per association instead of two, and no hand-off between them for each PDU.
+        Wherever pynetdicom's association thread waits for its DUL thread, this one turns
+        the DUL loop (``EventDrivenDUL.pump``)."""
+        if not self.fast_path:
+            super().run_reactor()
+            return
+        self.dul.open()
+        self._started_dul = True  # pynetdicom's run_reactor starts no DUL thread
+        try:
+            super().run_reactor()
+            self.dul.pump(self.dul.stop_dul)  # as the DUL thread went on until told to stop
+        finally:
+            self.dul.close()
 
     def run(self) -> None:
         try:
@@ -522,9 +603,20 @@ class EventDrivenAssociation(Association):
             super()._run_reactor()
             return
         self._is_paused = False
+        dul, messages, users = self.dul, self.dimse.msg_queue, self.dul.to_user_queue
+        one_thread = dul.owner is not None
+        held = 0  # primitives the user queue held when the wait began
+
+        def wanted() -> bool:  # what this loop looks at has come (or the loop is to end)
+            return bool(messages.qsize() or users.qsize() > held or self._kill)
+
         while not self._kill:
-            if not self.dimse.msg_queue.qsize():
-                self._wake.wait(max(_due_in(self.dul._idle_timer), MIN_WAIT))
+            if not messages.qsize():
+                if one_thread:
+                    held = users.qsize()
+                    dul.pump(wanted, _due_in(dul._idle_timer))
+                else:
+                    self._wake.wait(max(_due_in(dul._idle_timer), MIN_WAIT))
             self._wake.clear()
 
             self._is_paused = True
@@ -552,7 +644,7 @@ class EventDrivenAssociation(Association):
                 self.kill()
                 return
 
-            if not self.dul.is_alive():
+            if dul.ended if one_thread else not dul.is_alive():
                 self.kill()
                 return
 

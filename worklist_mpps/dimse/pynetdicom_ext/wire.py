@@ -26,7 +26,9 @@ import functools
 import logging
 import ssl
 import struct
+import threading
 import time
+import weakref
 from collections.abc import Iterable
 from io import BytesIO
 from typing import Any, cast
@@ -231,8 +233,12 @@ def drain(assoc, timeout: float = 1.0) -> None:  # noqa: ANN001
     """Wait until pynetdicom's DUL has taken everything queued before, so that direct
     writes cannot overtake it (a peer may not pipeline requests without asynchronous
     operations negotiated, so this is normally empty at once)."""
+    dul = assoc.dul
+    if getattr(dul, "owner", None) == threading.get_ident():  # this thread runs its loop
+        dul.pump(lambda: not dul.to_provider_queue.qsize(), timeout)  # reactor.py
+        return
     deadline = time.monotonic() + timeout
-    while assoc.dul.to_provider_queue.qsize() and time.monotonic() < deadline:
+    while dul.to_provider_queue.qsize() and time.monotonic() < deadline:
         time.sleep(0.0002)
 
 
@@ -347,6 +353,28 @@ def refusal_response(request, comment: str):  # noqa: ANN001, ANN201
     return response
 
 
+class CancelRequests(dict):
+    """pynetdicom's C-CANCEL requests received (``DIMSEServiceProvider.cancel_req``,
+    message ID -> C-CANCEL). A service class looks for one between responses (PS3.4
+    C.4.1.2.3) with ``keys()``: when the asking thread runs the DUL loop itself
+    (reactor.py, one thread per association), the loop first takes what has arrived and
+    sends what is queued, as pynetdicom's own DUL thread does meanwhile."""
+
+    def __init__(self, assoc) -> None:  # noqa: ANN001
+        super().__init__()
+        self._assoc = weakref.ref(assoc)  # no reference cycle (reactor._unlink)
+
+    def keys(self):  # noqa: ANN201
+        dul = getattr(self._assoc(), "dul", None)
+        if dul is not None and getattr(dul, "owner", None) == threading.get_ident():
+            dul.pump(_never, 0)  # turns until nothing is left to do, no wait
+        return super().keys()
+
+
+def _never() -> bool:
+    return False
+
+
 class DIMSEProvider(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider; with ``fast_path``, status-only C-ECHO and C-FIND
     responses skip pydicom's command set encoding and go to the DUL as one ready P-DATA
@@ -356,6 +384,10 @@ class DIMSEProvider(DIMSEServiceProvider):
     fast_path = True  # dimse_fast_path: status-only responses skip pydicom's encoding
     _received = 0  # bytes of the message being received
     _discarding = False  # its data set is over the bound: fragments are dropped
+
+    def __init__(self, assoc) -> None:  # noqa: ANN001
+        super().__init__(assoc)
+        self.cancel_req = CancelRequests(assoc)
 
     def receive_primitive(self, primitive) -> None:  # noqa: ANN001
         """pynetdicom assembles a message's fragments (PS3.8 E.2) in memory, however many.
