@@ -77,7 +77,15 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
         source=("if self._end_time is None:",),
         attributes=("_start_time", "_end_time"),
     ),
-    Internal("reactor.py", ASSOC, "Association._serve_request", ("self", "msg", "context_id")),
+    # ... and it replaces dimse.cancel_req with a plain dict around each request, which
+    # wire.DIMSEProvider's cancel_req setter turns back into a CancelRequests
+    Internal(
+        "reactor.py",
+        ASSOC,
+        "Association._serve_request",
+        ("self", "msg", "context_id"),
+        source=("self.dimse.cancel_req = {}",),
+    ),
     Internal("reactor.py", ASSOC, "Association._run_reactor", ("self",)),
     # one thread per association: the association thread runs the DUL loop, so that
     # pynetdicom's must not start a DUL thread (_started_dul), its waits for the DUL

@@ -385,9 +385,22 @@ class DIMSEProvider(DIMSEServiceProvider):
     _received = 0  # bytes of the message being received
     _discarding = False  # its data set is over the bound: fragments are dropped
 
-    def __init__(self, assoc) -> None:  # noqa: ANN001
-        super().__init__(assoc)
-        self.cancel_req = CancelRequests(assoc)
+    _cancel_req: CancelRequests | None = None
+
+    @property
+    def cancel_req(self) -> CancelRequests:
+        assert self._cancel_req is not None  # set by pynetdicom's __init__
+        return self._cancel_req
+
+    @cancel_req.setter
+    def cancel_req(self, value: dict) -> None:
+        """pynetdicom assigns a plain dict here (``__init__``, and ``_serve_request``
+        before and after each request, clearing what was received); it stays a
+        CancelRequests, so a service class's look for a C-CANCEL still takes what has
+        arrived when the association runs its DUL loop itself."""
+        requests = CancelRequests(self.assoc)
+        requests.update(value)
+        self._cancel_req = requests
 
     def receive_primitive(self, primitive) -> None:  # noqa: ANN001
         """pynetdicom assembles a message's fragments (PS3.8 E.2) in memory, however many.
