@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+from collections.abc import Iterator
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -132,7 +133,20 @@ class RawClient:
         assert self.sock is not None
         self.message_id = self.message_id % 0xFFFF + 1
         self.sock.sendall(pdata(find_command(self.message_id), 0x03) + self.identifiers[op])
-        matches, command = 0, b""
+        matches = 0
+        for status, command in self.responses():
+            if status in PENDING:
+                matches += 1
+            elif status == 0:
+                return matches
+            else:
+                raise RuntimeError(f"C-FIND ended with status {status!r}: {command.hex()}")
+        raise RuntimeError("unreachable")
+
+    def responses(self) -> Iterator[tuple[int | None, bytes]]:
+        """Each response's command set as its last fragment arrives (PS3.8 E.2), with its
+        Status; data set fragments are skipped."""
+        command = b""
         while True:
             pdu_type, body = self._pdu()
             if pdu_type != 0x04:
@@ -143,15 +157,8 @@ class RawClient:
                 if flags & 0x01:
                     command += body[offset + 6 : offset + 4 + length]
                     if flags & 0x02:
-                        status, command_seen, command = status_of(command), command, b""
-                        if status in PENDING:
-                            matches += 1
-                        elif status == 0:
-                            return matches
-                        else:
-                            raise RuntimeError(
-                                f"C-FIND ended with status {status!r}: {command_seen.hex()}"
-                            )
+                        yield status_of(command), command
+                        command = b""
                 offset += 4 + length
 
     def close(self) -> None:

@@ -53,24 +53,11 @@ class CancellingClient(raw_client.RawClient):
         request = raw_client.pdata(raw_client.find_command(self.message_id), 0x03)
         self.sock.sendall(request + self.identifiers[op])
         cancel = raw_client.pdata(cancel_command(self.message_id), 0x03)
-        pendings, command = 0, b""
-        for _ in range(100_000):  # bounded: at most one PDU per match
-            pdu_type, body = self._pdu()
-            assert pdu_type == 0x04, f"PDU type 0x{pdu_type:02X} during a C-FIND"
-            offset = 0
-            while offset < len(body):
-                length, _, flags = struct.unpack_from(">LBB", body, offset)
-                if flags & 0x01:
-                    command += body[offset + 6 : offset + 4 + length]
-                    if flags & 0x02:
-                        status, command = raw_client.status_of(command), b""
-                        if status in raw_client.PENDING:
-                            pendings += 1
-                            if pendings == 1:
-                                self.sock.sendall(cancel)
-                        else:
-                            return pendings, status
-                offset += 4 + length
+        for pendings, (status, _) in enumerate(self.responses()):
+            if status not in raw_client.PENDING:
+                return pendings, status
+            if pendings == 0:  # the first match is in: the server is streaming
+                self.sock.sendall(cancel)
         raise AssertionError("no final C-FIND response")
 
 

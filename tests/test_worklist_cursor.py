@@ -11,13 +11,13 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from pydicom import Dataset
 from pydicom.sequence import Sequence
 from sqlalchemy import create_engine, event, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from conftest import PG_BASE, SAMPLE, _pg_schema_url
 from dicom_clients import worklist_query
+from test_matching import identifier as _ident  # AccessionNumber, top keys, one SPS item
 from test_row_encoder import QUERIES, STATUSES
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
@@ -26,21 +26,6 @@ from worklist_mpps.services import sql_cursor, worklist
 from worklist_mpps.services.health import SCHEMA, describe_db_error
 from worklist_mpps.services.loader import load_file
 from worklist_mpps.services.schedule_values import create_item, get_or_create_patient
-
-
-def _ident(top: dict | None = None, sps: dict | None = None) -> Dataset:
-    """tests/test_matching.py's identifier: AccessionNumber, ``top``, one SPS item."""
-    ds = Dataset()
-    ds.AccessionNumber = ""
-    for key, value in (top or {}).items():
-        setattr(ds, key, value)
-    if sps is not None:
-        item = Dataset()
-        for key, value in sps.items():
-            setattr(item, key, value)
-        ds.ScheduledProcedureStepSequence = Sequence([item])
-    return ds
-
 
 _DATE = "ScheduledProcedureStepStartDate"
 # tests/test_matching.py's and tests/test_dimse_worklist.py's shapes, on the sample data
