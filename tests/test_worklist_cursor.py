@@ -385,3 +385,36 @@ def test_concurrent_searches(loaded):
     assert not errors and len(results) == 240
     assert all(found == expected for found in results)
     assert len(sql_cursor.reader(loaded).idle) <= sql_cursor.Reader.KEEP
+
+
+@pytest.mark.parametrize("dialect_name", ["sqlite", "postgresql"])
+def test_the_sqlalchemy_internals_it_compiles_with_are_there(dialect_name):
+    """services/sql_cursor.py ``Compiled`` reads SQLAlchemy internals (the execution
+    context's own way of rendering a statement); a release that renames one fails here,
+    naming it, before any query returns wrong rows."""
+    from sqlalchemy import select
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.types import JSON
+
+    dialect = (sqlite if dialect_name == "sqlite" else postgresql).dialect()
+    compiled = select(WorklistItem.id).where(WorklistItem.id == 1).compile(dialect=dialect)
+    missing = [
+        name
+        for name in (
+            "_bind_processors",
+            "_result_columns",
+            "escaped_bind_names",
+            "positiontup",
+            "positional",
+            "construct_params",
+        )
+        if not hasattr(compiled, name)
+    ]
+    missing += [n for n in ("execute_sequence_format", "is_disconnect") if not hasattr(dialect, n)]
+    if not hasattr(JSON(), "_cached_result_processor"):
+        missing.append("TypeEngine._cached_result_processor")
+    if not hasattr(DBAPIError, "instance"):
+        missing.append("DBAPIError.instance")
+    assert not missing, f"SQLAlchemy internals sql_cursor relies on are gone: {missing}"
+    # each result column is (label, ..., ..., type), as Compiled.of unpacks it
+    assert [(c[0], type(c[3]).__name__) for c in compiled._result_columns] == [("id", "Integer")]
