@@ -9,12 +9,13 @@ from pathlib import Path
 import pydicom
 from pydicom import Dataset
 from pydicom.sequence import Sequence
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 
 
 def associate(port: int, *contexts, ae_title: str = "TESTSCU", called: str = "WORKLISTS"):
-    ae = AE(ae_title=ae_title)
+    ae = RequestorAE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
     for context in contexts or (Verification,):
         ae.add_requested_context(context)

@@ -18,8 +18,8 @@ import pytest
 from pydicom import Dataset
 from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind
 
 from conftest import SAMPLE, module_server
@@ -36,6 +36,7 @@ from fuzz_wire import (
     assoc_case,
     ds_bytes,
 )
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 
 # --- server log -----------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class Client:
 
     def _assoc(self):
         if self.assoc is None or not self.assoc.is_established:
-            ae = AE(ae_title="FUZZSCU")
+            ae = RequestorAE(ae_title="FUZZSCU")
             ae.acse_timeout = ae.network_timeout = 5
             ae.dimse_timeout = REPLY_TIMEOUT + 2
             ts = [ImplicitVRLittleEndian] if self.implicit else [ExplicitVRLittleEndian]
@@ -277,7 +278,7 @@ def captured(server, quiet_clients) -> dict:
     """Real PDUs of a pynetdicom client (A-ASSOCIATE-RQ, C-ECHO, C-FIND, N-CREATE, N-SET),
     recorded with EVT_DATA_SENT, plus encoded data sets for building messages."""
     sent: list[bytes] = []
-    ae = AE(ae_title="FUZZSCU")
+    ae = RequestorAE(ae_title="FUZZSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     for _, abstract, ts in CONTEXTS:
         ae.add_requested_context(abstract, [ts])

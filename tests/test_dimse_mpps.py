@@ -21,7 +21,7 @@ from pydicom import Dataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
     ModalityPerformedProcedureStepRetrieve,
@@ -39,6 +39,7 @@ from worklist_mpps.client.messages import (
     n_set_discontinued,
     n_set_progress,
 )
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
@@ -71,7 +72,7 @@ class Modality:
 
     def __init__(self, port: int, ae_title: str = "MODALITY1") -> None:
         self.received: list = []
-        ae = AE(ae_title=ae_title)
+        ae = RequestorAE(ae_title=ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
         ae.add_requested_context(MPPS)
         ae.add_requested_context(MPPS_RETRIEVE)

@@ -25,7 +25,6 @@ import time
 
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from dicom_clients import echo, find, worklist_query
@@ -41,6 +40,7 @@ from fuzz_harness import (  # noqa: F401 (module fixtures)
 )
 from fuzz_runner import Fuzzer
 from fuzz_wire import FUZZ_BUDGET, MAX_ASSOCIATIONS, SEED, show
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.services.dicom import decode_dataset
 
 pytestmark = pytest.mark.dimse  # talks DICOM to a live server
@@ -150,7 +150,7 @@ def test_fuzz_dicom_listener(server, captured):
     try:
         deadline = time.monotonic() + 15
         while len(assocs) < MAX_ASSOCIATIONS and time.monotonic() < deadline:
-            ae = AE(ae_title="SLOTS")
+            ae = RequestorAE(ae_title="SLOTS")
             ae.acse_timeout = ae.network_timeout = 5
             ae.add_requested_context(Verification)
             assoc = ae.associate("127.0.0.1", server.port, ae_title="WORKLISTS")

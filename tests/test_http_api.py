@@ -28,12 +28,12 @@ import requests
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from conftest import SAMPLE, LiveServer, free_port, module_server, port_open, require_tool
 from dicom_clients import find, findscu_files
 from worklist_mpps.client.messages import ScheduledStep, n_create
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.services.matching import fold_pn
 
 TIMEOUT = 15
@@ -207,7 +207,7 @@ def mpps_create(port: int, item: dict) -> str:
         patient_id=item["patient"]["patient_id"],
     )
     uid = generate_uid()
-    ae = AE(ae_title="HTTPTEST")
+    ae = RequestorAE(ae_title="HTTPTEST")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate("127.0.0.1", port, ae_title="WORKLISTS")

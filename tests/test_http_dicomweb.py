@@ -29,7 +29,6 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from conftest import SAMPLE, LiveServer, module_server, require_tool
@@ -42,6 +41,7 @@ from worklist_mpps.client.messages import (
     n_set_completed,
     n_set_progress,
 )
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.web.dicomxml import from_xml, to_xml
 
 TIMEOUT = 15
@@ -236,7 +236,7 @@ def summary(ds: Dataset) -> tuple[str, str, str]:
 
 @contextlib.contextmanager
 def mpps_association(port: int) -> Iterator:
-    ae = AE(ae_title="MODALITY1")
+    ae = RequestorAE(ae_title="MODALITY1")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate("127.0.0.1", port, ae_title="WORKLISTS")

@@ -29,7 +29,7 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import (
     C_ECHO,
     C_FIND,
@@ -50,6 +50,7 @@ from pynetdicom.sop_class import (
 
 from conftest import SAMPLE, module_server
 from worklist_mpps.client.messages import ScheduledStep, n_create, n_set_completed, n_set_progress
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
@@ -99,7 +100,7 @@ class Peer:
 
     def __init__(self, port: int) -> None:
         self.received: list[Dataset] = []
-        ae = AE(ae_title="MODALITY1")
+        ae = RequestorAE(ae_title="MODALITY1")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
         for context in (Verification, MWL, MPPS, MPPS_RETRIEVE):
             ae.add_requested_context(context, ImplicitVRLittleEndian)

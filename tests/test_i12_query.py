@@ -28,12 +28,12 @@ from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS_CLASS
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL_FIND
 
 from conftest import SAMPLE, LiveServer, module_server, require_tool
 from worklist_mpps.client.messages import ScheduledStep, Series, n_create, n_set_progress
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.db import migrate
 from worklist_mpps.db.engine import Database
 from worklist_mpps.dimse.pynetdicom_ext import wire
@@ -515,7 +515,7 @@ def test_mpps_validator_names_the_attribute(ds, keyword):
 
 
 def _mpps_assoc(server: LiveServer):
-    ae = AE(ae_title="MOD1")
+    ae = RequestorAE(ae_title="MOD1")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
     ae.add_requested_context(MPPS_CLASS, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="WORKLISTS")
@@ -627,7 +627,7 @@ def test_check_characters_follows_the_vr_rules():
 def test_c_find_key_with_a_control_character_is_0xA900(server):
     """A NUL inside a key is no DICOM value (PS3.5 6.1.2.3): 0xA900, not a quiet 'no match'
     (SQLite) or a database error (PostgreSQL refuses NUL in text)."""
-    ae = AE(ae_title="I12CTRL")
+    ae = RequestorAE(ae_title="I12CTRL")
     ae.add_requested_context(MWL_FIND)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="WORKLISTS")
     assert assoc.is_established

@@ -8,8 +8,9 @@ import collections
 import time
 
 import pytest
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 
 pytestmark = pytest.mark.dimse
 
@@ -42,7 +43,7 @@ def test_idle_association_threads_do_not_poll(tmp_path, monkeypatch):
     server = DicomServer(AppContext(Config(bind="127.0.0.1", port=0), db))
     server.start()
     try:
-        ae = AE(ae_title="IDLESCU")
+        ae = RequestorAE(ae_title="IDLESCU")
         ae.add_requested_context(Verification)
         assoc = ae.associate("127.0.0.1", server.port, ae_title="WORKLISTS")
         assert assoc.is_established

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.dimse.pynetdicom_ext import internals
 from worklist_mpps.dimse.pynetdicom_ext.internals import Internal
 
@@ -141,7 +142,6 @@ def test_dimse_fast_path_picks_the_reactors(tmp_path, fast):
     """On: the event-driven reactors (the DUL waits in select on its wake-up pipe) and
     wire.py's status-only responses; off: pynetdicom's own loops and encoding, with the
     message bound and the handshake deadline still set."""
-    from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
     from worklist_mpps.config import Config
@@ -155,7 +155,7 @@ def test_dimse_fast_path_picks_the_reactors(tmp_path, fast):
     server = DicomServer(AppContext(Config(bind="127.0.0.1", port=0, dimse_fast_path=fast), db))
     server.start()
     try:
-        scu = AE(ae_title="SCU")
+        scu = RequestorAE(ae_title="SCU")
         scu.add_requested_context(Verification)
         assoc = scu.associate("127.0.0.1", server.port, ae_title="WORKLISTS")
         assert assoc.is_established

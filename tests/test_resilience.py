@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset
 from pydicom.uid import CTImageStorage
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 
 from conftest import SAMPLE
@@ -43,6 +42,7 @@ from worklist_mpps.client.messages import (
     n_set_discontinued,
     n_set_progress,
 )
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.db.engine import Database
 from worklist_mpps.services.outbox import list_messages
 
@@ -84,7 +84,7 @@ def exchange(
     timeout: float = 10.0,
 ) -> Reply:
     """One N-CREATE / N-SET / N-GET on its own association; never raises."""
-    ae = AE(ae_title=calling)
+    ae = RequestorAE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(MPPS)
     try:
@@ -271,7 +271,7 @@ class Load:
 
 def n_get_all(port: int, uids: list[str]) -> dict[str, Dataset | None]:
     """Every instance over N-GET on one association; None for 0x0112 No such instance."""
-    ae = AE(ae_title="CHECKER")
+    ae = RequestorAE(ae_title="CHECKER")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(MPPS)
     assoc = ae.associate("127.0.0.1", port, ae_title="WORKLISTS")

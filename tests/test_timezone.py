@@ -20,13 +20,13 @@ import pytest
 import requests
 from pydicom import Dataset
 from pydicom.sequence import Sequence
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 from sqlalchemy import text
 
 from conftest import module_server, require_tool
 from dicom_clients import findscu_files
 from worklist_mpps import timezone
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.config import Config
 from worklist_mpps.context import AppContext
 from worklist_mpps.db import migrate
@@ -410,7 +410,7 @@ def test_dicomweb_search_in_an_offset(live):
 
 @pytest.mark.dimse
 def test_mpps_n_create_with_offset_over_dimse(live):
-    ae = AE(ae_title="CT01")
+    ae = RequestorAE(ae_title="CT01")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate("127.0.0.1", live.port, ae_title="WORKLISTS")

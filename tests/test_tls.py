@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from conftest import SAMPLE, free_port, require_tool
 from dicom_clients import echo, worklist_query
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
@@ -145,7 +145,7 @@ def test_pynetdicom_client_over_tls(live_server, pki):
     live_server(None, "--sample-file", str(SAMPLE), *tls_flags(pki, port))
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "ca.crt"))
     context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
-    ae = AE(ae_title="TLSSCU")
+    ae = RequestorAE(ae_title="TLSSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
     ae.add_requested_context(Verification)
     ae.add_requested_context(ModalityWorklistInformationFind)

@@ -15,7 +15,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE
 from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND
 from pynetdicom.dsutils import encode
@@ -25,6 +24,7 @@ from pynetdicom.sop_class import Verification
 
 from conftest import SAMPLE, module_server
 from dicom_clients import find, worklist_query
+from worklist_mpps.client.pynetdicom_race import RequestorAE
 from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.services import worklist
 
@@ -213,7 +213,7 @@ def live(tmp_path_factory):
 def answers(
     port: int, syntax: str, identifier: Dataset, max_pdu: int = 16382
 ) -> tuple[list[int], list[list]]:
-    ae = AE(ae_title="WIRETEST")
+    ae = RequestorAE(ae_title="WIRETEST")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
     ae.maximum_pdu_size = max_pdu
     ae.add_requested_context(MWL, [syntax])
