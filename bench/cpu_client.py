@@ -107,6 +107,30 @@ def run_mpps_steps(assoc, uid: str, create: Dataset, *sets: Dataset) -> None:
             raise RuntimeError(f"MPPS {name} failed: status 0x{status.Status:04X}")
 
 
+def cycle_messages(accession: str) -> tuple[str, Dataset, Dataset, Dataset]:
+    """A new MPPS's SOP Instance UID and its cycle's data sets (PS3.4 F.7): N-CREATE IN
+    PROGRESS, N-SET (one image), N-SET COMPLETED (three images)."""
+    from worklist_mpps.client.messages import (
+        Instance,
+        ScheduledStep,
+        Series,
+        n_create,
+        n_set_completed,
+        n_set_progress,
+    )
+
+    uid, study, series = generate_uid(), generate_uid(), generate_uid()
+    images = [Instance("1.2.840.10008.5.1.4.1.1.2", generate_uid()) for _ in range(3)]
+    create = n_create(
+        [ScheduledStep(study, accession)],
+        modality="CT",
+        station_ae_title="CT01",
+        patient_name="Müller^Hans",
+    )
+    progress = n_set_progress([Series(series, images[:1])])
+    return uid, create, progress, n_set_completed([Series(series, images)])
+
+
 class Client:
     def __init__(self, host: str, port: int, called: str, day: str) -> None:
         self.host, self.port, self.called = host, port, called
@@ -143,31 +167,8 @@ class Client:
 
     def mpps(self) -> int:
         """One MPPS cycle (PS3.4 F.7): N-CREATE IN PROGRESS, N-SET, N-SET COMPLETED."""
-        from worklist_mpps.client.messages import (
-            Instance,
-            ScheduledStep,
-            Series,
-            n_create,
-            n_set_completed,
-            n_set_progress,
-        )
-
         self.counter += 1
-        uid, study, series = generate_uid(), generate_uid(), generate_uid()
-        images = [Instance("1.2.840.10008.5.1.4.1.1.2", generate_uid()) for _ in range(3)]
-        create = n_create(
-            [ScheduledStep(study, f"B{self.counter}")],
-            modality="CT",
-            station_ae_title="CT01",
-            patient_name="Müller^Hans",
-        )
-        run_mpps_steps(
-            self.assoc,
-            uid,
-            create,
-            n_set_progress([Series(series, images[:1])]),
-            n_set_completed([Series(series, images)]),
-        )
+        run_mpps_steps(self.assoc, *cycle_messages(f"B{self.counter}"))
         return 0
 
     def one(self, op: str) -> int:

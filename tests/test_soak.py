@@ -43,7 +43,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
@@ -285,33 +284,11 @@ class Soak:
     def mpps_cycle(self, assoc, who: str, n: int) -> None:
         """N-CREATE, N-SET, N-SET COMPLETED (PS3.4 F.7), each checked before the next is
         sent: a lost association is reported at the step that lost it."""
-        from worklist_mpps.client.messages import (
-            Instance,
-            ScheduledStep,
-            Series,
-            n_create,
-            n_set_completed,
-            n_set_progress,
-        )
-
-        uid, study, series = generate_uid(), generate_uid(), generate_uid()
-        images = [Instance("1.2.840.10008.5.1.4.1.1.2", generate_uid()) for _ in range(3)]
-        create = n_create(
-            [ScheduledStep(study, f"{who}-{n}")],
-            modality="CT",
-            station_ae_title="CT01",
-            patient_name="Müller^Hans",
-        )
+        uid, create, progress, completed = cpu_client.cycle_messages(f"{who}-{n}")
         steps = (
             ("N-CREATE", lambda: assoc.send_n_create(create, MPPS, uid)),
-            (
-                "N-SET",
-                lambda: assoc.send_n_set(n_set_progress([Series(series, images[:1])]), MPPS, uid),
-            ),
-            (
-                "N-SET COMPLETED",
-                lambda: assoc.send_n_set(n_set_completed([Series(series, images)]), MPPS, uid),
-            ),
+            ("N-SET", lambda: assoc.send_n_set(progress, MPPS, uid)),
+            ("N-SET COMPLETED", lambda: assoc.send_n_set(completed, MPPS, uid)),
         )
         for name, send in steps:
             if not assoc.is_established:
