@@ -143,7 +143,7 @@ fi
 
 cat <<EOF
 install-system: done. Next steps (docs/deploy-debian.md):
-  1. review $ETC/config.yaml (DICOM port, devices, Orthanc URL)
+  1. review $ETC/config.yaml (DICOM port; bind and devices to serve modalities on the network; Orthanc URL)
   2. systemctl restart orthanc          # reads the user and the metadata just added
   3. systemctl enable --now worklist-mpps
   4. echoscu -v -aec WORKLISTS 127.0.0.1 5243; journalctl -u worklist-mpps -f

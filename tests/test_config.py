@@ -18,6 +18,29 @@ def test_defaults_follow_the_orthanc_deployment():
     assert cfg.worklist_default_statuses == ["SCHEDULED", "IN PROGRESS"]
 
 
+def test_dicom_listens_on_loopback_unless_devices_are_named(tmp_path):
+    """Secure by default: the DICOM ports bind loopback; another address needs the
+    device list, since an A-ASSOCIATE-RQ carries no credentials (PS3.8 7.1.1)."""
+    assert load_config(env={}).bind == "127.0.0.1"
+    for bind in ("0.0.0.0", "::", "192.0.2.7"):
+        with pytest.raises(ConfigError, match=f"bind: '{bind}' is not a loopback.*devices"):
+            load_config(env={"WORKLIST_MPPS_BIND": bind})
+    devices = '[{"ae_title": "CT01", "hosts": ["192.0.2.0/24"]}]'
+    cfg = load_config(env={"WORKLIST_MPPS_BIND": "0.0.0.0", "WORKLIST_MPPS_DEVICES": devices})
+    assert cfg.bind == "0.0.0.0" and cfg.checks_called_ae_title
+    for loopback in ("127.0.0.1", "::1", "localhost"):
+        assert load_config(env={"WORKLIST_MPPS_BIND": loopback}).bind == loopback
+    proc = subprocess.run(
+        [sys.executable, "-m", "worklist_mpps", "serve", "--bind", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "devices" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_precedence_yaml_env_cli(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("port: 1111\nae_title: FROMYAML\nlog_level: DEBUG\n")

@@ -177,6 +177,10 @@ class Stack:
             "ORTHANC_USER": USER,
             "ORTHANC_PASSWORD": self.password,
             "WORKLIST_MPPS_HTTP_TOKEN": self.token,
+            # the callers of these tests: DCMTK's default calling AE titles and dicom-mpps's
+            "WORKLIST_MPPS_DEVICES": json.dumps(
+                [{"ae_title": aet} for aet in ("ECHOSCU", "FINDSCU", "CT02")]
+            ),
             "ORTHANC_IMAGE": images["ORTHANC_IMAGE"],
             "WORKLIST_IMAGE": self.image,
             "WORKLIST_BASE_IMAGE": images["BASE_IMAGE"],
@@ -302,7 +306,7 @@ def test_mpps_cycle_reaches_the_orthanc_study(stack, tmp_path):
     )  # fmt: skip
     study, series, image = item.StudyInstanceUID, generate_uid(), generate_uid()
     stack.orthanc.upload(study, series, image, patient_id=item.PatientID)
-    url = f"pacs://127.0.0.1:{stack.ports['dicom']}"
+    url = f"pacs://WORKLISTS@127.0.0.1:{stack.ports['dicom']}"  # devices: called AE checked
     uid = dicom_mpps(
         "create", url, "--aet", "CT02", "--from-worklist", "--accession", "A10002",
         "--status", "IN PROGRESS",

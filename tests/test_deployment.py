@@ -14,6 +14,8 @@ from conftest import ROOT
 from worklist_mpps.config import Config
 from worklist_mpps.delivery.orthanc import METADATA
 
+DEVICES = {"WORKLIST_MPPS_DEVICES": '[{"ae_title": "CT01"}]'}
+
 
 def compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
@@ -33,7 +35,9 @@ def compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_compose_file_is_valid_and_wired():
-    proc = compose("config", env={"ORTHANC_PASSWORD": "pw", "WORKLIST_MPPS_HTTP_TOKEN": "tk"})
+    proc = compose(
+        "config", env={"ORTHANC_PASSWORD": "pw", "WORKLIST_MPPS_HTTP_TOKEN": "tk", **DEVICES}
+    )
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     services = config["services"]
@@ -48,6 +52,8 @@ def test_compose_file_is_valid_and_wired():
     assert "/healthz" in " ".join(wm["healthcheck"]["test"])
     assert wm["environment"]["WORKLIST_MPPS_HTTP_TOKEN"] == "tk"
     assert wm["environment"]["WORKLIST_MPPS_HTTP_BIND"] == "0.0.0.0"
+    assert wm["environment"]["WORKLIST_MPPS_BIND"] == "0.0.0.0"
+    assert wm["environment"]["WORKLIST_MPPS_DEVICES"] == DEVICES["WORKLIST_MPPS_DEVICES"]
     dicom = [p for p in wm["ports"] if isinstance(p, dict)]
     assert [(int(p["published"]), int(p["target"])) for p in dicom] == [(5243, 5243)]
     assert "127.0.0.1:5244:5244/tcp" in wm["ports"], "HTTP on loopback only"
@@ -67,6 +73,7 @@ def test_compose_addresses_images_and_wheelhouse_come_from_the_environment():
         env={
             "ORTHANC_PASSWORD": "pw",
             "WORKLIST_MPPS_HTTP_TOKEN": "tk",
+            **DEVICES,
             "WORKLIST_DICOM_PUBLISH": "127.0.0.1:15243",
             "WORKLIST_HTTP_PUBLISH": "127.0.0.1:15244",
             "WORKLIST_HL7_PUBLISH": "127.0.0.1:12575",
@@ -93,11 +100,15 @@ def test_compose_addresses_images_and_wheelhouse_come_from_the_environment():
     assert wm["build"]["network"] == "none"
 
 
-def test_compose_refuses_to_start_without_secrets():
-    proc = compose("config", env={"WORKLIST_MPPS_HTTP_TOKEN": "tk"})
+def test_compose_refuses_to_start_without_secrets_or_devices():
+    """The token and Orthanc's password, and the devices: DICOM binds all addresses in the
+    container, and off loopback the server answers only listed callers (config.py)."""
+    proc = compose("config", env={"WORKLIST_MPPS_HTTP_TOKEN": "tk", **DEVICES})
     assert proc.returncode != 0 and "ORTHANC_PASSWORD" in proc.stderr
-    proc = compose("config", env={"ORTHANC_PASSWORD": "pw"})
+    proc = compose("config", env={"ORTHANC_PASSWORD": "pw", **DEVICES})
     assert proc.returncode != 0 and "WORKLIST_MPPS_HTTP_TOKEN" in proc.stderr
+    proc = compose("config", env={"ORTHANC_PASSWORD": "pw", "WORKLIST_MPPS_HTTP_TOKEN": "tk"})
+    assert proc.returncode != 0 and "WORKLIST_MPPS_DEVICES" in proc.stderr
 
 
 def test_dockerfile_runs_the_server_as_a_user_with_a_data_volume():

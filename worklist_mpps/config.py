@@ -275,7 +275,10 @@ class Config:
 
     ae_title: str = field(default="WORKLISTS", metadata={"help": "AE title of the server"})
     port: int = field(default=5243, metadata={"help": "DICOM port"})
-    bind: str = field(default="0.0.0.0", metadata={"help": "address the DICOM port binds to"})
+    bind: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address the DICOM ports bind to (non-loopback needs devices)"},
+    )
     database_url: str = field(
         default="sqlite:///data/worklist.db",
         metadata={"help": "SQLAlchemy URL; the default is a SQLite file under ./data/"},
@@ -693,6 +696,14 @@ class Config:
                         f"{name}: at least {MIN_SECRET_LENGTH} characters when http_bind "
                         f"({self.http_bind}) is not loopback (got {len(getattr(self, name))})"
                     )
+        if not self.devices and not is_loopback(self.bind):
+            # DICOM's only proof of who calls is the AE title and the address (PS3.8 7.1.1:
+            # the A-ASSOCIATE-RQ carries no credentials): off loopback, name the callers
+            raise ConfigError(
+                f"bind: {self.bind!r} is not a loopback address: list the modalities allowed "
+                "to call in devices (ae_title, hosts, services); the worklist answers with "
+                "patient data and DICOM has no authentication of its own"
+            )
         self._validate_hl7()
         if self.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite_synchronous: unknown value {self.sqlite_synchronous!r}")
