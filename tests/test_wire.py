@@ -15,10 +15,11 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, N_CREATE_RSP, N_SET_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, N_CREATE, N_SET
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import ModalityPerformedProcedureStep as MPPS
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
 from pynetdicom.sop_class import Verification
 
@@ -105,6 +106,31 @@ def test_status_only_responses_are_pynetdicoms():
     pending.MessageIDBeingRespondedTo, pending.AffectedSOPClassUID, pending.Status = 1, MWL, 0xFF00
     pending.Identifier = BytesIO(b"\x10\x00\x10\x00\x00\x00\x00\x00")
     assert wire.status_only_command(pending) is None
+
+
+@pytest.mark.parametrize(("primitive", "message"), [(N_CREATE, N_CREATE_RSP), (N_SET, N_SET_RSP)])
+@pytest.mark.parametrize("instance", ["1.2.3.4", "1.2.3.45", "2.25." + "9" * 59])
+@pytest.mark.parametrize("status", [0x0000, 0x0107, 0x0110])
+def test_status_only_mpps_responses_are_pynetdicoms(primitive, message, instance, status):
+    """N-CREATE-RSP and N-SET-RSP (the MPPS answers): byte for byte pynetdicom's command
+    set when only the status is set, odd and even UID lengths; None with anything more."""
+    rsp = primitive()
+    rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID = 65535, MPPS
+    rsp.AffectedSOPInstanceUID, rsp.Status = instance, status
+    assert wire.status_only_command(rsp) == _encoded_command(rsp, message)
+    for name, value in (
+        ("ErrorComment", "x"),
+        ("ErrorID", 0xA710),
+        ("AttributeIdentifierList", [0x00100010]),
+        ("AttributeList", BytesIO(b"\x10\x00\x10\x00\x00\x00\x00\x00")),
+    ):
+        more = primitive()
+        more.MessageIDBeingRespondedTo, more.AffectedSOPClassUID = 1, MPPS
+        more.AffectedSOPInstanceUID, more.Status = instance, status
+        setattr(more, name, value)
+        assert wire.status_only_command(more) is None, name
+    rsp.AffectedSOPInstanceUID = None  # pynetdicom then leaves (0000,1000) out
+    assert wire.status_only_command(rsp) is None
 
 
 # --- identifiers: the same data set as pydicom's encoding of worklist.response -----------------

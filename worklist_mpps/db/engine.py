@@ -10,12 +10,14 @@ against other writers instead of failing on lock upgrade.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -61,7 +63,13 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
         options = conn.get_execution_options()
         if options.get("single_statement_read", False):
             return  # Database.query(): the statement runs in SQLite's autocommit mode
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN")
+        sql = "BEGIN IMMEDIATE" if options.get("sqlite_immediate") else "BEGIN"
+        # on the driver's connection: a statement through SQLAlchemy's execution costs
+        # more than SQLite's BEGIN (issue 18); its error raised as SQLAlchemy's, as there
+        try:
+            conn.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
 
     return engine
 

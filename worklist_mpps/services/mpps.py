@@ -66,6 +66,7 @@ from worklist_mpps.services.status import (
     SUCCESS,
     MPPSError,
 )
+from worklist_mpps.services.stored_charset import set_charset_for_storage
 
 log = logging.getLogger(__name__)
 
@@ -235,17 +236,56 @@ def _tracking_columns(ds: Dataset) -> dict[str, Any]:
         "timezone_offset": offset,
         "series_count": series,
         "instance_count": instances,
-        "discontinuation_reason": (
-            f"{text_value(reason, 'CodeValue') or ''} "
-            f"{text_value(reason, 'CodeMeaning') or ''}".strip()
-            or None
-        )
-        if reason is not None
-        else None,
+        "discontinuation_reason": _reason(reason),
     }
 
 
+def _reason(reason: Dataset | None) -> str | None:
+    """The Discontinuation Reason column: code value and meaning of the first item."""
+    if reason is None:
+        return None
+    return (
+        f"{text_value(reason, 'CodeValue') or ''} {text_value(reason, 'CodeMeaning') or ''}"
+    ).strip() or None
+
+
 _TRACKING_KEYS = tuple(_tracking_columns(Dataset()))  # the indexed columns
+# the indexed copies of N-CREATE-only attributes (Table F.7.2-1: N-SET cannot change them)
+_CREATE_ONLY_KEYS = (
+    "accession_number",
+    "study_instance_uid",
+    "patient_id",
+    "patient_name",
+    "modality",
+    "station_ae_title",
+    "pps_id",
+    "start_datetime",
+    "timezone_offset",
+)
+
+
+def _set_columns(ds: Dataset, record: Any) -> dict[str, Any]:
+    """:func:`_tracking_columns` after an N-SET: the copies of N-CREATE-only attributes
+    as the row has them (the attributes cannot have changed; reading them again from the
+    stored instance would decode elements that are otherwise copied as stored bytes,
+    issue 18), the others from ``ds``; the end in the server's local time by the stored
+    offset, as at N-CREATE."""
+    offset = record.timezone_offset
+    series, instances = _counts(ds)
+    columns = {key: getattr(record, key) for key in _CREATE_ONLY_KEYS}
+    columns.update(
+        status=text_value(ds, "PerformedProcedureStepStatus"),
+        end_datetime=_server_time(
+            datetime_value(ds, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime"),
+            offset,
+        ),
+        series_count=series,
+        instance_count=instances,
+        discontinuation_reason=_reason(
+            _first_item(ds, "PerformedProcedureStepDiscontinuationReasonCodeSequence")
+        ),
+    )
+    return columns
 
 
 # --- N-CREATE -------------------------------------------------------------------------------
@@ -408,7 +448,13 @@ _BY_UID = select(MPPSTracking).where(MPPSTracking.sop_instance_uid == bindparam(
 _BY_UID_FOR_UPDATE = _BY_UID.with_for_update()
 # what N-SET reads of the stored instance, locked for the transaction (Core, issue 18)
 _ROW_FOR_UPDATE = (
-    select(MPPSTracking.id, MPPSTracking.status, MPPSTracking.version, MPPSTracking.dataset)
+    select(
+        MPPSTracking.id,
+        MPPSTracking.status,
+        MPPSTracking.version,
+        MPPSTracking.dataset,
+        *(MPPSTracking.__table__.c[key] for key in _CREATE_ONLY_KEYS),
+    )
     .where(MPPSTracking.sop_instance_uid == bindparam("uid"))
     .with_for_update()
 )
@@ -522,8 +568,8 @@ def update(
                 ["PerformedProcedureStepStatus"],
             )
         _check_final_state(stored)
-        charset_for_storage(stored)
-        columns = _tracking_columns(stored)  # validates the end date/time
+        set_charset_for_storage(stored)  # as charset_for_storage, keeping raw what it can
+        columns = _set_columns(stored, record)  # validates the end date/time
         columns.update(
             dataset=encode_dataset(stored), version=record.version + 1, updated_at=utcnow()
         )

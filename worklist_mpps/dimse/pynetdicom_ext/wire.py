@@ -46,6 +46,7 @@ from pynetdicom.dimse_primitives import (
     C_MOVE,
     C_STORE,
     N_CREATE,
+    N_SET,
     DimseServiceType,
 )
 from pynetdicom.pdu_primitives import P_DATA
@@ -158,10 +159,16 @@ def encode_identifier(
 
 
 def _command(
-    sop_class: bytes, command_field: int, message_id: int, status: int, dataset_type: int
+    sop_class: bytes,
+    command_field: int,
+    message_id: int,
+    status: int,
+    dataset_type: int,
+    tail: bytes = b"",
 ) -> bytes:
     """A response command set (C-ECHO-RSP PS3.7 9.3.5.2, C-FIND-RSP 9.3.2.2), always
-    implicit VR little endian (PS3.7 6.3.1)."""
+    implicit VR little endian (PS3.7 6.3.1); ``tail``: the encoded elements after the
+    Status (0000,0900), in tag order."""
     if len(sop_class) % 2:
         sop_class += b"\0"
     body = (
@@ -171,6 +178,7 @@ def _command(
         + struct.pack("<HHLH", 0x0000, 0x0120, 2, message_id)
         + struct.pack("<HHLH", 0x0000, 0x0800, 2, dataset_type)
         + struct.pack("<HHLH", 0x0000, 0x0900, 2, status)
+        + tail
     )
     return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
 
@@ -278,12 +286,31 @@ n_create_attribute_identifier_list()
 
 
 RESPONSE_FIELDS = {C_ECHO: 0x8030, C_FIND: C_FIND_RSP}
+# N-CREATE-RSP (PS3.7 10.3.5) and N-SET-RSP (10.3.3): the same fields plus the Affected
+# SOP Instance UID (0000,1000); the MPPS answers (issue 18)
+INSTANCE_RESPONSE_FIELDS = {N_CREATE: (0x8140, "N-CREATE-RSP"), N_SET: (0x8120, "N-SET-RSP")}
+# what a status-only response carries: every other field of its command set is empty
+_STATUS_ONLY_FIELDS = frozenset(
+    {
+        "CommandGroupLength",
+        "AffectedSOPClassUID",
+        "CommandField",
+        "MessageIDBeingRespondedTo",
+        "CommandDataSetType",
+        "Status",
+        "AffectedSOPInstanceUID",
+    }
+)
 
 
 def status_only_command(primitive) -> bytes | None:  # noqa: ANN001
-    """The command set of a C-ECHO or C-FIND response that carries nothing but its status
-    (every C-ECHO-RSP, the final C-FIND-RSP); None for anything else."""
-    field = RESPONSE_FIELDS.get(type(primitive))
+    """The command set of a response that carries nothing but its status (every C-ECHO-RSP,
+    the final C-FIND-RSP, an N-CREATE-RSP or N-SET-RSP without Error Comment, Error ID,
+    Attribute Identifier List or Attribute List); None for anything else."""
+    kind = type(primitive)
+    if kind in INSTANCE_RESPONSE_FIELDS:
+        return _instance_status_only(primitive, *INSTANCE_RESPONSE_FIELDS[kind])
+    field = RESPONSE_FIELDS.get(kind)
     if (
         field is None
         or primitive.MessageIDBeingRespondedTo is None
@@ -299,6 +326,34 @@ def status_only_command(primitive) -> bytes | None:  # noqa: ANN001
         primitive.MessageIDBeingRespondedTo,
         int(primitive.Status),
         NO_DATASET,
+    )
+
+
+def _instance_status_only(primitive, field: int, name: str) -> bytes | None:  # noqa: ANN001
+    """:func:`status_only_command` of an N-CREATE-RSP or N-SET-RSP: the fields pynetdicom
+    encodes for it (``dimse_messages._COMMAND_SET_KEYWORDS``, where this module adds the
+    Attribute Identifier List to N-CREATE-RSP) must all be empty but the status ones."""
+    if (
+        primitive.MessageIDBeingRespondedTo is None
+        or primitive.AffectedSOPClassUID is None
+        or primitive.AffectedSOPInstanceUID is None
+        or primitive.Status is None
+        or primitive.AttributeList is not None
+    ):
+        return None
+    for keyword in dimse_messages._COMMAND_SET_KEYWORDS[name]:
+        if keyword not in _STATUS_ONLY_FIELDS and getattr(primitive, keyword, None) is not None:
+            return None
+    instance = str(primitive.AffectedSOPInstanceUID).encode()
+    if len(instance) % 2:
+        instance += b"\0"
+    return _command(
+        str(primitive.AffectedSOPClassUID).encode(),
+        field,
+        primitive.MessageIDBeingRespondedTo,
+        int(primitive.Status),
+        NO_DATASET,
+        struct.pack("<HHL", 0x0000, 0x1000, len(instance)) + instance,
     )
 
 
@@ -376,9 +431,10 @@ def _never() -> bool:
 
 
 class DIMSEProvider(DIMSEServiceProvider):
-    """pynetdicom's DIMSE provider; with ``fast_path``, status-only C-ECHO and C-FIND
-    responses skip pydicom's command set encoding and go to the DUL as one ready P-DATA
-    primitive; in both modes a received message is bounded by ``max_message_size``."""
+    """pynetdicom's DIMSE provider; with ``fast_path``, status-only C-ECHO, C-FIND,
+    N-CREATE and N-SET responses skip pydicom's command set encoding and go to the DUL as
+    one ready P-DATA primitive; in both modes a received message is bounded by
+    ``max_message_size``."""
 
     max_message_size = 0  # bytes of one message, command and data set (0: no bound)
     fast_path = True  # dimse_fast_path: status-only responses skip pydicom's encoding
