@@ -254,3 +254,98 @@ def test_a_step_without_a_time_keeps_none_in_the_requests_offset(sample_db, expl
         raw = encoder.identifier(timeless)
         assert raw == general(timeless, query, explicit)
         assert raw != encoder.identifier(row)
+
+
+@pytest.fixture
+def fresh_encodings():
+    """An empty cache of encoded identifiers (services/row_encoder.py ``_encoded``)."""
+    row_encoder._encoded.clear()
+    yield row_encoder._encoded
+    row_encoder._encoded.clear()
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["implicit", "explicit"])
+@pytest.mark.parametrize("name", QUERIES)
+def test_an_encoding_met_again_is_the_general_paths_bytes(
+    sample_db, fresh_encodings, name, explicit
+):
+    """Each row encoded three times (a miss, then two hits of the cache of encoded
+    identifiers): always the general path's bytes."""
+    query = worklist.parse_identifier(QUERIES[name]())
+    rows = worklist.search(sample_db, query, STATUSES)
+    encoder = row_encoder.prepared(query, explicit)
+    for _ in range(3):
+        for row in rows:
+            assert encoder.identifier(row) == general(row, query, explicit), row
+    if encoder.flat is not None:
+        assert fresh_encodings.entries  # the flat plan's identifiers were kept
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["implicit", "explicit"])
+def test_a_cached_encoding_serves_only_its_own_request(sample_db, fresh_encodings, explicit):
+    """The same rows asked by requests that differ in character set, in a value, in a
+    key or in the timezone offset, encoded one after the other through the cache: each
+    gets its own request's bytes, never another's kept encoding."""
+    shapes = [
+        bench_keys,
+        charset(bench_keys, "ISO_IR 100"),
+        charset(bench_keys, "ISO_IR 192"),
+        charset(bench_keys, "ISO_IR 144"),
+        lambda: bench_keys(True),
+        lambda: _with(bench_keys(), OtherPatientIDs=""),
+        in_offset,
+        lambda: in_offset("+0000"),
+    ]
+    for _ in range(2):
+        for shape in shapes:
+            query = worklist.parse_identifier(shape())  # a new query, its own encoder
+            encoder = row_encoder.prepared(query, explicit)
+            for row in worklist.search(sample_db, query, STATUSES):
+                assert encoder.identifier(row) == general(row, query, explicit), row
+    assert len({token for token, _ in fresh_encodings.entries}) == 2 * len(shapes)
+
+
+def test_a_changed_row_is_encoded_again(sample_db, fresh_encodings):
+    """A row whose value changed since it was encoded gets its new value, and a value
+    None is encoded as the general path does (zero length)."""
+    query = worklist.parse_identifier(bench_keys())
+    row = worklist.search(sample_db, query, STATUSES)[0]
+    encoder = row_encoder.prepared(query, True)
+    _Row.names = list(encoder.columns)
+    before = encoder.identifier(row)
+    at = encoder.columns["PatientID"]
+    for value in ("OTHER-ID", "OTHER-ID2", None, "", "Ünïcode"):
+        values = list(row)
+        values[at] = value
+        changed = _Row(values)
+        raw = encoder.identifier(changed)
+        assert raw == general(changed, query, True), value
+        assert raw != before
+    assert encoder.identifier(row) == before
+
+
+def test_the_cache_of_encodings_is_bounded(sample_db, monkeypatch, fresh_encodings):
+    """At most MAX_ENTRIES identifiers and MAX_BYTES of keys and values, the oldest
+    dropped first; an identifier larger than LARGEST is not kept."""
+    monkeypatch.setattr(row_encoder._Encoded, "MAX_ENTRIES", 5)
+    query = worklist.parse_identifier(bench_keys())
+    rows = worklist.search(sample_db, query, STATUSES)
+    encoder = row_encoder.prepared(query, False)
+    assert len(rows) > 5
+    for row in rows:
+        assert encoder.identifier(row) == general(row, query, False)
+        assert len(fresh_encodings.entries) <= 5
+    kept = list(fresh_encodings.entries.values())
+    assert kept == [encoder.identifier(row) for row in rows[-5:]]  # the newest ones
+    assert fresh_encodings.size == sum(
+        len(k[1]) + len(v) for k, v in fresh_encodings.entries.items()
+    )
+    monkeypatch.setattr(row_encoder._Encoded, "MAX_ENTRIES", 1000)
+    monkeypatch.setattr(row_encoder._Encoded, "MAX_BYTES", 2 * fresh_encodings.size // 5)
+    for row in rows:
+        encoder.identifier(row)
+        assert fresh_encodings.size <= row_encoder._Encoded.MAX_BYTES
+    fresh_encodings.clear()
+    monkeypatch.setattr(row_encoder._Encoded, "LARGEST", 10)
+    encoder.identifier(rows[0])
+    assert not fresh_encodings.entries

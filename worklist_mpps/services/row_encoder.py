@@ -27,7 +27,10 @@ lengths (PS3.5 7.5). Character sets with ISO 2022 code extensions are not encode
 from __future__ import annotations
 
 import bisect
+import itertools
 import struct
+import threading
+from collections import OrderedDict
 from operator import itemgetter
 from typing import Any
 
@@ -147,6 +150,8 @@ class RowEncoder:
     def __init__(self, query: WorklistQuery, explicit: bool) -> None:
         self.query = query
         self.explicit = explicit
+        # this encoder's part of the key of ``_encoded`` (never reused by another one)
+        self.token = next(_tokens)
         names = list(worklist._columns(query))
         self.columns = {name: i for i, name in enumerate(names)}
         compiler = _Compiler(self.columns, explicit)
@@ -338,7 +343,10 @@ class _Flat:
 
     def encode(self, encoder: RowEncoder, row: Any) -> bytes | None:
         """The identifier; None as ``RowEncoder.identifier``. Raises _NotFlat when a
-        value is not text or holds the separator (``RowEncoder._level`` then encodes)."""
+        value is not text or holds the separator (``RowEncoder._level`` then encodes).
+
+        The identifier is a function of the encoder and the joined values alone (a value
+        None is encoded as ""): one met before is taken from ``_encoded``."""
         assert self.get is not None
         values = self.get(row if self.direct else (*row, ""))
         try:
@@ -349,6 +357,16 @@ class _Flat:
                 joined = _SEP.join(values)
             except TypeError:
                 raise _NotFlat from None
+        key = (encoder.token, joined)
+        found = _encoded.get(key)
+        if found is not None:
+            return found
+        raw = self._encode(encoder, joined, values)
+        if raw is not None:
+            _encoded.put(key, raw)
+        return raw
+
+    def _encode(self, encoder: RowEncoder, joined: str, values: Any) -> bytes | None:
         if joined.isascii() and encoder.ascii is not None:
             codec, charset = encoder.ascii
         elif not encoder.query.charset:  # choose_charset's answer, encoding once
@@ -391,6 +409,55 @@ def _head(heads: dict[int, Any], length: int) -> bytes:
     fixed, packer = heads[-1]
     head = heads[length] = fixed + packer.pack(length + (length & 1))
     return head
+
+
+class _Encoded:
+    """Identifiers encoded before, by (encoder token, joined row values): a station polls
+    with the same request all day long and most of its rows are unchanged between polls,
+    so a repeated row costs a dict lookup instead of its encoding. The key holds every
+    value of the row that the response holds (``_Flat.encode``), and the token the
+    encoder (request, transfer syntax, character sets), so an entry can only be the
+    bytes that encoding would give. Bounded: MAX_ENTRIES identifiers and MAX_BYTES of keys
+    and values together, the oldest dropped first; an identifier larger than LARGEST is
+    not kept. Rows are still read from the database at every query: the cache holds
+    encodings, never matches."""
+
+    MAX_ENTRIES = 8192
+    MAX_BYTES = 8 * 1024 * 1024
+    LARGEST = 16384
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, str]) -> bytes | None:
+        return self.entries.get(key)  # one dict lookup, atomic: no lock
+
+    def put(self, key: tuple[int, str], raw: bytes) -> None:
+        cost = len(key[1]) + len(raw)
+        if cost > self.LARGEST:
+            return
+        with self.lock:
+            if key in self.entries:
+                return
+            entries = self.entries
+            while entries and (
+                len(entries) >= self.MAX_ENTRIES or self.size + cost > self.MAX_BYTES
+            ):
+                oldest, dropped = entries.popitem(last=False)
+                self.size -= len(oldest[1]) + len(dropped)
+            entries[key] = raw
+            self.size += cost
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.size = 0
+
+
+_tokens = itertools.count()
+_encoded = _Encoded()
 
 
 def prepared(query: WorklistQuery, explicit: bool) -> RowEncoder:
