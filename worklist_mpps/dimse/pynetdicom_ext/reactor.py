@@ -64,6 +64,7 @@ from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHa
 from worklist_mpps.dimse.admission import ConnectionGate, RateLimitedLog, Ticket
 from worklist_mpps.dimse.common import refusal, requested_sop_class
 from worklist_mpps.dimse.pynetdicom_ext import wire
+from worklist_mpps.dimse.pynetdicom_ext.echo_fast import EchoFast
 from worklist_mpps.services.status import SOP_CLASS_NOT_SUPPORTED
 
 log = logging.getLogger("worklist_mpps.dimse")
@@ -709,7 +710,9 @@ class EventDrivenRequestHandler(RequestHandler):
         )
         assoc.requestor.address_info = self.remote
         assoc.dimse.max_message_size = self.server.max_message_size
-        assoc.dul.handshake_deadline = time.monotonic() + self.server.handshake_timeout
+        assoc.dul.handshake_deadline = (
+            self.server.deadline or time.monotonic() + self.server.handshake_timeout
+        )
         assoc.ticket = self.server.admitting
         if assoc.ticket is not None:
             assoc.ticket.evict = functools.partial(_evict, self.request)
@@ -747,7 +750,14 @@ class GatedAssociationServer(AssociationServer):
     handshake_timeout = HANDSHAKE_TIMEOUT
     max_message_size = 0
     fast_path = True  # False: a thread per connection sets it up, as pynetdicom's servers
+    echo_fast: EchoFast | None = None  # Verification-only associations (echo_fast.py)
     _setting_up = threading.local()
+
+    @property
+    def deadline(self) -> float | None:
+        """The handshake deadline of the connection this thread sets up after the
+        Verification fast path left it (None: from now)."""
+        return getattr(self._setting_up, "deadline", None)
 
     @property
     def admitting(self) -> Ticket | None:
@@ -782,6 +792,11 @@ class GatedAssociationServer(AssociationServer):
                 REFUSED.warning("Connection from %s refused: %s", client_address[0], why)
                 self.shutdown_request(request)
                 return
+        if self.fast_path and self.echo_fast is not None and not self.ssl_context:
+            threading.Thread(
+                target=self._echo_first, args=(request, client_address, ticket), daemon=True
+            ).start()
+            return
         if self.fast_path:
             self._set_up(request, client_address, ticket)
             return
@@ -799,6 +814,30 @@ class GatedAssociationServer(AssociationServer):
             raise
         finally:
             self.admitting = None
+
+    def _echo_first(
+        self, request: socket.socket, client_address: tuple[str, int], ticket: Ticket | None
+    ) -> None:
+        """A Verification-only association served by echo_fast.py, else the ordinary path
+        from this thread, within the same handshake deadline."""
+        assert self.echo_fast is not None  # set before the listener started
+        deadline = time.monotonic() + self.handshake_timeout
+        if ticket is not None:
+            ticket.evict = functools.partial(_evict, request)
+        try:
+            if self.echo_fast.serve(request, client_address, ticket, deadline):
+                return
+        except Exception:  # noqa: BLE001 - as _set_up_thread: one connection's failure
+            if ticket is not None:
+                ticket.release()
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+            return
+        self._setting_up.deadline = deadline
+        try:
+            self._set_up_thread(request, client_address, ticket)
+        finally:
+            self._setting_up.deadline = None
 
     def _set_up_thread(
         self,
