@@ -221,6 +221,24 @@ class EchoFast:
         )
         return struct.pack(">BBI", 0x02, 0, len(body)) + body
 
+    def may_answer(self, sock: socket.socket) -> bool:
+        """False when the whole A-ASSOCIATE-RQ has already come (looked at without
+        waiting) and is not one this module answers: the listener then sets the ordinary
+        path up itself, without the extra thread that would wait for the RQ."""
+        try:
+            data = sock.recv(PEEK_LIMIT, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:  # nothing yet (EAGAIN), or a reset the ordinary path will see
+            return True
+        if len(data) < 6:
+            return True
+        length = 6 + struct.unpack_from(">I", data, 2)[0]
+        if data[0] != 0x01 or length > PEEK_LIMIT:
+            return False
+        if len(data) < length:
+            return True
+        request = parse_request(data[:length])
+        return request is not None and self.accept_pdu(request) is not None
+
     def serve(
         self,
         sock: socket.socket,

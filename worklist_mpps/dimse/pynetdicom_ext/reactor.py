@@ -792,7 +792,12 @@ class GatedAssociationServer(AssociationServer):
                 REFUSED.warning("Connection from %s refused: %s", client_address[0], why)
                 self.shutdown_request(request)
                 return
-        if self.fast_path and self.echo_fast is not None and not self.ssl_context:
+        if (
+            self.fast_path
+            and self.echo_fast is not None
+            and not self.ssl_context
+            and self.echo_fast.may_answer(request)
+        ):
             threading.Thread(
                 target=self._echo_first, args=(request, client_address, ticket), daemon=True
             ).start()
