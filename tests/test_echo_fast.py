@@ -18,7 +18,19 @@ import pytest
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from dicom_clients import associate
-from fuzz_wire import RELEASE_RQ, Wire, command, echo_rq, message, pdu
+from fuzz_wire import (
+    RELEASE_RQ,
+    Wire,
+    command,
+    echo_rq,
+    el_i,
+    find_rq,
+    message,
+    n_create_rq,
+    pdu,
+    pdv,
+    us,
+)
 from worklist_mpps.config import load_config
 from worklist_mpps.context import AppContext
 from worklist_mpps.db import migrate
@@ -328,18 +340,110 @@ def test_echoscu_and_pynetdicom_echo_on_the_fast_path(servers, caplog):
     )
 
 
-def test_the_one_difference_a_request_other_than_c_echo_is_aborted(servers):
-    """A Verification SCU sends nothing but C-ECHO-RQs: anything else on the fast path is
-    aborted (service-provider), where the ordinary path answers a refusal status
-    (module docstring of echo_fast.py)."""
-    fast, ordinary = servers()
-    find = message(1, command({**echo_rq(3), 0x00000100: struct.pack("<H", 0x20)}))
-    on = transcript(fast.port, [rq(), find])
-    off = transcript(ordinary.port, [rq(), find])
-    assert on[0] == off[0]
-    assert on[1] == [("pdu", 0x07, b"\x00\x00\x02\x00")]
-    assert off[1][0][:2] == ("pdu", 0x04)  # C-FIND-RSP 0x0211 Unrecognized operation
+ECHO_COMMAND = command(echo_rq(9))
+IDENTIFIER = el_i(0x00100010, b"DOE^JOHN") + el_i(0x00100020, b"")
+NO_MESSAGE_ID = {k: v for k, v in echo_rq(4).items() if k != 0x00000110}
+
+# After the AC, every message the fast path does not answer from its bytes goes through
+# the ordinary path's pieces: the answers must be the same (refusal statuses, aborts)
+MESSAGE_SCRIPTS = {
+    "C-FIND with identifier on the Verification context (0x0211)": [
+        rq(),
+        message(1, command(find_rq(3, VERIFICATION.decode())), IDENTIFIER),
+        echo(1, 4),
+        RELEASE_RQ,
+    ],
+    "N-CREATE on the Verification context (0x0211)": [
+        rq(),
+        message(
+            1,
+            command({**n_create_rq(5, "1.2.3.4"), 0x00000002: VERIFICATION + b"\0"}),
+            IDENTIFIER,
+        ),
+        echo(1, 6),
+        RELEASE_RQ,
+    ],
+    "N-CREATE naming MPPS on the Verification context (0x0118)": [
+        rq(),
+        message(1, command(n_create_rq(5, "1.2.3.4")), IDENTIFIER),
+        RELEASE_RQ,
+    ],
+    "C-ECHO naming another SOP Class (0x0122)": [
+        rq(),
+        message(1, command({**echo_rq(1), 0x00000002: MWL})),
+        echo(1, 2),
+        RELEASE_RQ,
+    ],
+    "C-ECHO command in 2 PDVs of one P-DATA-TF": [
+        rq(),
+        pdu(0x04, pdv(1, 0x01, ECHO_COMMAND[:20]) + pdv(1, 0x03, ECHO_COMMAND[20:])),
+        echo(1, 10),
+        RELEASE_RQ,
+    ],
+    "C-ECHO command over 2 P-DATA-TF PDUs": [
+        rq(),
+        pdu(0x04, pdv(1, 0x01, ECHO_COMMAND[:30])) + pdu(0x04, pdv(1, 0x03, ECHO_COMMAND[30:])),
+        RELEASE_RQ,
+    ],
+    "C-ECHO command over 2 P-DATA-TF PDUs, sent apart": [
+        rq(),
+        pdu(0x04, pdv(1, 0x01, ECHO_COMMAND[:30])),
+        pdu(0x04, pdv(1, 0x03, ECHO_COMMAND[30:])),
+        RELEASE_RQ,
+    ],
+    "C-ECHO command in 8-byte fragments": [rq(), message(1, ECHO_COMMAND, fragment=8), RELEASE_RQ],
+    "two C-ECHOs in one P-DATA-TF": [
+        rq(),
+        pdu(0x04, pdv(1, 0x03, command(echo_rq(1))) + pdv(1, 0x03, command(echo_rq(2)))),
+        RELEASE_RQ,
+    ],
+    "C-ECHO without Message ID": [rq(), message(1, command(NO_MESSAGE_ID))],
+    "C-ECHO-RSP": [
+        rq(),
+        message(1, command({**echo_rq(1), 0x00000100: b"\x30\x80", 0x00000900: bytes(2)})),
+    ],
+    "C-CANCEL, then an echo": [
+        rq(),
+        message(1, command({0x00000100: b"\xff\x0f", 0x00000120: us(1), 0x00000800: us(0x0101)})),
+        echo(1, 2),
+        RELEASE_RQ,
+    ],
+    "C-ECHO on a context not proposed": [rq(), echo(3, 1)],
+    "data set before the command": [rq(), pdu(0x04, pdv(1, 0x02, IDENTIFIER))],
+    "a P-DATA-TF with a PDV longer than the PDU": [
+        rq(),
+        pdu(0x04, pdv(1, 0x03, ECHO_COMMAND, length=len(ECHO_COMMAND) + 50)),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(MESSAGE_SCRIPTS))
+def test_other_messages_get_the_ordinary_paths_answer(servers, name):
+    on, served = both(servers(), MESSAGE_SCRIPTS[name])
+    assert served == 1
+    assert on[0][0][:2] == ("pdu", 0x02)
+
+
+def test_an_oversize_data_set_gets_the_ordinary_paths_refusal(servers, caplog):
+    """wire.DIMSEProvider's bound (max_message_size) on both paths: the C-FIND over it is
+    answered with its resource status, the association goes on."""
+    big = el_i(0x00100010, b"A" * 6000)
+    find = message(1, command(find_rq(3, VERIFICATION.decode())), big, fragment=2000)
+    on, served = both(servers(max_message_size=4096), [rq(), find, echo(1, 4), RELEASE_RQ])
+    assert served == 1
+    assert b"\x00\x00\x00\x09\x02\x00\x00\x00\x00\xa7" in on[1][0][2]  # Status 0xA700
+
+
+def test_refusals_log_the_ordinary_paths_line(servers, caplog):
+    fast, _ = servers()
+    find = message(1, command(find_rq(3, VERIFICATION.decode())), IDENTIFIER)
+    on = transcript(fast.port, [rq(), find, RELEASE_RQ])
+    assert on[1][0][:2] == ("pdu", 0x04)
     assert fast.echo_fast.served == 1
+    assert any(
+        r.getMessage().startswith("C-FIND from ECHOSCU@127.0.0.1 on context 1: 0x0211 ")
+        for r in caplog.records
+    )
 
 
 def test_parse_request_takes_only_plain_verification_requests():

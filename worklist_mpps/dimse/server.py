@@ -180,6 +180,8 @@ def _echo_fast(ae: AE, ctx: AppContext) -> EchoFast | None:
         admit=functools.partial(_admits, ctx),
         echo=echo,
         closed=closed,
+        operations=RequestHandler.operations,
+        max_message_size=cfg.max_message_size,
     )
 
 

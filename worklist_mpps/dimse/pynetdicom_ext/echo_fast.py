@@ -14,10 +14,14 @@ association. Anything else, refusals included, is left in the socket untouched f
 ordinary path, which reads it as if this module did not exist (``serve`` returns False).
 
 After the A-ASSOCIATE-AC nothing can be handed back: an A-RELEASE-RQ, an A-ABORT, the
-end of the connection and the network timeout are handled as pynetdicom handles them;
-any other PDU or message (which no Verification SCU sends) aborts the association
-(A-ABORT, service-provider) with a warning, where the ordinary path would answer some of
-them with a refusal status. tests/test_echo_fast.py compares the bytes sent both ways.
+end of the connection and the network timeout are handled as pynetdicom handles them.
+A P-DATA-TF that is one whole C-ECHO-RQ in one PDV is answered from its bytes; any other
+(a message in fragments, several PDVs, another request, a response, a C-CANCEL) goes
+through the ordinary path's own pieces: pynetdicom's P-DATA-TF decoding, wire.py's
+DIMSEProvider (assembly, the max_message_size bound, pynetdicom's message decoding and
+encoding) and reactor.py's dispatch rules (:meth:`EchoFast._serve_message`,
+common.refusal / refused_response), so the answer is the ordinary path's.
+tests/test_echo_fast.py compares the bytes sent both ways.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.pdu import P_DATA_TF
 
 from worklist_mpps.dimse.admission import RateLimitedLog, Ticket
+from worklist_mpps.dimse.common import refusal, refused_response, requested_sop_class
+from worklist_mpps.dimse.pynetdicom_ext import wire
 
 VERIFICATION = b"1.2.840.10008.1.1"
 APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
@@ -56,6 +66,7 @@ class Request:
     called: str
     calling: str
     contexts: list[tuple[int, list[bytes]]]  # (context ID, transfer syntaxes)
+    maximum_length: int = 0  # the requestor's Maximum Length (0: none)
 
 
 def parse_request(pdu: bytes) -> Request | None:
@@ -71,6 +82,7 @@ def parse_request(pdu: bytes) -> Request | None:
         return None
     contexts: list[tuple[int, list[bytes]]] = []
     app = user = False
+    maximum_length = 0
     offset = 74
     while offset < len(pdu):
         if offset + 4 > len(pdu):
@@ -90,14 +102,15 @@ def parse_request(pdu: bytes) -> Request | None:
                 return None
             contexts.append(context)
         elif kind == 0x50 and contexts and not user:
-            if not _user_information(value):
+            peer_max = _user_information(value)
+            if peer_max is None:
                 return None
-            user = True
+            maximum_length, user = peer_max, True
         else:
             return None
     if not user:
         return None
-    return Request(called, calling, contexts)
+    return Request(called, calling, contexts, maximum_length)
 
 
 def _ae(raw: bytes) -> str | None:
@@ -132,27 +145,28 @@ def _context(value: bytes) -> tuple[int, list[bytes]] | None:
     return value[0], syntaxes
 
 
-def _user_information(value: bytes) -> bool:
+def _user_information(value: bytes) -> int | None:
+    """The Maximum Length of a user information item this module takes, else None."""
     seen: list[int] = []
-    offset = 0
+    offset, peer_max = 0, 0
     while offset < len(value):
         if offset + 4 > len(value):
-            return False
+            return None
         kind, length = value[offset], struct.unpack_from(">H", value, offset + 2)[0]
         item = value[offset + 4 : offset + 4 + length]
         if len(item) != length or kind in seen or kind not in (0x51, 0x52, 0x55):
-            return False
+            return None
         if kind == 0x51:
             if length != 4:
-                return False
+                return None
             peer_max = struct.unpack(">I", item)[0]
             if peer_max and peer_max < MIN_PEER_PDU:
-                return False
+                return None
         elif not length or not all(0x20 < c < 0x7F for c in item):
-            return False
+            return None
         seen.append(kind)
         offset += 4 + length
-    return 0x51 in seen and 0x52 in seen
+    return peer_max if 0x51 in seen and 0x52 in seen else None
 
 
 def _item(kind: int, value: bytes) -> bytes:
@@ -185,6 +199,9 @@ class EchoFast:
     admit: Callable[[str, str, Ticket | None], bool]
     echo: Callable[[EchoAssociation], int]
     closed: Callable[[str, EchoAssociation], None]
+    # SOP Class -> DIMSE operations served, as reactor.py's (None: only C-ECHO answered)
+    operations: Mapping[str, Collection[str]] | None = None
+    max_message_size: int = 0  # wire.DIMSEProvider's bound on a received message (0: none)
     active: set[socket.socket] = field(default_factory=set)  # connections being served
     served: int = 0  # associations answered here (tests tell the paths apart by it)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -312,6 +329,7 @@ class EchoFast:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         state = EchoAssociation(request.calling, address, self.ae_title)
         state.contexts = {cid for cid, _ in request.contexts}
+        state.requestor.maximum_length = request.maximum_length
         return state, ac, length
 
     @staticmethod
@@ -385,11 +403,91 @@ class EchoFast:
                 self._end(state, "released")
                 self._await_close(sock)
                 return
-            response = self._echo_response(body, state)
-            if response is None:
-                self._unexpected(sock, state, "a P-DATA-TF other than one C-ECHO-RQ")
+            dimse = state.dimse
+            response = (
+                self._echo_response(body, state)
+                if dimse is None or dimse.message is None  # no message begun before
+                else None
+            )
+            if response is not None:
+                sock.sendall(response)
+            elif not self._messages(sock, state, header + body):
                 return
-            sock.sendall(response)
+
+    def _messages(self, sock: socket.socket, state: EchoAssociation, pdu: bytes) -> bool:
+        """A P-DATA-TF ``pdu`` other than one whole C-ECHO-RQ, taken as the ordinary path
+        takes it: decoded by pynetdicom, its PDVs assembled into messages by wire.py's
+        DIMSEProvider (bounded by max_message_size), each message served as reactor.py's
+        ``_serve_request`` serves it. False: the association has ended."""
+        try:
+            tf = P_DATA_TF()
+            tf.decode(pdu)
+            primitive = tf.to_primitive()
+        except Exception as exc:  # noqa: BLE001 - as reactor.py's read (Evt19, AA-8)
+            why = f"undecodable PDU type 0x04: {exc.__class__.__name__}: {exc}"
+            DROPPED.warning("Connection from %s dropped: %s", state.requestor.address, why[:300])
+            self._abort(sock, state, ABORT_PROVIDER)
+            return False
+        dimse = state.dimse
+        if dimse is None:
+            host = _Host(sock, state.requestor)
+            dimse = state.dimse = wire.DIMSEProvider(host)  # type: ignore[arg-type]
+            dimse.max_message_size = self.max_message_size
+        dimse.receive_primitive(primitive)
+        if dimse.dul.event_queue:  # "Evt19": wire.py logged why; A-ABORT (AA-8)
+            self._abort(sock, state, ABORT_PROVIDER)
+            return False
+        while not dimse.msg_queue.empty():
+            context_id, msg = dimse.msg_queue.get_nowait()
+            if not self._serve_message(sock, state, msg, context_id):
+                return False
+        return True
+
+    def _serve_message(
+        self, sock: socket.socket, state: EchoAssociation, msg: Any, context_id: int
+    ) -> bool:
+        """reactor.py's ``EventDrivenAssociation._serve_request`` for a Verification-only
+        association (no release sent by this side). False: the association has ended."""
+        dimse = state.dimse
+        oversize = wire.refusal_of(msg)
+        if oversize is not None:
+            response = wire.refusal_response(msg, oversize)
+            if response is not None:  # None: a response or C-CANCEL, nothing to answer
+                dimse.send_msg(response, context_id)
+            return True
+        requestor = state.requestor
+        if not msg.is_valid_request:
+            missing = [k for k in msg.REQUEST_KEYWORDS if getattr(msg, k, None) is None]
+            log.warning(
+                "%s from %s@%s without %s: association aborted",
+                msg.msg_type,
+                requestor.ae_title,
+                requestor.address,
+                ", ".join(missing),
+            )
+            self._abort(sock, state, ABORT_SERVICE_USER)  # Association.abort()
+            return False
+        if context_id not in state.contexts:  # pynetdicom logs it at INFO and aborts
+            self._abort(sock, state, ABORT_SERVICE_USER)
+            return False
+        if self.operations is not None:
+            sop_class = requested_sop_class(msg)
+            refused = refusal(msg.msg_type, sop_class, VERIFICATION.decode(), self.operations)
+            if refused is not None:
+                rsp = refused_response(msg, context_id, *refused, requestor)
+                dimse.send_msg(rsp, context_id)
+                return True
+        if not isinstance(msg, C_ECHO):  # no operations given: only C-ECHO is answered
+            self._unexpected(sock, state, f"a {msg.msg_type} request")
+            return False
+        dimse.cancel_req = {}  # as pynetdicom's _serve_request, before and after
+        rsp = C_ECHO()
+        rsp.MessageIDBeingRespondedTo = msg.MessageID
+        rsp.AffectedSOPClassUID = VERIFICATION.decode()
+        rsp.Status = self.echo(state)
+        dimse.send_msg(rsp, context_id)
+        dimse.cancel_req = {}
+        return True
 
     def _echo_response(self, body: bytes, state: EchoAssociation) -> bytes | None:
         """The P-DATA-TF answering the one C-ECHO-RQ in ``body``, else None."""
@@ -431,8 +529,8 @@ class EchoFast:
         return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
 
     def _unexpected(self, sock: socket.socket, state: EchoAssociation, what: str) -> None:
-        """What no Verification SCU sends: A-ABORT (service-provider), where the ordinary
-        path may answer a refusal status (module docstring)."""
+        """An unexpected PDU type (A-ASSOCIATE-RQ, -AC, -RJ, A-RELEASE-RP after the AC):
+        A-ABORT (service-provider), as the ordinary path's state machine answers it."""
         ABORTED.warning(
             "Association from %s@%s aborted: %s (Verification fast path)",
             state.requestor.ae_title,
@@ -484,6 +582,41 @@ class _Peer:
     def __init__(self, ae_title: str, address: tuple[str, int]) -> None:
         self.ae_title = ae_title
         self.address, self.port = address[0], address[1]
+        self.maximum_length = 0
+
+
+class _Events(list[str]):
+    def put(self, event: str) -> None:
+        self.append(event)
+
+
+class _Dul:
+    """What wire.DIMSEProvider uses of pynetdicom's DUL: ``event_queue`` (it puts "Evt19"
+    there to abort) and ``send_pdu`` (P-DATA primitives, encoded by pynetdicom)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.event_queue = _Events()
+
+    def send_pdu(self, primitive: Any) -> None:
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        self.sock.sendall(pdu.encode())
+
+
+class _Host:
+    """What wire.DIMSEProvider uses of pynetdicom's Association, for this module."""
+
+    is_requestor = False
+    dimse_timeout = None
+
+    def __init__(self, sock: socket.socket, requestor: _Peer) -> None:
+        self.requestor = requestor
+        self.dul = _Dul(sock)
+
+    @staticmethod
+    def get_handlers(_event: Any) -> list[Any]:
+        return []  # no EVT_DIMSE_RECV / EVT_DIMSE_SENT handlers
 
 
 class EchoAssociation:
@@ -494,5 +627,6 @@ class EchoAssociation:
         self.requestor = _Peer(calling, address)
         self.acceptor = _Peer(ae_title, ("", 0))
         self.contexts: set[int] = set()
+        self.dimse: Any = None  # wire.DIMSEProvider, once a message is not a plain C-ECHO-RQ
         self.opened = time.monotonic()
         self.logged = False

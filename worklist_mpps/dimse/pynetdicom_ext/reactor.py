@@ -62,10 +62,9 @@ from pynetdicom.timer import Timer
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from worklist_mpps.dimse.admission import ConnectionGate, RateLimitedLog, Ticket
-from worklist_mpps.dimse.common import refusal, requested_sop_class
+from worklist_mpps.dimse.common import refusal, refused_response, requested_sop_class
 from worklist_mpps.dimse.pynetdicom_ext import wire
 from worklist_mpps.dimse.pynetdicom_ext.echo_fast import EchoFast
-from worklist_mpps.services.status import SOP_CLASS_NOT_SUPPORTED
 
 log = logging.getLogger("worklist_mpps.dimse")
 IDLE_WAIT = 1.0  # most seconds either thread waits with no timer due (a safety net)
@@ -567,29 +566,9 @@ class EventDrivenAssociation(Association):
         super()._serve_request(msg, context_id)
 
     def _refuse(self, msg, context_id: int, status: int, why: str) -> None:  # noqa: ANN001
-        """Answer ``msg`` with a response of its own type carrying ``status``: Message ID
-        Being Responded To, Affected SOP Class / Instance UID as in the request (PS3.7
-        9.3, 10.3: U(=)), an Error Comment where Annex C has one for the status."""
-        rsp = type(msg)()
-        rsp.MessageIDBeingRespondedTo = msg.MessageID
-        rsp.AffectedSOPClassUID = requested_sop_class(msg)
-        instance = getattr(msg, "AffectedSOPInstanceUID", None) or getattr(
-            msg, "RequestedSOPInstanceUID", None
-        )
-        if instance and hasattr(rsp, "AffectedSOPInstanceUID"):
-            rsp.AffectedSOPInstanceUID = instance
-        rsp.Status = status
-        if status == SOP_CLASS_NOT_SUPPORTED:  # C.5.6 has an Error Comment, C.5.20/C.5.23 not
-            rsp.ErrorComment = why[:64]
-        log.warning(
-            "%s from %s@%s on context %d: 0x%04X %s",
-            msg.msg_type,
-            self.requestor.ae_title,
-            self.requestor.address,
-            context_id,
-            status,
-            why,
-        )
+        """Answer ``msg`` with a response of its own type carrying ``status``
+        (common.refused_response, shared with echo_fast.py)."""
+        rsp = refused_response(msg, context_id, status, why, self.requestor)
         self.dimse.send_msg(rsp, context_id)
 
     fast_path: bool = True  # False: pynetdicom's own reactors (config dimse_fast_path)
