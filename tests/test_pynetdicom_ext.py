@@ -142,7 +142,7 @@ def test_dimse_fast_path_picks_the_reactors(tmp_path, fast):
     """On: the event-driven reactors (the DUL waits in select on its wake-up pipe) and
     wire.py's status-only responses; off: pynetdicom's own loops and encoding, with the
     message bound and the handshake deadline still set."""
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
     from worklist_mpps.config import Config
     from worklist_mpps.context import AppContext
@@ -157,6 +157,8 @@ def test_dimse_fast_path_picks_the_reactors(tmp_path, fast):
     try:
         scu = RequestorAE(ae_title="SCU")
         scu.add_requested_context(Verification)
+        # a second SOP Class: a Verification-only association is echo_fast.py's
+        scu.add_requested_context(ModalityWorklistInformationFind)
         assoc = scu.associate("127.0.0.1", server.port, ae_title="WORKLISTS")
         assert assoc.is_established
         try:

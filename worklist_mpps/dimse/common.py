@@ -3,6 +3,7 @@ for requests a presentation context does not serve."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Mapping
 
 from pydicom import Dataset
@@ -14,6 +15,8 @@ from worklist_mpps.services.status import (
     SOP_CLASS_NOT_SUPPORTED,
     UNRECOGNIZED_OPERATION,
 )
+
+_log = logging.getLogger("worklist_mpps.dimse")
 
 
 def peer(assoc) -> str:  # noqa: ANN001
@@ -102,3 +105,32 @@ def refusal(
     if operation not in operations.get(abstract_syntax, ()):
         return UNRECOGNIZED_OPERATION, f"{operation} is not an operation of {abstract_syntax}"
     return None
+
+
+def refused_response(msg, context_id: int, status: int, why: str, requestor):  # noqa: ANN001, ANN201
+    """The response to a request :func:`refusal` refuses, logged (reactor.py's dispatch and
+    echo_fast.py's both send it): a message of the request's own type carrying ``status``,
+    Message ID Being Responded To, Affected SOP Class / Instance UID as in the request
+    (PS3.7 9.3, 10.3: U(=)), an Error Comment where Annex C has one for the status.
+    ``requestor``: its ``ae_title`` and ``address``, for the log line."""
+    rsp = type(msg)()
+    rsp.MessageIDBeingRespondedTo = msg.MessageID
+    rsp.AffectedSOPClassUID = requested_sop_class(msg)
+    instance = getattr(msg, "AffectedSOPInstanceUID", None) or getattr(
+        msg, "RequestedSOPInstanceUID", None
+    )
+    if instance and hasattr(rsp, "AffectedSOPInstanceUID"):
+        rsp.AffectedSOPInstanceUID = instance
+    rsp.Status = status
+    if status == SOP_CLASS_NOT_SUPPORTED:  # C.5.6 has an Error Comment, C.5.20/C.5.23 not
+        rsp.ErrorComment = why[:64]
+    _log.warning(
+        "%s from %s@%s on context %d: 0x%04X %s",
+        msg.msg_type,
+        requestor.ae_title,
+        requestor.address,
+        context_id,
+        status,
+        why,
+    )
+    return rsp

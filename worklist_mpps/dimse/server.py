@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (
 )
 
 from worklist_mpps.context import AppContext
-from worklist_mpps.dimse.admission import ConnectionGate
+from worklist_mpps.dimse.admission import ConnectionGate, Ticket
 from worklist_mpps.dimse.common import count_request, peer
 from worklist_mpps.dimse.mpps import handle_n_create, handle_n_get, handle_n_set
 from worklist_mpps.dimse.pynetdicom_ext.assoc import (
@@ -35,7 +35,9 @@ from worklist_mpps.dimse.pynetdicom_ext.assoc import (
     set_note,
     socket_of,
 )
+from worklist_mpps.dimse.pynetdicom_ext.echo_fast import EchoAssociation, EchoFast
 from worklist_mpps.dimse.pynetdicom_ext.reactor import (
+    ASSOCIATE_RQ_LIMIT,
     EventDrivenRequestHandler,
     GatedAssociationServer,
 )
@@ -114,23 +116,80 @@ def _on_requested(event, ctx: AppContext) -> None:  # noqa: ANN001
         set_note(assoc, "logged", True)
         reject(assoc, 0x02, 0x03, 0x02)  # transient, provider (presentation), 2
         return
-    devices = ctx.config.devices
-    if not devices:
-        return
     calling = assoc.requestor.primitive.calling_ae_title.strip()
     address = assoc.requestor.address
-    device = next((d for d in devices if d.ae_title == calling), None)
-    if device is None or not device.allows_address(address):
-        log.warning(
-            "Association rejected from %s@%s: %s",
-            calling,
-            address,
-            "unknown calling AE title" if device is None else "not allowed from here",
-        )
+    device, why = _device(ctx, calling, address)
+    if why:
+        log.warning("Association rejected from %s@%s: %s", calling, address, why)
         set_note(assoc, "logged", True)
         reject(assoc, 0x01, 0x01, 0x03)  # rejected-permanent, service-user, reason 3
         return
-    set_note(assoc, "device", device)
+    if device is not None:
+        set_note(assoc, "device", device)
+
+
+def _device(ctx: AppContext, calling: str, address: str) -> tuple[object, str]:
+    """The device list's entry for ``calling`` at ``address`` (None without a device
+    list), or why the association is refused."""
+    devices = ctx.config.devices
+    if not devices:
+        return None, ""
+    device = next((d for d in devices if d.ae_title == calling), None)
+    if device is None:
+        return None, "unknown calling AE title"
+    if not device.allows_address(address):
+        return None, "not allowed from here"
+    return device, ""
+
+
+def _admits(ctx: AppContext, calling: str, address: str, ticket: Ticket | None) -> bool:
+    """Would _on_requested accept this association? The Verification fast path asks
+    before it answers; a refusal is left to the ordinary path, which logs and sends it.
+    (A slot taken here is the one _on_requested's ``promote`` then finds taken.)"""
+    if ticket is not None and not ticket.promote():
+        return False
+    return not _device(ctx, calling, address)[1]
+
+
+def _echo_fast(ae: AE, ctx: AppContext) -> EchoFast | None:
+    """echo_fast.py's Verification path with this module's handlers, when
+    ``dimse_fast_path`` is on and pynetdicom's own log lines (debug) are off."""
+    cfg = ctx.config
+    if not cfg.dimse_fast_path or logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return None
+    context = next(cx for cx in ae.supported_contexts if cx.abstract_syntax == Verification)
+
+    def echo(state: EchoAssociation) -> int:
+        return _on_echo(_Event(state))
+
+    def closed(how: str, state: EchoAssociation) -> None:
+        set_note(state, "opened", state.opened)
+        _on_closed(how, _Event(state))
+
+    return EchoFast(
+        ae_title=cfg.ae_title,
+        require_called=ae.require_called_aet,
+        maximum_length=ae.maximum_pdu_size,
+        implementation_uid=ae.implementation_class_uid,
+        implementation_version=ae.implementation_version_name,
+        transfer_syntaxes=[str(ts) for ts in context.transfer_syntax],
+        network_timeout=ae.network_timeout,
+        acse_timeout=ae.acse_timeout,
+        pdata_cap=ae.maximum_pdu_size
+        or (cfg.max_message_size + ASSOCIATE_RQ_LIMIT if cfg.max_message_size else 0),
+        admit=functools.partial(_admits, ctx),
+        echo=echo,
+        closed=closed,
+        operations=RequestHandler.operations,
+        max_message_size=cfg.max_message_size,
+    )
+
+
+class _Event:
+    """What the handlers read of a pynetdicom Event: its association."""
+
+    def __init__(self, assoc: object) -> None:
+        self.assoc = assoc
 
 
 def _on_rejected(event) -> None:  # noqa: ANN001
@@ -212,6 +271,7 @@ class DicomServer:
         self.ae = build_ae(ctx)
         self._server: GatedAssociationServer | None = None
         self._tls_server: GatedAssociationServer | None = None
+        self.echo_fast = _echo_fast(self.ae, ctx)
         cfg = ctx.config
         self.gate = ConnectionGate(
             cfg.max_associations, cfg.max_pending_connections, cfg.max_connections_per_address
@@ -238,6 +298,7 @@ class DicomServer:
         server.handshake_timeout = self.ctx.config.handshake_timeout
         server.max_message_size = self.ctx.config.max_message_size
         server.fast_path = self.ctx.config.dimse_fast_path
+        server.echo_fast = self.echo_fast
         threading.Thread(
             target=server.serve_forever, name=f"DicomListener@{port}", daemon=True
         ).start()
@@ -276,8 +337,11 @@ class DicomServer:
         self._server = self._tls_server = None
         grace = self.ctx.config.shutdown_grace if grace is None else grace
         deadline = time.monotonic() + grace
-        while self.ae.active_associations and time.monotonic() < deadline:
+        fast = self.echo_fast.active if self.echo_fast is not None else ()
+        while (self.ae.active_associations or fast) and time.monotonic() < deadline:
             time.sleep(0.05)
+        if self.echo_fast is not None:
+            self.echo_fast.stop()
         if self.ae.active_associations:
             log.warning(
                 "Aborting %d association(s) still open after %.0f s",

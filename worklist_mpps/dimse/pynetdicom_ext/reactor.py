@@ -62,9 +62,9 @@ from pynetdicom.timer import Timer
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from worklist_mpps.dimse.admission import ConnectionGate, RateLimitedLog, Ticket
-from worklist_mpps.dimse.common import refusal, requested_sop_class
+from worklist_mpps.dimse.common import refusal, refused_response, requested_sop_class
 from worklist_mpps.dimse.pynetdicom_ext import wire
-from worklist_mpps.services.status import SOP_CLASS_NOT_SUPPORTED
+from worklist_mpps.dimse.pynetdicom_ext.echo_fast import EchoFast
 
 log = logging.getLogger("worklist_mpps.dimse")
 IDLE_WAIT = 1.0  # most seconds either thread waits with no timer due (a safety net)
@@ -566,29 +566,9 @@ class EventDrivenAssociation(Association):
         super()._serve_request(msg, context_id)
 
     def _refuse(self, msg, context_id: int, status: int, why: str) -> None:  # noqa: ANN001
-        """Answer ``msg`` with a response of its own type carrying ``status``: Message ID
-        Being Responded To, Affected SOP Class / Instance UID as in the request (PS3.7
-        9.3, 10.3: U(=)), an Error Comment where Annex C has one for the status."""
-        rsp = type(msg)()
-        rsp.MessageIDBeingRespondedTo = msg.MessageID
-        rsp.AffectedSOPClassUID = requested_sop_class(msg)
-        instance = getattr(msg, "AffectedSOPInstanceUID", None) or getattr(
-            msg, "RequestedSOPInstanceUID", None
-        )
-        if instance and hasattr(rsp, "AffectedSOPInstanceUID"):
-            rsp.AffectedSOPInstanceUID = instance
-        rsp.Status = status
-        if status == SOP_CLASS_NOT_SUPPORTED:  # C.5.6 has an Error Comment, C.5.20/C.5.23 not
-            rsp.ErrorComment = why[:64]
-        log.warning(
-            "%s from %s@%s on context %d: 0x%04X %s",
-            msg.msg_type,
-            self.requestor.ae_title,
-            self.requestor.address,
-            context_id,
-            status,
-            why,
-        )
+        """Answer ``msg`` with a response of its own type carrying ``status``
+        (common.refused_response, shared with echo_fast.py)."""
+        rsp = refused_response(msg, context_id, status, why, self.requestor)
         self.dimse.send_msg(rsp, context_id)
 
     fast_path: bool = True  # False: pynetdicom's own reactors (config dimse_fast_path)
@@ -709,7 +689,9 @@ class EventDrivenRequestHandler(RequestHandler):
         )
         assoc.requestor.address_info = self.remote
         assoc.dimse.max_message_size = self.server.max_message_size
-        assoc.dul.handshake_deadline = time.monotonic() + self.server.handshake_timeout
+        assoc.dul.handshake_deadline = (
+            self.server.deadline or time.monotonic() + self.server.handshake_timeout
+        )
         assoc.ticket = self.server.admitting
         if assoc.ticket is not None:
             assoc.ticket.evict = functools.partial(_evict, self.request)
@@ -747,7 +729,14 @@ class GatedAssociationServer(AssociationServer):
     handshake_timeout = HANDSHAKE_TIMEOUT
     max_message_size = 0
     fast_path = True  # False: a thread per connection sets it up, as pynetdicom's servers
+    echo_fast: EchoFast | None = None  # Verification-only associations (echo_fast.py)
     _setting_up = threading.local()
+
+    @property
+    def deadline(self) -> float | None:
+        """The handshake deadline of the connection this thread sets up after the
+        Verification fast path left it (None: from now)."""
+        return getattr(self._setting_up, "deadline", None)
 
     @property
     def admitting(self) -> Ticket | None:
@@ -782,6 +771,16 @@ class GatedAssociationServer(AssociationServer):
                 REFUSED.warning("Connection from %s refused: %s", client_address[0], why)
                 self.shutdown_request(request)
                 return
+        if (
+            self.fast_path
+            and self.echo_fast is not None
+            and not self.ssl_context
+            and self.echo_fast.may_answer(request)
+        ):
+            threading.Thread(
+                target=self._echo_first, args=(request, client_address, ticket), daemon=True
+            ).start()
+            return
         if self.fast_path:
             self._set_up(request, client_address, ticket)
             return
@@ -799,6 +798,30 @@ class GatedAssociationServer(AssociationServer):
             raise
         finally:
             self.admitting = None
+
+    def _echo_first(
+        self, request: socket.socket, client_address: tuple[str, int], ticket: Ticket | None
+    ) -> None:
+        """A Verification-only association served by echo_fast.py, else the ordinary path
+        from this thread, within the same handshake deadline."""
+        assert self.echo_fast is not None  # set before the listener started
+        deadline = time.monotonic() + self.handshake_timeout
+        if ticket is not None:
+            ticket.evict = functools.partial(_evict, request)
+        try:
+            if self.echo_fast.serve(request, client_address, ticket, deadline):
+                return
+        except Exception:  # noqa: BLE001 - as _set_up_thread: one connection's failure
+            if ticket is not None:
+                ticket.release()
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+            return
+        self._setting_up.deadline = deadline
+        try:
+            self._set_up_thread(request, client_address, ticket)
+        finally:
+            self._setting_up.deadline = None
 
     def _set_up_thread(
         self,
