@@ -409,6 +409,25 @@ MESSAGE_SCRIPTS = {
         RELEASE_RQ,
     ],
     "C-ECHO on a context not proposed": [rq(), echo(3, 1)],
+    # pynetdicom serves a valid N-EVENT-REPORT-RQ in a thread of its own (0x0211 here)
+    "N-EVENT-REPORT on the Verification context, then an echo": [
+        rq(),
+        message(
+            1,
+            command(
+                {
+                    0x00000002: VERIFICATION + b"\0",
+                    0x00000100: us(0x0100),
+                    0x00000110: us(7),
+                    0x00000800: us(0x0101),
+                    0x00001000: b"1.2.3.4\0",
+                    0x00001002: us(1),
+                }
+            ),
+        ),
+        echo(1, 8),
+        RELEASE_RQ,
+    ],
     "data set before the command": [rq(), pdu(0x04, pdv(1, 0x02, IDENTIFIER))],
     "a P-DATA-TF with a PDV longer than the PDU": [
         rq(),

@@ -22,6 +22,11 @@ DIMSEProvider (assembly, the max_message_size bound, pynetdicom's message decodi
 encoding) and reactor.py's dispatch rules (:meth:`EchoFast._serve_message`,
 common.refusal / refused_response), so the answer is the ordinary path's.
 tests/test_echo_fast.py compares the bytes sent both ways.
+
+What the provider reads of the stand-in association (``_Host``, ``_Dul``) is registered in
+internals.py. Over 400 lines because the request's parser, the association's few states
+and the hand-over to the ordinary path's pieces belong together: split, a reader would
+have to follow one association across modules.
 """
 
 from __future__ import annotations
@@ -430,7 +435,9 @@ class EchoFast:
             return False
         dimse = state.dimse
         if dimse is None:
-            host = _Host(sock, state.requestor)
+            host = _Host(
+                sock, state.requestor, lambda msg, cid: self._serve_message(sock, state, msg, cid)
+            )
             dimse = state.dimse = wire.DIMSEProvider(host)  # type: ignore[arg-type]
             dimse.max_message_size = self.max_message_size
         dimse.receive_primitive(primitive)
@@ -610,13 +617,21 @@ class _Host:
     is_requestor = False
     dimse_timeout = None
 
-    def __init__(self, sock: socket.socket, requestor: _Peer) -> None:
+    def __init__(
+        self, sock: socket.socket, requestor: _Peer, serve: Callable[[Any, int], object]
+    ) -> None:
         self.requestor = requestor
         self.dul = _Dul(sock)
+        self._serve = serve
 
     @staticmethod
     def get_handlers(_event: Any) -> list[Any]:
         return []  # no EVT_DIMSE_RECV / EVT_DIMSE_SENT handlers
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """pynetdicom's provider hands a valid N-EVENT-REPORT-RQ to the association at
+        once, in a thread of its own, as on the ordinary path: served the same way."""
+        self._serve(msg, context_id)
 
 
 class EchoAssociation:

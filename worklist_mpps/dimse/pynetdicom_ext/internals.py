@@ -208,6 +208,23 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
         "ServiceClass.validate_status",
         ("self", "status", "rsp"),
     ),
+    # echo_fast.py: wire.DIMSEProvider on a stand-in association (_Host/_Dul) after the
+    # fast path's A-ASSOCIATE-AC; what the provider reads of it
+    Internal(
+        "echo_fast.py",
+        DIMSE,
+        "DIMSEServiceProvider",
+        source=(
+            "self.assoc.dul",
+            "self.assoc.dimse_timeout",
+            "self.assoc.is_requestor",
+            "self.assoc.requestor.maximum_length",
+            "self.assoc._serve_request",
+            "evt.trigger(self.assoc",
+            'self.dul.event_queue.put("Evt19")',
+        ),
+    ),
+    Internal("echo_fast.py", "pynetdicom.events", "trigger", source=("assoc.get_handlers(",)),
     Internal("wire.py", MESSAGES, "_COMMAND_SET_KEYWORDS"),
     Internal("wire.py", MESSAGES, "DIMSEMessage.primitive_to_message", ("self", "primitive")),
     Internal("wire.py", MESSAGES, "DIMSEMessage.message_to_primitive", ("self",)),
