@@ -482,3 +482,32 @@ def test_off_means_no_fast_path(tmp_path):
     finally:
         server.stop(grace=1)
         server.db.dispose()  # type: ignore[attr-defined]
+
+
+def test_a_failing_set_up_is_one_log_line_and_the_listener_goes_on(servers, caplog, capfd):
+    """A connection whose set-up raises (here the fast path itself) costs that connection
+    only: one error line naming it, no traceback on stderr (socketserver's handle_error
+    prints one), and the next association is served."""
+    fast, _ = servers()
+    assert fast.echo_fast is not None
+    real = fast.echo_fast.serve
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    fast.echo_fast.serve = boom  # type: ignore[method-assign]
+    try:
+        steps = transcript(fast.port, [rq()], wait=1.0)
+        assert [kind for kind, _, _ in steps[0]] == ["closed"], steps  # closed, no answer
+    finally:
+        fast.echo_fast.serve = real  # type: ignore[method-assign]
+    assert any(
+        r.getMessage() == "Connection from 127.0.0.1 failed: RuntimeError: boom"
+        for r in caplog.records
+    ), caplog.text
+    assert "Traceback" not in capfd.readouterr().err
+    assoc = associate(fast.port, Verification)
+    try:
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()

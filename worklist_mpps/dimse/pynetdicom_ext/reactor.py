@@ -48,6 +48,7 @@ import queue
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -822,6 +823,17 @@ class GatedAssociationServer(AssociationServer):
             self._set_up_thread(request, client_address, ticket)
         finally:
             self._setting_up.deadline = None
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001, ARG002
+        """One log line for a connection whose set-up failed (socketserver's own prints a
+        traceback to stderr); the listener goes on."""
+        exc = sys.exc_info()[1]
+        log.error(
+            "Connection from %s failed: %s: %s",
+            client_address[0] if client_address else "?",
+            type(exc).__name__,
+            str(exc)[:200],
+        )
 
     def _set_up_thread(
         self,
