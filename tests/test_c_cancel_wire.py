@@ -2,7 +2,7 @@
 arrives while the server streams a broad query's pending responses ends the stream with
 0xFE00 (Matching terminated due to Cancel request), and the association keeps serving.
 
-A raw client asks for every scheduled item (3,000) and sends its C-CANCEL-RQ as soon as
+A raw client asks for every scheduled item (12,000) and sends its C-CANCEL-RQ as soon as
 the first pending response arrives, while the server is still streaming: the server must
 read its socket between responses. With the fast path (one thread per association) the
 association's own thread does that reading when the handler looks for a cancel
@@ -32,6 +32,7 @@ from worklist_mpps.db.engine import Database
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 CANCELLED = 0xFE00
+ITEMS = 12_000  # enough matches for the handler to outlast the cancel's round trip
 
 
 def cancel_command(message_id: int) -> bytes:
@@ -66,18 +67,21 @@ def test_c_cancel_ends_a_streaming_broad_query_with_fe00(tmp_path, live_server):
     db_file = tmp_path / "cancel.sqlite"
     db = Database(f"sqlite:///{db_file}")
     migrate.upgrade(db.engine)
-    generate.load(db, generate.make_items(3000, today))
+    generate.load(db, generate.make_items(ITEMS, today))
     db.dispose()
-    server = live_server(f"sqlite:///{db_file}")
+    server = live_server(f"sqlite:///{db_file}", "--max-find-results", str(ITEMS))
     client = CancellingClient("127.0.0.1", server.port, "WORKLISTS", "")  # any date
     client.open("find")
     try:
-        total = client.find("broad_open")
-        assert total >= 2000, "the query needs many matches to be cancelled midway"
+        # the cancelled query comes first: on pynetdicom's stock path the handler queues
+        # its responses for the network thread without waiting for them to be sent, and
+        # it must still be at it when that thread reads the C-CANCEL; a repeated query's
+        # identifiers come from row_encoder's cache, and 3,000 were queued in time
         pendings, status = client.find_and_cancel("broad_open")
+        total = client.find("broad_open")  # the association still serves
+        assert total >= ITEMS * 2 // 3, "the query needs many matches to be cancelled midway"
         assert status == CANCELLED, f"final status {status!r}, not 0xFE00"
         assert pendings < total
-        assert client.find("broad_open") == total  # the association still serves
     finally:
         client.close()
     assert "Traceback" not in server.log()
