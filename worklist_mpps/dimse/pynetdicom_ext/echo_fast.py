@@ -88,15 +88,10 @@ def parse_request(pdu: bytes) -> Request | None:
     contexts: list[tuple[int, list[bytes]]] = []
     app = user = False
     maximum_length = 0
-    offset = 74
-    while offset < len(pdu):
-        if offset + 4 > len(pdu):
-            return None
-        kind, length = pdu[offset], struct.unpack_from(">H", pdu, offset + 2)[0]
-        value = pdu[offset + 4 : offset + 4 + length]
-        if len(value) != length:
-            return None
-        offset += 4 + length
+    items = _items(pdu, 74)
+    if items is None:
+        return None
+    for kind, value in items:
         if kind == 0x10 and not app and not contexts and not user:
             if value != APPLICATION_CONTEXT:
                 return None
@@ -118,6 +113,22 @@ def parse_request(pdu: bytes) -> Request | None:
     return Request(called, calling, contexts, maximum_length)
 
 
+def _items(data: bytes, offset: int) -> list[tuple[int, bytes]] | None:
+    """The items of ``data`` from ``offset`` (type, reserved, 2-byte length, value: PS3.8
+    9.3.2), or None when the last one is cut short."""
+    items = []
+    while offset < len(data):
+        if offset + 4 > len(data):
+            return None
+        kind, length = data[offset], struct.unpack_from(">H", data, offset + 2)[0]
+        value = data[offset + 4 : offset + 4 + length]
+        if len(value) != length:
+            return None
+        items.append((kind, value))
+        offset += 4 + length
+    return items
+
+
 def _ae(raw: bytes) -> str | None:
     if not all(c in _AE_CHARS for c in raw):
         return None
@@ -130,15 +141,12 @@ def _context(value: bytes) -> tuple[int, list[bytes]] | None:
         return None
     abstract = None
     syntaxes: list[bytes] = []
-    offset = 4
-    while offset < len(value):
-        if offset + 4 > len(value):
+    items = _items(value, 4)
+    if items is None:
+        return None
+    for kind, item in items:
+        if not item:
             return None
-        kind, length = value[offset], struct.unpack_from(">H", value, offset + 2)[0]
-        item = value[offset + 4 : offset + 4 + length]
-        if len(item) != length or not length:
-            return None
-        offset += 4 + length
         if kind == 0x30 and abstract is None and not syntaxes:
             abstract = item
         elif kind == 0x40 and abstract is not None:
@@ -153,24 +161,22 @@ def _context(value: bytes) -> tuple[int, list[bytes]] | None:
 def _user_information(value: bytes) -> int | None:
     """The Maximum Length of a user information item this module takes, else None."""
     seen: list[int] = []
-    offset, peer_max = 0, 0
-    while offset < len(value):
-        if offset + 4 > len(value):
-            return None
-        kind, length = value[offset], struct.unpack_from(">H", value, offset + 2)[0]
-        item = value[offset + 4 : offset + 4 + length]
-        if len(item) != length or kind in seen or kind not in (0x51, 0x52, 0x55):
+    peer_max = 0
+    items = _items(value, 0)
+    if items is None:
+        return None
+    for kind, item in items:
+        if kind in seen or kind not in (0x51, 0x52, 0x55):
             return None
         if kind == 0x51:
-            if length != 4:
+            if len(item) != 4:
                 return None
             peer_max = struct.unpack(">I", item)[0]
             if peer_max and peer_max < MIN_PEER_PDU:
                 return None
-        elif not length or not all(0x20 < c < 0x7F for c in item):
+        elif not item or not all(0x20 < c < 0x7F for c in item):
             return None
         seen.append(kind)
-        offset += 4 + length
     return peer_max if 0x51 in seen and 0x52 in seen else None
 
 
