@@ -18,7 +18,7 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.charset import default_encoding, python_encoding
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -27,6 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
 
+from worklist_mpps.services import dataset_writer
 from worklist_mpps.services.matching import (
     MatchError,
     check_temporal,
@@ -98,6 +99,8 @@ def _write(ds: Dataset) -> bytes:
         and ds.original_character_set == ds._character_set
     ):
         _write_copying_raw(fp, ds)
+    elif COPY_RAW_ELEMENTS and (data := dataset_writer.write(ds)) is not None:
+        return data  # a request's data set, decoded (issue 18)
     else:
         write_dataset(fp, ds)
     return fp.getvalue()
@@ -115,7 +118,12 @@ def _write_copying_raw(fp: DicomBytesIO, ds: Dataset) -> None:
     it then writes every element still raw as the bytes it was read from (PS3.5 7.1.2:
     tag, VR, 16- or 32-bit length, value); this writes those header and value bytes
     directly, the same, and gives every other element to pydicom's
-    ``write_data_element`` with the same character set, as ``write_dataset`` does."""
+    ``write_data_element`` with the same character set, as ``write_dataset`` does.
+    (``dataset_writer.write`` first: it does that and writes plain text elements itself.)"""
+    data = dataset_writer.write(ds)
+    if data is not None:
+        fp.write(data)
+        return
     encodings = ds.get("SpecificCharacterSet", default_encoding)
     write = fp.write
     for tag in sorted(ds.keys()):
@@ -392,9 +400,12 @@ def _decode_all(ds: Dataset, codec: str) -> bool:
 def _check_sequence_vrs(ds: Dataset) -> None:
     """A sequence attribute sent with another VR (or the reverse) is an invalid value."""
     for elem in ds:
-        if not elem.keyword:
+        # elem.keyword and dictionary_VR read this entry (DicomDictionary only: a tag not
+        # in it has no keyword and is skipped), one look-up instead of several (issue 18)
+        entry = DicomDictionary.get(elem.tag)
+        if entry is None or not entry[4]:
             continue
-        expected = dictionary_VR(elem.tag)
+        expected = entry[0]
         if (expected == "SQ") != (elem.VR == "SQ"):
             raise MPPSError(
                 INVALID_ATTRIBUTE_VALUE,
