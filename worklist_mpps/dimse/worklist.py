@@ -149,7 +149,7 @@ def _answer_find(event, ctx: AppContext, tally: Tally) -> Iterator[tuple[object,
         if fast is None:
             yield status, worklist.response(row, query)
         tally.sent += 1
-    if fast is not None and not fast.flush():
+    if fast is not None and not fast.flush(final=True):
         return
     log.info(
         "C-FIND from %s: %d matches in %.1f ms%s",
@@ -204,8 +204,11 @@ class FastResponses:
         )
         return len(self.pending) < self.BATCH or self.flush()
 
-    def flush(self) -> bool:
+    def flush(self, final: bool = False) -> bool:
+        """Send the responses queued; the last ones (``final``) go out with the final
+        response pynetdicom sends after them (wire.send_with_final)."""
         if self.pending and self.ok:
-            self.ok = wire.send(self.assoc, b"".join(self.pending))
+            data = b"".join(self.pending)
+            self.ok = (wire.send_with_final if final else wire.send)(self.assoc, data)
         self.pending.clear()
         return self.ok

@@ -232,7 +232,33 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
         "wire.py",
         MESSAGES,
         "DIMSEMessage",
-        attributes=("encoded_command_set", "data_set", "context_id"),
+        attributes=(
+            "encoded_command_set",
+            "data_set",
+            "context_id",
+            "_data_set_path",
+            "_data_set_file",
+        ),
+    ),
+    # wire.FindRequest: a C-FIND-RQ message made without DIMSEMessage.__init__, whose data
+    # set fragments decode_msg writes, and whose primitive is built as message_to_primitive
+    # builds it (the private fields it sets last)
+    Internal(
+        "wire.py",
+        MESSAGES,
+        "DIMSEMessage.decode_msg",
+        ("self", "primitive"),
+        source=("cast(BytesIO, self.data_set).write(data[1:])",),
+    ),
+    Internal(
+        "wire.py",
+        MESSAGES,
+        "DIMSEMessage.message_to_primitive",
+        source=(
+            "primitive._context_id = self.context_id",
+            "primitive._dataset_path = self._data_set_path",
+            "primitive._dataset_file = self._data_set_file",
+        ),
     ),
     # assoc.py: per-association notes, A-ASSOCIATE-RJ, listeners started by server.py
     Internal(
