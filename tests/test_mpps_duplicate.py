@@ -74,3 +74,24 @@ def test_success_path_looks_up_no_uid(db):
     finally:
         event.remove(db.engine, "before_cursor_execute", seen)
     assert not [s for s in sent if s.lstrip().upper().startswith("SELECT") and "mpps" in s]
+
+
+def test_n_set_of_unscheduled_step_reads_no_links(db):
+    """An N-SET of a step linked to no worklist item reads the link table only inside
+    the row's SELECT (issue 18)."""
+    create(db)
+    sent: list[str] = []
+
+    def seen(conn, cursor, statement, *args):
+        sent.append(statement)
+
+    mods = n_create([ScheduledStep("1.2.999.77")], modality="CT", station_ae_title="CT01")
+    changes = type(mods)()
+    changes.PerformedProcedureStepDescription = "x"
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        out = mpps.update(db, UID, changes, "CT01")
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert out.status == 0 and out.linked == []
+    assert [s for s in sent if "mpps_worklist_links" in s] == [sent[0]]  # the row's SELECT

@@ -25,7 +25,7 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, exists, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -464,6 +464,11 @@ _ROW_FOR_UPDATE = (
         MPPSTracking.version,
         MPPSTracking.dataset,
         *(MPPSTracking.__table__.c[key] for key in _CREATE_ONLY_KEYS),
+        # whether any worklist item is linked: the link table is read only then (issue 18:
+        # one statement fewer per N-SET of an unscheduled step)
+        exists()
+        .where(mpps_worklist_links.c.mpps_pk == MPPSTracking.__table__.c.id)
+        .label("has_links"),
     )
     .where(MPPSTracking.sop_instance_uid == bindparam("uid"))
     .with_for_update()
@@ -542,7 +547,7 @@ def update(
             )
         # the linked items by one statement on the link table, read before the record
         # changes (issue 18)
-        item_ids = linked_item_ids(conn, record.id)
+        item_ids = linked_item_ids(conn, record.id) if record.has_links else []
         check_dates_and_times(mods)
         stored = decode_dataset(record.dataset)
         old_status = record.status
