@@ -25,7 +25,7 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.tag import Tag
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, exists, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -361,6 +361,15 @@ _LINK = insert(mpps_worklist_links)
 _UID_IN_USE = select(MPPSTracking.id).where(MPPSTracking.sop_instance_uid == bindparam("uid"))
 
 
+def _raise_if_in_use(db: Database, uid: str) -> None:
+    """0x0111 Duplicate SOP Instance when ``uid`` is stored. Asked only when the request
+    fails otherwise: on the success path the unique constraint answers it inside the
+    transaction (IntegrityError below), without a statement of its own (issue 18)."""
+    with db.query() as conn:  # one statement: no session, no transaction
+        if conn.execute(_UID_IN_USE, {"uid": uid}).first() is not None:
+            raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists")
+
+
 def create(
     db: Database,
     attributes: Dataset,
@@ -375,20 +384,21 @@ def create(
     notifications for ``targets`` (outbox), commit. ``emulated``: made from a study in
     Orthanc for a modality that sends no MPPS (services/witness.py), not received."""
     actor = actor or Actor(calling_ae or "unknown", None, "DIMSE")  # direct calls: tests
-    ds = as_unicode(attributes)
-    if uid:  # a UID in use is the first thing to tell (PS3.18 15.4: 409)
-        with db.query() as conn:  # one statement: no session, no transaction (issue 18)
-            if conn.execute(_UID_IN_USE, {"uid": uid}).first() is not None:
-                raise MPPSError(DUPLICATE_SOP_INSTANCE, f"SOP Instance {uid} already exists")
-    validate_create(ds)
     generated = not uid
-    uid = uid or new_study_uid(uid_prefix)
-    payload = _payload(ds, targets)
-    ds.SOPClassUID = MPPS_SOP_CLASS
-    ds.SOPInstanceUID = uid
-    charset_for_storage(ds)
-    columns = _tracking_columns(ds)
-    data = encode_dataset(ds)  # before the transaction: a 0x0106 takes no lock
+    try:
+        ds = as_unicode(attributes)
+        validate_create(ds)
+        uid = uid or new_study_uid(uid_prefix)
+        payload = _payload(ds, targets)
+        ds.SOPClassUID = MPPS_SOP_CLASS
+        ds.SOPInstanceUID = uid
+        charset_for_storage(ds)
+        columns = _tracking_columns(ds)
+        data = encode_dataset(ds)  # before the transaction: a 0x0106 takes no lock
+    except Exception:
+        if not generated:  # a UID in use is the first thing to tell (PS3.18 15.4: 409)
+            _raise_if_in_use(db, uid)  # type: ignore[arg-type]
+        raise
     try:
         with _transaction(db) as conn:
             found = find_scheduled_item_ids(conn, ds.ScheduledStepAttributesSequence)
@@ -454,6 +464,11 @@ _ROW_FOR_UPDATE = (
         MPPSTracking.version,
         MPPSTracking.dataset,
         *(MPPSTracking.__table__.c[key] for key in _CREATE_ONLY_KEYS),
+        # whether any worklist item is linked: the link table is read only then (issue 18:
+        # one statement fewer per N-SET of an unscheduled step)
+        exists()
+        .where(mpps_worklist_links.c.mpps_pk == MPPSTracking.__table__.c.id)
+        .label("has_links"),
     )
     .where(MPPSTracking.sop_instance_uid == bindparam("uid"))
     .with_for_update()
@@ -532,7 +547,7 @@ def update(
             )
         # the linked items by one statement on the link table, read before the record
         # changes (issue 18)
-        item_ids = linked_item_ids(conn, record.id)
+        item_ids = linked_item_ids(conn, record.id) if record.has_links else []
         check_dates_and_times(mods)
         stored = decode_dataset(record.dataset)
         old_status = record.status
