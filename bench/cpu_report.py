@@ -4,6 +4,7 @@ issue 18's targets (met or not, from the same run)."""
 from __future__ import annotations
 
 from cpu_run import NAMES, OUR_OPS, PAUSE_PHASES, PEER_OPS
+from machine import Reading
 from server_cpu import OPS
 
 OURS = ("sqlite", "postgres")
@@ -245,7 +246,9 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def report(results: list[dict], seconds: float, clients: int) -> str:
+def report(
+    results: list[dict], seconds: float, clients: int, machine: Reading | None = None
+) -> str:
     lines = [
         "## Server CPU per operation (issue 18)",
         "",
@@ -263,6 +266,7 @@ def report(results: list[dict], seconds: float, clients: int) -> str:
         "",
         *per_operation(results),
         "",
+        *([machine.line(), ""] if machine else []),
         *(
             f"- N={r['n']:,}: bulk load "
             + ", ".join(f"{k} {v:.0f} s" for k, v in r["load_s"].items())

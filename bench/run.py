@@ -51,6 +51,7 @@ import cpu_run  # noqa: E402
 import cpu_servers  # noqa: E402
 import generate  # noqa: E402
 import hl7_feed  # noqa: E402
+import machine  # noqa: E402
 import ui_today  # noqa: E402
 from worklist_mpps.db import migrate  # noqa: E402
 from worklist_mpps.db.engine import Database  # noqa: E402
@@ -701,10 +702,13 @@ def main() -> int:
         text = report(results, args)
     if args.cpu:
         t0 = time.monotonic()
+        section = machine.Section()
+        section.start()
         cpu = [cpu_run.run_size(int(n), args, work) for n in args.cpu_sizes.split(",")]
+        reading = section.stop()
         if not text:
             text = header(args) + "\n"
-        text += "\n" + cpu_report.report(cpu, time.monotonic() - t0, args.clients)
+        text += "\n" + cpu_report.report(cpu, time.monotonic() - t0, args.clients, reading)
     text += f"\nWhole run: {(time.monotonic() - started) / 60:.1f} min.\n"
     print()
     print(text)

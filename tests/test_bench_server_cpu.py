@@ -24,6 +24,7 @@ import cpu_client
 import cpu_report
 import cpu_run
 import cpu_servers
+import machine
 import pause_watch
 import server_cpu
 
@@ -166,7 +167,10 @@ def test_tiny_run_against_a_real_server(tmp_path):
         idle_s=0.2,
         pause_s=0.3,
     )
+    section = machine.Section()
+    section.start()
     result = cpu_run.run_size(400, args, tmp_path)
+    reading = section.stop()
     assert result["skipped"] == {}, result["skipped"]
     figures = result["sqlite"]
     assert set(cpu_run.OUR_OPS) <= set(figures)
@@ -179,7 +183,8 @@ def test_tiny_run_against_a_real_server(tmp_path):
     assert tuple(pauses) == cpu_run.PAUSE_PHASES
     assert all(pauses[p]["wakes"] > 0 for p in pauses)
     assert all(pauses[p]["done"] > 0 for p in pauses if p != "idle")
-    text = cpu_report.report([result], 1.0, 2)
+    text = cpu_report.report([result], 1.0, 2, reading)
+    assert f"took {reading.reference_start_ms:.1f} ms of CPU at its start" in text
     assert "| 400 | worklist-mpps, SQLite |" in text
     assert "### Targets (issue 18)" in text
     assert "| 400 | worklist-mpps, SQLite | mixed |" in text
@@ -353,3 +358,32 @@ def test_new_schema_drops_schemas_of_killed_runs_only():
                 if name:
                     conn.execute(text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
         admin.dispose()
+
+
+# --- bench/machine.py: how fast and how quiet the machine was -----------------------------
+
+
+def test_steal_is_the_share_of_all_cpu_ticks(tmp_path):
+    """proc(5): user nice system idle iowait irq softirq steal guest guest_nice; guest
+    time is inside user and nice already, so it must not be counted twice."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 0 40 500 0\ncpu0 1 2 3 4 5 6 7 8\n")
+    before = machine.CpuTimes.read(str(stat))
+    assert (before.total, before.steal) == (1000, 40)
+    stat.write_text("cpu  200 0 100 1550 10 0 0 140 900 0\n")
+    after = machine.CpuTimes.read(str(stat))
+    assert after.steal_percent_since(before) == pytest.approx(10.0)  # 100 of 1,000 ticks
+    assert before.steal_percent_since(before) == 0.0
+    stat.write_text("cpu0 1 2 3 4 5 6 7 8\n")
+    with pytest.raises(ValueError, match="aggregate cpu line"):
+        machine.CpuTimes.read(str(stat))
+
+
+def test_the_reference_workload_is_cpu_time_not_wall_time(monkeypatch):
+    """A sleep costs no CPU: the reference does not grow with the wall clock."""
+    real = machine._workload
+    monkeypatch.setattr(machine, "_workload", lambda: (time.sleep(0.3), real())[1])
+    slept = machine.reference_ms(tries=2)
+    assert 0 < slept < 300  # the 300 ms asleep in each try are not in it
+    with pytest.raises(RuntimeError, match="before start"):
+        machine.Section().stop()
