@@ -32,7 +32,7 @@ from worklist_mpps.db.engine import Database
 pytestmark = pytest.mark.dimse  # run on both dimse_fast_path settings (make test)
 
 CANCELLED = 0xFE00
-ITEMS = 12_000  # enough matches for the handler to outlast the cancel's round trip
+ITEMS = 40_000  # matches enough to outlast the cancel's round trip, fast machines too
 
 
 def cancel_command(message_id: int) -> bytes:
