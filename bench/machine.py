@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+TRIES = 5  # runs of the workload per reading; the least counts
+
 
 def _workload() -> int:
     """A fixed amount of interpreter work: about 25 ms of CPU on this project's 2-core
@@ -29,7 +31,7 @@ def _workload() -> int:
     return total + sum(table.values())
 
 
-def reference_ms(tries: int = 5) -> float:
+def reference_ms(tries: int = TRIES) -> float:
     """CPU ms of ``_workload``, the least of ``tries`` runs (the least is the one the
     machine disturbed least)."""
     best = float("inf")
@@ -76,7 +78,7 @@ class Reading:
         return (
             f"Machine during this section (bench/machine.py): a fixed pure-Python workload "
             f"took {self.reference_start_ms:.1f} ms of CPU at its start and "
-            f"{self.reference_end_ms:.1f} ms at its end (least of 5 tries); the hypervisor "
+            f"{self.reference_end_ms:.1f} ms at its end (least of {TRIES} tries); the hypervisor "
             f"took {self.steal_percent:.1f} % of the CPU time as steal. CPU figures scale "
             "with that workload's time: compare runs on other machines by it."
         )
