@@ -24,8 +24,8 @@ def per_operation(results: list[dict]) -> list[str]:
     lines = [
         "| N | server | "
         + " | ".join(OPS[op][0] for op in OUR_OPS)
-        + " | q/s, 8 clients | idle CPU ms/s |",
-        "|---|---|" + "---|" * (len(OUR_OPS) + 2),
+        + " | q/s, 8 clients | idle CPU ms/s | machine ms |",
+        "|---|---|" + "---|" * (len(OUR_OPS) + 3),
     ]
     for r in results:
         for name in (*OURS, *PEERS):
@@ -35,12 +35,13 @@ def per_operation(results: list[dict]) -> list[str]:
             figures = r.get(name)
             if not figures:
                 continue
-            qps, idle = figures.get("qps"), figures.get("idle")
+            qps, idle, ref = figures.get("qps"), figures.get("idle"), figures.get("machine_ms")
             lines.append(
                 f"| {r['n']:,} | {NAMES[name]} | "
                 + " | ".join(cell(figures.get(op)) for op in OUR_OPS)
                 + f" | {f'{qps[0]:.0f}' if qps else '–'}"
-                + f" | {f'{idle:.1f}' if idle is not None else '–'} |"
+                + f" | {f'{idle:.1f}' if idle is not None else '–'}"
+                + f" | {f'{ref:.1f}' if ref else '–'} |"
             )
     return lines
 
@@ -262,7 +263,10 @@ def report(
         "pynetdicom client costs three times the server's CPU a query). Idle: the "
         "server's CPU per second with no client connected, before the "
         "operations; whatever it spends per second while serving (pollers, periodic "
-        "collections) is in the per-operation figures too, more so when the client is slow.",
+        "collections) is in the per-operation figures too, more so when the client is slow. "
+        "Machine ms: the CPU time of bench/machine.py's fixed workload, read just before "
+        "that server's figures: the machine's speed drifts within a run too, and the "
+        "figures of a row scale with it.",
         "",
         *per_operation(results),
         "",

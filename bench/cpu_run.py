@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cpu_servers
 import generate
+import machine
 import server_cpu
 from cpu_servers import AET, Server
 from worklist_mpps.db import migrate
@@ -212,6 +213,9 @@ def run_size(n: int, args, work: Path) -> dict:
                     pg_cancel(f"wmbench-{schema}")  # its statement may still be running
                 pg_analyze(schema)
             ops = OUR_OPS if name in ("sqlite", "postgres") else PEER_OPS
+            # how fast the machine is right now: it drifts within a run (bench/machine.py)
+            figures["machine_ms"] = machine.reference_ms()
+            print(f"    machine: reference workload {figures['machine_ms']:.1f} ms", flush=True)
             measure_server(server, ops, args, day, figures)
             if name in ("sqlite", "postgres"):
                 figures["pauses"] = measure_pauses(server, args, day)

@@ -179,6 +179,7 @@ def test_tiny_run_against_a_real_server(tmp_path):
     assert all(figures[op].server_ms >= 0 and figures[op].db_ms is None for op in cpu_run.OUR_OPS)
     assert figures["qps"][0] > 0
     assert figures["idle"] >= 0
+    assert figures["machine_ms"] > 0  # the machine's speed just before these figures
     pauses = figures["pauses"]  # the watchdog inside the server, over its pipes
     assert tuple(pauses) == cpu_run.PAUSE_PHASES
     assert all(pauses[p]["wakes"] > 0 for p in pauses)
@@ -186,6 +187,12 @@ def test_tiny_run_against_a_real_server(tmp_path):
     text = cpu_report.report([result], 1.0, 2, reading)
     assert f"took {reading.reference_start_ms:.1f} ms of CPU at its start" in text
     assert "| 400 | worklist-mpps, SQLite |" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.endswith("| machine ms |"))
+    row = lines[header + 2]  # the per-operation table's first row, after its rule
+    assert row.startswith("| 400 | worklist-mpps, SQLite | "), row
+    assert row.rstrip(" |").endswith(f"{figures['machine_ms']:.1f}"), row
+    assert "| idle CPU ms/s | machine ms |" in text
     assert "### Targets (issue 18)" in text
     assert "| 400 | worklist-mpps, SQLite | mixed |" in text
     assert "the server's pause watchdog" in text
