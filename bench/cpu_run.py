@@ -199,6 +199,9 @@ def run_size(n: int, args, work: Path) -> dict:
                 raise SystemExit(f"unknown server {name!r}; choose among {', '.join(SERVERS)}")
             took = result["load_s"].get(name, result["load_s"].get("wl", 0.0))
             print(f"  {NAMES[name]} (items loaded / .wl files written in {took:.1f} s)", flush=True)
+            # how fast the machine is right now: it drifts within a run (bench/machine.py)
+            figures["machine_ms"] = machine.reference_ms()
+            print(f"    machine: reference workload {figures['machine_ms']:.1f} ms", flush=True)
             if name == "postgres" and schema:
                 # right after the bulk load (which ends with the loader's ANALYZE), then
                 # after a manual ANALYZE (issue 18); a plan that never ends is a figure
@@ -213,9 +216,6 @@ def run_size(n: int, args, work: Path) -> dict:
                     pg_cancel(f"wmbench-{schema}")  # its statement may still be running
                 pg_analyze(schema)
             ops = OUR_OPS if name in ("sqlite", "postgres") else PEER_OPS
-            # how fast the machine is right now: it drifts within a run (bench/machine.py)
-            figures["machine_ms"] = machine.reference_ms()
-            print(f"    machine: reference workload {figures['machine_ms']:.1f} ms", flush=True)
             measure_server(server, ops, args, day, figures)
             if name in ("sqlite", "postgres"):
                 figures["pauses"] = measure_pauses(server, args, day)
