@@ -3,8 +3,9 @@ it (``problems``), run by tests/test_pynetdicom_ext.py so that a pynetdicom rele
 changes one fails there, naming it, instead of on the wire.
 
 No pynetdicom import at module level: a changed internal must be reported, not break the
-import of this list. The private names are the ones reactor.py, wire.py and assoc.py use;
-the public methods listed are ones they override or call from an override.
+import of this list. The private names are the ones reactor.py, wire.py, command_sets.py,
+echo_fast.py and assoc.py use; the public methods listed are ones they override or call
+from an override.
 """
 
 from __future__ import annotations
@@ -240,21 +241,25 @@ PYNETDICOM_INTERNALS: tuple[Internal, ...] = (
             "_data_set_file",
         ),
     ),
-    # wire.FindRequest: a C-FIND-RQ message made without DIMSEMessage.__init__, whose data
-    # set fragments decode_msg writes, and whose primitive is built as message_to_primitive
-    # builds it (the private fields it sets last)
+    # command_sets.ReadRequest: a C-FIND-RQ, N-CREATE-RQ or N-SET-RQ message made without
+    # DIMSEMessage.__init__, whose data set fragments decode_msg writes, and whose primitive
+    # is built as message_to_primitive builds it (the command set's fields in tag order
+    # through the primitive's setters, the data set, the private fields it sets last)
     Internal(
-        "wire.py",
+        "command_sets.py",
         MESSAGES,
         "DIMSEMessage.decode_msg",
         ("self", "primitive"),
         source=("cast(BytesIO, self.data_set).write(data[1:])",),
     ),
     Internal(
-        "wire.py",
+        "command_sets.py",
         MESSAGES,
         "DIMSEMessage.message_to_primitive",
         source=(
+            "for elem in self.command_set:",
+            "setattr(primitive, elem.keyword, value)",
+            "setattr(primitive, dataset_keyword, self.data_set)",
             "primitive._context_id = self.context_id",
             "primitive._dataset_path = self._data_set_path",
             "primitive._dataset_file = self._data_set_file",

@@ -52,6 +52,7 @@ from pynetdicom.dimse_primitives import (
 from pynetdicom.pdu_primitives import P_DATA
 
 from worklist_mpps.dimse.admission import RateLimitedLog
+from worklist_mpps.dimse.pynetdicom_ext import command_sets
 from worklist_mpps.services import status as dimse_status
 
 log = logging.getLogger("worklist_mpps.dimse")
@@ -267,75 +268,6 @@ def send_with_final(assoc, data: bytes) -> bool:  # noqa: ANN001
         return send(assoc, data)
     dimse.held += data
     return True
-
-
-# --- received C-FIND-RQ command sets (PS3.7 9.3.2.1, E.1) -------------------------------
-
-C_FIND_RQ = 0x0020
-_ELEMENT = struct.Struct("<HHL")
-# the elements of a C-FIND-RQ command set (PS3.7 Table 9.3-1) in tag order: group 0000,
-# element number -> the value length required (0: a UID, any even length up to 64)
-_FIND_RQ_ELEMENTS = ((0x0000, 4), (0x0002, 0), (0x0100, 2), (0x0110, 2), (0x0700, 2), (0x0800, 2))
-_UID_CHARS = frozenset(b"0123456789.")
-
-
-def find_rq_fields(command: bytes) -> tuple[str, int, int] | None:
-    """(Affected SOP Class UID, Message ID, Priority) of a C-FIND-RQ command set (implicit
-    VR little endian, PS3.7 6.3.1) holding exactly the elements of PS3.7 Table 9.3-1, in
-    tag order (the group length may be left out), with a data set (0000,0800) other than
-    0101H; None for anything else, which pydicom then decodes as before."""
-    fields: dict[int, bytes] = {}
-    offset, end, at = 0, len(command), 0  # ``at``: the next of _FIND_RQ_ELEMENTS
-    while offset + 8 <= end:
-        group, element, length = _ELEMENT.unpack_from(command, offset)
-        if at == 0 and element != 0x0000:
-            at = 1  # the group length alone may be left out
-        if group or at == len(_FIND_RQ_ELEMENTS) or _FIND_RQ_ELEMENTS[at][0] != element:
-            return None
-        size = _FIND_RQ_ELEMENTS[at][1]
-        offset, at = offset + 8, at + 1
-        if offset + length > end or (size and length != size):
-            return None
-        fields[element] = command[offset : offset + length]
-        offset += length
-    if offset != end or at != len(_FIND_RQ_ELEMENTS):
-        return None
-    if _US.unpack(fields[0x0100])[0] != C_FIND_RQ:
-        return None
-    if _US.unpack(fields[0x0800])[0] == NO_DATASET:
-        return None
-    uid = fields[0x0002]
-    if uid.endswith(b"\0"):
-        uid = uid[:-1]
-    if not uid or len(uid) > 64 or not _UID_CHARS.issuperset(uid):
-        return None
-    return uid.decode(), _US.unpack(fields[0x0110])[0], _US.unpack(fields[0x0700])[0]
-
-
-class FindRequest(dimse_messages.C_FIND_RQ):
-    """A C-FIND-RQ message whose command set :func:`find_rq_fields` read: pynetdicom's
-    message class (its data set fragments are assembled as ever), with the primitive made
-    from those fields instead of from a pydicom Dataset of the command set."""
-
-    def __init__(self, context_id: int, fields: tuple[str, int, int]) -> None:
-        # not DIMSEMessage.__init__: the Dataset of the command set it makes is the cost
-        self.context_id = context_id
-        self.encoded_command_set = BytesIO()
-        self.data_set = BytesIO()
-        self._data_set_path = None
-        self._data_set_file = None
-        self.fields = fields
-
-    def message_to_primitive(self):  # noqa: ANN201
-        """pynetdicom's primitive of this message, its fields set in the same order through
-        the same setters (which check them as for a decoded command set)."""
-        primitive = C_FIND()
-        primitive.AffectedSOPClassUID, primitive.MessageID, primitive.Priority = self.fields
-        primitive.Identifier = self.data_set
-        primitive._context_id = self.context_id
-        primitive._dataset_path = None
-        primitive._dataset_file = None
-        return primitive
 
 
 # --- the Attribute Identifier List of an N-CREATE-RSP ---------------------------------------
@@ -577,18 +509,18 @@ class DIMSEProvider(DIMSEServiceProvider):
         wrong lengths) aborts the association with one log line instead of a traceback
         from pynetdicom's state machine (PS3.8 9.2 AA-8)."""
         try:
-            if not (self.fast_path and self._fast_find(primitive)):
+            if not (self.fast_path and self._read_request(primitive)):
                 super().receive_primitive(primitive)
             return True
         except Exception as exc:  # noqa: BLE001 - whatever pydicom raises on bad bytes
             self._abort(f"an undecodable command set: {exc.__class__.__name__}: {exc}"[:200])
             return False
 
-    def _fast_find(self, primitive) -> bool:  # noqa: ANN001
-        """Start a C-FIND-RQ whose command set, whole in the first PDV, ``find_rq_fields``
-        reads (a :class:`FindRequest`), and pass the primitive's other PDVs on to
-        pynetdicom; False (nothing done) for anything else, or when EVT_DIMSE_RECV
-        handlers want pynetdicom's decoded command set."""
+    def _read_request(self, primitive) -> bool:  # noqa: ANN001
+        """Start a C-FIND-RQ, N-CREATE-RQ or N-SET-RQ whose command set, whole in the first
+        PDV, ``command_sets.read`` reads (a ``ReadRequest``), and pass the primitive's
+        other PDVs on to pynetdicom; False (nothing done) for anything else, or when
+        EVT_DIMSE_RECV handlers want pynetdicom's decoded command set."""
         pdvs = primitive.presentation_data_value_list
         if not pdvs or pdvs[0][1][0] & 3 != 3:  # not a whole command set (PS3.8 E.2)
             return False
@@ -600,10 +532,10 @@ class DIMSEProvider(DIMSEServiceProvider):
         ):
             return False  # a message already begun: pynetdicom's assembly
         context_id, data = pdvs[0]
-        fields = find_rq_fields(data[1:])
-        if fields is None or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+        read = command_sets.read(data[1:])
+        if read is None or self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
             return False
-        self.message = FindRequest(context_id, fields)
+        self.message = command_sets.ReadRequest(context_id, *read)
         if len(pdvs) > 1:
             rest = P_DATA()
             rest.presentation_data_value_list = pdvs[1:]
