@@ -189,3 +189,61 @@ def test_stored_text_judged_by_its_bytes(where):
     raw, full = dicom.decode_dataset(data), decoded_everywhere(dicom.decode_dataset(data))
     assert dicom._text_is_ascii(raw) == dicom._text_is_ascii(full) == (where == "nowhere")
     assert stored(dicom.decode_dataset(data)) == stored(full)
+
+
+def none_raw(ds: Dataset) -> bool:
+    return not any(
+        isinstance(e, RawDataElement) or (e.VR == "SQ" and not all(none_raw(i) for i in e.value))
+        for e in ds._dict.values()
+    )
+
+
+def elements(ds: Dataset) -> list:
+    """Every element, in sequences too: tag, VR, value type and repr, length form."""
+    out = []
+    for e in ds:
+        if e.VR == "SQ":
+            out.append((e.tag, e.VR, e.is_undefined_length, len(e.value)))
+            for item in e.value:
+                out += elements(item)
+        else:
+            out.append((e.tag, e.VR, type(e.value), repr(e.value), e.is_undefined_length))
+    return out
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+@pytest.mark.parametrize(("charset", "name", "comment"), CHARSETS, ids=lambda v: str(v))
+def test_elements_are_converted_as_pydicom_converts_them(charset, name, comment, implicit):
+    """_decode_all converts each raw element itself (dicom._converted) into what pydicom's
+    own Dataset.__getitem__ makes of it, in sequences too (before the person names
+    become plain text, which both then do alike)."""
+    codec = dicom._IN_PLACE_CODECS["" if charset is None else charset]
+    for request in requests(charset, name, comment):
+        data = wire(request, implicit)
+        ours, pydicoms = read(data, implicit), decoded_everywhere(read(data, implicit))
+        assert dicom._decode_all(ours, codec)
+        assert none_raw(ours)  # converted once, where it stands
+        dicom._materialize(pydicoms)
+        assert elements(ours) == elements(pydicoms)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(
+            lambda ds: ds.private_block(0x0009, "ACME", create=True).add_new(0x01, "LO", "private"),
+            id="private",
+        ),
+        pytest.param(lambda ds: ds.add_new(0x00281101, "US", [4096, 0, 16]), id="lut-descriptor"),
+    ],
+)
+def test_what_pydicom_adds_to_a_conversion_goes_its_way(extra):
+    """A private element (its creator) or a VR pydicom corrects (US or SS) is not
+    converted by dicom._converted: the round trip decodes the request, with the same
+    result as before."""
+    ds = requests("ISO_IR 100", "Müller^Hans", "x")[0]
+    extra(ds)
+    data = wire(ds, True)
+    assert stored(dicom.as_unicode(read(data, True))) == stored(
+        dicom._roundtrip_unicode(read(data, True))
+    )

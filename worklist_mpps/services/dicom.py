@@ -19,13 +19,13 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.charset import default_encoding, python_encoding
 from pydicom.datadict import DicomDictionary
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, PersonName
+from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32, PersonName
 
 from worklist_mpps.services import dataset_writer
 from worklist_mpps.services.matching import (
@@ -372,8 +372,19 @@ def _copy_as_read(ds: Dataset) -> Dataset | None:
 
 def _decode_all(ds: Dataset, codec: str) -> bool:
     """:func:`_materialize` ``ds``; False when a VR is ambiguous or a text value does not
-    encode in ``codec`` again (its bytes were not all of the character set)."""
-    for elem in ds:  # iterating converts raw elements with the dataset's charset
+    encode in ``codec`` again (its bytes were not all of the character set), or for an
+    element :func:`_converted` leaves to pydicom's own reading."""
+    elements = ds._dict
+    charset = None  # the data set's, read once (as pydicom's __getitem__ reads it)
+    for tag in sorted(elements):  # the order of iterating ``ds``
+        elem = elements[tag]
+        if isinstance(elem, RawDataElement):
+            if charset is None:
+                charset = ds.original_character_set or ds._character_set
+            converted = _converted(ds, elem, charset)
+            if converted is None:
+                return False
+            elem = converted
         vr = elem.VR
         if vr == "SQ":
             if not all(_decode_all(item, codec) for item in elem.value):
@@ -395,6 +406,30 @@ def _decode_all(ds: Dataset, codec: str) -> bool:
             if isinstance(text, (str, PersonName)):
                 str(text).encode(codec)  # UnicodeEncodeError: the round trip decides
     return True
+
+
+_PIXEL_GROUP = 0x7FE0
+
+
+def _converted(ds: Dataset, raw: RawDataElement, charset: Any) -> DataElement | None:
+    """``ds[raw.tag]`` for an element still raw: converted as pydicom's ``__getitem__``
+    converts it (``convert_raw_data_element`` with the data set's character set, or the
+    default one for Specific Character Set itself) and put in its place, without the look
+    ups ``__getitem__`` repeats around that (about half of decoding a request, issue 18).
+    None, leaving ``ds`` as it was, for what takes more than that: a deferred value, a
+    private element (its creator), pixel data, a VR pydicom corrects (US or SS...)."""
+    tag = raw.tag
+    if (raw.value is None and raw.length != 0) or tag.group & 1 or tag.group == _PIXEL_GROUP:
+        return None
+    encoding = default_encoding if tag == _CHARSET_TAG else charset
+    elem = convert_raw_data_element(raw, encoding=encoding, ds=ds)
+    if elem.VR in AMBIGUOUS_VR:
+        return None
+    if elem.VR == "SQ":
+        ds[tag] = elem  # pydicom's __setitem__: the items' pixel representation
+    else:
+        ds._dict[tag] = elem
+    return elem
 
 
 def _check_sequence_vrs(ds: Dataset) -> None:
