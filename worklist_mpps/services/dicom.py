@@ -27,7 +27,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32, PersonName
 
-from worklist_mpps.services import dataset_writer
+from worklist_mpps.services import dataset_writer, raw_values
 from worklist_mpps.services.matching import (
     MatchError,
     check_temporal,
@@ -414,7 +414,8 @@ _PIXEL_GROUP = 0x7FE0
 def _converted(ds: Dataset, raw: RawDataElement, charset: Any) -> DataElement | None:
     """``ds[raw.tag]`` for an element still raw: converted as pydicom's ``__getitem__``
     converts it (``convert_raw_data_element`` with the data set's character set, or the
-    default one for Specific Character Set itself) and put in its place, without the look
+    default one for Specific Character Set itself; the text VRs by raw_values.py, the
+    same) and put in its place, without the look
     ups ``__getitem__`` repeats around that (about half of decoding a request, issue 18).
     None, leaving ``ds`` as it was, for what takes more than that: a deferred value, a
     private element (its creator), pixel data, a VR pydicom corrects (US or SS...)."""
@@ -422,7 +423,9 @@ def _converted(ds: Dataset, raw: RawDataElement, charset: Any) -> DataElement | 
     if (raw.value is None and raw.length != 0) or tag.group & 1 or tag.group == _PIXEL_GROUP:
         return None
     encoding = default_encoding if tag == _CHARSET_TAG else charset
-    elem = convert_raw_data_element(raw, encoding=encoding, ds=ds)
+    elem = raw_values.element(raw, encoding) or convert_raw_data_element(
+        raw, encoding=encoding, ds=ds
+    )
     if elem.VR in AMBIGUOUS_VR:
         return None
     if elem.VR == "SQ":
