@@ -415,9 +415,9 @@ def _converted(ds: Dataset, raw: RawDataElement, charset: Any) -> DataElement | 
     """``ds[raw.tag]`` for an element still raw: converted as pydicom's ``__getitem__``
     converts it (``convert_raw_data_element`` with the data set's character set, or the
     default one for Specific Character Set itself; the text VRs by raw_values.py, the
-    same) and put in its place, without the look
-    ups ``__getitem__`` repeats around that (about half of decoding a request, issue 18).
-    None, leaving ``ds`` as it was, for what takes more than that: a deferred value, a
+    same) and put in its place, without the look-ups ``__getitem__`` repeats around that
+    (issue 18: 0.78 -> 0.55 ms for an MPPS cycle's three requests, with raw_values.py).
+    None, the element left raw, for what takes more than that: a deferred value, a
     private element (its creator), pixel data, a VR pydicom corrects (US or SS...)."""
     tag = raw.tag
     if (raw.value is None and raw.length != 0) or tag.group & 1 or tag.group == _PIXEL_GROUP:
