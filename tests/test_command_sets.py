@@ -118,6 +118,8 @@ def assert_same(kind: str, mine, theirs, data_set: bytes) -> None:
         ("N-SET", 2, {}),
         ("N-SET", 65535, {"RequestedSOPInstanceUID": "1." + "2" * 62}),  # 64 characters
         ("N-SET", 5, {"RequestedSOPClassUID": "1.2.3"}),
+        ("C-FIND", 3, {"AffectedSOPClassUID": "12"}),  # a UID as long as a US value
+        ("N-SET", 6, {"RequestedSOPInstanceUID": "12"}),
     ],
 )
 def test_the_primitive_is_pynetdicoms(kind, message_id, values):

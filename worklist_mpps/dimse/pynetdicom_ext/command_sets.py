@@ -88,6 +88,11 @@ LAYOUTS = {
     )
 }
 
+# the UID elements of the layouts: their values are UIDs whatever their length
+_UID_ELEMENTS = frozenset(
+    element for layout in LAYOUTS.values() for element, size, _ in layout.elements if size == UID
+)
+
 
 def _elements(command: bytes) -> dict[int, bytes] | None:
     """The elements of a command set of group 0000 only, in strictly ascending tag order,
@@ -141,8 +146,8 @@ def read(command: bytes) -> tuple[Layout, tuple[Any, ...]] | None:
         value = found.get(element)
         if value is None:
             values.append(None)
-        elif len(value) == US:
-            values.append(_US.unpack(value)[0])
+        elif element not in _UID_ELEMENTS:
+            values.append(_US.unpack(value)[0])  # its size was checked above
         elif (uid := _uid(value)) is not None:
             values.append(uid)
         else:
